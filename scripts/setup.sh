@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs every Debian package loom needs (idempotent), then configures and
+# builds the project. Usage: scripts/setup.sh [--no-build]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  libopenblas-dev libgtest-dev libgmock-dev
+  libssl-dev libgloo-dev libopenmpi-dev openmpi-bin
+  libhdf5-dev hdf5-tools libyaml-cpp-dev
+  python3 python3-torch python3-h5py python3-numpy
+  slurm-wlm gnuplot-nox ccache
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ "${1:-}" != "--no-build" ]; then
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+  cmake --build build -j"$(nproc)"
+fi

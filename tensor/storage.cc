@@ -1,0 +1,84 @@
+#include "tensor/storage.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+
+#include "tensor/error.h"
+
+namespace loom {
+namespace {
+
+constexpr int kMaxDevices = 17;  // slot 0: cpu, 1..16: cuda:0..15
+
+struct Counters {
+  std::atomic<int64_t> allocated{0};
+  std::atomic<int64_t> peak{0};
+  std::atomic<int64_t> num_allocs{0};
+};
+Counters& counters(Device d) {
+  static Counters c[kMaxDevices];
+  int slot = d.is_cpu() ? 0 : 1 + d.index;
+  LOOM_CHECK(slot >= 0 && slot < kMaxDevices, "device ", d.str(), " is out of range");
+  return c[slot];
+}
+void count_alloc(Device d, int64_t n) {
+  Counters& c = counters(d);
+  int64_t now = c.allocated.fetch_add(n) + n;
+  c.num_allocs.fetch_add(1);
+  int64_t peak = c.peak.load();
+  while (now > peak && !c.peak.compare_exchange_weak(peak, now)) {
+  }
+}
+
+}  // namespace
+
+MemoryStats memory_stats(Device device) {
+  Counters& c = counters(device);
+  return {c.allocated.load(), c.peak.load(), c.num_allocs.load()};
+}
+void reset_peak_memory_stats(Device device) {
+  Counters& c = counters(device);
+  c.peak.store(c.allocated.load());
+}
+
+namespace detail {
+CudaAllocatorHooks& cuda_hooks() {
+  static CudaAllocatorHooks h;
+  return h;
+}
+}  // namespace detail
+
+Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
+  if (device.is_cpu()) {
+    size_t rounded = (nbytes + 63) / 64 * 64;
+    if (rounded == 0) rounded = 64;
+    data_ = std::aligned_alloc(64, rounded);
+    if (!data_) LOOM_THROW(Error, "out of host memory allocating ", nbytes, " bytes");
+  } else {
+    auto& h = detail::cuda_hooks();
+    if (!h.alloc)
+      LOOM_THROW(Unsupported, "cannot allocate on ", device.str(),
+                 ": this build of loom has no CUDA backend (configure with -DLOOM_CUDA=ON)");
+    data_ = h.alloc(nbytes, device.index);
+  }
+  count_alloc(device_, static_cast<int64_t>(nbytes_));
+}
+
+Storage::Storage(void* data, size_t nbytes, Device device, void (*deleter)(void*, void*), void* ctx)
+    : data_(data), nbytes_(nbytes), device_(device), owned_(false), deleter_(deleter), ctx_(ctx) {}
+
+Storage::~Storage() {
+  if (!owned_) {
+    if (deleter_) deleter_(data_, ctx_);
+    return;
+  }
+  counters(device_).allocated.fetch_sub(static_cast<int64_t>(nbytes_));
+  if (device_.is_cpu()) {
+    std::free(data_);
+  } else if (detail::cuda_hooks().free) {
+    detail::cuda_hooks().free(data_, device_.index);
+  }
+}
+
+}  // namespace loom
