@@ -6,6 +6,9 @@
 
 #include <array>
 #include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tensor/parallel.h"
@@ -123,6 +126,123 @@ class TensorIter {
   std::vector<int64_t> sizes_;                   // coalesced, outermost first
   std::vector<std::array<int64_t, N>> strides_;  // bytes, per dim per operand
 };
+
+namespace detail {
+
+/// Loads an element as its compute type (f32 for the 16-bit floats).
+template <typename T>
+inline acc_t<T> load(T x) {
+  return static_cast<acc_t<T>>(x);
+}
+/// Stores a computed value as O (16-bit floats round to nearest even).
+template <typename O, typename V>
+inline O store(V v) {
+  if constexpr (std::is_same_v<O, Half> || std::is_same_v<O, BFloat16>) {
+    return O(static_cast<float>(v));
+  } else {
+    return static_cast<O>(v);
+  }
+}
+
+// Dense run: every operand advances one element per step. Inputs whose bit is
+// set in kScalarMask are broadcast scalars (inner stride 0), loaded once.
+template <unsigned kScalarMask, typename O, typename F, typename... In, size_t... I>
+inline void dense_run(O* o, int64_t n, F& f, std::index_sequence<I...>, const In*... x) {
+  const std::tuple<const In*...> ptrs(x...);
+  if constexpr (kScalarMask == 0) {
+    for (int64_t i = 0; i < n; ++i) o[i] = store<O>(f(load(x[i])...));
+  } else {
+    const std::tuple<acc_t<In>...> scal(load(std::get<I>(ptrs)[0])...);
+    auto pick = [&](auto k, int64_t i) {
+      constexpr size_t K = decltype(k)::value;
+      if constexpr ((kScalarMask >> K) & 1u) {
+        return std::get<K>(scal);
+      } else {
+        return load(std::get<K>(ptrs)[i]);
+      }
+    };
+    for (int64_t i = 0; i < n; ++i) o[i] = store<O>(f(pick(std::integral_constant<size_t, I>{}, i)...));
+  }
+}
+
+}  // namespace detail
+
+/// out[i] = f(in_0[i], ..., in_k[i]) over out's shape. Each input must already
+/// have out's sizes (expand it) and the C++ type In...; f takes acc_t<In>
+/// values and returns a value stored as O. Dense operands run a plain loop the
+/// compiler vectorises; large tensors are split across threads. `out` may alias
+/// an input at the same positions (in-place ops).
+template <typename O, typename... In, typename F>
+void elementwise_kernel(const Tensor& out, const std::array<Tensor, sizeof...(In)>& ins, F&& f) {
+  constexpr int kIn = static_cast<int>(sizeof...(In));
+  constexpr int N = kIn + 1;
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  std::array<Tensor, N> all;
+  all[0] = out;
+  bool dense = out.is_contiguous();
+  for (int k = 0; k < kIn; ++k) {
+    all[k + 1] = ins[k];
+    dense = dense && ins[k].is_contiguous();
+  }
+  auto seq = std::index_sequence_for<In...>{};
+  if (dense) {
+    O* o = static_cast<O*>(out.data_ptr());
+    std::tuple<const In*...> x;
+    [&]<size_t... I>(std::index_sequence<I...>) {
+      ((std::get<I>(x) = static_cast<const In*>(ins[I].data_ptr())), ...);
+    }(seq);
+    parallel_for(0, n, kElementwiseGrain, [&](int64_t b, int64_t e) {
+      [&]<size_t... I>(std::index_sequence<I...> s) {
+        detail::dense_run<0u>(o + b, e - b, f, s, (std::get<I>(x) + b)...);
+      }(seq);
+    });
+    return;
+  }
+  static constexpr std::array<int64_t, N> kSizes = {static_cast<int64_t>(sizeof(O)), static_cast<int64_t>(sizeof(In))...};
+  TensorIter<N> it(all, out.sizes());
+  it.for_each([&](const std::array<char*, N>& p, const std::array<int64_t, N>& s, int64_t cnt) {
+    bool out_dense = s[0] == kSizes[0];
+    unsigned scalar_mask = 0;
+    bool ok = out_dense;
+    for (int k = 1; k < N; ++k) {
+      if (s[k] == 0) {
+        scalar_mask |= 1u << (k - 1);
+      } else if (s[k] != kSizes[k]) {
+        ok = false;
+      }
+    }
+    O* o = reinterpret_cast<O*>(p[0]);
+    if (ok) {
+      [&]<size_t... I>(std::index_sequence<I...> sq) {
+        auto run = [&](auto mask) {
+          detail::dense_run<decltype(mask)::value>(o, cnt, f, sq, reinterpret_cast<const In*>(p[I + 1])...);
+        };
+        if constexpr (kIn <= 2) {
+          switch (scalar_mask) {
+            case 0: run(std::integral_constant<unsigned, 0>{}); return;
+            case 1: run(std::integral_constant<unsigned, 1>{}); return;
+            case 2: run(std::integral_constant<unsigned, 2>{}); return;
+            default: break;
+          }
+        } else {
+          if (scalar_mask == 0) {
+            run(std::integral_constant<unsigned, 0>{});
+            return;
+          }
+        }
+        for (int64_t i = 0; i < cnt; ++i)
+          o[i] = detail::store<O>(f(detail::load(*reinterpret_cast<const In*>(p[I + 1] + i * s[I + 1]))...));
+      }(seq);
+      return;
+    }
+    [&]<size_t... I>(std::index_sequence<I...>) {
+      for (int64_t i = 0; i < cnt; ++i)
+        *reinterpret_cast<O*>(p[0] + i * s[0]) =
+            detail::store<O>(f(detail::load(*reinterpret_cast<const In*>(p[I + 1] + i * s[I + 1]))...));
+    }(seq);
+  });
+}
 
 namespace detail {
 /// Throws Unsupported naming op when t is not on the cpu (no CUDA kernels in this build).

@@ -1,0 +1,445 @@
+// Elementwise ops on the cpu: broadcasting binary arithmetic with dtype
+// promotion, scalar overloads, comparisons (u8 results), in-place updates
+// (optimizer steps) and unary activations with their gradients. f32 loops are
+// plain loops over dense runs that the compiler vectorises (exp and erf are
+// branch-free polynomial versions for that reason); f16/bf16 compute in f32.
+#include <cmath>
+#include <cstring>
+#include <numbers>
+
+#include "tensor/iter.h"
+#include "tensor/ops.h"
+
+namespace loom::ops {
+namespace {
+
+// ---------------------------------------------------------------- vectorisable math
+/// exp for f32 (Cephes polynomial, ~1 ulp) written without branches so loops
+/// calling it vectorise. Inputs are clamped to [-87.3, 88.3] (results saturate
+/// near 0 / FLT_MAX instead of underflowing to 0 / overflowing to inf).
+inline float vexp(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  x = x > 88.3f ? 88.3f : x;
+  float fx = std::floor(x * 1.44269504088896341f + 0.5f);
+  float g = x - fx * 0.693359375f;
+  g = g + fx * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * g + 1.3981999507e-3f;
+  y = y * g + 8.3334519073e-3f;
+  y = y * g + 4.1665795894e-2f;
+  y = y * g + 1.6666665459e-1f;
+  y = y * g + 5.0000001201e-1f;
+  y = y * g * g + g + 1.0f;
+  int32_t n = static_cast<int32_t>(fx) + 127;
+  uint32_t bits = static_cast<uint32_t>(n) << 23;
+  float p2;
+  std::memcpy(&p2, &bits, 4);
+  return y * p2;
+}
+inline double vexp(double x) { return std::exp(x); }
+
+/// erf for f32 (Abramowitz–Stegun 7.1.26, |error| < 1.5e-7), branch-free.
+inline float verf(float x) {
+  const float ax = std::fabs(x);
+  const float t = 1.0f / (1.0f + 0.3275911f * ax);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  const float r = 1.0f - p * t * vexp(-ax * ax);
+  return std::copysign(r, x);
+}
+inline double verf(double x) { return std::erf(x); }
+
+/// tanh through exp, for use inside gelu's tanh approximation (absolute error ~1e-7).
+inline float vtanh(float x) { return 1.0f - 2.0f / (1.0f + vexp(2.0f * x)); }
+inline double vtanh(double x) { return std::tanh(x); }
+
+template <typename V>
+inline V vsigmoid(V x) {
+  return V(1) / (V(1) + vexp(-x));
+}
+
+constexpr double kSqrt1_2 = 0.70710678118654752440;   // 1/sqrt(2)
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1/sqrt(2*pi)
+constexpr double kSqrt2OverPi = 0.79788456080286535588; // sqrt(2/pi)
+constexpr double kGeluKappa = 0.044715;
+
+// ---------------------------------------------------------------- helpers
+void check_binary(const char* op, const Tensor& a, const Tensor& b) {
+  check_same_device(op, a, b);
+  detail::check_cpu(op, a);
+}
+
+Tensor expand_to(const Tensor& t, const Shape& shape) { return t.sizes() == shape ? t : expand(t, shape); }
+
+template <typename F>
+Tensor binary_op(const char* op, const Tensor& a, const Tensor& b, F fn, bool int_to_float = false) {
+  check_binary(op, a, b);
+  const Shape shape = broadcast_shapes(a.sizes(), b.sizes(), op);
+  DType ct = promote_types(a.dtype(), b.dtype());
+  if (int_to_float && !is_floating(ct)) ct = DType::f32;
+  Tensor x = expand_to(to(a, ct), shape), y = expand_to(to(b, ct), shape);
+  Tensor out = empty(shape, ct, a.device());
+  LOOM_DISPATCH_ALL(ct, op, [&] { elementwise_kernel<scalar_t, scalar_t, scalar_t>(out, {x, y}, fn); });
+  return out;
+}
+
+template <typename F>
+Tensor compare_op(const char* op, const Tensor& a, const Tensor& b, F fn) {
+  check_binary(op, a, b);
+  const Shape shape = broadcast_shapes(a.sizes(), b.sizes(), op);
+  DType ct = promote_types(a.dtype(), b.dtype());
+  Tensor x = expand_to(to(a, ct), shape), y = expand_to(to(b, ct), shape);
+  Tensor out = empty(shape, DType::u8, a.device());
+  LOOM_DISPATCH_ALL(ct, op, [&] {
+    elementwise_kernel<uint8_t, scalar_t, scalar_t>(out, {x, y}, [&](auto u, auto v) -> uint8_t { return fn(u, v); });
+  });
+  return out;
+}
+
+bool is_integral_value(double s) { return std::isfinite(s) && s == std::floor(s); }
+
+/// The compute type's value of scalar s (integers via int64 to avoid UB on negatives into u8).
+template <typename A>
+A scalar_as(double s) {
+  if constexpr (std::is_integral_v<A>) {
+    return static_cast<A>(static_cast<int64_t>(s));
+  } else {
+    return static_cast<A>(s);
+  }
+}
+
+/// out = fn(x, c) for each element x of a and scalar c; an integer tensor with
+/// a non-integer scalar computes in f32 (as PyTorch does).
+template <typename F>
+Tensor scalar_op(const char* op, const Tensor& a, double s, F fn, bool int_to_float = false) {
+  detail::check_cpu(op, a);
+  DType ct = a.dtype();
+  if (!is_floating(ct) && (int_to_float || !is_integral_value(s))) ct = DType::f32;
+  Tensor x = to(a, ct);
+  Tensor out = empty(a.sizes(), ct, a.device());
+  LOOM_DISPATCH_ALL(ct, op, [&] {
+    using A = acc_t<scalar_t>;
+    const A c = scalar_as<A>(s);
+    elementwise_kernel<scalar_t, scalar_t>(out, {x}, [c, &fn](A v) { return fn(v, c); });
+  });
+  return out;
+}
+
+template <typename F>
+Tensor scalar_compare(const char* op, const Tensor& a, double s, F fn) {
+  detail::check_cpu(op, a);
+  Tensor out = empty(a.sizes(), DType::u8, a.device());
+  LOOM_DISPATCH_ALL(a.dtype(), op, [&] {
+    using A = acc_t<scalar_t>;
+    if constexpr (std::is_integral_v<A>) {
+      // Compare exactly in double so 2 > 1.5 holds for an integer tensor.
+      elementwise_kernel<uint8_t, scalar_t>(out, {a}, [s, &fn](A v) -> uint8_t { return fn(static_cast<double>(v), s); });
+    } else {
+      const A c = static_cast<A>(s);
+      elementwise_kernel<uint8_t, scalar_t>(out, {a}, [c, &fn](A v) -> uint8_t { return fn(v, c); });
+    }
+  });
+  return out;
+}
+
+/// Unary op; float_only ops compute integer inputs in f32.
+template <bool kFloatOnly, typename F>
+Tensor unary_op(const char* op, const Tensor& t, F fn) {
+  constexpr bool float_only = kFloatOnly;
+  detail::check_cpu(op, t);
+  DType ct = t.dtype();
+  if (float_only && !is_floating(ct)) ct = DType::f32;
+  Tensor x = to(t, ct);
+  Tensor out = empty(t.sizes(), ct, t.device());
+  if constexpr (kFloatOnly) {
+    LOOM_DISPATCH_FLOATING(ct, op, [&] { elementwise_kernel<scalar_t, scalar_t>(out, {x}, fn); });
+  } else {
+    LOOM_DISPATCH_ALL(ct, op, [&] { elementwise_kernel<scalar_t, scalar_t>(out, {x}, fn); });
+  }
+  return out;
+}
+
+/// For in-place ops: `b` must broadcast to a's shape; returns b converted and expanded.
+Tensor inplace_operand(const char* op, const Tensor& a, const Tensor& b) {
+  check_binary(op, a, b);
+  const Shape shape = broadcast_shapes(a.sizes(), b.sizes(), op);
+  LOOM_CHECK(shape == a.sizes(), op, ": in-place result of shape ", shape_str(a.sizes()),
+             " cannot hold the broadcast of ", shape_str(a.sizes()), " and ", shape_str(b.sizes()), " (",
+             shape_str(shape), ")");
+  return expand_to(to(b, a.dtype()), a.sizes());
+}
+
+template <typename V>
+V ipow(V base, V e) {
+  if constexpr (std::is_integral_v<V>) {
+    if (e < 0) return base == 1 ? 1 : 0;
+    V r = 1;
+    while (e) {
+      if (e & 1) r = static_cast<V>(r * base);
+      base = static_cast<V>(base * base);
+      e >>= 1;
+    }
+    return r;
+  } else {
+    return std::pow(base, e);
+  }
+}
+
+template <typename V>
+inline V max_nan(V x, V y) {
+  return (x > y || x != x) ? x : y;
+}
+template <typename V>
+inline V min_nan(V x, V y) {
+  return (x < y || x != x) ? x : y;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- binary
+Tensor add(const Tensor& a, const Tensor& b) {
+  return binary_op("add", a, b, [](auto x, auto y) { return static_cast<decltype(x)>(x + y); });
+}
+Tensor sub(const Tensor& a, const Tensor& b) {
+  return binary_op("sub", a, b, [](auto x, auto y) { return static_cast<decltype(x)>(x - y); });
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return binary_op("mul", a, b, [](auto x, auto y) { return static_cast<decltype(x)>(x * y); });
+}
+Tensor div(const Tensor& a, const Tensor& b) {
+  // True division: integer inputs give f32, like torch.div.
+  return binary_op("div", a, b, [](auto x, auto y) { return x / y; }, /*int_to_float=*/true);
+}
+Tensor pow(const Tensor& a, const Tensor& b) {
+  return binary_op("pow", a, b, [](auto x, auto y) { return ipow(x, y); });
+}
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  return binary_op("maximum", a, b, [](auto x, auto y) { return max_nan(x, y); });
+}
+Tensor minimum(const Tensor& a, const Tensor& b) {
+  return binary_op("minimum", a, b, [](auto x, auto y) { return min_nan(x, y); });
+}
+
+Tensor add(const Tensor& a, double b) {
+  return scalar_op("add", a, b, [](auto x, auto c) { return static_cast<decltype(x)>(x + c); });
+}
+Tensor mul(const Tensor& a, double b) {
+  return scalar_op("mul", a, b, [](auto x, auto c) { return static_cast<decltype(x)>(x * c); });
+}
+Tensor pow(const Tensor& a, double exponent) {
+  if (exponent == 1.0) return clone(a);
+  if (exponent == 2.0)
+    return scalar_op("pow", a, exponent, [](auto x, auto) { return static_cast<decltype(x)>(x * x); });
+  if (exponent == 0.5) return sqrt(a);
+  if (exponent == -1.0 && is_floating(a.dtype())) return rdiv(a, 1.0);
+  return scalar_op("pow", a, exponent, [](auto x, auto c) { return ipow(x, c); });
+}
+Tensor rsub(const Tensor& a, double b) {
+  return scalar_op("rsub", a, b, [](auto x, auto c) { return static_cast<decltype(x)>(c - x); });
+}
+Tensor rdiv(const Tensor& a, double b) {
+  return scalar_op("rdiv", a, b, [](auto x, auto c) { return c / x; }, /*int_to_float=*/true);
+}
+
+// ---------------------------------------------------------------- comparisons
+Tensor eq(const Tensor& a, const Tensor& b) { return compare_op("eq", a, b, [](auto x, auto y) { return x == y; }); }
+Tensor ne(const Tensor& a, const Tensor& b) { return compare_op("ne", a, b, [](auto x, auto y) { return x != y; }); }
+Tensor lt(const Tensor& a, const Tensor& b) { return compare_op("lt", a, b, [](auto x, auto y) { return x < y; }); }
+Tensor le(const Tensor& a, const Tensor& b) { return compare_op("le", a, b, [](auto x, auto y) { return x <= y; }); }
+Tensor gt(const Tensor& a, const Tensor& b) { return compare_op("gt", a, b, [](auto x, auto y) { return x > y; }); }
+Tensor ge(const Tensor& a, const Tensor& b) { return compare_op("ge", a, b, [](auto x, auto y) { return x >= y; }); }
+Tensor gt(const Tensor& a, double b) { return scalar_compare("gt", a, b, [](auto x, auto c) { return x > c; }); }
+Tensor lt(const Tensor& a, double b) { return scalar_compare("lt", a, b, [](auto x, auto c) { return x < c; }); }
+
+// ---------------------------------------------------------------- in place
+void add_(const Tensor& a, const Tensor& b, double alpha) {
+  Tensor y = inplace_operand("add_", a, b);
+  a.bump_version();
+  LOOM_DISPATCH_ALL(a.dtype(), "add_", [&] {
+    using A = acc_t<scalar_t>;
+    if (alpha == 1.0) {
+      elementwise_kernel<scalar_t, scalar_t, scalar_t>(a, {a, y}, [](A u, A v) { return static_cast<A>(u + v); });
+    } else {
+      const A al = scalar_as<A>(alpha);
+      elementwise_kernel<scalar_t, scalar_t, scalar_t>(a, {a, y}, [al](A u, A v) { return static_cast<A>(u + al * v); });
+    }
+  });
+}
+
+void mul_(const Tensor& a, const Tensor& b) {
+  Tensor y = inplace_operand("mul_", a, b);
+  a.bump_version();
+  LOOM_DISPATCH_ALL(a.dtype(), "mul_", [&] {
+    using A = acc_t<scalar_t>;
+    elementwise_kernel<scalar_t, scalar_t, scalar_t>(a, {a, y}, [](A u, A v) { return static_cast<A>(u * v); });
+  });
+}
+
+void mul_(const Tensor& a, double b) {
+  detail::check_cpu("mul_", a);
+  a.bump_version();
+  LOOM_DISPATCH_ALL(a.dtype(), "mul_", [&] {
+    using A = acc_t<scalar_t>;
+    const A c = scalar_as<A>(b);
+    elementwise_kernel<scalar_t, scalar_t>(a, {a}, [c](A u) { return static_cast<A>(u * c); });
+  });
+}
+
+void add_(const Tensor& a, double b) {
+  detail::check_cpu("add_", a);
+  a.bump_version();
+  LOOM_DISPATCH_ALL(a.dtype(), "add_", [&] {
+    using A = acc_t<scalar_t>;
+    const A c = scalar_as<A>(b);
+    elementwise_kernel<scalar_t, scalar_t>(a, {a}, [c](A u) { return static_cast<A>(u + c); });
+  });
+}
+
+void addcmul_(const Tensor& a, const Tensor& b, const Tensor& c, double alpha) {
+  Tensor y = inplace_operand("addcmul_", a, b), z = inplace_operand("addcmul_", a, c);
+  a.bump_version();
+  LOOM_DISPATCH_ALL(a.dtype(), "addcmul_", [&] {
+    using A = acc_t<scalar_t>;
+    const A al = scalar_as<A>(alpha);
+    elementwise_kernel<scalar_t, scalar_t, scalar_t, scalar_t>(
+        a, {a, y, z}, [al](A u, A v, A w) { return static_cast<A>(u + al * v * w); });
+  });
+}
+
+void addcdiv_(const Tensor& a, const Tensor& b, const Tensor& c, double alpha) {
+  Tensor y = inplace_operand("addcdiv_", a, b), z = inplace_operand("addcdiv_", a, c);
+  a.bump_version();
+  LOOM_DISPATCH_ALL(a.dtype(), "addcdiv_", [&] {
+    using A = acc_t<scalar_t>;
+    const A al = scalar_as<A>(alpha);
+    elementwise_kernel<scalar_t, scalar_t, scalar_t, scalar_t>(
+        a, {a, y, z}, [al](A u, A v, A w) { return static_cast<A>(u + al * v / w); });
+  });
+}
+
+void lerp_(const Tensor& a, const Tensor& b, double weight) {
+  Tensor y = inplace_operand("lerp_", a, b);
+  a.bump_version();
+  LOOM_DISPATCH_FLOATING(a.dtype(), "lerp_", [&] {
+    using A = acc_t<scalar_t>;
+    const A w = static_cast<A>(weight);
+    elementwise_kernel<scalar_t, scalar_t, scalar_t>(a, {a, y}, [w](A u, A v) { return u + w * (v - u); });
+  });
+}
+
+// ---------------------------------------------------------------- unary
+Tensor neg(const Tensor& t) {
+  return unary_op<false>("neg", t, [](auto x) { return static_cast<decltype(x)>(-x); });
+}
+Tensor abs(const Tensor& t) {
+  return unary_op<false>("abs", t, [](auto x) {
+    using V = decltype(x);
+    if constexpr (std::is_unsigned_v<V>) {
+      return x;
+    } else {
+      return static_cast<V>(x < 0 ? -x : x);
+    }
+  });
+}
+Tensor exp(const Tensor& t) { return unary_op<true>("exp", t, [](auto x) { return std::exp(x); }); }
+Tensor log(const Tensor& t) { return unary_op<true>("log", t, [](auto x) { return std::log(x); }); }
+Tensor sqrt(const Tensor& t) { return unary_op<true>("sqrt", t, [](auto x) { return std::sqrt(x); }); }
+Tensor rsqrt(const Tensor& t) {
+  return unary_op<true>("rsqrt", t, [](auto x) { return decltype(x)(1) / std::sqrt(x); });
+}
+Tensor tanh(const Tensor& t) { return unary_op<true>("tanh", t, [](auto x) { return std::tanh(x); }); }
+Tensor sigmoid(const Tensor& t) { return unary_op<true>("sigmoid", t, [](auto x) { return vsigmoid(x); }); }
+Tensor relu(const Tensor& t) {
+  return unary_op<false>("relu", t, [](auto x) { return x > decltype(x)(0) ? x : decltype(x)(0); });
+}
+Tensor sin(const Tensor& t) { return unary_op<true>("sin", t, [](auto x) { return std::sin(x); }); }
+Tensor cos(const Tensor& t) { return unary_op<true>("cos", t, [](auto x) { return std::cos(x); }); }
+
+Tensor clamp(const Tensor& t, double lo, double hi) {
+  LOOM_CHECK(lo <= hi, "clamp: lo ", lo, " exceeds hi ", hi);
+  detail::check_cpu("clamp", t);
+  Tensor out = empty(t.sizes(), t.dtype(), t.device());
+  LOOM_DISPATCH_ALL(t.dtype(), "clamp", [&] {
+    using A = acc_t<scalar_t>;
+    const A l = scalar_as<A>(is_floating(t.dtype()) ? lo : std::ceil(lo));
+    const A h = scalar_as<A>(is_floating(t.dtype()) ? hi : std::floor(hi));
+    elementwise_kernel<scalar_t, scalar_t>(out, {t}, [l, h](A x) {
+      A y = x < l ? l : x;
+      return y > h ? h : y;
+    });
+  });
+  return out;
+}
+
+Tensor gelu(const Tensor& t, GeluApprox approx) {
+  if (approx == GeluApprox::kTanh) {
+    return unary_op<true>("gelu", t, [](auto x) {
+      using V = decltype(x);
+      const V inner = V(kSqrt2OverPi) * (x + V(kGeluKappa) * x * x * x);
+      return V(0.5) * x * (V(1) + vtanh(inner));
+    });
+  }
+  return unary_op<true>("gelu", t, [](auto x) {
+    using V = decltype(x);
+    return V(0.5) * x * (V(1) + verf(x * V(kSqrt1_2)));
+  });
+}
+
+Tensor silu(const Tensor& t) {
+  return unary_op<true>("silu", t, [](auto x) { return x * vsigmoid(x); });
+}
+
+Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
+  check_binary("gelu_backward", grad, x);
+  LOOM_CHECK(grad.sizes() == x.sizes(), "gelu_backward: grad shape ", shape_str(grad.sizes()),
+             " differs from input shape ", shape_str(x.sizes()));
+  DType ct = promote_types(grad.dtype(), x.dtype());
+  if (!is_floating(ct)) ct = DType::f32;
+  Tensor g = to(grad, ct), xi = to(x, ct);
+  Tensor out = empty(x.sizes(), ct, x.device());
+  LOOM_DISPATCH_FLOATING(ct, "gelu_backward", [&] {
+    using V = acc_t<scalar_t>;
+    if (approx == GeluApprox::kTanh) {
+      elementwise_kernel<scalar_t, scalar_t, scalar_t>(out, {g, xi}, [](V dy, V v) {
+        const V x2 = v * v;
+        const V inner = V(kSqrt2OverPi) * (v + V(kGeluKappa) * x2 * v);
+        const V th = vtanh(inner);
+        const V left = V(0.5) * v;
+        const V right = V(1) + th;
+        const V dleft = V(0.5) * right;
+        const V dright = left * (V(1) - th * th) * V(kSqrt2OverPi) * (V(1) + V(3 * kGeluKappa) * x2);
+        return dy * (dleft + dright);
+      });
+    } else {
+      elementwise_kernel<scalar_t, scalar_t, scalar_t>(out, {g, xi}, [](V dy, V v) {
+        const V cdf = V(0.5) * (V(1) + verf(v * V(kSqrt1_2)));
+        const V pdf = V(kInvSqrt2Pi) * vexp(V(-0.5) * v * v);
+        return dy * (cdf + v * pdf);
+      });
+    }
+  });
+  return out;
+}
+
+Tensor silu_backward(const Tensor& grad, const Tensor& x) {
+  check_binary("silu_backward", grad, x);
+  LOOM_CHECK(grad.sizes() == x.sizes(), "silu_backward: grad shape ", shape_str(grad.sizes()),
+             " differs from input shape ", shape_str(x.sizes()));
+  DType ct = promote_types(grad.dtype(), x.dtype());
+  if (!is_floating(ct)) ct = DType::f32;
+  Tensor g = to(grad, ct), xi = to(x, ct);
+  Tensor out = empty(x.sizes(), ct, x.device());
+  LOOM_DISPATCH_FLOATING(ct, "silu_backward", [&] {
+    using V = acc_t<scalar_t>;
+    elementwise_kernel<scalar_t, scalar_t, scalar_t>(out, {g, xi}, [](V dy, V v) {
+      const V s = vsigmoid(v);
+      return dy * s * (V(1) + v * (V(1) - s));
+    });
+  });
+  return out;
+}
+
+}  // namespace loom::ops
