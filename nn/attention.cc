@@ -1,0 +1,105 @@
+#include "nn/attention.h"
+
+#include <cmath>
+
+#include "autograd/functions.h"
+
+namespace loom::nn {
+
+std::pair<Tensor, Tensor> rope_tables(int64_t T, int64_t D, double theta) {
+  LOOM_CHECK(D > 0 && D % 2 == 0, "rope_tables: head_dim must be even and positive, got ", D);
+  const int64_t half = D / 2;
+  Tensor cos_t = empty({T, half}, DType::f32), sin_t = empty({T, half}, DType::f32);
+  float* c = cos_t.data<float>();
+  float* s = sin_t.data<float>();
+  std::vector<float> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[i] = 1.0f / std::pow(static_cast<float>(theta), static_cast<float>(2 * i) / static_cast<float>(D));
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      float a = static_cast<float>(t) * inv_freq[i];
+      c[t * half + i] = std::cos(a);
+      s[t * half + i] = std::sin(a);
+    }
+  return {cos_t, sin_t};
+}
+
+CausalSelfAttention::CausalSelfAttention(const AttentionOptions& o, Generator& gen, std::string type_name)
+    : Module(std::move(type_name)), opts_(o) {
+  if (opts_.n_kv_head == 0) opts_.n_kv_head = opts_.n_head;
+  const int64_t C = opts_.n_embd, H = opts_.n_head, Hkv = opts_.n_kv_head;
+  LOOM_CHECK(C > 0 && H > 0 && C % H == 0, "CausalSelfAttention: n_embd (", C, ") must be a positive multiple of n_head (",
+             H, ")");
+  LOOM_CHECK(Hkv > 0 && H % Hkv == 0, "CausalSelfAttention: n_head (", H, ") must be a multiple of n_kv_head (", Hkv,
+             ")");
+  head_dim_ = C / H;
+  const int64_t D = head_dim_;
+  LinearOptions in_opts{opts_.bias, opts_.init_std, opts_.dtype};
+  LinearOptions out_opts{opts_.bias, opts_.out_init_std, opts_.dtype};
+  if (opts_.fused_qkv) {
+    c_attn = register_module("c_attn", std::make_shared<Linear>(C, (H + 2 * Hkv) * D, in_opts, gen));
+    c_proj = register_module("c_proj", std::make_shared<Linear>(H * D, C, out_opts, gen));
+  } else {
+    q_proj = register_module("q_proj", std::make_shared<Linear>(C, H * D, in_opts, gen));
+    k_proj = register_module("k_proj", std::make_shared<Linear>(C, Hkv * D, in_opts, gen));
+    v_proj = register_module("v_proj", std::make_shared<Linear>(C, Hkv * D, in_opts, gen));
+    o_proj = register_module("o_proj", std::make_shared<Linear>(H * D, C, out_opts, gen));
+  }
+  if (opts_.dropout > 0.0) resid_dropout = register_module("resid_dropout", std::make_shared<Dropout>(opts_.dropout, gen));
+  if (opts_.rope) {
+    LOOM_CHECK(D % 2 == 0, "CausalSelfAttention: rotary embeddings need an even head_dim, got ", D);
+    auto [c, s] = rope_tables(opts_.max_seq_len, D, opts_.rope_theta);
+    if (opts_.dtype != DType::f32) {
+      c = ops::to(c, opts_.dtype);
+      s = ops::to(s, opts_.dtype);
+    }
+    rope_cos_ = register_buffer("rope_cos", c, /*persistent=*/false);
+    rope_sin_ = register_buffer("rope_sin", s, /*persistent=*/false);
+  }
+}
+
+Tensor CausalSelfAttention::forward(const Tensor& x) {
+  const int64_t C = opts_.n_embd, H = opts_.n_head, Hkv = opts_.n_kv_head, D = head_dim_;
+  LOOM_CHECK(x.dim() == 3 && x.size(2) == C, type_name(), ".forward: expected x of shape (B, T, ", C, "), got ",
+             shape_str(x.sizes()));
+  const int64_t B = x.size(0), T = x.size(1);
+  Tensor q, k, v;  // (B, T, H*D), (B, T, Hkv*D) x2
+  if (opts_.fused_qkv) {
+    Tensor qkv = (*c_attn)(x);  // (B, T, (H + 2 Hkv) D)
+    auto parts = loom::split_with_sizes(qkv, {H * D, Hkv * D, Hkv * D}, 2);
+    q = parts[0];
+    k = parts[1];
+    v = parts[2];
+  } else {
+    q = (*q_proj)(x);
+    k = (*k_proj)(x);
+    v = (*v_proj)(x);
+  }
+  auto heads = [&](const Tensor& t, int64_t n) {  // (B, T, n*D) -> (B, n, T, D)
+    return loom::contiguous(loom::transpose(loom::reshape(t, {B, T, n, D}), 1, 2));
+  };
+  q = heads(q, H);
+  k = heads(k, Hkv);
+  v = heads(v, Hkv);
+  if (opts_.rope) {
+    LOOM_CHECK(T <= opts_.max_seq_len, type_name(), ".forward: sequence length ", T, " exceeds max_seq_len ",
+               opts_.max_seq_len);
+    Tensor cos_t = ops::narrow(rope_cos_, 0, 0, T), sin_t = ops::narrow(rope_sin_, 0, 0, T);
+    q = loom::rope(q, cos_t, sin_t);
+    k = loom::rope(k, cos_t, sin_t);
+  }
+  Tensor y = loom::scaled_dot_product_attention(q, k, v, /*is_causal=*/true, opts_.dropout, is_training());
+  y = loom::reshape(loom::contiguous(loom::transpose(y, 1, 2)), {B, T, H * D});  // (B, T, C)
+  y = opts_.fused_qkv ? (*c_proj)(y) : (*o_proj)(y);
+  if (resid_dropout) y = (*resid_dropout)(y);
+  return y;
+}
+
+std::string CausalSelfAttention::extra_repr() const {
+  std::string s = "n_head=" + std::to_string(opts_.n_head) + ", n_kv_head=" + std::to_string(opts_.n_kv_head) +
+                  ", head_dim=" + std::to_string(head_dim_);
+  if (opts_.rope) s += ", rope_theta=" + format_float(opts_.rope_theta);
+  return s;
+}
+
+}  // namespace loom::nn

@@ -1,0 +1,178 @@
+// Module: the base of every layer and model, as in libtorch/PyTorch. It holds
+// named parameters, buffers and child modules (dotted names such as
+// `transformer.h.0.attn.c_attn.weight`), the train/eval flag, state_dict I/O,
+// a printed summary, and the forward/backward pre-hooks that FSDP attaches to.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "autograd/autograd.h"
+#include "nn/ordered_dict.h"
+#include "tensor/tensor.h"
+
+namespace loom::nn {
+
+/// name -> tensor in registration order (parameters, then persistent buffers, per module, pre-order).
+using StateDict = OrderedDict<Tensor>;
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+/// Identifies a registered hook so it can be removed.
+struct HookHandle {
+  int64_t id = -1;
+};
+
+class Module {
+ public:
+  using ModuleHook = std::function<void(Module&)>;
+
+  /// `type_name` is what the summary prints ("Linear", "GPT2Block", …).
+  explicit Module(std::string type_name);
+  virtual ~Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  const std::string& type_name() const { return type_name_; }
+
+  // ------------------------------------------------------------ registration
+  /// Registers (or replaces) a parameter; sets requires_grad and returns the same
+  /// tensor handle. Registering a tensor another module already owns ties them
+  /// (named_parameters() lists it once, state_dict() under both names).
+  Tensor register_parameter(const std::string& name, Tensor t, bool requires_grad = true);
+  /// Registers (or replaces) a buffer; non-persistent buffers are left out of state_dict().
+  Tensor register_buffer(const std::string& name, Tensor t, bool persistent = true);
+  /// Registers (or replaces) a child module and returns it. Names the child's
+  /// parameters (AutogradMeta::name) with their dotted names relative to this module.
+  template <typename M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
+    static_assert(std::is_base_of_v<Module, M>, "register_module: M must derive from loom::nn::Module");
+    add_child(name, m);
+    return m;
+  }
+
+  // ------------------------------------------------------------ traversal
+  /// Parameters with dotted names, own first then children's (pre-order), each
+  /// tensor once even when shared (tied weights keep their first name).
+  NamedTensors named_parameters(bool recurse = true) const;
+  std::vector<Tensor> parameters(bool recurse = true) const;
+  /// Buffers with dotted names (persistent or not), each tensor once.
+  NamedTensors named_buffers(bool recurse = true) const;
+  std::vector<Tensor> buffers(bool recurse = true) const;
+  /// This module (name "") and every descendant, pre-order, each once.
+  std::vector<std::pair<std::string, Module*>> named_modules();
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> named_children() const;
+  std::vector<std::shared_ptr<Module>> children() const;
+
+  // ------------------------------------------------------------ mode, placement, grads
+  /// Sets the training flag on this module and every descendant.
+  virtual void train(bool on = true);
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+  /// Moves every parameter and buffer to device, in place: tensor handles held
+  /// elsewhere (layer members, optimizers) see the move; requires_grad is kept
+  /// and existing gradients move too.
+  void to(Device device);
+  /// Converts floating parameters and buffers (and their gradients) to dtype, in place;
+  /// integer buffers are left alone. Throws InvalidArgument for a non-floating dtype.
+  void to(DType dtype);
+  /// Clears gradients: undefined when set_to_none (PyTorch's default), else zero-filled.
+  void zero_grad(bool set_to_none = true);
+
+  // ------------------------------------------------------------ state
+  /// Parameters and persistent buffers by dotted name, registration order; values
+  /// share storage with the module (detached). Tied tensors appear under every name.
+  StateDict state_dict() const;
+  /// Copies values into the module's tensors in place (converting dtype/device).
+  /// strict: a missing or unexpected key throws InvalidArgument listing all of
+  /// them. A shape mismatch always throws, naming the key and both shapes.
+  void load_state_dict(const StateDict& dict, bool strict = true);
+  /// Number of parameter elements, shared tensors counted once.
+  int64_t num_parameters() const;
+
+  // ------------------------------------------------------------ printing
+  /// The text between the parentheses of this module's line, e.g. "in_features=4, out_features=8, bias=True".
+  virtual std::string extra_repr() const { return ""; }
+  /// PyTorch's print(model): nested "(name): Type(...)" lines.
+  std::string repr() const;
+  /// repr() followed by "Total parameters: N" and "Trainable parameters: N".
+  std::string summary() const;
+
+  // ------------------------------------------------------------ hooks
+  /// fn(module) runs before every forward of this module (FSDP all-gathers here).
+  HookHandle register_forward_pre_hook(ModuleHook fn);
+  /// fn(module) runs once per forward call, when the first gradient reaches the
+  /// module's output in backward, i.e. before the gradients of its parameters are
+  /// computed (FSDP all-gathers for backward here). Only attached when grad mode
+  /// is on and an output requires grad. The module must outlive that backward pass.
+  HookHandle register_backward_pre_hook(ModuleHook fn);
+  /// Removes a hook of either kind; unknown handles are ignored.
+  void remove_hook(HookHandle handle);
+
+ protected:
+  /// The call path every layer's operator() uses: forward pre-hooks, then
+  /// forward_fn(), then backward pre-hooks attached to the output tensor(s).
+  template <typename F>
+  auto call(F&& forward_fn) -> decltype(forward_fn()) {
+    run_forward_pre_hooks();
+    auto out = forward_fn();
+    attach_backward_pre_hooks(out);
+    return out;
+  }
+  void run_forward_pre_hooks();
+  void attach_backward_pre_hooks(const Tensor& out);
+  void attach_backward_pre_hooks(const std::vector<Tensor>& outs);
+
+ private:
+  struct BufferEntry {
+    Tensor tensor;
+    bool persistent = true;
+  };
+  void add_child(const std::string& name, std::shared_ptr<Module> m);
+  /// Sets AutogradMeta::name of every parameter below this module to its dotted name.
+  void name_parameters();
+  void collect_modules(const std::string& prefix, std::vector<std::pair<std::string, Module*>>& out,
+                       std::vector<const Module*>& seen) const;
+  /// Every (dotted name, tensor) incl. duplicates: params, then buffers (persistent_only), per module pre-order.
+  void collect_state(const std::string& prefix, NamedTensors& out, bool params, bool buffers,
+                     bool persistent_only) const;
+  void run_backward_pre_hooks();
+
+  std::string type_name_;
+  bool training_ = true;
+  OrderedDict<Tensor> params_;
+  OrderedDict<BufferEntry> buffers_;
+  OrderedDict<std::shared_ptr<Module>> children_;
+  std::map<int64_t, ModuleHook> forward_pre_hooks_;
+  std::map<int64_t, ModuleHook> backward_pre_hooks_;
+  int64_t next_hook_id_ = 0;
+};
+
+/// A list of modules registered as "0", "1", … (PyTorch's nn.ModuleList).
+class ModuleList : public Module {
+ public:
+  ModuleList() : Module("ModuleList") {}
+  template <typename M>
+  std::shared_ptr<M> push_back(std::shared_ptr<M> m) {
+    register_module(std::to_string(items_.size()), m);
+    items_.push_back(m);
+    return m;
+  }
+  size_t size() const { return items_.size(); }
+  const std::shared_ptr<Module>& operator[](size_t i) const { return items_.at(i); }
+  auto begin() const { return items_.begin(); }
+  auto end() const { return items_.end(); }
+
+ private:
+  std::vector<std::shared_ptr<Module>> items_;
+};
+
+/// Formats a double as PyTorch prints it in a repr: 1e-05, 0.1, 1.0.
+std::string format_float(double v);
+
+}  // namespace loom::nn

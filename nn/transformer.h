@@ -1,0 +1,42 @@
+// A pre-norm transformer block: x + attn(norm_1(x)), then + mlp(norm_2(x)).
+// GPT-2 style (LayerNorm, fused attention, GELU MLP; ln_1/attn/ln_2/mlp) or
+// Llama style (RMSNorm, GQA + RoPE, SwiGLU; input_layernorm/self_attn/
+// post_attention_layernorm/mlp), with Hugging Face's child names.
+#pragma once
+
+#include "nn/attention.h"
+#include "nn/mlp.h"
+#include "nn/module.h"
+#include "nn/norm.h"
+
+namespace loom::nn {
+
+enum class BlockStyle { kGPT2, kLlama };
+
+struct BlockOptions {
+  BlockStyle style = BlockStyle::kGPT2;
+  AttentionOptions attn;
+  MLPOptions mlp;
+  double norm_eps = 1e-5;
+};
+
+class TransformerBlock : public Module {
+ public:
+  explicit TransformerBlock(const BlockOptions& opts, Generator& gen = default_generator());
+  /// x (B, T, C) -> (B, T, C).
+  Tensor forward(const Tensor& x);
+  Tensor operator()(const Tensor& x) {
+    return call([&] { return forward(x); });
+  }
+  BlockStyle style() const { return style_; }
+
+  std::shared_ptr<Module> norm_1, norm_2;  // LayerNorm or RMSNorm
+  std::shared_ptr<CausalSelfAttention> attn;
+  std::shared_ptr<Module> mlp;  // GeluMLP or SwiGLUMLP
+
+ private:
+  Tensor apply_norm(Module& norm, const Tensor& x);
+  BlockStyle style_;
+};
+
+}  // namespace loom::nn
