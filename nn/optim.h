@@ -46,8 +46,8 @@ struct OptimizerState {
 
 class Optimizer {
  public:
-  /// Throws InvalidArgument when a group is empty, a parameter does not require
-  /// grad, or a parameter appears twice.
+  /// Throws InvalidArgument when a group is empty, a parameter is not floating
+  /// point, or a parameter appears twice.
   explicit Optimizer(std::vector<ParamGroup> groups);
   virtual ~Optimizer() = default;
   Optimizer(const Optimizer&) = delete;

@@ -15,10 +15,12 @@ TransformerBlock::TransformerBlock(const BlockOptions& o, Generator& gen)
     norm_2 = register_module("ln_2", std::make_shared<LayerNorm>(C, o.norm_eps, true, o.attn.dtype));
     mlp = register_module("mlp", std::make_shared<GeluMLP>(o.mlp, gen, "GPT2MLP"));
   } else {
-    norm_1 = register_module("input_layernorm", std::make_shared<RMSNorm>(C, o.norm_eps, o.attn.dtype));
+    // Hugging Face's LlamaDecoderLayer registers attention and MLP before the norms;
+    // the same order gives the same named_parameters()/state_dict() order.
     attn = register_module("self_attn", std::make_shared<CausalSelfAttention>(o.attn, gen, "LlamaAttention"));
-    norm_2 = register_module("post_attention_layernorm", std::make_shared<RMSNorm>(C, o.norm_eps, o.attn.dtype));
     mlp = register_module("mlp", std::make_shared<SwiGLUMLP>(o.mlp, gen, "LlamaMLP"));
+    norm_1 = register_module("input_layernorm", std::make_shared<RMSNorm>(C, o.norm_eps, o.attn.dtype));
+    norm_2 = register_module("post_attention_layernorm", std::make_shared<RMSNorm>(C, o.norm_eps, o.attn.dtype));
   }
 }
 

@@ -41,9 +41,9 @@ std::vector<std::string> expected_llama_names(int layers) {
   std::vector<std::string> n{"model.embed_tokens.weight"};
   for (int i = 0; i < layers; ++i) {
     std::string p = "model.layers." + std::to_string(i) + ".";
-    for (const char* s : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                          "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-                          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+    for (const char* s : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                          "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                          "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"})
       n.push_back(p + s);
   }
   n.push_back("model.norm.weight");
@@ -51,8 +51,8 @@ std::vector<std::string> expected_llama_names(int layers) {
   return n;
 }
 
-// The HF checkpoints order parameters the same way the HF modules register them; input_layernorm is
-// registered after self_attn/mlp in HF's LlamaDecoderLayer, but names (not order) are the contract.
+// Names and order follow the Hugging Face modules' registration order (transformers' GPT2LMHeadModel
+// and LlamaForCausalLM), so state_dict() lists keys as model.state_dict() does in Python.
 TEST(ModuleNames, GPT2NamedParametersMatchHuggingFaceWithTiedHeadOnce) {
   GPT2 m(tiny_gpt2());
   EXPECT_EQ(names_of(m.named_parameters()), expected_gpt2_names(2));
@@ -66,11 +66,8 @@ TEST(ModuleNames, GPT2NamedParametersMatchHuggingFaceWithTiedHeadOnce) {
 
 TEST(ModuleNames, LlamaNamedParametersMatchHuggingFace) {
   Llama m(tiny_llama());
-  auto got = names_of(m.named_parameters());
   auto want = expected_llama_names(2);
-  std::sort(got.begin(), got.end());
-  std::sort(want.begin(), want.end());
-  EXPECT_EQ(got, want);
+  EXPECT_EQ(names_of(m.named_parameters()), want);
   EXPECT_EQ(m.state_dict().size(), want.size());  // rope tables are non-persistent buffers
 }
 
@@ -188,6 +185,15 @@ TEST(ModuleMode, DropoutIsIdentityInEvalAndDropsInTrain) {
   EXPECT_EQ(zeros + twos, 1000);
   EXPECT_GT(zeros, 400);
   EXPECT_LT(zeros, 600);
+}
+
+TEST(ModuleDtype, LlamaToF64ConvertsRopeTablesAndRuns) {
+  Llama m(tiny_llama());
+  m.to(DType::f64);
+  for (auto& [n, b] : m.named_buffers()) EXPECT_EQ(b.dtype(), DType::f64) << n;
+  Tensor loss = m.loss(from_vector<int64_t>({1, 2, 3, 4}, {1, 4}), from_vector<int64_t>({2, 3, 4, 5}, {1, 4}));
+  EXPECT_EQ(loss.dtype(), DType::f64);
+  EXPECT_TRUE(std::isfinite(loss.item()));
 }
 
 TEST(ModuleDtype, ToF64ConvertsInPlaceKeepingRequiresGradAndTies) {
