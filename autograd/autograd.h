@@ -82,6 +82,9 @@ struct AutogradMeta : AutogradMetaInterface {
   /// Leaves only: run after the gradient was accumulated, i.e. when it is final
   /// for this backward pass (DDP buckets and FSDP reduce-scatter attach here).
   std::vector<std::function<void(const Tensor& param)>> post_accumulate_hooks;
+  /// Leaves only: register_hook's hooks, run on the incoming gradient before it
+  /// is accumulated (non-leaves keep theirs as pre_hooks on their grad_fn).
+  std::vector<std::function<Tensor(const Tensor&)>> grad_hooks;
   std::string name;  // optional, used in error messages
 };
 
@@ -125,10 +128,13 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_
               bool retain_graph = false);
 
 /// Gradients of outputs w.r.t. inputs without touching .grad (torch.autograd.grad).
+/// Only the part of the graph between outputs and inputs runs; an input that no
+/// gradient reaches gets zeros of its shape. Throws when an input needs no grad.
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
                          const std::vector<Tensor>& grad_outputs = {}, bool retain_graph = false);
 
 /// Registers a hook on t's gradient; it may return a replacement (or undefined to keep).
+/// Hooks run in registration order, before the gradient reaches t's .grad or grad_fn.
 void register_hook(const Tensor& t, std::function<Tensor(const Tensor&)> hook);
 /// Registers a hook on a leaf that fires once its gradient is final in a pass.
 void register_post_accumulate_grad_hook(const Tensor& leaf, std::function<void(const Tensor&)> hook);
@@ -147,14 +153,28 @@ class FunctionNode : public Node {
  public:
   using BackwardFn = std::function<std::vector<Tensor>(const std::vector<Tensor>& grad_outputs)>;
   FunctionNode(std::string name, BackwardFn fn, int num_outputs = 1);
+  /// Gradients of all outputs are undefined: returns undefined gradients without
+  /// calling fn. Otherwise undefined ones are filled with zeros (when output
+  /// shapes were recorded), so fn always sees defined gradients, and the
+  /// returned gradients are checked against the recorded input shapes.
   std::vector<Tensor> apply(std::vector<Tensor>&& grads) override;
   std::string name() const override { return name_; }
   void release_saved() override { fn_ = nullptr; }
   bool released() const override { return !fn_; }
+  /// Records output and input shapes/dtypes (record() calls this).
+  void set_tensor_meta(const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs);
 
  private:
+  struct Meta {
+    bool defined = false;
+    Shape sizes;
+    DType dtype = DType::f32;
+    Device device;
+  };
   std::string name_;
   BackwardFn fn_;
+  std::vector<Meta> input_meta_;
+  std::vector<Meta> output_meta_;
 };
 
 /// Records a differentiable op: when grad is needed, a FunctionNode named

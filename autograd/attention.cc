@@ -1,0 +1,256 @@
+// Fused causal / grouped-query scaled-dot-product attention on CPU: one
+// FunctionNode whose forward runs per (batch, head) S = q k^T * scale, mask,
+// softmax, P v with BLAS, and saves only q, k, v, out and the per-row
+// log-sum-exp; backward recomputes P from them (flash-attention style).
+#include <cblas.h>
+
+#include <cmath>
+#include <limits>
+
+#include "autograd/functions.h"
+#include "tensor/parallel.h"
+
+namespace loom {
+namespace {
+
+using autograd::SavedTensor;
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+}
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+          const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(m),
+              static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+}
+
+struct SdpaShape {
+  int64_t B, H, Hkv, T, S, D;
+  double scale;
+  bool causal;
+  double p;          // dropout probability on the attention weights (0: none)
+  uint64_t seed = 0, offset = 0;  // Philox stream of the dropout mask
+  int64_t group() const { return H / Hkv; }
+  /// Keys query row t may see: top-left aligned causal mask (s <= t), as PyTorch's is_causal.
+  int64_t visible(int64_t t) const { return causal ? std::min<int64_t>(S, t + 1) : S; }
+};
+
+/// Whether attention weight (b*H + h, t, s) survives dropout: a pure function of
+/// the Philox stream, so backward regenerates the forward's mask.
+bool keep(const SdpaShape& sh, int64_t bh, int64_t t, int64_t s) {
+  const uint64_t idx = static_cast<uint64_t>((bh * sh.T + t) * sh.S + s);
+  const uint64_t block = sh.offset + idx / 4;
+  auto r = philox4x32({static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u, 0u}, sh.seed);
+  return uint_to_unit_float(r[idx % 4]) >= static_cast<float>(sh.p);
+}
+
+/// Forward for one dtype. q (B,H,T,D), k/v (B,Hkv,S,D), out (B,H,T,D), lse (B,H,T); all contiguous.
+template <typename T>
+void sdpa_forward(const SdpaShape& sh, const T* q, const T* k, const T* v, T* out, T* lse) {
+  const int64_t G = sh.group(), Tq = sh.T, S = sh.S, D = sh.D;
+  const T drop_scale = sh.p > 0 ? static_cast<T>(1.0 / (1.0 - sh.p)) : T(1);
+  parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scores(static_cast<size_t>(Tq * S));  // (T, S)
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / sh.H, h = bh % sh.H, kvh = b * sh.Hkv + h / G;
+      const T* qh = q + bh * Tq * D;
+      const T* kh = k + kvh * S * D;
+      const T* vh = v + kvh * S * D;
+      gemm(false, true, Tq, S, D, static_cast<T>(sh.scale), qh, D, kh, D, T(0), scores.data(), S);
+      for (int64_t t = 0; t < Tq; ++t) {
+        T* row = scores.data() + t * S;
+        const int64_t len = sh.visible(t);
+        T m = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < len; ++j) m = std::max(m, row[j]);
+        T l = 0;
+        for (int64_t j = 0; j < len; ++j) {
+          row[j] = std::exp(row[j] - m);
+          l += row[j];
+        }
+        const T inv = T(1) / l;
+        for (int64_t j = 0; j < len; ++j) row[j] *= inv;
+        for (int64_t j = len; j < S; ++j) row[j] = 0;
+        if (sh.p > 0)
+          for (int64_t j = 0; j < len; ++j) row[j] = keep(sh, bh, t, j) ? row[j] * drop_scale : T(0);
+        lse[bh * Tq + t] = m + std::log(l);
+      }
+      gemm(false, false, Tq, D, S, T(1), scores.data(), S, vh, D, T(0), out + bh * Tq * D, D);
+    }
+  });
+}
+
+/// Backward for one dtype. dout (B,H,T,D) contiguous; writes dq (B,H,T,D) and
+/// dk/dv (B,Hkv,S,D), summing over the query heads that share a kv head.
+template <typename T>
+void sdpa_backward(const SdpaShape& sh, const T* q, const T* k, const T* v, const T* out, const T* lse, const T* dout,
+                   T* dq, T* dk, T* dv) {
+  const int64_t G = sh.group(), Tq = sh.T, S = sh.S, D = sh.D;
+  const T drop_scale = sh.p > 0 ? static_cast<T>(1.0 / (1.0 - sh.p)) : T(1);
+  // With G > 1 heads write their dk/dv into per-head slots first, so (b, h)
+  // runs in parallel without races; the slots are summed per kv head below.
+  std::vector<T> dk_heads, dv_heads;
+  if (G > 1) {
+    dk_heads.resize(static_cast<size_t>(sh.B * sh.H * S * D));
+    dv_heads.resize(static_cast<size_t>(sh.B * sh.H * S * D));
+  }
+  parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> p(static_cast<size_t>(Tq * S)), dp(static_cast<size_t>(Tq * S));
+    std::vector<T> pd(sh.p > 0 ? static_cast<size_t>(Tq * S) : 0);
+    std::vector<T> di(static_cast<size_t>(Tq));
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / sh.H, h = bh % sh.H, kvh = b * sh.Hkv + h / G;
+      const T* qh = q + bh * Tq * D;
+      const T* kh = k + kvh * S * D;
+      const T* vh = v + kvh * S * D;
+      const T* oh = out + bh * Tq * D;
+      const T* doh = dout + bh * Tq * D;
+      T* dkh = G > 1 ? dk_heads.data() + bh * S * D : dk + kvh * S * D;
+      T* dvh = G > 1 ? dv_heads.data() + bh * S * D : dv + kvh * S * D;
+      // P = exp(q k^T * scale - lse), zero where masked.
+      gemm(false, true, Tq, S, D, static_cast<T>(sh.scale), qh, D, kh, D, T(0), p.data(), S);
+      for (int64_t t = 0; t < Tq; ++t) {
+        T* row = p.data() + t * S;
+        const int64_t len = sh.visible(t);
+        const T l = lse[bh * Tq + t];
+        for (int64_t j = 0; j < len; ++j) row[j] = std::exp(row[j] - l);
+        for (int64_t j = len; j < S; ++j) row[j] = 0;
+        T acc = 0;
+        for (int64_t d = 0; d < D; ++d) acc += doh[t * D + d] * oh[t * D + d];
+        di[t] = acc;  // rowsum(dO * O) = sum_j P_j dP_j
+      }
+      // dP = dO v^T
+      gemm(false, true, Tq, S, D, T(1), doh, D, vh, D, T(0), dp.data(), S);
+      if (sh.p > 0) {
+        for (int64_t t = 0; t < Tq; ++t) {
+          for (int64_t j = 0; j < S; ++j) {
+            const bool kept = j < sh.visible(t) && keep(sh, bh, t, j);
+            pd[t * S + j] = kept ? p[t * S + j] * drop_scale : T(0);
+            dp[t * S + j] = kept ? dp[t * S + j] * drop_scale : T(0);
+          }
+        }
+      }
+      // dV = P_dropped^T dO
+      gemm(true, false, S, D, Tq, T(1), sh.p > 0 ? pd.data() : p.data(), S, doh, D, T(0), dvh, D);
+      // dS = P * (dP - D_i) * scale, in place in p
+      for (int64_t t = 0; t < Tq; ++t) {
+        T* row = p.data() + t * S;
+        const T* drow = dp.data() + t * S;
+        for (int64_t j = 0; j < S; ++j) row[j] = row[j] * (drow[j] - di[t]) * static_cast<T>(sh.scale);
+      }
+      gemm(false, false, Tq, D, S, T(1), p.data(), S, kh, D, T(0), dq + bh * Tq * D, D);  // dQ = dS k
+      gemm(true, false, S, D, Tq, T(1), p.data(), S, qh, D, T(0), dkh, D);               // dK = dS^T q
+    }
+  });
+  if (G > 1) {
+    const int64_t slot = S * D;
+    parallel_for(0, sh.B * sh.Hkv, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bkv = begin; bkv < end; ++bkv) {
+        const int64_t b = bkv / sh.Hkv, kv = bkv % sh.Hkv;
+        T* dko = dk + bkv * slot;
+        T* dvo = dv + bkv * slot;
+        for (int64_t i = 0; i < slot; ++i) dko[i] = dvo[i] = 0;
+        for (int64_t g = 0; g < G; ++g) {
+          const int64_t bh = b * sh.H + kv * G + g;
+          const T* dks = dk_heads.data() + bh * slot;
+          const T* dvs = dv_heads.data() + bh * slot;
+          for (int64_t i = 0; i < slot; ++i) {
+            dko[i] += dks[i];
+            dvo[i] += dvs[i];
+          }
+        }
+      }
+    });
+  }
+}
+
+/// The same attention from recorded small ops, for devices without the fused kernel.
+Tensor sdpa_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal, double dropout_p,
+                     bool training, Generator& gen, const SdpaShape& sh) {
+  Tensor kk = k, vv = v;
+  if (sh.group() > 1) {
+    auto repeat = [&](const Tensor& t) {
+      Tensor e = expand(unsqueeze(t, 2), {sh.B, sh.Hkv, sh.group(), sh.S, sh.D});
+      return reshape(e, {sh.B, sh.H, sh.S, sh.D});
+    };
+    kk = repeat(k);
+    vv = repeat(v);
+  }
+  Tensor scores = mul(matmul(q, transpose(kk, -1, -2)), sh.scale);  // (B, H, T, S)
+  if (is_causal) {
+    Tensor mask = ops::slice(ops::causal_mask(std::max(sh.T, sh.S), q.device()), 0, 0, sh.T);
+    mask = ops::slice(mask, 1, 0, sh.S);
+    scores = masked_fill(scores, mask, -std::numeric_limits<double>::infinity());
+  }
+  Tensor probs = dropout(softmax(scores, -1), dropout_p, training, gen);
+  return matmul(probs, vv);
+}
+
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal,
+                                    double dropout_p, bool training, Generator& gen) {
+  const char* op = "scaled_dot_product_attention";
+  LOOM_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op, ": expected q (B, H, T, D) and k, v (B, Hkv, S, D), got ",
+             shape_str(q.sizes()), ", ", shape_str(k.sizes()), ", ", shape_str(v.sizes()));
+  LOOM_CHECK(k.sizes() == v.sizes(), op, ": k ", shape_str(k.sizes()), " and v ", shape_str(v.sizes()),
+             " must have the same shape");
+  LOOM_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3), op, ": q ", shape_str(q.sizes()), " and k ",
+             shape_str(k.sizes()), " differ in batch or head dim");
+  LOOM_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, op, ": query heads ", q.size(1),
+             " must be a multiple of kv heads ", k.size(1), " (q ", shape_str(q.sizes()), ", k ", shape_str(k.sizes()), ")");
+  LOOM_CHECK(is_floating(q.dtype()) && is_floating(k.dtype()) && is_floating(v.dtype()), op,
+             ": expected floating tensors, got ", dtype_name(q.dtype()), ", ", dtype_name(k.dtype()), ", ",
+             dtype_name(v.dtype()));
+  LOOM_CHECK(dropout_p >= 0.0 && dropout_p < 1.0, op, ": dropout_p must be in [0, 1), got ", dropout_p);
+  check_same_device(op, q, k);
+  check_same_device(op, q, v);
+
+  SdpaShape sh{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3),
+               1.0 / std::sqrt(static_cast<double>(q.size(3))), is_causal, training ? dropout_p : 0.0};
+  if (!q.device().is_cpu()) return sdpa_composed(q, k, v, is_causal, dropout_p, training, gen, sh);
+  if (sh.p > 0) {
+    sh.seed = gen.seed();
+    sh.offset = gen.advance(static_cast<uint64_t>((sh.B * sh.H * sh.T * sh.S + 3) / 4));
+  }
+
+  // Compute in f64 when any input is f64, else in f32 (bf16/f16 are converted).
+  const bool f64 = q.dtype() == DType::f64 || k.dtype() == DType::f64 || v.dtype() == DType::f64;
+  const DType ct = f64 ? DType::f64 : DType::f32;
+  Tensor qc = ops::contiguous(ops::to(q, ct)), kc = ops::contiguous(ops::to(k, ct)), vc = ops::contiguous(ops::to(v, ct));
+  Tensor oc = empty({sh.B, sh.H, sh.T, sh.D}, ct);
+  Tensor lse = empty({sh.B, sh.H, sh.T}, ct);
+  {
+    NoGradGuard no_grad;
+    if (f64) {
+      sdpa_forward<double>(sh, qc.data<double>(), kc.data<double>(), vc.data<double>(), oc.data<double>(),
+                           lse.data<double>());
+    } else {
+      sdpa_forward<float>(sh, qc.data<float>(), kc.data<float>(), vc.data<float>(), oc.data<float>(), lse.data<float>());
+    }
+  }
+  Tensor out = ops::to(oc, q.dtype());
+  if (autograd::any_requires_grad({q, k, v})) {
+    SavedTensor Q(qc), K(kc), V(vc), O(oc), L(lse);
+    autograd::record("ScaledDotProductAttentionBackward", {q, k, v}, {out}, [=](const std::vector<Tensor>& g) {
+      Tensor qq = Q.unpack(op), kk = K.unpack(op), vv = V.unpack(op), oo = O.unpack(op), ll = L.unpack(op);
+      Tensor dout = ops::contiguous(ops::to(g[0], ct));
+      Tensor dq = empty(qq.sizes(), ct), dk = empty(kk.sizes(), ct), dv = empty(vv.sizes(), ct);
+      if (f64) {
+        sdpa_backward<double>(sh, qq.data<double>(), kk.data<double>(), vv.data<double>(), oo.data<double>(),
+                              ll.data<double>(), dout.data<double>(), dq.data<double>(), dk.data<double>(),
+                              dv.data<double>());
+      } else {
+        sdpa_backward<float>(sh, qq.data<float>(), kk.data<float>(), vv.data<float>(), oo.data<float>(),
+                             ll.data<float>(), dout.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>());
+      }
+      return std::vector<Tensor>{dq, dk, dv};
+    });
+  }
+  return out;
+}
+
+}  // namespace loom
