@@ -40,7 +40,7 @@ def read_safetensors(path):
 def write_safetensors(path, tensors):
     header, blobs, off = {}, [], 0
     for name, t in tensors.items():
-        a = np.ascontiguousarray(t.detach().cpu().numpy())
+        a = np.array(t.detach().cpu().numpy(), order="C", copy=True)  # keeps 0-d shapes
         b = a.tobytes()
         header[name] = {"dtype": CODE[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
         off += len(b)
