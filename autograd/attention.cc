@@ -4,6 +4,7 @@
 // log-sum-exp; backward recomputes P from them (flash-attention style).
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -28,6 +29,29 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
               c, static_cast<int>(ldc));
 }
 
+/// Keeps BLAS single-threaded in its scope: the per-head gemms already run one
+/// per OpenMP thread, and OpenBLAS's own threads on top of them oversubscribe
+/// the cores (measured 5-10x slower on 2 cores).
+class BlasSingleThreaded {
+ public:
+  BlasSingleThreaded() {
+#if defined(OPENBLAS_VERSION)
+    prev_ = openblas_get_num_threads();
+    if (prev_ > 1) openblas_set_num_threads(1);
+#endif
+  }
+  ~BlasSingleThreaded() {
+#if defined(OPENBLAS_VERSION)
+    if (prev_ > 1) openblas_set_num_threads(prev_);
+#endif
+  }
+  BlasSingleThreaded(const BlasSingleThreaded&) = delete;
+  BlasSingleThreaded& operator=(const BlasSingleThreaded&) = delete;
+
+ private:
+  int prev_ = 1;
+};
+
 struct SdpaShape {
   int64_t B, H, Hkv, T, S, D;
   double scale;
@@ -48,37 +72,47 @@ bool keep(const SdpaShape& sh, int64_t bh, int64_t t, int64_t s) {
   return uint_to_unit_float(r[idx % 4]) >= static_cast<float>(sh.p);
 }
 
+/// Query rows processed together: with a causal mask a block of rows needs only
+/// the keys up to its last row, so the gemms skip the masked upper triangle.
+constexpr int64_t kRowBlock = 64;
+
 /// Forward for one dtype. q (B,H,T,D), k/v (B,Hkv,S,D), out (B,H,T,D), lse (B,H,T); all contiguous.
 template <typename T>
 void sdpa_forward(const SdpaShape& sh, const T* q, const T* k, const T* v, T* out, T* lse) {
   const int64_t G = sh.group(), Tq = sh.T, S = sh.S, D = sh.D;
   const T drop_scale = sh.p > 0 ? static_cast<T>(1.0 / (1.0 - sh.p)) : T(1);
+  BlasSingleThreaded blas_guard;
   parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scores(static_cast<size_t>(Tq * S));  // (T, S)
+    std::vector<T> scores(static_cast<size_t>(std::min(Tq, kRowBlock) * S));  // (rows, sk)
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / sh.H, h = bh % sh.H, kvh = b * sh.Hkv + h / G;
-      const T* qh = q + bh * Tq * D;
       const T* kh = k + kvh * S * D;
       const T* vh = v + kvh * S * D;
-      gemm(false, true, Tq, S, D, static_cast<T>(sh.scale), qh, D, kh, D, T(0), scores.data(), S);
-      for (int64_t t = 0; t < Tq; ++t) {
-        T* row = scores.data() + t * S;
-        const int64_t len = sh.visible(t);
-        T m = -std::numeric_limits<T>::infinity();
-        for (int64_t j = 0; j < len; ++j) m = std::max(m, row[j]);
-        T l = 0;
-        for (int64_t j = 0; j < len; ++j) {
-          row[j] = std::exp(row[j] - m);
-          l += row[j];
+      for (int64_t t0 = 0; t0 < Tq; t0 += kRowBlock) {
+        const int64_t rows = std::min(kRowBlock, Tq - t0);
+        const int64_t sk = sh.visible(t0 + rows - 1);  // keys the block's last row sees
+        const T* qb = q + (bh * Tq + t0) * D;
+        gemm(false, true, rows, sk, D, static_cast<T>(sh.scale), qb, D, kh, D, T(0), scores.data(), sk);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t t = t0 + r;
+          T* row = scores.data() + r * sk;
+          const int64_t len = sh.visible(t);
+          T m = -std::numeric_limits<T>::infinity();
+          for (int64_t j = 0; j < len; ++j) m = std::max(m, row[j]);
+          T l = 0;
+          for (int64_t j = 0; j < len; ++j) {
+            row[j] = std::exp(row[j] - m);
+            l += row[j];
+          }
+          const T inv = T(1) / l;
+          for (int64_t j = 0; j < len; ++j) row[j] *= inv;
+          for (int64_t j = len; j < sk; ++j) row[j] = 0;
+          if (sh.p > 0)
+            for (int64_t j = 0; j < len; ++j) row[j] = keep(sh, bh, t, j) ? row[j] * drop_scale : T(0);
+          lse[bh * Tq + t] = m + std::log(l);
         }
-        const T inv = T(1) / l;
-        for (int64_t j = 0; j < len; ++j) row[j] *= inv;
-        for (int64_t j = len; j < S; ++j) row[j] = 0;
-        if (sh.p > 0)
-          for (int64_t j = 0; j < len; ++j) row[j] = keep(sh, bh, t, j) ? row[j] * drop_scale : T(0);
-        lse[bh * Tq + t] = m + std::log(l);
+        gemm(false, false, rows, D, sk, T(1), scores.data(), sk, vh, D, T(0), out + (bh * Tq + t0) * D, D);
       }
-      gemm(false, false, Tq, D, S, T(1), scores.data(), S, vh, D, T(0), out + bh * Tq * D, D);
     }
   });
 }
@@ -97,52 +131,60 @@ void sdpa_backward(const SdpaShape& sh, const T* q, const T* k, const T* v, cons
     dk_heads.resize(static_cast<size_t>(sh.B * sh.H * S * D));
     dv_heads.resize(static_cast<size_t>(sh.B * sh.H * S * D));
   }
+  BlasSingleThreaded blas_guard;
   parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> p(static_cast<size_t>(Tq * S)), dp(static_cast<size_t>(Tq * S));
-    std::vector<T> pd(sh.p > 0 ? static_cast<size_t>(Tq * S) : 0);
-    std::vector<T> di(static_cast<size_t>(Tq));
+    const size_t block = static_cast<size_t>(std::min(Tq, kRowBlock) * S);
+    std::vector<T> p(block), dp(block), pd(sh.p > 0 ? block : 0), di(static_cast<size_t>(kRowBlock));
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / sh.H, h = bh % sh.H, kvh = b * sh.Hkv + h / G;
-      const T* qh = q + bh * Tq * D;
       const T* kh = k + kvh * S * D;
       const T* vh = v + kvh * S * D;
-      const T* oh = out + bh * Tq * D;
-      const T* doh = dout + bh * Tq * D;
       T* dkh = G > 1 ? dk_heads.data() + bh * S * D : dk + kvh * S * D;
       T* dvh = G > 1 ? dv_heads.data() + bh * S * D : dv + kvh * S * D;
-      // P = exp(q k^T * scale - lse), zero where masked.
-      gemm(false, true, Tq, S, D, static_cast<T>(sh.scale), qh, D, kh, D, T(0), p.data(), S);
-      for (int64_t t = 0; t < Tq; ++t) {
-        T* row = p.data() + t * S;
-        const int64_t len = sh.visible(t);
-        const T l = lse[bh * Tq + t];
-        for (int64_t j = 0; j < len; ++j) row[j] = std::exp(row[j] - l);
-        for (int64_t j = len; j < S; ++j) row[j] = 0;
-        T acc = 0;
-        for (int64_t d = 0; d < D; ++d) acc += doh[t * D + d] * oh[t * D + d];
-        di[t] = acc;  // rowsum(dO * O) = sum_j P_j dP_j
-      }
-      // dP = dO v^T
-      gemm(false, true, Tq, S, D, T(1), doh, D, vh, D, T(0), dp.data(), S);
-      if (sh.p > 0) {
-        for (int64_t t = 0; t < Tq; ++t) {
-          for (int64_t j = 0; j < S; ++j) {
-            const bool kept = j < sh.visible(t) && keep(sh, bh, t, j);
-            pd[t * S + j] = kept ? p[t * S + j] * drop_scale : T(0);
-            dp[t * S + j] = kept ? dp[t * S + j] * drop_scale : T(0);
+      std::fill(dkh, dkh + S * D, T(0));
+      std::fill(dvh, dvh + S * D, T(0));
+      for (int64_t t0 = 0; t0 < Tq; t0 += kRowBlock) {
+        const int64_t rows = std::min(kRowBlock, Tq - t0);
+        const int64_t sk = sh.visible(t0 + rows - 1);
+        const int64_t off = (bh * Tq + t0) * D;
+        const T* qb = q + off;
+        const T* ob = out + off;
+        const T* dob = dout + off;
+        // P = exp(q k^T * scale - lse), zero where masked.
+        gemm(false, true, rows, sk, D, static_cast<T>(sh.scale), qb, D, kh, D, T(0), p.data(), sk);
+        for (int64_t r = 0; r < rows; ++r) {
+          T* row = p.data() + r * sk;
+          const int64_t len = sh.visible(t0 + r);
+          const T l = lse[bh * Tq + t0 + r];
+          for (int64_t j = 0; j < len; ++j) row[j] = std::exp(row[j] - l);
+          for (int64_t j = len; j < sk; ++j) row[j] = 0;
+          T acc = 0;
+          for (int64_t d = 0; d < D; ++d) acc += dob[r * D + d] * ob[r * D + d];
+          di[r] = acc;  // rowsum(dO * O) = sum_j P_j dP_j
+        }
+        // dP = dO v^T
+        gemm(false, true, rows, sk, D, T(1), dob, D, vh, D, T(0), dp.data(), sk);
+        if (sh.p > 0) {
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t j = 0; j < sk; ++j) {
+              const size_t i = static_cast<size_t>(r * sk + j);
+              const bool kept = j < sh.visible(t0 + r) && keep(sh, bh, t0 + r, j);
+              pd[i] = kept ? p[i] * drop_scale : T(0);
+              dp[i] = kept ? dp[i] * drop_scale : T(0);
+            }
           }
         }
+        // dV += P_dropped^T dO
+        gemm(true, false, sk, D, rows, T(1), sh.p > 0 ? pd.data() : p.data(), sk, dob, D, T(1), dvh, D);
+        // dS = P * (dP - D_i) * scale, in place in p
+        for (int64_t r = 0; r < rows; ++r) {
+          T* row = p.data() + r * sk;
+          const T* drow = dp.data() + r * sk;
+          for (int64_t j = 0; j < sk; ++j) row[j] = row[j] * (drow[j] - di[r]) * static_cast<T>(sh.scale);
+        }
+        gemm(false, false, rows, D, sk, T(1), p.data(), sk, kh, D, T(0), dq + off, D);  // dQ = dS k
+        gemm(true, false, sk, D, rows, T(1), p.data(), sk, qb, D, T(1), dkh, D);        // dK += dS^T q
       }
-      // dV = P_dropped^T dO
-      gemm(true, false, S, D, Tq, T(1), sh.p > 0 ? pd.data() : p.data(), S, doh, D, T(0), dvh, D);
-      // dS = P * (dP - D_i) * scale, in place in p
-      for (int64_t t = 0; t < Tq; ++t) {
-        T* row = p.data() + t * S;
-        const T* drow = dp.data() + t * S;
-        for (int64_t j = 0; j < S; ++j) row[j] = row[j] * (drow[j] - di[t]) * static_cast<T>(sh.scale);
-      }
-      gemm(false, false, Tq, D, S, T(1), p.data(), S, kh, D, T(0), dq + bh * Tq * D, D);  // dQ = dS k
-      gemm(true, false, S, D, Tq, T(1), p.data(), S, qh, D, T(0), dkh, D);               // dK = dS^T q
     }
   });
   if (G > 1) {
@@ -152,7 +194,8 @@ void sdpa_backward(const SdpaShape& sh, const T* q, const T* k, const T* v, cons
         const int64_t b = bkv / sh.Hkv, kv = bkv % sh.Hkv;
         T* dko = dk + bkv * slot;
         T* dvo = dv + bkv * slot;
-        for (int64_t i = 0; i < slot; ++i) dko[i] = dvo[i] = 0;
+        std::fill(dko, dko + slot, T(0));
+        std::fill(dvo, dvo + slot, T(0));
         for (int64_t g = 0; g < G; ++g) {
           const int64_t bh = b * sh.H + kv * G + g;
           const T* dks = dk_heads.data() + bh * slot;

@@ -53,6 +53,31 @@ TEST(Attention, FusedBackwardMatchesCompositionInF32) {
   for (int i = 0; i < 3; ++i) expect_close(fused[i], ref[i], 1e-5);
 }
 
+TEST(Attention, LongSequenceSpanningSeveralRowBlocksMatchesComposition) {
+  // T = 150 crosses the fused kernel's 64-row blocks, where causal blocks skip masked keys.
+  Tensor q = randn_leaf({1, 2, 150, 8}, 14), k = randn_leaf({1, 1, 150, 8}, 15), v = randn_leaf({1, 1, 150, 8}, 16);
+  Generator g(17);
+  Tensor w = ops::randn({1, 2, 150, 8}, g);
+  for (bool causal : {true, false}) {
+    Tensor fused = scaled_dot_product_attention(q, k, v, causal);
+    Tensor ref = reference_attention(q, k, v, causal);
+    expect_close(fused, ref, 1e-5);
+    auto gf = autograd::grad({sum(mul(fused, w))}, {q, k, v});
+    auto gr = autograd::grad({sum(mul(ref, w))}, {q, k, v});
+    for (int i = 0; i < 3; ++i) expect_close(gf[i], gr[i], 2e-5);
+  }
+}
+
+TEST(Attention, Bf16InputsGiveBf16OutputCloseToF32) {
+  Tensor q = randn_leaf({1, 2, 5, 4}, 18), k = randn_leaf({1, 2, 5, 4}, 19), v = randn_leaf({1, 2, 5, 4}, 20);
+  Tensor out = scaled_dot_product_attention(to(q, DType::bf16), to(k, DType::bf16), to(v, DType::bf16));
+  EXPECT_EQ(out.dtype(), DType::bf16);
+  expect_close(to(out, DType::f32), scaled_dot_product_attention(q, k, v), 3e-2);
+  sum(out).backward();
+  ASSERT_TRUE(q.grad().defined());
+  EXPECT_EQ(q.grad().dtype(), DType::f32);
+}
+
 TEST(Attention, RecordsOneNode) {
   Tensor q = randn_leaf({1, 2, 3, 4}, 7), k = randn_leaf({1, 2, 3, 4}, 8), v = randn_leaf({1, 2, 3, 4}, 9);
   Tensor out = scaled_dot_product_attention(q, k, v);
