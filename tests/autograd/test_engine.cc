@@ -203,6 +203,25 @@ TEST(Engine, GradReturnsGradientsWithoutTouchingDotGrad) {
   EXPECT_EQ(hook_calls, 0);
 }
 
+TEST(Engine, BackwardFreesSavedTensorsUnlessRetained) {
+  Tensor x = param({1, 2});
+  Tensor y = exp(x);
+  Tensor loss = sum(y);
+  loss.backward(Tensor(), /*retain_graph=*/true);
+  EXPECT_FALSE(autograd::grad_fn(y)->released());
+  loss.backward();
+  EXPECT_TRUE(autograd::grad_fn(y)->released());
+}
+
+TEST(Engine, GradWithRespectToIntermediateTensor) {
+  Tensor x = param({1, 2});
+  Tensor h = mul(x, 3.0);
+  Tensor z = sum(mul(h, h));  // dz/dh = 2h = 6x
+  auto g = autograd::grad({z}, {h, x});
+  expect_values(g[0], {6, 12});
+  expect_values(g[1], {18, 36});
+}
+
 TEST(Engine, GradOfUnusedInputIsZeros) {
   Tensor x = param({1, 2});
   Tensor y = param({3, 4});
