@@ -2,6 +2,10 @@
 // and RMS norm, embedding, fused cross-entropy, dropout and rotary embedding.
 // Each is a row-wise loop parallel over rows; rows of 16-bit floats are
 // widened to f32 in a per-thread buffer, f64 rows are computed in f64.
+// FP comparisons may then be if-converted into selects, which lets the loops
+// around fast_expf vectorise; loom never reads floating-point exception flags.
+#pragma GCC optimize("no-trapping-math")
+
 #include <array>
 #include <cstring>
 #include <type_traits>

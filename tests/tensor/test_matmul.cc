@@ -168,5 +168,14 @@ TEST(Gemm, WritesIntoARowMajorView) {
   EXPECT_EQ(buf.to_vector<float>(), std::vector<float>({4, 4, 4, 0, 0, 0, 4, 4, 4, 0, 0, 0}));
 }
 
+TEST(Matmul, CudaTensorsAreUnsupportedAndDevicesMustMatch) {
+  if (cuda_is_available()) GTEST_SKIP() << "a CUDA backend is built";
+  Tensor c = testing::fake_cuda_tensor({4, 4});
+  testing::expect_unsupported([&] { ops::matmul(c, c); }, "matmul");
+  testing::expect_unsupported([&] { ops::linear(c, c, Tensor()); }, "linear");
+  testing::expect_unsupported([&] { ops::gemm_(c, c, c); }, "gemm_");
+  expect_error_mentions([&] { ops::matmul(ops::zeros({4, 4}), c); }, {"matmul", "cpu", "cuda:0"});
+}
+
 }  // namespace
 }  // namespace loom

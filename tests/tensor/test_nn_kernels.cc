@@ -248,5 +248,18 @@ TEST(Rope, MatchesHuggingFaceRotateHalf) {
   expect_error_mentions([&] { ops::rope(x, ops::zeros({5, 3}), sin); }, {"rope", "[5, 3]", "[2, 3, 5, 8]"});
 }
 
+TEST(NnKernels, CudaTensorsAreUnsupportedInACpuBuild) {
+  if (cuda_is_available()) GTEST_SKIP() << "a CUDA backend is built";
+  Tensor c = testing::fake_cuda_tensor({4, 4});
+  Tensor ci = testing::fake_cuda_tensor({4}, DType::i64);
+  testing::expect_unsupported([&] { ops::softmax(c, -1); }, "softmax");
+  testing::expect_unsupported([&] { ops::layer_norm(c, Tensor(), Tensor(), 1e-5); }, "layer_norm");
+  testing::expect_unsupported([&] { ops::rms_norm(c, Tensor(), 1e-5); }, "rms_norm");
+  testing::expect_unsupported([&] { ops::embedding(c, ci); }, "embedding");
+  testing::expect_unsupported([&] { ops::cross_entropy(c, ci); }, "cross_entropy");
+  testing::expect_unsupported([&] { ops::dropout(c, 0.1); }, "dropout");
+  expect_error_mentions([&] { ops::embedding(ops::zeros({4, 4}), ci); }, {"embedding", "cuda:0"});
+}
+
 }  // namespace
 }  // namespace loom

@@ -154,5 +154,14 @@ TEST(Reduce, EmptyReductionsFollowPyTorch) {
   EXPECT_TRUE(std::isnan(ops::var(ops::ones({1})).item()));  // 0 / 0 with correction 1
 }
 
+TEST(Reduce, CudaTensorsAreUnsupportedInACpuBuild) {
+  if (cuda_is_available()) GTEST_SKIP() << "a CUDA backend is built";
+  Tensor c = testing::fake_cuda_tensor({4, 4});
+  testing::expect_unsupported([&] { ops::sum(c); }, "sum");
+  testing::expect_unsupported([&] { ops::max(c, 0); }, "max");
+  testing::expect_unsupported([&] { ops::var(c); }, "var");
+  testing::expect_unsupported([&] { ops::norm(c); }, "norm");
+}
+
 }  // namespace
 }  // namespace loom

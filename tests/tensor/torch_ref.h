@@ -116,4 +116,24 @@ void expect_error_mentions(F&& fn, const std::vector<std::string>& parts) {
   }
 }
 
+/// A tensor that claims to live on cuda:0 (host memory underneath), to check
+/// that CPU-only builds refuse it with Unsupported rather than touching it.
+inline Tensor fake_cuda_tensor(const Shape& sizes, DType dt = DType::f32) {
+  static std::vector<char> backing(1 << 16);
+  auto storage = std::make_shared<Storage>(backing.data(), backing.size(), Device(DeviceType::kCUDA, 0), nullptr,
+                                           nullptr);
+  return Tensor(storage, sizes, contiguous_strides(sizes), 0, dt);
+}
+
+/// Expects fn() to throw loom::Unsupported whose message names op.
+template <typename F>
+void expect_unsupported(F&& fn, const std::string& op) {
+  try {
+    fn();
+    ADD_FAILURE() << op << ": expected Unsupported for a cuda tensor";
+  } catch (const Unsupported& e) {
+    EXPECT_NE(std::string(e.what()).find(op), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace loom::testing
