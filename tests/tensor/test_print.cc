@@ -45,31 +45,40 @@ TEST(Print, NonContiguousPrintsLogicalOrder) {
 }
 
 namespace {
-std::string torch_repr(const std::string& expr) {
-  std::string cmd = "/usr/bin/python3 -c \"import torch; print(repr(" + expr + "), end='')\" 2>/dev/null";
+/// reprs of the given PyTorch expressions from one /usr/bin/python3 run (empty when torch is missing).
+std::vector<std::string> torch_reprs(const std::vector<std::string>& exprs) {
+  std::string cmd = "/usr/bin/python3 -c \"import torch\nfor e in [";
+  for (const auto& e : exprs) cmd += "'" + e + "',";
+  cmd += "]: print(repr(eval(e)).replace('torch.', ''), end='\\x01')\" 2>/dev/null";
   FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return "";
+  if (!p) return {};
   std::string out;
   char buf[4096];
-  while (fgets(buf, sizeof(buf), p)) out += buf;
-  if (pclose(p) != 0) return "";
-  // Our suffix spells dtypes without the "torch." prefix.
-  for (size_t pos; (pos = out.find("torch.")) != std::string::npos;) out.erase(pos, 6);
-  return out;
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  if (pclose(p) != 0) return {};
+  std::vector<std::string> parts;
+  for (size_t pos = 0, q; (q = out.find('\x01', pos)) != std::string::npos; pos = q + 1)
+    parts.push_back(out.substr(pos, q - pos));
+  return parts;
 }
 }  // namespace
 
 TEST(Print, MatchesPyTorchForWrappedAndSummarisedTensors) {
-  if (torch_repr("1").empty()) GTEST_SKIP() << "/usr/bin/python3 has no torch; cannot compare against PyTorch";
+  // Our dtype suffix spells dtypes without the "torch." prefix, so it is stripped from PyTorch's.
+  auto want = torch_reprs({"torch.arange(0,30,dtype=torch.float32)/7",
+                           "torch.arange(0,2000,dtype=torch.float64).reshape(10,20,10)",
+                           "torch.arange(5000)",
+                           "(torch.arange(0,12,dtype=torch.float32)/3-2).to(torch.bfloat16)"});
+  if (want.size() != 4) GTEST_SKIP() << "/usr/bin/python3 has no torch; cannot compare against PyTorch";
   // 1-D wrapping across lines, fixed mode.
-  EXPECT_EQ(to_string(O::div(O::arange(0.0, 30.0, 1.0, DType::f32), O::full({}, 7.0))),
-            torch_repr("torch.arange(0,30,dtype=torch.float32)/7"));
+  EXPECT_EQ(to_string(O::div(O::arange(0.0, 30.0, 1.0, DType::f32), O::full({}, 7.0))), want[0]);
   // Summarised 3-D tensor (> 1000 elements), integer mode, and f64 suffix.
-  EXPECT_EQ(to_string(O::reshape(O::arange(0.0, 2000.0, 1.0, DType::f64), {10, 20, 10})),
-            torch_repr("torch.arange(0,2000,dtype=torch.float64).reshape(10,20,10)"));
+  EXPECT_EQ(to_string(O::reshape(O::arange(0.0, 2000.0, 1.0, DType::f64), {10, 20, 10})), want[1]);
   // Summarised 1-D integer tensor.
-  EXPECT_EQ(to_string(O::arange(5000)), torch_repr("torch.arange(5000)"));
+  EXPECT_EQ(to_string(O::arange(5000)), want[2]);
   // bf16 values, negative numbers.
-  EXPECT_EQ(to_string(O::to(O::sub(O::div(O::arange(0.0, 12.0, 1.0, DType::f32), O::full({}, 3.0)), O::full({}, 2.0)), DType::bf16)),
-            torch_repr("(torch.arange(0,12,dtype=torch.float32)/3-2).to(torch.bfloat16)"));
+  EXPECT_EQ(to_string(O::to(O::sub(O::div(O::arange(0.0, 12.0, 1.0, DType::f32), O::full({}, 3.0)), O::full({}, 2.0)),
+                            DType::bf16)),
+            want[3]);
 }
