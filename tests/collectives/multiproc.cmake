@@ -22,3 +22,6 @@ foreach(n 2 4)
     endforeach()
   endif()
 endforeach()
+# The NCCL case of test_collectives again under the gpu label (it skips without a device).
+add_test(NAME collectives_nccl_gpu COMMAND test_collectives --gtest_filter=Nccl.*)
+set_tests_properties(collectives_nccl_gpu PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]")
