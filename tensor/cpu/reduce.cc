@@ -103,6 +103,31 @@ void reduce_ori(const In* in, Acc* out, int64_t O, int64_t R, int64_t I) {
   // Column sums: each task owns a block of up to kBlock outputs of one o.
   constexpr int64_t kBlock = 512;
   const int64_t nblk = (I + kBlock - 1) / kBlock;
+  if (O * nblk < num_threads() && R >= 2 * num_threads() && O * R * I >= 2 * kElementwiseGrain) {
+    // Too few column blocks to share out (a bias gradient (B*T, C) -> (C)): split the
+    // reduced rows instead, one partial (O, I) per chunk, then add the partials.
+    const int64_t chunks = std::min<int64_t>(num_threads(), R);
+    const int64_t len = (R + chunks - 1) / chunks;
+    std::vector<Acc> part(static_cast<size_t>(chunks * O * I), Acc(0));
+    parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        const int64_t r0 = std::min(R, c * len), r1 = std::min(R, (c + 1) * len);
+        Acc* acc = part.data() + c * O * I;
+        for (int64_t o = 0; o < O; ++o)
+          for (int64_t r = r0; r < r1; ++r) {
+            const In* row = in + (o * R + r) * I;
+            Acc* dst = acc + o * I;
+            for (int64_t i = 0; i < I; ++i) dst[i] += to_acc<Acc>(row[i]);
+          }
+      }
+    });
+    for (int64_t j = 0; j < O * I; ++j) {
+      Acc s = 0;
+      for (int64_t c = 0; c < chunks; ++c) s += part[c * O * I + j];
+      out[j] = s;
+    }
+    return;
+  }
   const int64_t grain = std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(1, R * std::min(I, kBlock)));
   parallel_for(0, O * nblk, grain, [&](int64_t b, int64_t e) {
     Acc acc[kBlock];

@@ -118,6 +118,20 @@ TEST(Matmul, ShapeErrorsNameBothShapes) {
                         {"gemm_", "[2, 2]", "[2, 3]", "[3, 4]"});
 }
 
+TEST(Matmul, ManySmallBatchesMatchPerBatchProducts) {
+  // 96 products of 8x16x8 run spread over threads; each must equal its own 2-D product.
+  Tensor a = gen({2, 48, 8, 16}, 1), b = ops::transpose(gen({48, 8, 16}, 2), 1, 2);
+  Tensor c = ops::matmul(a, b);
+  ASSERT_EQ(c.sizes(), Shape({2, 48, 8, 8}));
+  for (int64_t i : {0, 1}) {
+    for (int64_t j : {0, 17, 47}) {
+      Tensor want = ops::matmul(ops::select(ops::select(a, 0, i), 0, j), ops::select(b, 0, j));
+      Tensor got = ops::select(ops::select(c, 0, i), 0, j);
+      EXPECT_EQ(got.to_vector<float>(), want.to_vector<float>()) << i << ", " << j;
+    }
+  }
+}
+
 TEST(Matmul, EmptyInnerDimensionGivesZeros) {
   Tensor c = ops::matmul(ops::ones({3, 0}), ops::ones({0, 2}));
   EXPECT_EQ(c.sizes(), Shape({3, 2}));

@@ -114,6 +114,18 @@ TEST(Reduce, MillionElementFloatSumIsAccurate) {
   expect_matches_ref(ops::sum(m, {0}), "sum_big_d0", 2e-7, 1e-6);
 }
 
+TEST(Reduce, LeadingDimSumOfATallMatrixMatchesDouble) {
+  // (B*T, C) -> (C), the bias-gradient shape, split over rows across threads.
+  Tensor x = gen({4096, 24}, 9);
+  const auto v = x.to_vector<float>();
+  std::vector<double> want(24, 0.0);
+  for (size_t i = 0; i < v.size(); ++i) want[i % 24] += v[i];
+  const auto got = ops::sum(x, {0}).to_vector<float>();
+  for (size_t j = 0; j < 24; ++j) EXPECT_NEAR(got[j], want[j], 1e-4 + 1e-6 * std::abs(want[j])) << j;
+  const auto got3 = ops::sum_to(ops::view(x, {2, 2048, 24}), {24}).to_vector<float>();
+  for (size_t j = 0; j < 24; ++j) EXPECT_NEAR(got3[j], want[j], 1e-4 + 1e-6 * std::abs(want[j])) << j;
+}
+
 TEST(Reduce, SumToInvertsBroadcasting) {
   LOOM_REQUIRE_TORCH_REF();
   Tensor x = gen({3, 4, 5}, 1);
