@@ -14,6 +14,7 @@
 #include <cstring>
 #include <numbers>
 
+#include "tensor/cpu/vec_math.h"
 #include "tensor/iter.h"
 #include "tensor/ops.h"
 
@@ -21,28 +22,8 @@ namespace loom::ops {
 namespace {
 
 // ---------------------------------------------------------------- vectorisable math
-/// exp for f32 (Cephes polynomial, ~1 ulp) written without branches so loops
-/// calling it vectorise. Inputs are clamped to [-87.3, 88.3] (results saturate
-/// near 0 / FLT_MAX instead of underflowing to 0 / overflowing to inf).
-inline float vexp(float x) {
-  x = std::min(std::max(x, -87.3f), 88.3f);
-  // Round x*log2(e) to nearest with the 1.5*2^23 trick (std::floor blocks vectorisation).
-  const float fx = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float g = x - fx * 0.693359375f;
-  g = g + fx * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * g + 1.3981999507e-3f;
-  y = y * g + 8.3334519073e-3f;
-  y = y * g + 4.1665795894e-2f;
-  y = y * g + 1.6666665459e-1f;
-  y = y * g + 5.0000001201e-1f;
-  y = y * g * g + g + 1.0f;
-  int32_t n = static_cast<int32_t>(fx) + 127;
-  uint32_t bits = static_cast<uint32_t>(n) << 23;
-  float p2;
-  std::memcpy(&p2, &bits, 4);
-  return y * p2;
-}
+/// exp for f32: the shared branch-free polynomial (tensor/cpu/vec_math.h).
+inline float vexp(float x) { return detail::fast_expf(x); }
 inline double vexp(double x) { return std::exp(x); }
 
 /// erf for f32 (Abramowitz–Stegun 7.1.26, |error| < 1.5e-7), branch-free.

@@ -1,6 +1,7 @@
 // Branch-free math for CPU kernels' inner loops: an f32 exp the compiler can
 // vectorise (std::exp is a libm call per element), accurate to about 2 ulp.
-// Used by softmax, log_softmax and cross-entropy; f64 paths keep std::exp.
+// Used by softmax, log_softmax, cross-entropy and the elementwise activations;
+// f64 paths keep std::exp.
 #pragma once
 
 #include <cmath>
@@ -16,7 +17,9 @@ namespace loom::detail {
 inline float fast_expf(float x) {
   float xc = x < -87.3f ? -87.3f : x;
   xc = xc > 88.3f ? 88.3f : xc;
-  const float fn = std::floor(xc * 1.44269504088896341f + 0.5f);
+  // Round to nearest with the 1.5*2^23 trick: std::floor only vectorises where
+  // the target has a rounding instruction (SSE4.1).
+  const float fn = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - fn * 0.693359375f;
   r = r + fn * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
