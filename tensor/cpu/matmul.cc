@@ -143,7 +143,8 @@ void matmul_typed(const Tensor& a, const Tensor& b, const Tensor& out, const Sha
     }
   };
   if (nbatch > 1 && M * N * K < kSmallGemm) {
-    parallel_for(0, nbatch, std::max<int64_t>(1, kSmallGemm / std::max<int64_t>(1, M * N * K)), run);
+    // About 32k multiply-adds per task is enough to pay for a thread.
+    parallel_for(0, nbatch, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, M * N * K)), run);
   } else {
     run(0, nbatch);  // OpenBLAS threads each product
   }
