@@ -6,7 +6,10 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include "collectives/reduce.h"
 #include "tensor/logging.h"
 
 namespace loom::collectives {
@@ -113,22 +116,37 @@ class MpiBackend : public Backend {
       MPI_Group_free(&wg);
     }
     MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+    // The ring allreduce's point-to-point traffic gets its own communicator so
+    // its messages never match the user's send/recv tags.
+    check_rc(MPI_Comm_dup(comm_, &ring_comm_), "comm_dup");
+    MPI_Comm_set_errhandler(ring_comm_, MPI_ERRORS_RETURN);
   }
   ~MpiBackend() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
-    if (!finalized && !broken_) MPI_Comm_free(&comm_);
+    if (!finalized && !broken_) {
+      MPI_Comm_free(&ring_comm_);
+      MPI_Comm_free(&comm_);
+    }
   }
 
   std::string name() const override { return "mpi"; }
 
   void allreduce(Tensor& t, ReduceOp op, Millis timeout) override {
+    // Open MPI's MPI_Iallreduce (libnbc) picks recursive doubling for large
+    // buffers on few ranks, which moves twice the bytes of the ring that the
+    // blocking MPI_Allreduce uses: about half raw MPI's bus bandwidth. Large
+    // buffers therefore go through our own non-blocking ring.
+    if (size_ > 1 && static_cast<int64_t>(t.nbytes()) >= ring_min_bytes_ && t.numel() >= size_) return ring_allreduce(t, op, timeout);
     run("allreduce", timeout, [&](MPI_Request* r) {
       return MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()), mpi_type(t.dtype(), true),
                             mpi_op(op), comm_, r);
     });
   }
   void reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, Millis timeout) override {
+    // Same reason as allreduce: libnbc's MPI_Ireduce_scatter_block is far
+    // below a ring on large buffers.
+    if (size_ > 1 && static_cast<int64_t>(in.nbytes()) >= ring_min_bytes_) return ring_reduce_scatter(out, in, op, timeout);
     run("reduce_scatter", timeout, [&](MPI_Request* r) {
       return MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), static_cast<int>(out.numel()),
                                        mpi_type(in.dtype(), true), mpi_op(op), comm_, r);
@@ -168,6 +186,16 @@ class MpiBackend : public Backend {
   }
 
  private:
+  // Buffers of at least this many bytes take the ring allreduce; the
+  // LOOM_MPI_RING_MIN_BYTES environment variable overrides it (a huge value
+  // turns the ring off).
+  static int64_t ring_min_bytes_from_env() {
+    const char* v = std::getenv("LOOM_MPI_RING_MIN_BYTES");
+    return v && *v ? std::strtoll(v, nullptr, 10) : int64_t{1} << 20;
+  }
+
+  using Clock = std::chrono::steady_clock;
+
   // Starts a non-blocking call and polls it until done or the timeout.
   template <typename Start>
   void run(const char* op, Millis timeout, Start&& start) {
@@ -178,27 +206,106 @@ class MpiBackend : public Backend {
       if (serial_) lk.lock();
       check_rc(start(&req), op);
     }
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    wait_all(&req, 1, op, Clock::now() + timeout, timeout);
+  }
+
+  // Polls n requests until all are done, or throws Timeout after deadline.
+  void wait_all(MPI_Request* reqs, int n, const char* op, Clock::time_point deadline, Millis timeout) {
     int done = 0;
     for (uint64_t spin = 0;; ++spin) {
       {
         std::unique_lock<std::mutex> lk(serial_mutex(), std::defer_lock);
         if (serial_) lk.lock();
-        check_rc(MPI_Test(&req, &done, MPI_STATUS_IGNORE), op);
+        check_rc(MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE), op);
       }
       if (done) return;
-      if ((spin & 255) == 0 && std::chrono::steady_clock::now() > deadline) {
-        broken_ = true;  // the request cannot be cancelled; the communicator is left as is
+      if ((spin & 255) == 0 && Clock::now() > deadline) {
+        broken_ = true;  // the requests cannot be cancelled; the communicator is left as is
         LOOM_THROW(Timeout, "mpi ", op, ": not complete after ", timeout.count(), " ms");
       }
       if (spin > 4096) std::this_thread::yield();
     }
   }
 
+  // Bandwidth-optimal ring allreduce of t in place: size_ - 1 reduce-scatter
+  // steps (receive the left neighbour's partial chunk into scratch_ and reduce
+  // it into ours) then size_ - 1 all-gather steps (receive finished chunks in
+  // place). Each rank sends and receives 2 (size_ - 1) / size_ of the buffer.
+  void ring_allreduce(Tensor& t, ReduceOp op, Millis timeout) {
+    const char* name = "allreduce";
+    LOOM_CHECK_T(CommError, !broken_, "mpi ", name, ": the communicator is unusable after an earlier timeout");
+    const auto deadline = Clock::now() + timeout;
+    const int n = size_;
+    const int64_t count = t.numel();
+    const size_t esize = t.nbytes() / static_cast<size_t>(count);
+    const MPI_Datatype ty = mpi_type(t.dtype(), true);
+    auto* base = static_cast<unsigned char*>(t.data_ptr());
+    auto begin = [&](int c) { return count * c / n; };
+    auto len = [&](int c) { return begin(c + 1) - begin(c); };
+    auto ptr = [&](int c) { return base + static_cast<size_t>(begin(c)) * esize; };
+    scratch_.resize(static_cast<size_t>(len(n - 1) + 1) * esize);
+    auto step = [&](int send_c, int recv_c, void* recv_to) {
+      ring_step(ptr(send_c), len(send_c), recv_to, len(recv_c), ty, name, deadline, timeout);
+    };
+    for (int s = 0; s < n - 1; ++s) {
+      const int send_c = (rank_ - s + n) % n, recv_c = (rank_ - s - 1 + n) % n;
+      step(send_c, recv_c, scratch_.data());
+      detail::reduce_into(ptr(recv_c), scratch_.data(), static_cast<size_t>(len(recv_c)), t.dtype(), op);
+    }
+    for (int s = 0; s < n - 1; ++s) {
+      const int send_c = (rank_ + 1 - s + n) % n, recv_c = (rank_ - s + n) % n;
+      step(send_c, recv_c, ptr(recv_c));
+    }
+  }
+
+  // Ring reduce-scatter (out = reduced chunk rank_ of in), the first half of
+  // ring_allreduce done out of place: the partial sum travels round the ring
+  // in scratch buffers and the last step lands it in out.
+  void ring_reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, Millis timeout) {
+    const char* name = "reduce_scatter";
+    LOOM_CHECK_T(CommError, !broken_, "mpi ", name, ": the communicator is unusable after an earlier timeout");
+    const auto deadline = Clock::now() + timeout;
+    const int n = size_;
+    const int64_t c = out.numel();
+    const size_t cbytes = out.nbytes();
+    const MPI_Datatype ty = mpi_type(in.dtype(), true);
+    const auto* src = static_cast<const unsigned char*>(in.data_ptr());
+    auto chunk = [&](int k) { return src + static_cast<size_t>(k) * cbytes; };
+    scratch_.resize(2 * cbytes);
+    unsigned char* recv_buf = scratch_.data();
+    unsigned char* send_buf = scratch_.data() + cbytes;
+    for (int s = 0; s < n - 1; ++s) {
+      const int send_c = (rank_ - s - 1 + 2 * n) % n, recv_c = (rank_ - s - 2 + 2 * n) % n;
+      const bool last = s == n - 2;  // then recv_c == rank_
+      unsigned char* to = last ? static_cast<unsigned char*>(out.data_ptr()) : recv_buf;
+      ring_step(s == 0 ? chunk(send_c) : send_buf, c, to, c, ty, name, deadline, timeout);
+      detail::reduce_into(to, chunk(recv_c), static_cast<size_t>(c), in.dtype(), op);
+      std::swap(recv_buf, send_buf);
+    }
+  }
+
+  // One ring step on ring_comm_: send to the right neighbour while receiving
+  // from the left one, polled until both finish or the deadline.
+  void ring_step(const void* send, int64_t send_n, void* recv, int64_t recv_n, MPI_Datatype ty, const char* name,
+                 Clock::time_point deadline, Millis timeout) {
+    const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
+    MPI_Request reqs[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    {
+      std::unique_lock<std::mutex> lk(serial_mutex(), std::defer_lock);
+      if (serial_) lk.lock();
+      check_rc(MPI_Irecv(recv, static_cast<int>(recv_n), ty, left, 0, ring_comm_, &reqs[0]), name);
+      check_rc(MPI_Isend(send, static_cast<int>(send_n), ty, right, 0, ring_comm_, &reqs[1]), name);
+    }
+    wait_all(reqs, 2, name, deadline, timeout);
+  }
+
   int rank_, size_;
   bool serial_ = false;
   bool broken_ = false;
   MPI_Comm comm_ = MPI_COMM_NULL;
+  MPI_Comm ring_comm_ = MPI_COMM_NULL;
+  int64_t ring_min_bytes_ = ring_min_bytes_from_env();
+  std::vector<unsigned char> scratch_;  // the ring's receive buffer, reused
 };
 
 }  // namespace

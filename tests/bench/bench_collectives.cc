@@ -1,14 +1,21 @@
 // Bus bandwidth (nccl-tests definition) of allreduce, all_gather and
 // reduce_scatter through our gloo and mpi ProcessGroups, and of raw
-// MPI_Allreduce, 4 KiB .. max bytes. Run: mpirun -np N bench_collectives [MAX_MIB]
+// MPI_Allreduce, 4 KiB .. max bytes. Run: mpirun -np N bench_collectives [MAX_MIB [REPS]]
+// Every variant gets one untimed warm-up call, then REPS timed rounds in which
+// the variants take turns (so machine noise hits them alike); a call's time is
+// the max over ranks after a barrier, and each figure is the median of its REPS.
 // One line per figure: op backend ranks bytes time_us algbw_GBps busbw_GBps.
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "collectives/process_group.h"
 #include "collectives/tcp_store.h"
@@ -18,16 +25,29 @@ using namespace loom::collectives;
 
 namespace {
 
-// Mean seconds per call after a warm-up, the max over ranks.
-double time_it(const std::function<void()>& f, int iters) {
-  f();
+// Seconds of `calls` back-to-back calls of f per call, the max over ranks.
+double time_once(const std::function<void()>& f, int calls) {
   MPI_Barrier(MPI_COMM_WORLD);
   auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) f();
-  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+  for (int i = 0; i < calls; ++i) f();
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / calls;
   double worst = 0;
   MPI_Allreduce(&s, &worst, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   return worst;
+}
+
+struct Variant {
+  const char* op;
+  const char* backend;
+  size_t bytes;
+  double factor;
+  std::function<void()> f;
+  std::vector<double> times;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
 void report(int rank, const char* op, const char* backend, int n, size_t bytes, double s, double factor) {
@@ -46,6 +66,7 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &n);
   const size_t max_bytes = (argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 256) << 20;
+  const int reps = argc > 2 ? std::atoi(argv[2]) : 5;
   {
     const char* port = std::getenv("MASTER_PORT");
     TCPStoreOptions so;
@@ -59,7 +80,8 @@ int main(int argc, char** argv) {
     const double ar = 2.0 * (n - 1) / n, ag = static_cast<double>(n - 1) / n;
     for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
       const int64_t count = static_cast<int64_t>(bytes / 4);
-      const int iters = bytes <= (1u << 20) ? 50 : bytes <= (16u << 20) ? 10 : 3;
+      // Small buffers are timed over several back-to-back calls per round.
+      const int calls = bytes <= (1u << 20) ? 20 : bytes <= (16u << 20) ? 3 : 1;
       Tensor buf = empty({count}, DType::f32);
       Tensor chunk = empty({count / n}, DType::f32);
       Tensor full = empty({count / n * n}, DType::f32);
@@ -67,15 +89,44 @@ int main(int argc, char** argv) {
       std::memset(chunk.data_ptr(), 0, chunk.nbytes());
       std::memset(full.data_ptr(), 0, full.nbytes());
       const size_t gathered = static_cast<size_t>(full.nbytes());
-      report(rank, "allreduce", "raw", n, bytes, time_it([&] {
-               MPI_Allreduce(MPI_IN_PLACE, buf.data_ptr(), static_cast<int>(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-             }, iters), ar);
+      std::vector<Variant> vs;
+      vs.push_back({"allreduce", "raw", bytes, ar, [&] {
+                      MPI_Allreduce(MPI_IN_PLACE, buf.data_ptr(), static_cast<int>(count), MPI_FLOAT, MPI_SUM,
+                                    MPI_COMM_WORLD);
+                    }, {}});
       for (ProcessGroup* pg : {&mpi, &gloo}) {
         const char* b = pg == &mpi ? "mpi" : "gloo";
-        report(rank, "allreduce", b, n, bytes, time_it([&] { pg->allreduce(buf)->wait(); }, iters), ar);
-        report(rank, "all_gather", b, n, gathered, time_it([&] { pg->all_gather(full, chunk)->wait(); }, iters), ag);
-        report(rank, "reduce_scatter", b, n, gathered,
-               time_it([&] { pg->reduce_scatter(chunk, full)->wait(); }, iters), ag);
+        vs.push_back({"allreduce", b, bytes, ar, [&buf, pg] { pg->allreduce(buf)->wait(); }, {}});
+        vs.push_back({"all_gather", b, gathered, ag, [&full, &chunk, pg] { pg->all_gather(full, chunk)->wait(); }, {}});
+        vs.push_back({"reduce_scatter", b, gathered, ag,
+                      [&full, &chunk, pg] { pg->reduce_scatter(chunk, full)->wait(); }, {}});
+      }
+      for (auto& v : vs) v.f();  // warm-up
+      for (int r = 0; r < reps; ++r)
+        for (auto& v : vs) v.times.push_back(time_once(v.f, calls));
+      for (auto& v : vs) report(rank, v.op, v.backend, n, v.bytes, median(v.times), v.factor);
+      // The figures count only if the result is right: rank r contributes
+      // r + 1 everywhere, so every element must be n (n + 1) / 2 (exact in f32).
+      for (ProcessGroup* pg : {&mpi, &gloo}) {
+        float* p = static_cast<float*>(buf.data_ptr());
+        std::fill(p, p + count, static_cast<float>(rank + 1));
+        pg->allreduce(buf)->wait();
+        const float want = static_cast<float>(n * (n + 1) / 2);
+        const int64_t bad = std::count_if(p, p + count, [want](float x) { return x != want; });
+        if (bad) {
+          std::fprintf(stderr, "rank %d: %s allreduce of %zu bytes: %lld elements differ from %g\n", rank,
+                       pg == &mpi ? "mpi" : "gloo", bytes, static_cast<long long>(bad), want);
+          MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        float* f = static_cast<float*>(full.data_ptr());
+        std::fill(f, f + full.numel(), static_cast<float>(rank + 1));
+        pg->reduce_scatter(chunk, full)->wait();
+        const float* q = static_cast<const float*>(chunk.data_ptr());
+        if (std::count_if(q, q + chunk.numel(), [want](float x) { return x != want; })) {
+          std::fprintf(stderr, "rank %d: %s reduce_scatter of %zu bytes is wrong\n", rank, pg == &mpi ? "mpi" : "gloo",
+                       gathered);
+          MPI_Abort(MPI_COMM_WORLD, 1);
+        }
       }
     }
     gloo.barrier()->wait();
