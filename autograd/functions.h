@@ -12,7 +12,6 @@
 namespace loom {
 
 using autograd::NoGradGuard;
-using ops::GeluApprox;
 
 // creation and comparisons carry no gradient: the tensor-level versions.
 using ops::arange;

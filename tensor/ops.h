@@ -12,6 +12,13 @@
 #include "tensor/random.h"
 #include "tensor/tensor.h"
 
+namespace loom {
+/// GELU's form: exact (erf) or the tanh approximation. Declared in loom (not
+/// loom::ops) so an unqualified gelu(x, GeluApprox::kTanh) finds only the
+/// differentiable loom::gelu by argument-dependent lookup.
+enum class GeluApprox { kNone, kTanh };
+}  // namespace loom
+
 namespace loom::ops {
 
 // ---------------------------------------------------------------- creation
@@ -122,7 +129,7 @@ Tensor sin(const Tensor& t);
 Tensor cos(const Tensor& t);
 /// Clamps to [lo, hi].
 Tensor clamp(const Tensor& t, double lo, double hi);
-enum class GeluApprox { kNone, kTanh };
+using loom::GeluApprox;
 Tensor gelu(const Tensor& t, GeluApprox approx = GeluApprox::kNone);
 Tensor silu(const Tensor& t);
 /// d(gelu)/dx * grad.
