@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "autograd/functions.h"
 #include "tensor/ops.h"
 
 namespace loom::autograd {
@@ -16,20 +17,6 @@ namespace {
 
 std::atomic<uint64_t> g_next_sequence_nr{0};
 thread_local bool t_grad_enabled = true;
-
-/// A handle to t's storage and layout without its autograd meta, sharing its
-/// version counter (what detach and SavedTensor hold).
-Tensor alias_without_history(const Tensor& t) {
-  auto impl = std::make_shared<TensorImpl>();
-  const TensorImpl& src = t.impl();
-  impl->storage = src.storage;
-  impl->sizes = src.sizes;
-  impl->strides = src.strides;
-  impl->offset = src.offset;
-  impl->dtype = src.dtype;
-  impl->version = src.version;
-  return Tensor(std::move(impl));
-}
 
 /// Adds g into slot (which may be undefined); out of place, so a gradient that
 /// several edges share is never written through.
@@ -48,7 +35,7 @@ void accumulate_into(Tensor& slot, const Tensor& g) {
 
 SavedTensor::SavedTensor(const Tensor& t) {
   if (!t.defined()) return;
-  data_ = alias_without_history(t);
+  data_ = loom::detach(t);  // shares storage and version counter, no history
   version_counter_ = t.impl().version;
   saved_version_ = *version_counter_;
 }
