@@ -74,8 +74,14 @@ int main(int argc, char** argv) {
     auto store = std::make_shared<TCPStore>("127.0.0.1", port ? std::atoi(port) : 29533, so);
     ProcessGroupOptions po = default_process_group_options();
     po.publish_progress = true;
-    ProcessGroup gloo(store, rank, n, "gloo", po, "bench_gloo");
+    // LOOM_BENCH_NO_GLOO=1 leaves the gloo group out (its threads then cannot
+    // compete with the others for the cores).
+    const bool with_gloo = !std::getenv("LOOM_BENCH_NO_GLOO");
+    std::unique_ptr<ProcessGroup> gloo_pg =
+        with_gloo ? std::make_unique<ProcessGroup>(store, rank, n, "gloo", po, "bench_gloo") : nullptr;
     ProcessGroup mpi(store, rank, n, "mpi", po, "bench_mpi");
+    std::vector<ProcessGroup*> groups{&mpi};
+    if (with_gloo) groups.push_back(gloo_pg.get());
     if (rank == 0) std::printf("# op backend ranks bytes time_us algbw_GBps busbw_GBps\n");
     const double ar = 2.0 * (n - 1) / n, ag = static_cast<double>(n - 1) / n;
     for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
@@ -94,7 +100,7 @@ int main(int argc, char** argv) {
                       MPI_Allreduce(MPI_IN_PLACE, buf.data_ptr(), static_cast<int>(count), MPI_FLOAT, MPI_SUM,
                                     MPI_COMM_WORLD);
                     }, {}});
-      for (ProcessGroup* pg : {&mpi, &gloo}) {
+      for (ProcessGroup* pg : groups) {
         const char* b = pg == &mpi ? "mpi" : "gloo";
         vs.push_back({"allreduce", b, bytes, ar, [&buf, pg] { pg->allreduce(buf)->wait(); }, {}});
         vs.push_back({"all_gather", b, gathered, ag, [&full, &chunk, pg] { pg->all_gather(full, chunk)->wait(); }, {}});
@@ -107,7 +113,7 @@ int main(int argc, char** argv) {
       for (auto& v : vs) report(rank, v.op, v.backend, n, v.bytes, median(v.times), v.factor);
       // The figures count only if the result is right: rank r contributes
       // r + 1 everywhere, so every element must be n (n + 1) / 2 (exact in f32).
-      for (ProcessGroup* pg : {&mpi, &gloo}) {
+      for (ProcessGroup* pg : groups) {
         float* p = static_cast<float*>(buf.data_ptr());
         std::fill(p, p + count, static_cast<float>(rank + 1));
         pg->allreduce(buf)->wait();
@@ -129,7 +135,7 @@ int main(int argc, char** argv) {
         }
       }
     }
-    gloo.barrier()->wait();
+    if (with_gloo) gloo_pg->barrier()->wait();
     mpi.barrier()->wait();
   }
   MPI_Finalize();
