@@ -1,0 +1,216 @@
+// Option parsing of trainlaunch and the Slurm environment.
+#include "launcher/options.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include "collectives/init.h"
+#include "tensor/error.h"
+
+namespace loom::launcher {
+namespace {
+
+int parse_int(const std::string& opt, const std::string& v, int lo, int hi, const char* form) {
+  size_t used = 0;
+  long long x = 0;
+  try {
+    x = std::stoll(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  LOOM_CHECK(used == v.size() && !v.empty() && x >= lo && x <= hi, "trainlaunch: ", opt, " got '", v,
+             "'; expected ", form);
+  return static_cast<int>(x);
+}
+
+double parse_seconds(const std::string& opt, const std::string& v) {
+  size_t used = 0;
+  double x = -1;
+  try {
+    x = std::stod(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  LOOM_CHECK(used == v.size() && !v.empty() && x >= 0, "trainlaunch: ", opt, " got '", v,
+             "'; expected a number of seconds >= 0, e.g. ", opt, " 0.5");
+  return x;
+}
+
+int cores_present() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+void split_host_port(const std::string& opt, const std::string& v, std::string* host, int* port) {
+  size_t colon = v.rfind(':');
+  LOOM_CHECK(colon != std::string::npos && colon > 0 && colon + 1 < v.size(), "trainlaunch: ", opt, " got '", v,
+             "'; expected HOST:PORT, e.g. ", opt, " node01:29400");
+  *host = v.substr(0, colon);
+  *port = parse_int(opt, v.substr(colon + 1), 1, 65535, "HOST:PORT with PORT in 1..65535");
+}
+
+}  // namespace
+
+int count_gpus() {
+  int n = 0;
+  std::error_code ec;
+  for (int i = 0; i < 64; ++i) {
+    if (std::filesystem::exists("/dev/nvidia" + std::to_string(i), ec)) ++n;
+  }
+  if (const char* vis = std::getenv("CUDA_VISIBLE_DEVICES")) {
+    std::string s = vis;
+    int listed = s.empty() ? 0 : 1 + static_cast<int>(std::count(s.begin(), s.end(), ','));
+    n = std::min(n, listed);
+  }
+  return n;
+}
+
+LaunchOptions parse_options(const std::vector<std::string>& args) {
+  LaunchOptions o;
+  size_t i = 0;
+  for (; i < args.size(); ++i) {
+    std::string a = args[i];
+    if (a == "--") {
+      ++i;
+      break;
+    }
+    if (a.rfind("--", 0) != 0) break;  // first non-option: the program
+    std::string name = a, value;
+    bool has_value = false;
+    size_t eq = a.find('=');
+    if (eq != std::string::npos) {
+      name = a.substr(0, eq);
+      value = a.substr(eq + 1);
+      has_value = true;
+    }
+    std::replace(name.begin() + 2, name.end(), '_', '-');
+    auto take = [&](const char* form) -> std::string {
+      if (has_value) return value;
+      LOOM_CHECK(i + 1 < args.size(), "trainlaunch: ", name, " needs a value; expected ", name, " ", form);
+      return args[++i];
+    };
+    auto flag = [&]() {
+      LOOM_CHECK(!has_value, "trainlaunch: ", name, " takes no value (got '", value, "')");
+    };
+    if (name == "--help" || name == "-h") {
+      flag();
+      o.help = true;
+    } else if (name == "--nproc-per-node") {
+      std::string v = take("N|cpu|gpu");
+      if (v == "cpu") {
+        o.nproc_per_node = cores_present();
+      } else if (v == "gpu") {
+        o.nproc_per_node = count_gpus();
+        LOOM_CHECK(o.nproc_per_node > 0, "trainlaunch: --nproc-per-node gpu but no GPU is visible (/dev/nvidiaN, ",
+                   "CUDA_VISIBLE_DEVICES); give a number or 'cpu'");
+      } else {
+        o.nproc_per_node = parse_int(name, v, 1, 1 << 20, "N|cpu|gpu with N >= 1, e.g. --nproc-per-node 4");
+      }
+    } else if (name == "--nnodes") {
+      o.nnodes = parse_int(name, take("N"), 1, 1 << 20, "a node count N >= 1, e.g. --nnodes 2");
+      o.set_nnodes = true;
+    } else if (name == "--node-rank") {
+      o.node_rank = parse_int(name, take("R"), 0, 1 << 20, "a node rank R >= 0, e.g. --node-rank 1");
+      o.set_node_rank = true;
+    } else if (name == "--master-addr") {
+      o.master_addr = take("HOST");
+      LOOM_CHECK(!o.master_addr.empty(), "trainlaunch: --master-addr got ''; expected a host name or address");
+      o.set_master_addr = true;
+    } else if (name == "--master-port") {
+      o.master_port = parse_int(name, take("PORT"), 1, 65534, "a TCP port 1..65534, e.g. --master-port 29500");
+      o.set_master_port = true;
+    } else if (name == "--rdzv-endpoint") {
+      split_host_port(name, take("HOST:PORT"), &o.rdzv_host, &o.rdzv_port);
+    } else if (name == "--standalone") {
+      flag();
+      o.standalone = true;
+    } else if (name == "--max-restarts") {
+      o.max_restarts = parse_int(name, take("R"), 0, 1 << 20, "a count R >= 0, e.g. --max-restarts 3");
+    } else if (name == "--log-dir") {
+      o.log_dir = take("DIR");
+    } else if (name == "--monitor-interval") {
+      o.monitor_interval_s = parse_seconds(name, take("SECONDS"));
+    } else if (name == "--grace-period") {
+      o.grace_period_s = parse_seconds(name, take("SECONDS"));
+    } else if (name == "--heartbeat-timeout") {
+      o.heartbeat_timeout_s = parse_seconds(name, take("SECONDS"));
+    } else {
+      LOOM_THROW(InvalidArgument, "trainlaunch: unknown option ", name, "; see trainlaunch --help");
+    }
+  }
+  for (; i < args.size(); ++i) o.program.push_back(args[i]);
+  if (o.standalone) {
+    LOOM_CHECK(!(o.set_nnodes && o.nnodes != 1), "trainlaunch: --standalone runs one node, but --nnodes is ", o.nnodes);
+    o.nnodes = 1;
+    o.node_rank = 0;
+    o.master_addr = "127.0.0.1";
+  }
+  return o;
+}
+
+void apply_slurm_env(LaunchOptions& o, const std::map<std::string, std::string>& env) {
+  auto get = [&](const char* k) -> const std::string* {
+    auto it = env.find(k);
+    return it == env.end() ? nullptr : &it->second;
+  };
+  if (o.standalone || !get("SLURM_NODEID")) return;
+  auto num = [&](const char* k, int lo) {
+    return parse_int(k, *get(k), lo, 1 << 20, "an integer (Slurm's environment is malformed)");
+  };
+  if (!o.set_nnodes && get("SLURM_NNODES")) o.nnodes = num("SLURM_NNODES", 1);
+  if (!o.set_node_rank) o.node_rank = num("SLURM_NODEID", 0);
+  if (!o.set_master_addr && get("SLURM_JOB_NODELIST")) {
+    auto hosts = collectives::parse_nodelist(*get("SLURM_JOB_NODELIST"));
+    LOOM_CHECK(!hosts.empty(), "trainlaunch: SLURM_JOB_NODELIST is empty; give --master-addr");
+    o.master_addr = hosts[0];
+  }
+  if (get("SLURM_STEP_NUM_TASKS") && get("SLURM_STEP_NUM_NODES")) {
+    int tasks = num("SLURM_STEP_NUM_TASKS", 1), nodes = num("SLURM_STEP_NUM_NODES", 1);
+    LOOM_CHECK(tasks == nodes, "trainlaunch: srun started ", tasks, " tasks on ", nodes,
+               " nodes, so several launchers per node would start duplicate ranks; run one launcher per node "
+               "(srun --ntasks-per-node=1 trainlaunch ...) and let --nproc-per-node start the ranks");
+  }
+}
+
+void validate(const LaunchOptions& o) {
+  LOOM_CHECK(!o.program.empty(), "trainlaunch: no program given; usage: trainlaunch [options] -- PROGRAM [ARGS...]");
+  LOOM_CHECK(o.node_rank < o.nnodes, "trainlaunch: --node-rank ", o.node_rank, " must be below --nnodes ", o.nnodes);
+  LOOM_CHECK(o.monitor_interval_s > 0, "trainlaunch: --monitor-interval must be > 0 seconds");
+}
+
+std::string usage() {
+  return R"(usage: trainlaunch [options] [--] PROGRAM [ARGS...]
+
+Starts --nproc-per-node ranks of PROGRAM on this node (one launcher per node),
+sets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR,
+MASTER_PORT, LOOM_RESTART_COUNT, LOOM_STORE_SECRET and LOOM_LAUNCHER_STORE,
+prefixes each output line with its rank, stops every rank when one fails and
+prints which one failed and how. Underscore spellings (--nproc_per_node) work.
+
+  --nproc-per-node N|cpu|gpu  ranks on this node: a number, one per core, or one per GPU (default 1)
+  --nnodes N                  number of nodes, one launcher each (default 1; Slurm: SLURM_NNODES)
+  --node-rank R               this node's rank 0..N-1 (default 0; Slurm: SLURM_NODEID)
+  --master-addr HOST          address of node 0, where rank 0 and the launchers' store run
+                              (default 127.0.0.1; Slurm: first host of SLURM_JOB_NODELIST)
+  --master-port PORT          port of rank 0's store (default 29500); the launchers' own store
+                              listens on PORT+1 unless --rdzv-endpoint says otherwise
+  --rdzv-endpoint HOST:PORT   where node 0's launcher hosts the launchers' store
+  --standalone                one node on 127.0.0.1 with free ports chosen for you
+  --max-restarts R            restart every rank after a failure, at most R times for the job (default 0)
+  --log-dir DIR               keep each rank's output in DIR/attempt_K/rank_N.log
+  --monitor-interval SECONDS  how often ranks and other nodes are checked (default 0.1)
+  --grace-period SECONDS      time between SIGTERM and SIGKILL when ranks are stopped (default 5)
+  --heartbeat-timeout SECONDS a node silent this long is taken as dead (default 30)
+  --help                      this text
+
+The job secret of the authenticated store is LOOM_STORE_SECRET; on one node a
+random one is made when it is unset; with several nodes set it on every node.
+SIGINT/SIGTERM are forwarded to the ranks (a second SIGINT kills at once).
+)";
+}
+
+}  // namespace loom::launcher
