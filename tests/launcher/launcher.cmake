@@ -14,3 +14,12 @@ if(TARGET trainlaunch)
     set_tests_properties(launcher_e2e_${c} PROPERTIES LABELS launcher TIMEOUT 120)
   endforeach()
 endif()
+# A real single-node Slurm started by the test itself (skipped, exit 77, without
+# slurm-wlm or root): both scripts of scripts/slurm/ submitted with sbatch.
+if(TARGET trainlaunch AND TARGET collectives_mp)
+  add_test(NAME launcher_slurm_sbatch
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/slurm_test.sh $<TARGET_FILE:trainlaunch> $<TARGET_FILE:collectives_mp>
+                   ${PROJECT_SOURCE_DIR})
+  set_tests_properties(launcher_slurm_sbatch PROPERTIES LABELS "launcher;slurm" TIMEOUT 180 SKIP_RETURN_CODE 77
+                       RESOURCE_LOCK loom_slurm)
+endif()
