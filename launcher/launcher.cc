@@ -2,7 +2,7 @@
 // monitor interval as timeout, waitpid(WNOHANG) for exits, and the launchers'
 // store (node 0 hosts it) for rendezvous, heartbeats and the shared decision
 // that an attempt failed. Keys: node/<r>/nproc, hb/<r>, fail/<a>, stopped/<a>,
-// done/<a>, exit/<a>.
+// done/<a>, exit/<a>, start/<a>, abort (no restart: a signal or a dead node).
 #include "launcher/launcher.h"
 
 #include <fcntl.h>
@@ -114,6 +114,7 @@ class Launcher {
   bool remote_trouble(std::string* why);
   void heartbeat();
   void barrier(const std::string& key);
+  int linger(int rc);
   void print_report(const std::vector<Rank>& ranks, const Rank* first, const std::string& remote);
   std::string describe(const Rank& r) const;
   std::string prefix(const Rank& r) const {
@@ -135,6 +136,7 @@ class Launcher {
   std::vector<Clock::time_point> hb_changed_;
   bool store_lost_ = false;
   int stop_signal_ = 0;
+  int dead_nodes_ = 0;
 };
 
 std::string Launcher::describe(const Rank& r) const {
@@ -201,6 +203,8 @@ bool Launcher::remote_trouble(std::string* why) {
         *why = "node " + std::to_string(n) + "'s launcher sent no heartbeat for " +
                std::to_string(static_cast<int>(seconds_since(hb_changed_[n]))) + " s (dead?)";
         store_->compare_set(fkey, {}, collectives::to_bytes(*why));
+        store_->set("abort", *why);  // a dead node cannot rejoin: no restart
+        ++dead_nodes_;
         return true;
       }
     }
@@ -504,13 +508,17 @@ Outcome Launcher::run_attempt() {
     if (g_sigint > 0 || g_sigterm > 0) {
       int sig = g_sigint > 0 ? SIGINT : SIGTERM;
       stop_signal_ = sig;
-      say("got " + signal_name(sig) + "; forwarding it to the ranks (grace period " +
-          std::to_string(o_.grace_period_s) + " s; a second SIGINT kills at once)");
+      char grace[32];
+      std::snprintf(grace, sizeof(grace), "%g", o_.grace_period_s);
+      say("got " + signal_name(sig) + "; forwarding it to the ranks (grace period " + grace +
+          " s; a second SIGINT kills at once)");
       signal_all(ranks, sig);
       if (o_.nnodes > 1 && !store_lost_) {
         try {
-          store_->compare_set(fkey, {}, collectives::to_bytes("node " + std::to_string(o_.node_rank) + " (" + host_ +
-                                                               ") was stopped by " + signal_name(sig)));
+          std::string why = "node " + std::to_string(o_.node_rank) + " (" + host_ + ") was stopped by " +
+                            signal_name(sig);
+          store_->compare_set(fkey, {}, collectives::to_bytes(why));
+          store_->set("abort", why);  // stopped on purpose: no node restarts
         } catch (const CommError&) {
           store_lost_ = true;
         }
@@ -570,6 +578,22 @@ Outcome Launcher::run_attempt() {
   }
 }
 
+int Launcher::linger(int rc) {
+  // Node 0 hosts the store: keep it up until the other nodes have stopped their
+  // ranks and read why (bounded: a dead node never answers; a second SIGINT ends it).
+  if (o_.nnodes == 1 || o_.node_rank != 0 || store_lost_) return rc;
+  auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                  std::chrono::duration<double>(o_.grace_period_s + 5.0));
+  int seen = g_sigint;
+  try {
+    while (store_->add("stopped/" + std::to_string(attempt_), 0) < o_.nnodes - dead_nodes_ && Clock::now() < until &&
+           g_sigint <= seen)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } catch (const CommError&) {
+  }
+  return rc;
+}
+
 int Launcher::run() {
   setup_store();
   rendezvous();
@@ -580,7 +604,14 @@ int Launcher::run() {
   for (attempt_ = 0;; ++attempt_) {
     if (attempt_ > 0) barrier("start/" + std::to_string(attempt_));
     Outcome out = run_attempt();
-    if (out == Outcome::kSignal) return 128 + stop_signal_;
+    if (out != Outcome::kSuccess && o_.nnodes > 1 && !store_lost_) {
+      try {
+        store_->add("stopped/" + std::to_string(attempt_), 1);
+      } catch (const CommError&) {
+        store_lost_ = true;
+      }
+    }
+    if (out == Outcome::kSignal) return linger(128 + stop_signal_);
     if (out == Outcome::kSuccess) {
       if (o_.nnodes == 1) return 0;
       // Wait for the other nodes: they may still fail this attempt (then restart with them).
@@ -607,9 +638,20 @@ int Launcher::run() {
       say("ranks of this node finished, but the attempt failed elsewhere: " + why);
     }
     if (store_lost_) return 1;
+    if (o_.nnodes > 1) {
+      bool abort = true;
+      try {
+        abort = store_->check({"abort"});
+      } catch (const CommError&) {
+      }
+      if (abort) {
+        say("not restarting: the job was stopped on purpose or lost a node");
+        return linger(1);
+      }
+    }
     if (attempt_ >= o_.max_restarts) {
       if (o_.max_restarts > 0) say("no restarts left (--max-restarts " + std::to_string(o_.max_restarts) + ")");
-      return 1;
+      return linger(1);
     }
     say("restarting every rank (restart " + std::to_string(attempt_ + 1) + " of " +
         std::to_string(o_.max_restarts) + ")");

@@ -112,6 +112,22 @@ launcher_killed)  # node 1's launcher dies: node 0 notices by heartbeat and stop
   sleep 0.3
   for r in 2 3; do kill -0 "$(cat pid.$r)" 2>/dev/null && fail "rank $r outlived its launcher"; done
   ;;
+twonode_sigint)  # SIGINT to node 0's launcher stops node 1 too, with no restart despite --max-restarts
+  p=$(port)
+  "$TL" --nnodes 2 --node-rank 1 --master-port $p --nproc-per-node 1 --max-restarts 3 -- sh -c 'echo up > up.$RANK; exec sleep 60' > out1.txt 2>&1 &
+  p1=$!
+  "$TL" --nnodes 2 --node-rank 0 --master-port $p --nproc-per-node 1 --max-restarts 3 -- sh -c 'echo up > up.$RANK; exec sleep 60' > out.txt 2>&1 &
+  p0=$!
+  for i in $(seq 200); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
+  kill -INT $p0
+  wait $p0; rc0=$?
+  wait $p1; rc1=$?
+  cat out1.txt >> out.txt
+  [ $rc0 = 130 ] || fail "node 0 exit $rc0, expected 130"
+  [ $rc1 != 0 ] || fail "node 1 exit 0"
+  grep -q "node 0 (.*) was stopped by SIGINT" out1.txt || fail "node 1 does not say why it stopped"
+  grep -q "not restarting" out1.txt || fail "node 1 did not refuse to restart"
+  ;;
 *) echo "unknown case $case_name"; exit 2 ;;
 esac
 echo "PASS [$case_name]"

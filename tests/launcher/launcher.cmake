@@ -3,7 +3,7 @@
 # launchers on 127.0.0.1 for multi-node, and collectives_mp for a real all-reduce.
 if(TARGET trainlaunch)
   set(_loom_e2e_cases exit3 sigkill restart_ok restart_short output sigint twonode_env twonode_fail_restart
-                      launcher_killed)
+                      launcher_killed twonode_sigint)
   if(TARGET collectives_mp)
     list(APPEND _loom_e2e_cases twonode_allreduce)
   endif()
