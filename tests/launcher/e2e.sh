@@ -8,7 +8,17 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 fail() { echo "FAIL [$case_name]: $*"; echo "--- output:"; cat out.txt 2>/dev/null; exit 1; }
 now() { date +%s.%N; }
-port() { echo $(( 20000 + (RANDOM % 20000) )); }
+# A port P with P and P+1 (rank 0's store, the launchers' store) not accepting connections.
+port() {
+  local p
+  for _ in $(seq 50); do
+    p=$(( 20000 + (RANDOM % 20000) ))
+    (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && continue
+    (exec 3<>/dev/tcp/127.0.0.1/$((p + 1))) 2>/dev/null && continue
+    echo $p; return
+  done
+  echo $p
+}
 export LOOM_STORE_SECRET=e2e-$RANDOM$RANDOM
 
 case $case_name in
