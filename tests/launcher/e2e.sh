@@ -67,13 +67,26 @@ output)  # prefixed whole lines on the console, unprefixed whole lines in the pe
     [ "$(grep -c "^part-$r-" logs/attempt_0/rank_$r.log)" = 3 ] || fail "log of rank $r"
   done
   ;;
-sigint)  # SIGINT reaches the ranks, which get the grace period to finish
+sigint|sigterm)  # SIGINT/SIGTERM reach the ranks, which get the grace period to finish (a checkpoint, say)
+  sig=INT; want=130; [ $case_name = sigterm ] && { sig=TERM; want=143; }
   "$TL" --standalone --nproc-per-node 2 --grace-period 5 -- sh -c 'trap "sleep 0.3; echo saved > saved.$RANK; exit 0" INT TERM; echo up > up.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
   pid=$!
   for i in $(seq 100); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
-  kill -INT $pid; wait $pid; rc=$?
-  [ $rc = 130 ] || fail "exit $rc, expected 130"
+  kill -$sig $pid; wait $pid; rc=$?
+  [ $rc = $want ] || fail "exit $rc, expected $want"
   [ -e saved.0 ] && [ -e saved.1 ] || fail "ranks did not get to run their handler"
+  ;;
+sigint_twice)  # ranks that ignore SIGINT/SIGTERM: a second SIGINT kills them at once, not after the 60 s grace
+  "$TL" --standalone --nproc-per-node 2 --grace-period 60 -- sh -c 'trap "" INT TERM; echo $$ > pid.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
+  pid=$!
+  for i in $(seq 100); do [ -e pid.0 ] && [ -e pid.1 ] && break; sleep 0.05; done
+  kill -INT $pid; sleep 0.5
+  kill -0 $pid 2>/dev/null || fail "launcher exited after one SIGINT although the ranks ignore it"
+  t0=$(now); kill -INT $pid; wait $pid; rc=$?
+  dt=$(echo "$(now) - $t0" | bc)
+  (( $(echo "$dt < 5" | bc) )) || fail "took $dt s after the second SIGINT"
+  [ $rc = 130 ] || fail "exit $rc, expected 130"
+  for r in 0 1; do kill -0 "$(cat pid.$r)" 2>/dev/null && fail "rank $r still alive"; done
   ;;
 twonode_env)  # two launchers on 127.0.0.1 form one world of 4 with the right variables
   p=$(port)
