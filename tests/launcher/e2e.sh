@@ -71,7 +71,7 @@ sigint|sigterm)  # SIGINT/SIGTERM reach the ranks, which get the grace period to
   sig=INT; want=130; [ $case_name = sigterm ] && { sig=TERM; want=143; }
   "$TL" --standalone --nproc-per-node 2 --grace-period 5 -- sh -c 'trap "sleep 0.3; echo saved > saved.$RANK; exit 0" INT TERM; echo up > up.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
   pid=$!
-  for i in $(seq 100); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
+  for i in $(seq 400); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
   kill -$sig $pid; wait $pid; rc=$?
   [ $rc = $want ] || fail "exit $rc, expected $want"
   [ -e saved.0 ] && [ -e saved.1 ] || fail "ranks did not get to run their handler"
@@ -79,7 +79,7 @@ sigint|sigterm)  # SIGINT/SIGTERM reach the ranks, which get the grace period to
 sigint_twice)  # ranks that ignore SIGINT/SIGTERM: a second SIGINT kills them at once, not after the 60 s grace
   "$TL" --standalone --nproc-per-node 2 --grace-period 60 -- sh -c 'trap "" INT TERM; echo $$ > pid.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
   pid=$!
-  for i in $(seq 100); do [ -e pid.0 ] && [ -e pid.1 ] && break; sleep 0.05; done
+  for i in $(seq 400); do [ -e pid.0 ] && [ -e pid.1 ] && break; sleep 0.05; done
   kill -INT $pid; sleep 0.5
   kill -0 $pid 2>/dev/null || fail "launcher exited after one SIGINT although the ranks ignore it"
   t0=$(now); kill -INT $pid; wait $pid; rc=$?
@@ -126,7 +126,7 @@ launcher_killed)  # node 1's launcher dies: node 0 notices by heartbeat and stop
   p1=$!
   "$TL" --nnodes 2 --node-rank 0 --master-port $p --nproc-per-node 2 --heartbeat-timeout 2 -- sleep 60 > out.txt 2>&1 &
   p0=$!
-  for i in $(seq 200); do [ -e pid.2 ] && [ -e pid.3 ] && break; sleep 0.05; done
+  for i in $(seq 400); do [ -e pid.2 ] && [ -e pid.3 ] && break; sleep 0.05; done
   kill -9 $p1; t0=$(now)
   wait $p0 && fail "node 0 exit 0"
   dt=$(echo "$(now) - $t0" | bc)
@@ -141,7 +141,7 @@ twonode_sigint)  # SIGINT to node 0's launcher stops node 1 too, with no restart
   p1=$!
   "$TL" --nnodes 2 --node-rank 0 --master-port $p --nproc-per-node 1 --max-restarts 3 -- sh -c 'echo up > up.$RANK; exec sleep 60' > out.txt 2>&1 &
   p0=$!
-  for i in $(seq 200); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
+  for i in $(seq 400); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
   kill -INT $p0
   wait $p0; rc0=$?
   wait $p1; rc1=$?

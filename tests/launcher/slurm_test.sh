@@ -16,6 +16,7 @@ ctl_port=$(( 30000 + RANDOM % 10000 )); d_port=$(( ctl_port + 1 ))
 mkdir -p "$d/state" "$d/spool" "$d/jobs"
 cat > "$d/slurm.conf" <<CONF
 ClusterName=loomtest$RANDOM
+FirstJobId=$(( 1 + RANDOM * 30 ))
 SlurmctldHost=$host
 SlurmctldPort=$ctl_port
 SlurmdPort=$d_port
@@ -84,7 +85,8 @@ chmod +x "$d/jobs/rank.sh"
 run_job() {  # run_job NAME SCRIPT [extra sbatch args]: waits, prints the job state
   local name=$1 script=$2; shift 2
   local id
-  id=$(cd "$d/jobs" && TRAINLAUNCH=$TL PROGRAM=$d/jobs/rank.sh NPROC_PER_NODE=2 \
+  # A random MASTER_PORT: two such tests at once would both number their first job 1.
+  id=$(cd "$d/jobs" && MASTER_PORT=$(( 20000 + RANDOM % 20000 )) TRAINLAUNCH=$TL PROGRAM=$d/jobs/rank.sh NPROC_PER_NODE=2 \
        sbatch --parsable --output="$d/jobs/$name.out" "$@" "$script") || fail "sbatch $script"
   for i in $(seq 300); do
     state=$(scontrol show job "$id" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
