@@ -12,8 +12,9 @@ done
 [ "$(id -u)" = 0 ] || { echo "slurm_test: needs root for SlurmUser=root; skipped"; exit 77; }
 d=$(mktemp -d /tmp/loom-slurm.XXXXXX)
 host=$(hostname -s)
-ctl_port=$(( 30000 + RANDOM % 10000 )); d_port=$(( ctl_port + 1 ))
 mkdir -p "$d/state" "$d/spool" "$d/jobs"
+write_conf() {  # write_conf CTL_PORT SLURMD_PORT
+  local ctl_port=$1 d_port=$2
 cat > "$d/slurm.conf" <<CONF
 ClusterName=loomtest$RANDOM
 FirstJobId=$(( 1 + RANDOM * 30 ))
@@ -45,6 +46,7 @@ PlugStackConfig=$d/plugstack.conf
 NodeName=$host CPUs=$(nproc) State=UNKNOWN
 PartitionName=loom Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
+}
 : > "$d/plugstack.conf"
 export SLURM_CONF=$d/slurm.conf
 cleanup() {
@@ -64,15 +66,44 @@ fail() {
   for f in "$d"/jobs/*.out "$d/slurmctld.log" "$d/slurmd.log"; do [ -e "$f" ] && { echo "--- $f"; tail -30 "$f"; }; done
   exit 1
 }
-slurmctld -D -i -f "$d/slurm.conf" > "$d/ctl.stdout" 2>&1 &
-ctl_pid=$!
+free_port() {  # a port in 30000..39998 whose pair is not accepting connections
+  local p
+  for _ in $(seq 50); do
+    p=$(( 30000 + RANDOM % 9999 ))
+    (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && continue
+    (exec 3<>/dev/tcp/127.0.0.1/$((p + 1))) 2>/dev/null && continue
+    break
+  done
+  echo $p
+}
+# slurmctld exits when its port is taken (another test, TIME_WAIT): try other ports.
+for try in 1 2 3 4 5; do
+  p=$(free_port)
+  write_conf $p $((p + 1))
+  slurmctld -D -i -f "$d/slurm.conf" > "$d/ctl.stdout" 2>&1 &
+  ctl_pid=$!
+  for i in $(seq 50); do
+    grep -q "Running as primary controller" "$d/slurmctld.log" 2>/dev/null && break
+    kill -0 $ctl_pid 2>/dev/null || break
+    sleep 0.1
+  done
+  sleep 0.3
+  kill -0 $ctl_pid 2>/dev/null && break
+  echo "slurm_test: slurmctld did not start on port $p (try $try); trying another"
+  rm -f "$d/slurmctld.log"
+  ctl_pid=
+done
+[ -n "$ctl_pid" ] || fail "slurmctld did not start"
 slurmd -D -f "$d/slurm.conf" -N "$host" > "$d/d.stdout" 2>&1 &
 d_pid=$!
-for i in $(seq 150); do
-  scontrol show node "$host" 2>/dev/null | grep -q "State=IDLE" && break
+deadline=$(( $(date +%s) + 40 ))
+up=0
+while [ "$(date +%s)" -lt $deadline ]; do
+  timeout 5 scontrol show node "$host" 2>/dev/null | grep -q "State=IDLE" && { up=1; break; }
+  kill -0 $d_pid 2>/dev/null || break
   sleep 0.2
 done
-scontrol show node "$host" 2>/dev/null | grep -q "State=IDLE" || fail "the Slurm node did not come up"
+[ $up = 1 ] || fail "the Slurm node did not come up"
 
 # The rank program: says who it is, then runs the gloo collectives check.
 cat > "$d/jobs/rank.sh" <<PROG
@@ -88,8 +119,9 @@ run_job() {  # run_job NAME SCRIPT [extra sbatch args]: waits, prints the job st
   # A random MASTER_PORT: two such tests at once would both number their first job 1.
   id=$(cd "$d/jobs" && MASTER_PORT=$(( 20000 + RANDOM % 20000 )) TRAINLAUNCH=$TL PROGRAM=$d/jobs/rank.sh NPROC_PER_NODE=2 \
        sbatch --parsable --output="$d/jobs/$name.out" "$@" "$script") || fail "sbatch $script"
-  for i in $(seq 300); do
-    state=$(scontrol show job "$id" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
+  local deadline=$(( $(date +%s) + 60 ))
+  while [ "$(date +%s)" -lt $deadline ]; do
+    state=$(timeout 5 scontrol show job "$id" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
     case $state in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY) break ;; esac
     sleep 0.2
   done
