@@ -448,7 +448,7 @@ void Launcher::stop_all(std::vector<Rank>& ranks, bool at_once) {
 }
 
 void Launcher::print_report(const std::vector<Rank>& ranks, const Rank* first, const std::string& remote) {
-  std::string s = "\n================ trainlaunch: job failed (attempt " + std::to_string(attempt_) + ", " +
+  std::string s = "\n================ trainlaunch: attempt " + std::to_string(attempt_) + " of the job failed (" +
                   std::to_string(o_.max_restarts) + " restarts allowed) ================\n";
   for (const auto& r : ranks) {
     if (&r == first) continue;

@@ -108,6 +108,17 @@ twonode_allreduce)  # collectives_mp over gloo with 4 ranks on 2 launchers
   wait $p1 || { cat out1.txt >> out.txt; fail "node 1 exit non-zero"; }
   grep -q "all checks passed" out.txt || fail "no 'all checks passed'"
   ;;
+twonode_allreduce_restart)  # rank 3 dies before joining on attempt 0 (the others hang in init): all restart and all-reduce
+  p=$(port)
+  printf '#!/bin/sh\n[ "$LOOM_RESTART_COUNT" = 0 ] && [ "$RANK" = 3 ] && { sleep 0.5; exit 4; }\nexec "%s" gloo\n' "$MP" > r.sh
+  chmod +x r.sh
+  "$TL" --nnodes 2 --node-rank 1 --master-port $p --nproc-per-node 2 --max-restarts 1 -- ./r.sh > out1.txt 2>&1 &
+  p1=$!
+  timeout 100 "$TL" --nnodes 2 --node-rank 0 --master-port $p --nproc-per-node 2 --max-restarts 1 -- ./r.sh > out.txt 2>&1 || fail "node 0 exit non-zero"
+  wait $p1 || { cat out1.txt >> out.txt; fail "node 1 exit non-zero"; }
+  grep -q "restarting every rank (restart 1 of 1)" out.txt || fail "node 0 did not restart"
+  grep -q "all checks passed" out.txt || fail "no 'all checks passed' after the restart"
+  ;;
 twonode_fail_restart)  # a rank on node 1 fails once: both nodes restart; the report is on node 1
   p=$(port)
   prog='if [ "$RANK" = 3 ] && [ "$LOOM_RESTART_COUNT" = 0 ]; then exit 5; fi; [ "$LOOM_RESTART_COUNT" = 0 ] && exec sleep 60; echo ok $LOOM_RESTART_COUNT'

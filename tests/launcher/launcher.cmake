@@ -5,7 +5,7 @@ if(TARGET trainlaunch)
   set(_loom_e2e_cases exit3 sigkill restart_ok restart_short output sigint sigterm sigint_twice twonode_env twonode_fail_restart
                       launcher_killed twonode_sigint)
   if(TARGET collectives_mp)
-    list(APPEND _loom_e2e_cases twonode_allreduce)
+    list(APPEND _loom_e2e_cases twonode_allreduce twonode_allreduce_restart)
   endif()
   foreach(c ${_loom_e2e_cases})
     add_test(NAME launcher_e2e_${c}
