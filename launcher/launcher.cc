@@ -601,6 +601,10 @@ int Launcher::run() {
   if (cores > 0 && static_cast<unsigned>(o_.nproc_per_node) > cores)
     say("warning: --nproc-per-node " + std::to_string(o_.nproc_per_node) + " is more than the " +
         std::to_string(cores) + " cores present; ranks will share cores");
+  int gpus = count_gpus();
+  if (gpus > 0 && o_.nproc_per_node > gpus)
+    say("warning: --nproc-per-node " + std::to_string(o_.nproc_per_node) + " is more than the " +
+        std::to_string(gpus) + " GPUs present; ranks will share GPUs");
   for (attempt_ = 0;; ++attempt_) {
     if (attempt_ > 0) barrier("start/" + std::to_string(attempt_));
     Outcome out = run_attempt();
