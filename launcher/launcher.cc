@@ -113,6 +113,9 @@ class Launcher {
   void stop_all(std::vector<Rank>& ranks, bool at_once);
   bool remote_trouble(std::string* why);
   void heartbeat();
+  /// Reads the other nodes' heartbeats; returns the first node whose heartbeat
+  /// has not changed for --heartbeat-timeout seconds, or -1.
+  int stale_node();
   void barrier(const std::string& key);
   int linger(int rc);
   void print_report(const std::vector<Rank>& ranks, const Rank* first, const std::string& remote);
@@ -193,20 +196,13 @@ bool Launcher::remote_trouble(std::string* why) {
       *why = store_->get_string(fkey);
       return true;
     }
-    for (int n = 0; n < o_.nnodes; ++n) {
-      if (n == o_.node_rank) continue;
-      std::string v = store_->get_string("hb/" + std::to_string(n));
-      if (v != hb_seen_[n]) {
-        hb_seen_[n] = v;
-        hb_changed_[n] = Clock::now();
-      } else if (seconds_since(hb_changed_[n]) > o_.heartbeat_timeout_s) {
-        *why = "node " + std::to_string(n) + "'s launcher sent no heartbeat for " +
-               std::to_string(static_cast<int>(seconds_since(hb_changed_[n]))) + " s (dead?)";
-        store_->compare_set(fkey, {}, collectives::to_bytes(*why));
-        store_->set("abort", *why);  // a dead node cannot rejoin: no restart
-        ++dead_nodes_;
-        return true;
-      }
+    if (int n = stale_node(); n >= 0) {
+      *why = "node " + std::to_string(n) + "'s launcher sent no heartbeat for " +
+             std::to_string(static_cast<int>(seconds_since(hb_changed_[n]))) + " s (dead?)";
+      store_->compare_set(fkey, {}, collectives::to_bytes(*why));
+      store_->set("abort", *why);  // a dead node cannot rejoin: no restart
+      ++dead_nodes_;
+      return true;
     }
   } catch (const CommError& e) {
     store_lost_ = true;
@@ -216,22 +212,28 @@ bool Launcher::remote_trouble(std::string* why) {
   return false;
 }
 
+int Launcher::stale_node() {
+  for (int n = 0; n < o_.nnodes; ++n) {
+    if (n == o_.node_rank) continue;
+    std::string v = store_->get_string("hb/" + std::to_string(n));
+    if (v != hb_seen_[n]) {
+      hb_seen_[n] = v;
+      hb_changed_[n] = Clock::now();
+    } else if (seconds_since(hb_changed_[n]) > o_.heartbeat_timeout_s) {
+      return n;
+    }
+  }
+  return -1;
+}
+
 void Launcher::barrier(const std::string& key) {
   if (o_.nnodes == 1) return;
   store_->add(key, 1);
   while (store_->add(key, 0) < o_.nnodes) {
     // A failure published for the current attempt is expected here; only dead nodes matter.
     heartbeat();
-    for (int n = 0; n < o_.nnodes; ++n) {
-      if (n == o_.node_rank) continue;
-      std::string v = store_->get_string("hb/" + std::to_string(n));
-      if (v != hb_seen_[n]) {
-        hb_seen_[n] = v;
-        hb_changed_[n] = Clock::now();
-      } else if (seconds_since(hb_changed_[n]) > o_.heartbeat_timeout_s) {
-        LOOM_THROW(CommError, "trainlaunch: node ", n, "'s launcher sent no heartbeat while waiting at ", key);
-      }
-    }
+    if (int n = stale_node(); n >= 0)
+      LOOM_THROW(CommError, "trainlaunch: node ", n, "'s launcher sent no heartbeat while waiting at ", key);
     std::this_thread::sleep_for(std::chrono::duration<double>(o_.monitor_interval_s));
   }
 }
