@@ -190,16 +190,7 @@ void AdamW::set_hyper_parameters(const std::map<std::string, double>& h) {
 }
 
 void AdamW::step() {
-  autograd::NoGradGuard no_grad;
-  int64_t idx = 0;
-  for (auto& group : groups_) {
-    for (auto& p : group.params) {
-      const int64_t i = idx++;
-      Tensor g = p.grad();
-      if (!g.defined()) continue;
-      LOOM_CHECK(g.sizes() == p.sizes(), "AdamW.step: gradient of parameter ", describe_param(i), " has shape ",
-                 shape_str(g.sizes()), ", the parameter ", shape_str(p.sizes()));
-      ParamState& st = state_[i];
+  for_each_param_with_grad([&](const ParamGroup& group, const Tensor& p, const Tensor& g, ParamState& st) {
       if (st.tensors.empty()) {
         st.tensors["exp_avg"] = ops::zeros_like(p);
         st.tensors["exp_avg_sq"] = ops::zeros_like(p);
@@ -208,8 +199,6 @@ void AdamW::step() {
       Tensor& v = st.tensors["exp_avg_sq"];
       st.step += 1;
       const double lr = group.lr, wd = group.weight_decay;
-      if (g.dtype() != p.dtype()) g = ops::to(g, p.dtype());
-      g = ops::contiguous(g);
       if (fast_path(p, g) && m.is_contiguous() && v.is_contiguous()) {
         if (p.dtype() == DType::f32) {
           adamw_kernel(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), p.numel(), lr,
@@ -229,9 +218,7 @@ void AdamW::step() {
         Tensor denom = ops::add(ops::mul(ops::sqrt(v), 1.0 / std::sqrt(bc2)), opts_.eps);
         ops::addcdiv_(p, m, denom, -lr / bc1);
       }
-      p.bump_version();
-    }
-  }
+  });
 }
 
 // ---------------------------------------------------------------- SGD
@@ -257,23 +244,12 @@ void SGD::set_hyper_parameters(const std::map<std::string, double>& h) {
 }
 
 void SGD::step() {
-  autograd::NoGradGuard no_grad;
-  int64_t idx = 0;
-  for (auto& group : groups_) {
-    for (auto& p : group.params) {
-      const int64_t i = idx++;
-      Tensor g = p.grad();
-      if (!g.defined()) continue;
-      LOOM_CHECK(g.sizes() == p.sizes(), "SGD.step: gradient of parameter ", describe_param(i), " has shape ",
-                 shape_str(g.sizes()), ", the parameter ", shape_str(p.sizes()));
-      ParamState& st = state_[i];
+  for_each_param_with_grad([&](const ParamGroup& group, const Tensor& p, const Tensor& g, ParamState& st) {
       st.step += 1;
       const bool use_momentum = opts_.momentum != 0.0;
       const bool first = use_momentum && !st.tensors.count("momentum_buffer");
       if (first) st.tensors["momentum_buffer"] = ops::empty_like(p);
       const double lr = group.lr, wd = group.weight_decay;
-      if (g.dtype() != p.dtype()) g = ops::to(g, p.dtype());
-      g = ops::contiguous(g);
       Tensor buf = use_momentum ? st.tensors["momentum_buffer"] : Tensor();
       if (fast_path(p, g) && (!buf.defined() || buf.is_contiguous())) {
         if (p.dtype() == DType::f32) {
@@ -296,9 +272,7 @@ void SGD::step() {
         }
         ops::add_(p, d, -lr);
       }
-      p.bump_version();
-    }
-  }
+  });
 }
 
 std::vector<ParamGroup> weight_decay_groups(const NamedTensors& named_params, double lr, double weight_decay) {

@@ -10,7 +10,9 @@
 #include <utility>
 #include <vector>
 
+#include "autograd/autograd.h"
 #include "nn/module.h"
+#include "tensor/ops.h"
 #include "tensor/tensor.h"
 
 namespace loom::nn {
@@ -79,11 +81,35 @@ class Optimizer {
   virtual const char* name() const = 0;
   /// "index 3 (transformer.h.0.ln_1.weight)".
   std::string describe_param(int64_t index) const;
+  /// The loop every step() shares: under no-grad, for each parameter that has a
+  /// gradient, checks the gradient's shape (an error names the parameter),
+  /// converts it to the parameter's dtype and makes it contiguous, calls
+  /// fn(group, param, grad, state), then bumps the parameter's version.
+  template <typename F>
+  void for_each_param_with_grad(F&& fn);
 
   std::vector<ParamGroup> groups_;
   std::vector<Tensor> flat_;  // parameters in index order
   std::map<int64_t, ParamState> state_;
 };
+
+template <typename F>
+void Optimizer::for_each_param_with_grad(F&& fn) {
+  autograd::NoGradGuard no_grad;
+  int64_t idx = 0;
+  for (auto& group : groups_) {
+    for (auto& p : group.params) {
+      const int64_t i = idx++;
+      Tensor g = p.grad();
+      if (!g.defined()) continue;
+      LOOM_CHECK(g.sizes() == p.sizes(), name(), ".step: gradient of parameter ", describe_param(i), " has shape ",
+                 shape_str(g.sizes()), ", the parameter ", shape_str(p.sizes()));
+      if (g.dtype() != p.dtype()) g = ops::to(g, p.dtype());
+      fn(group, p, ops::contiguous(g), state_[i]);
+      p.bump_version();
+    }
+  }
+}
 
 struct AdamWOptions {
   double lr = 1e-3;
