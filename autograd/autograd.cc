@@ -17,6 +17,8 @@ namespace {
 
 std::atomic<uint64_t> g_next_sequence_nr{0};
 thread_local bool t_grad_enabled = true;
+// Callbacks of the backward pass running on this thread (null outside one).
+thread_local std::vector<std::function<void()>>* t_callbacks = nullptr;
 
 /// Adds g into slot (which may be undefined); out of place, so a gradient that
 /// several edges share is never written through.
@@ -423,14 +425,41 @@ std::vector<Tensor> run_engine(const std::vector<Tensor>& roots, const std::vect
 
 }  // namespace
 
+/// Runs the engine with a callback queue for this pass; the queue runs when the
+/// graph is done. A nested pass (a hook calling backward) has its own queue.
+std::vector<Tensor> run_with_callbacks(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots,
+                                       bool retain_graph, const std::vector<Tensor>* inputs, const char* api) {
+  std::vector<std::function<void()>> callbacks;
+  auto* outer = t_callbacks;
+  t_callbacks = &callbacks;
+  struct Restore {
+    std::vector<std::function<void()>>* outer;
+    ~Restore() { t_callbacks = outer; }
+  } restore{outer};
+  auto out = run_engine(roots, grad_roots, retain_graph, inputs, api);
+  for (size_t i = 0; i < callbacks.size(); ++i) {
+    auto fn = std::move(callbacks[i]);  // fn may queue more (callbacks may grow)
+    fn();
+  }
+  return out;
+}
+
+void queue_callback(std::function<void()> fn) {
+  LOOM_CHECK(t_callbacks != nullptr, "queue_callback: no backward pass is running on this thread; call it from a "
+             "gradient hook or a module backward hook");
+  t_callbacks->push_back(std::move(fn));
+}
+
+bool in_backward_pass() { return t_callbacks != nullptr; }
+
 void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots, bool retain_graph) {
-  run_engine(roots, grad_roots, retain_graph, nullptr, "backward");
+  run_with_callbacks(roots, grad_roots, retain_graph, nullptr, "backward");
 }
 
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
                          const std::vector<Tensor>& grad_outputs, bool retain_graph) {
   LOOM_CHECK(!inputs.empty(), "grad: no inputs to differentiate with respect to");
-  return run_engine(outputs, grad_outputs, retain_graph, &inputs, "grad");
+  return run_with_callbacks(outputs, grad_outputs, retain_graph, &inputs, "grad");
 }
 
 }  // namespace loom::autograd

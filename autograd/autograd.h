@@ -133,6 +133,15 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
                          const std::vector<Tensor>& grad_outputs = {}, bool retain_graph = false);
 
+/// Queues fn to run on this thread when the backward pass now running ends,
+/// after every node ran (torch's queue_callback): DDP waits for its last bucket
+/// and FSDP for its last reduce-scatter here, so .grad is final when backward()
+/// returns. Callbacks run in order and may queue more. Throws InvalidArgument
+/// outside a backward pass (call it from a hook).
+void queue_callback(std::function<void()> fn);
+/// True while a backward pass runs on this thread.
+bool in_backward_pass();
+
 /// Registers a hook on t's gradient; it may return a replacement (or undefined to keep).
 /// Hooks run in registration order, before the gradient reaches t's .grad or grad_fn.
 void register_hook(const Tensor& t, std::function<Tensor(const Tensor&)> hook);

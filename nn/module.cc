@@ -299,6 +299,12 @@ HookHandle Module::register_forward_pre_hook(ModuleHook fn) {
   return HookHandle{id};
 }
 
+HookHandle Module::register_forward_hook(ModuleHook fn) {
+  int64_t id = next_hook_id_++;
+  forward_hooks_.emplace(id, std::move(fn));
+  return HookHandle{id};
+}
+
 HookHandle Module::register_backward_pre_hook(ModuleHook fn) {
   int64_t id = next_hook_id_++;
   backward_pre_hooks_.emplace(id, std::move(fn));
@@ -307,12 +313,18 @@ HookHandle Module::register_backward_pre_hook(ModuleHook fn) {
 
 void Module::remove_hook(HookHandle handle) {
   forward_pre_hooks_.erase(handle.id);
+  forward_hooks_.erase(handle.id);
   backward_pre_hooks_.erase(handle.id);
 }
 
 void Module::run_forward_pre_hooks() {
   // Copy: a hook may remove itself.
   auto hooks = forward_pre_hooks_;
+  for (auto& [id, fn] : hooks) fn(*this);
+}
+
+void Module::run_forward_hooks() {
+  auto hooks = forward_hooks_;
   for (auto& [id, fn] : hooks) fn(*this);
 }
 

@@ -106,6 +106,9 @@ class Module {
   // ------------------------------------------------------------ hooks
   /// fn(module) runs before every forward of this module (FSDP all-gathers here).
   HookHandle register_forward_pre_hook(ModuleHook fn);
+  /// fn(module) runs after every forward of this module, once its output exists
+  /// (FSDP frees a unit's full parameters here).
+  HookHandle register_forward_hook(ModuleHook fn);
   /// fn(module) runs once per forward call, when the first gradient reaches the
   /// module's output in backward, i.e. before the gradients of its parameters are
   /// computed (FSDP all-gathers for backward here). Only attached when grad mode
@@ -122,9 +125,11 @@ class Module {
     run_forward_pre_hooks();
     auto out = forward_fn();
     attach_backward_pre_hooks(out);
+    run_forward_hooks();
     return out;
   }
   void run_forward_pre_hooks();
+  void run_forward_hooks();
   void attach_backward_pre_hooks(const Tensor& out);
   void attach_backward_pre_hooks(const std::vector<Tensor>& outs);
 
@@ -149,6 +154,7 @@ class Module {
   OrderedDict<BufferEntry> buffers_;
   OrderedDict<std::shared_ptr<Module>> children_;
   std::map<int64_t, ModuleHook> forward_pre_hooks_;
+  std::map<int64_t, ModuleHook> forward_hooks_;
   std::map<int64_t, ModuleHook> backward_pre_hooks_;
   int64_t next_hook_id_ = 0;
 };

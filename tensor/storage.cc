@@ -49,8 +49,11 @@ CudaAllocatorHooks& cuda_hooks() {
 }
 }  // namespace detail
 
-Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
-  if (device.is_cpu()) {
+Storage::Storage(size_t nbytes, Device device) : device_(device) { allocate(nbytes); }
+
+void Storage::allocate(size_t nbytes) {
+  nbytes_ = nbytes;
+  if (device_.is_cpu()) {
     size_t rounded = (nbytes + 63) / 64 * 64;
     if (rounded == 0) rounded = 64;
     data_ = std::aligned_alloc(64, rounded);
@@ -58,11 +61,29 @@ Storage::Storage(size_t nbytes, Device device) : nbytes_(nbytes), device_(device
   } else {
     auto& h = detail::cuda_hooks();
     if (!h.alloc)
-      LOOM_THROW(Unsupported, "cannot allocate on ", device.str(),
+      LOOM_THROW(Unsupported, "cannot allocate on ", device_.str(),
                  ": this build of loom has no CUDA backend (configure with -DLOOM_CUDA=ON)");
-    data_ = h.alloc(nbytes, device.index);
+    data_ = h.alloc(nbytes, device_.index);
   }
   count_alloc(device_, static_cast<int64_t>(nbytes_));
+}
+
+void Storage::release() {
+  counters(device_).allocated.fetch_sub(static_cast<int64_t>(nbytes_));
+  if (device_.is_cpu()) {
+    std::free(data_);
+  } else if (detail::cuda_hooks().free) {
+    detail::cuda_hooks().free(data_, device_.index);
+  }
+  data_ = nullptr;
+  nbytes_ = 0;
+}
+
+void Storage::resize(size_t nbytes) {
+  if (!owned_) LOOM_THROW(Unsupported, "Storage::resize: the memory is owned elsewhere (a wrapped buffer)");
+  if (nbytes == nbytes_ && data_) return;
+  release();
+  allocate(nbytes);
 }
 
 Storage::Storage(void* data, size_t nbytes, Device device, void (*deleter)(void*, void*), void* ctx)
@@ -73,12 +94,7 @@ Storage::~Storage() {
     if (deleter_) deleter_(data_, ctx_);
     return;
   }
-  counters(device_).allocated.fetch_sub(static_cast<int64_t>(nbytes_));
-  if (device_.is_cpu()) {
-    std::free(data_);
-  } else if (detail::cuda_hooks().free) {
-    detail::cuda_hooks().free(data_, device_.index);
-  }
+  release();
 }
 
 }  // namespace loom

@@ -30,11 +30,21 @@ class Storage {
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
 
+  /// Frees the allocation and allocates nbytes anew in place (contents
+  /// uninitialised; 0 frees it). Every tensor sharing this storage sees the new
+  /// buffer: FSDP frees a unit's full parameters after use and refills the same
+  /// storage later, so tensors saved for backward stay valid (PyTorch's
+  /// storage().resize_()). Throws Unsupported for memory owned elsewhere.
+  void resize(size_t nbytes);
+
   void* data() const { return data_; }
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
 
  private:
+  void allocate(size_t nbytes);
+  void release();
+
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;

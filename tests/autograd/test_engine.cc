@@ -275,5 +275,29 @@ TEST(Engine, GradcheckReportsMismatchNamingInputAndElement) {
   EXPECT_NE(msg.find("numerical"), std::string::npos) << msg;
 }
 
+TEST(Engine, QueuedCallbackRunsAfterEveryAccumulationOfThePass) {
+  Tensor a = ops::ones({3});
+  a.set_requires_grad(true);
+  Tensor b = ops::ones({2});
+  b.set_requires_grad(true);
+  std::vector<std::string> events;
+  autograd::register_post_accumulate_grad_hook(a, [&](const Tensor&) {
+    events.push_back("a");
+    autograd::queue_callback([&] {
+      events.push_back("callback");
+      EXPECT_TRUE(b.grad().defined());  // the whole pass has run
+      autograd::queue_callback([&] { events.push_back("nested"); });
+    });
+  });
+  autograd::register_post_accumulate_grad_hook(b, [&](const Tensor&) { events.push_back("b"); });
+  EXPECT_FALSE(autograd::in_backward_pass());
+  (loom::sum(a * 2.0) + loom::sum(b)).backward();
+  ASSERT_EQ(events.size(), 4u);
+  EXPECT_EQ(events[2], "callback");
+  EXPECT_EQ(events[3], "nested");
+  EXPECT_FALSE(autograd::in_backward_pass());
+  EXPECT_THROW(autograd::queue_callback([] {}), InvalidArgument);
+}
+
 }  // namespace
 }  // namespace loom

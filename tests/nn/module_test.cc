@@ -314,5 +314,17 @@ TEST(ModuleRegistration, RejectsDottedNamesAndDuplicateKinds) {
   EXPECT_EQ(m.named_buffers().size(), 1u);
 }
 
+TEST(ModuleHooks, ForwardHookFiresAfterForwardWithOutputReady) {
+  Linear l(3, 2);
+  std::vector<std::string> events;
+  l.register_forward_pre_hook([&](Module&) { events.push_back("pre"); });
+  auto h = l.register_forward_hook([&](Module&) { events.push_back("post"); });
+  l(ops::ones({1, 3}));
+  ASSERT_EQ(events, (std::vector<std::string>{"pre", "post"}));
+  l.remove_hook(h);
+  l(ops::ones({1, 3}));
+  EXPECT_EQ(events.size(), 3u);
+}
+
 }  // namespace
 }  // namespace loom::nn

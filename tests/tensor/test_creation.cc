@@ -160,3 +160,15 @@ TEST(Random, NormalAndUniformIntoStridedViewsAndRandintRange) {
   }
   for (int h : hist) EXPECT_GT(h, 1200);  // expected ~1429 each
 }
+
+TEST(Storage, ResizeFreesAndRefillsInPlaceForEverySharer) {
+  Tensor t = ops::ones({1024});
+  Tensor view = ops::slice(t, 0, 0, 16);  // shares the storage
+  const int64_t before = memory_stats().allocated_bytes;
+  t.storage()->resize(0);
+  EXPECT_EQ(memory_stats().allocated_bytes, before - 4096);
+  t.storage()->resize(4096);
+  EXPECT_EQ(memory_stats().allocated_bytes, before);
+  ops::fill_(t, 3.0);
+  EXPECT_EQ(view.to_vector<float>()[5], 3.0f);  // the view sees the new buffer
+}

@@ -1,0 +1,161 @@
+#include "tests/parallel/harness.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <sstream>
+
+#include "autograd/functions.h"
+#include "collectives/init.h"
+#include "nn/clip_grad.h"
+#include "tensor/random.h"
+
+namespace loom::ptest {
+
+namespace {
+std::shared_ptr<collectives::ProcessGroup> g_world;
+}
+
+std::shared_ptr<collectives::ProcessGroup> world() {
+  if (g_world) return g_world;
+  const char* backend_env = std::getenv("LOOM_TEST_BACKEND");
+  const std::string backend = backend_env && *backend_env ? backend_env : "gloo";
+  const bool launched = std::getenv("RANK") || std::getenv("OMPI_COMM_WORLD_RANK");
+  if (launched) {
+    g_world = collectives::init_process_group(backend);
+  } else {
+    auto store = std::make_shared<collectives::HashStore>();
+    g_world = std::make_shared<collectives::ProcessGroup>(store, 0, 1, "gloo");
+  }
+  return g_world;
+}
+
+void shutdown_world() { g_world.reset(); }
+
+const char* family_name(Family f) { return f == Family::kGPT2 ? "gpt2" : "llama"; }
+
+nn::GPT2Config tiny_gpt2_config() {
+  nn::GPT2Config c;
+  c.vocab_size = kVocab;
+  c.n_positions = kSeq;
+  c.n_embd = 64;
+  c.n_layer = kLayers;
+  c.n_head = 4;
+  return c;
+}
+
+nn::LlamaConfig tiny_llama_config() {
+  nn::LlamaConfig c;
+  c.vocab_size = kVocab;
+  c.max_seq_len = kSeq;
+  c.n_embd = 64;
+  c.n_layer = kLayers;
+  c.n_head = 8;
+  c.n_kv_head = 4;
+  c.intermediate_size = 128;
+  return c;
+}
+
+std::shared_ptr<nn::CausalLM> tiny_model(Family f, DType dtype) {
+  Generator gen(f == Family::kGPT2 ? 1234 : 4321);
+  if (f == Family::kGPT2) {
+    auto c = tiny_gpt2_config();
+    c.dtype = dtype;
+    return std::make_shared<nn::GPT2>(c, gen);
+  }
+  auto c = tiny_llama_config();
+  c.dtype = dtype;
+  return std::make_shared<nn::Llama>(c, gen);
+}
+
+Batch global_batch(int step, int64_t batch) {
+  // A learnable stream: each row counts up by a row-specific stride mod vocab,
+  // with a little noise, so the loss falls over a few steps.
+  Generator gen(777 + static_cast<uint64_t>(step));
+  Tensor noise = ops::randint(0, 4, {batch, kSeq + 1}, gen);
+  const int64_t* nz = noise.data<int64_t>();
+  Tensor idx = ops::zeros({batch, kSeq}, DType::i64), tgt = ops::zeros({batch, kSeq}, DType::i64);
+  int64_t* pi = idx.data<int64_t>();
+  int64_t* pt = tgt.data<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t start = (step * 13 + b * 7) % kVocab, stride = 1 + (b % 3);
+    std::vector<int64_t> seq(kSeq + 1);
+    for (int64_t t = 0; t <= kSeq; ++t) seq[t] = (start + t * stride + (nz[b * (kSeq + 1) + t] == 0 ? 1 : 0)) % kVocab;
+    for (int64_t t = 0; t < kSeq; ++t) {
+      pi[b * kSeq + t] = seq[t];
+      pt[b * kSeq + t] = seq[t + 1];
+    }
+  }
+  return {idx, tgt};
+}
+
+Batch rows(const Batch& b, int part, int parts) {
+  const int64_t B = b.idx.size(0);
+  LOOM_CHECK(B % parts == 0, "rows: batch ", B, " does not divide into ", parts, " parts");
+  const int64_t n = B / parts;
+  return {ops::contiguous(ops::slice(b.idx, 0, part * n, (part + 1) * n)),
+          ops::contiguous(ops::slice(b.targets, 0, part * n, (part + 1) * n))};
+}
+
+const Reference& single_rank_reference(Family f, const TrainConfig& cfg) {
+  static std::map<std::string, Reference> cache;
+  std::ostringstream key;
+  key << family_name(f) << "/" << cfg.steps << "/" << cfg.lr << "/" << cfg.weight_decay << "/" << cfg.clip_norm;
+  auto it = cache.find(key.str());
+  if (it != cache.end()) return it->second;
+  Reference ref;
+  auto model = tiny_model(f);
+  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
+  for (int step = 0; step < cfg.steps; ++step) {
+    Batch b = global_batch(step);
+    opt.zero_grad();
+    Tensor loss = model->loss(b.idx, b.targets);
+    loss.backward();
+    ref.losses.push_back(loss.item<double>());
+    ref.grad_norms.push_back(nn::clip_grad_norm_(model->parameters(), cfg.clip_norm));
+    opt.step();
+  }
+  for (const auto& [name, t] : model->state_dict()) ref.params.insert(name, ops::clone(t));
+  return cache.emplace(key.str(), std::move(ref)).first->second;
+}
+
+void expect_state_near(const nn::StateDict& got, const nn::StateDict& want, double rtol) {
+  for (const auto& [name, w] : want) {
+    ASSERT_TRUE(got.contains(name)) << "missing tensor " << name;
+    Tensor g = ops::to(ops::contiguous(got.at(name)), DType::f64);
+    Tensor wv = ops::to(ops::contiguous(w), DType::f64);
+    ASSERT_EQ(g.sizes(), wv.sizes()) << name;
+    const double* pg = g.data<double>();
+    const double* pw = wv.data<double>();
+    const int64_t n = wv.numel();
+    double mean_abs = 0;
+    for (int64_t i = 0; i < n; ++i) mean_abs += std::abs(pw[i]);
+    mean_abs /= std::max<int64_t>(n, 1);
+    double worst = 0;
+    int64_t worst_i = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      double excess = std::abs(pg[i] - pw[i]) / (std::abs(pw[i]) + mean_abs + 1e-30);
+      if (excess > worst) {
+        worst = excess;
+        worst_i = i;
+      }
+    }
+    EXPECT_LE(worst, rtol) << name << ": element " << worst_i << " is " << pg[worst_i] << ", single-rank has "
+                           << pw[worst_i];
+  }
+}
+
+void expect_values_near(const std::vector<double>& got, const std::vector<double>& want, double rtol,
+                        const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], rtol * std::abs(want[i])) << what << " at step " << i;
+}
+
+double group_mean(collectives::ProcessGroup& g, double v) {
+  Tensor t = ops::full({1}, v, DType::f64);
+  g.allreduce(t, {collectives::ReduceOp::kAvg})->wait();
+  return t.item<double>();
+}
+
+}  // namespace loom::ptest

@@ -1,0 +1,73 @@
+// Shared by the parallel tests: the world group (from mpirun / torchrun
+// variables, or a one-rank group when started alone), tiny GPT-2 and Llama
+// models that every rank builds with the same weights, deterministic global
+// batches, and single-rank AdamW training on the global batch as the reference
+// every parallel layout must reproduce.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "collectives/process_group.h"
+#include "nn/causal_lm.h"
+#include "nn/gpt2.h"
+#include "nn/llama.h"
+#include "nn/optim.h"
+
+namespace loom::ptest {
+
+/// The world group of this test process (size 1 when not started by mpirun).
+std::shared_ptr<collectives::ProcessGroup> world();
+
+enum class Family { kGPT2, kLlama };
+const char* family_name(Family f);
+/// Both families, for TEST_P / loops.
+inline std::vector<Family> families() { return {Family::kGPT2, Family::kLlama}; }
+
+/// Shapes shared by the tiny models: every size divides by 4 so TP works on 4 ranks.
+constexpr int64_t kVocab = 64, kSeq = 16, kBatch = 8, kLayers = 3;
+nn::GPT2Config tiny_gpt2_config();    // n_embd 64, 4 heads, 3 layers, tied embeddings
+nn::LlamaConfig tiny_llama_config();  // n_embd 64, 8 heads, 4 kv heads, hidden 128, 3 layers
+/// A fresh model with the same weights on every rank (fixed seed).
+std::shared_ptr<nn::CausalLM> tiny_model(Family f, DType dtype = DType::f32);
+
+/// (B, T) i64 tokens and next-token targets of global step `step` (same on every rank).
+struct Batch {
+  Tensor idx, targets;
+};
+Batch global_batch(int step, int64_t batch = kBatch);
+/// Rows [part * B/parts, (part+1) * B/parts) of b; B must divide by parts.
+Batch rows(const Batch& b, int part, int parts);
+
+/// The optimisation every layout runs: AdamW over nn::weight_decay_groups
+/// (decay on >= 2-D weights), clipping to clip_norm before each step.
+struct TrainConfig {
+  int steps = 3;
+  double lr = 1e-2;
+  double weight_decay = 0.1;
+  double clip_norm = 0.5;  // small enough that clipping is active on these models
+};
+
+struct Reference {
+  std::vector<double> losses;  // per step, before the update
+  std::vector<double> grad_norms;  // per step, before clipping
+  nn::StateDict params;        // after the last step, by Hugging Face name
+};
+/// Single-rank training on the global batches (computed once per family/config).
+const Reference& single_rank_reference(Family f, const TrainConfig& cfg = {});
+
+/// Every tensor of want is in got with the same shape, and each element agrees
+/// within rtol relative to (|want| + mean |want| of that tensor), so elements
+/// near zero are compared at the tensor's scale. Reports the worst element.
+void expect_state_near(const nn::StateDict& got, const nn::StateDict& want, double rtol = 1e-5);
+/// Step-by-step |got - want| <= rtol * |want|.
+void expect_values_near(const std::vector<double>& got, const std::vector<double>& want, double rtol,
+                        const std::string& what);
+
+/// Average of a scalar over a group (e.g. the loss of each data-parallel rank).
+double group_mean(collectives::ProcessGroup& g, double v);
+
+}  // namespace loom::ptest

@@ -1,0 +1,39 @@
+# Parallel wrappers (included from tests/CMakeLists.txt). test_parallel runs
+# alone (world of one rank: every wrapper must also work there) and under
+# mpirun on 2 and 4 ranks with the gloo and mpi backends, one CTest entry per
+# suite so they run side by side and time out separately.
+file(GLOB _loom_parallel_srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.cc)
+add_executable(test_parallel ${_loom_parallel_srcs})
+target_link_libraries(test_parallel PRIVATE loom::parallel GTest::gtest)
+target_include_directories(test_parallel PRIVATE ${PROJECT_SOURCE_DIR})
+target_compile_definitions(test_parallel PRIVATE LOOM_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+                                                 LOOM_BINARY_DIR="${PROJECT_BINARY_DIR}")
+gtest_discover_tests(test_parallel DISCOVERY_MODE PRE_TEST DISCOVERY_TIMEOUT 60
+                     PROPERTIES LABELS parallel TIMEOUT 600)
+
+find_program(LOOM_MPIRUN NAMES mpirun mpiexec)
+if(LOOM_MPIRUN)
+  set(_loom_penv OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+                 LOOM_STORE_SECRET=parallel-test LOOM_COLLECTIVE_TIMEOUT_S=120 OMP_NUM_THREADS=1)
+  set(_loom_pport 29711)
+  # suite name -> gtest filter and the world sizes it runs on
+  set(_loom_psuites "ddp|DDP*:DeviceMesh*|2,4" "fsdp|FullyShard*|2,4" "tp|TensorParallel*|2,4"
+                    "fsdp_tp|FsdpTp*|4")
+  foreach(entry ${_loom_psuites})
+    string(REPLACE "|" ";" parts "${entry}")
+    list(GET parts 0 suite)
+    list(GET parts 1 filter)
+    list(GET parts 2 sizes)
+    string(REPLACE "," ";" sizes "${sizes}")
+    foreach(n ${sizes})
+      foreach(backend gloo mpi)
+        math(EXPR _loom_pport "${_loom_pport} + 1")
+        add_test(NAME parallel_${suite}_${backend}_np${n}
+                 COMMAND ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:test_parallel>
+                         --gtest_filter=${filter})
+        set_tests_properties(parallel_${suite}_${backend}_np${n} PROPERTIES LABELS parallel TIMEOUT 300
+                             ENVIRONMENT "${_loom_penv};MASTER_PORT=${_loom_pport};LOOM_TEST_BACKEND=${backend}")
+      endforeach()
+    endforeach()
+  endforeach()
+endif()
