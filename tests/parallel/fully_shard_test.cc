@@ -1,8 +1,9 @@
-// FullyShard (FSDP / ZeRO-3): three AdamW steps on every rank's slice of the
-// global batch end where single-rank training ends (GPT-2 and Llama, every
-// option), memory per rank is a 1/W share plus one unit, the next unit's
-// all-gather overlaps the current forward, state dicts round-trip, and misuse
-// is a clear error. Every rank runs the same collectives in the same order.
+// FullyShard (FSDP / ZeRO-3): three AdamW steps on every rank's slice of the global batch end where single-rank
+// training ends (GPT-2 and Llama, every option), memory per rank is a 1/W share plus one unit, the next unit's
+// all-gather overlaps the current forward, state dicts round-trip, and misuse is a clear error. Every rank runs the
+// same collectives in the same order.
+#include "parallel/fully_shard.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,7 +13,6 @@
 #include "autograd/functions.h"
 #include "nn/clip_grad.h"
 #include "parallel/device_mesh.h"
-#include "parallel/fully_shard.h"
 #include "tensor/storage.h"
 #include "tests/parallel/harness.h"
 
@@ -27,21 +27,16 @@ struct Run {
   nn::StateDict params;
 };
 
-/// Three AdamW steps with FSDP over `group`, each rank on rows(part, parts) of
-/// the global batch.
-Run train_fsdp(Family f, const FullyShardOptions &opts,
-               std::shared_ptr<collectives::ProcessGroup> group = nullptr,
-               const ptest::TrainConfig &cfg = {}) {
-  if (!group)
-    group = world();
+/// Three AdamW steps with FSDP over `group`, each rank on rows(part, parts) of the global batch.
+Run train_fsdp(Family f, const FullyShardOptions& opts, std::shared_ptr<collectives::ProcessGroup> group = nullptr,
+               const ptest::TrainConfig& cfg = {}) {
+  if (!group) group = world();
   auto model = ptest::tiny_model(f);
   FullyShard fsdp(model, group, opts);
-  nn::AdamW opt(fsdp.param_groups(cfg.lr, cfg.weight_decay),
-                nn::AdamWOptions{});
+  nn::AdamW opt(fsdp.param_groups(cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
   Run out;
   for (int step = 0; step < cfg.steps; ++step) {
-    ptest::Batch b =
-        ptest::rows(ptest::global_batch(step), group->rank(), group->size());
+    ptest::Batch b = ptest::rows(ptest::global_batch(step), group->rank(), group->size());
     opt.zero_grad();
     Tensor loss = model->loss(b.idx, b.targets);
     loss.backward();
@@ -53,26 +48,19 @@ Run train_fsdp(Family f, const FullyShardOptions &opts,
   return out;
 }
 
-/// Single-rank training on the same global batches, with the gradient
-/// accumulated over the `parts` row blocks (loss of block r scaled by 1/parts)
-/// instead of one pass over the whole batch. Mathematically the same as
-/// ptest::single_rank_reference; in f32 it sums each weight gradient in the
-/// same blocks as data-parallel ranks do. That matters for the parameters:
-/// AdamW divides each element's gradient by its own magnitude, so elements
-/// whose gradient is ~0 (GPT-2's key biases: softmax ignores them) turn f32
-/// summation noise into updates of up to lr. Against the whole-batch
-/// reference, losses and gradient norms still agree within 1e-5.
-const ptest::Reference &
-blockwise_reference(Family f, int parts, const ptest::TrainConfig &cfg = {}) {
+/// Single-rank training on the same global batches, with the gradient accumulated over the `parts` row blocks (loss of
+/// block r scaled by 1/parts) instead of one pass over the whole batch. Mathematically the same as
+/// ptest::single_rank_reference; in f32 it sums each weight gradient in the same blocks as data-parallel ranks do. That
+/// matters for the parameters: AdamW divides each element's gradient by its own magnitude, so elements whose gradient
+/// is ~0 (GPT-2's key biases: softmax ignores them) turn f32 summation noise into updates of up to lr. Against the
+/// whole-batch reference, losses and gradient norms still agree within 1e-5.
+const ptest::Reference& blockwise_reference(Family f, int parts, const ptest::TrainConfig& cfg = {}) {
   static std::map<std::pair<int, int>, ptest::Reference> cache;
   auto key = std::make_pair(static_cast<int>(f), parts);
-  if (auto it = cache.find(key); it != cache.end())
-    return it->second;
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
   ptest::Reference ref;
   auto model = ptest::tiny_model(f);
-  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr,
-                                        cfg.weight_decay),
-                nn::AdamWOptions{});
+  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
   for (int step = 0; step < cfg.steps; ++step) {
     ptest::Batch b = ptest::global_batch(step);
     opt.zero_grad();
@@ -84,47 +72,36 @@ blockwise_reference(Family f, int parts, const ptest::TrainConfig &cfg = {}) {
       loom::mul(loss, 1.0 / parts).backward();
     }
     ref.losses.push_back(loss_sum / parts);
-    ref.grad_norms.push_back(
-        nn::clip_grad_norm_(model->parameters(), cfg.clip_norm));
+    ref.grad_norms.push_back(nn::clip_grad_norm_(model->parameters(), cfg.clip_norm));
     opt.step();
   }
-  for (const auto &[name, t] : model->state_dict())
-    ref.params.insert(name, ops::clone(t));
+  for (const auto& [name, t] : model->state_dict()) ref.params.insert(name, ops::clone(t));
   return cache.emplace(key, std::move(ref)).first->second;
 }
 
-/// Losses and gradient norms agree with whole-batch single-rank training and
-/// the parameters with block-wise single-rank training, all within 1e-5. On
-/// more than two ranks the backend's ring reduce-scatter adds the ranks'
-/// gradients in an order that differs per chunk (two terms commute, so two
-/// ranks are exact); the parameter check then runs again with
+/// Losses and gradient norms agree with whole-batch single-rank training and the parameters with block-wise single-rank
+/// training, all within 1e-5. On more than two ranks the backend's ring reduce-scatter adds the ranks' gradients in an
+/// order that differs per chunk (two terms commute, so two ranks are exact); the parameter check then runs again with
 /// GradReduce::kRankOrdered, which adds them in the reference's order.
 void expect_matches_single_rank(Family f, FullyShardOptions opts) {
   SCOPED_TRACE(ptest::family_name(f));
-  const auto &whole = ptest::single_rank_reference(f);
-  const auto &blockwise = blockwise_reference(f, world()->size());
+  const auto& whole = ptest::single_rank_reference(f);
+  const auto& blockwise = blockwise_reference(f, world()->size());
   Run got = train_fsdp(f, opts);
   ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss");
-  ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5,
-                            "grad norm");
+  ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm");
   if (world()->size() > 2 && opts.grad_reduce != GradReduce::kRankOrdered) {
     opts.grad_reduce = GradReduce::kRankOrdered;
     got = train_fsdp(f, opts);
-    ptest::expect_values_near(got.losses, whole.losses, 1e-5,
-                              "loss (rank-ordered reduction)");
-    ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5,
-                              "grad norm (rank-ordered reduction)");
+    ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss (rank-ordered reduction)");
+    ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm (rank-ordered reduction)");
   }
   ptest::expect_state_near(got.params, blockwise.params, 1e-5);
 }
 
-TEST(FullyShard, GPT2MatchesSingleRankAfterThreeSteps) {
-  expect_matches_single_rank(Family::kGPT2, {});
-}
+TEST(FullyShard, GPT2MatchesSingleRankAfterThreeSteps) { expect_matches_single_rank(Family::kGPT2, {}); }
 
-TEST(FullyShard, LlamaMatchesSingleRankAfterThreeSteps) {
-  expect_matches_single_rank(Family::kLlama, {});
-}
+TEST(FullyShard, LlamaMatchesSingleRankAfterThreeSteps) { expect_matches_single_rank(Family::kLlama, {}); }
 
 TEST(FullyShard, UnitsAreTheBlocksPlusTheRoot) {
   auto model = ptest::tiny_model(Family::kGPT2);
@@ -134,7 +111,7 @@ TEST(FullyShard, UnitsAreTheBlocksPlusTheRoot) {
   EXPECT_EQ(fsdp.unit_name(ptest::kLayers), "root");
   // Shards: 1-D f32 leaves needing grad, one W-th of each padded flat group.
   int64_t shard_total = 0;
-  for (const auto &p : fsdp.parameters()) {
+  for (const auto& p : fsdp.parameters()) {
     EXPECT_EQ(p.dim(), 1);
     EXPECT_EQ(p.dtype(), DType::f32);
     EXPECT_TRUE(p.requires_grad());
@@ -142,9 +119,7 @@ TEST(FullyShard, UnitsAreTheBlocksPlusTheRoot) {
   }
   const int W = world()->size();
   EXPECT_GE(shard_total * W, model->num_parameters());
-  EXPECT_LT(shard_total * W,
-            model->num_parameters() +
-                static_cast<int64_t>(fsdp.parameters().size()) * W);
+  EXPECT_LT(shard_total * W, model->num_parameters() + static_cast<int64_t>(fsdp.parameters().size()) * W);
   // Two groups (decay, no-decay) as nn::weight_decay_groups makes them.
   auto groups = fsdp.param_groups(1e-3, 0.1);
   ASSERT_EQ(groups.size(), 2u);
@@ -155,102 +130,115 @@ TEST(FullyShard, UnitsAreTheBlocksPlusTheRoot) {
 TEST(FullyShardVariants, Zero2MatchesSingleRank) {
   FullyShardOptions o;
   o.reshard_after_forward = false;
-  for (Family f : ptest::families())
-    expect_matches_single_rank(f, o);
+  for (Family f : ptest::families()) expect_matches_single_rank(f, o);
 }
 
 TEST(FullyShardVariants, WithoutPrefetchMatchesSingleRank) {
   FullyShardOptions o;
   o.prefetch = false;
-  for (Family f : ptest::families())
-    expect_matches_single_rank(f, o);
+  for (Family f : ptest::families()) expect_matches_single_rank(f, o);
 }
 
 TEST(FullyShardVariants, WithoutOverlapMatchesSingleRank) {
   FullyShardOptions o;
   o.overlap = false;
-  for (Family f : ptest::families())
-    expect_matches_single_rank(f, o);
+  for (Family f : ptest::families()) expect_matches_single_rank(f, o);
 }
 
 TEST(FullyShardVariants, CpuOffloadMatchesSingleRank) {
   FullyShardOptions o;
   o.cpu_offload = true;
-  for (Family f : ptest::families())
-    expect_matches_single_rank(f, o);
+  for (Family f : ptest::families()) expect_matches_single_rank(f, o);
+}
+
+TEST(FullyShard, GradientsAccumulateOverBackwardPasses) {
+  auto g = world();
+  auto model = ptest::tiny_model(Family::kLlama);
+  FullyShard fsdp(model, g);
+  ptest::Batch b = ptest::rows(ptest::global_batch(0), g->rank(), g->size());
+  model->loss(b.idx, b.targets).backward();
+  std::vector<Tensor> once;
+  for (const auto& p : fsdp.parameters()) once.push_back(ops::clone(p.grad()));
+  for (const auto& p : model->parameters()) EXPECT_FALSE(p.grad().defined()) << "full gradients are freed";
+  fsdp.zero_grad();
+  for (int half = 0; half < 2; ++half) {
+    ptest::Batch part = ptest::rows(b, half, 2);
+    loom::mul(model->loss(part.idx, part.targets), 0.5).backward();
+  }
+  std::vector<Tensor> shards = fsdp.parameters();
+  for (size_t i = 0; i < shards.size(); ++i) {
+    nn::StateDict got, want;
+    got.insert("shard " + std::to_string(i), shards[i].grad());
+    want.insert("shard " + std::to_string(i), once[i]);
+    ptest::expect_state_near(got, want, 1e-5);
+  }
 }
 
 TEST(FullyShardReshard, BlocksAreFreedAfterForwardUnlessZero2) {
   for (bool zero2 : {false, true}) {
-    SCOPED_TRACE(zero2 ? "reshard_after_forward=false"
-                       : "reshard_after_forward=true");
+    SCOPED_TRACE(zero2 ? "reshard_after_forward=false" : "reshard_after_forward=true");
     auto model = ptest::tiny_model(Family::kGPT2);
     FullyShardOptions o;
     o.reshard_after_forward = !zero2;
     FullyShard fsdp(model, world(), o);
-    auto held = [](const nn::Module &m) {
+    auto held = [](const nn::Module& m) {
       size_t bytes = 0;
-      for (const auto &p : m.parameters())
-        bytes += p.storage()->nbytes();
+      for (const auto& p : m.parameters()) bytes += p.storage()->nbytes();
       return bytes;
     };
     // Registered after FullyShard's hooks, so it sees the state they leave.
     size_t blocks_after_forward = 0, root_after_forward = 0;
-    model->register_forward_hook([&](nn::Module &) {
-      for (const auto &b : model->blocks())
-        blocks_after_forward += held(*b);
-      root_after_forward = dynamic_cast<nn::GPT2 &>(*model)
-                               .transformer->wte->weight.storage()
-                               ->nbytes();
+    model->register_forward_hook([&](nn::Module&) {
+      for (const auto& b : model->blocks()) blocks_after_forward += held(*b);
+      root_after_forward = dynamic_cast<nn::GPT2&>(*model).transformer->wte->weight.storage()->nbytes();
     });
-    ptest::Batch b =
-        ptest::rows(ptest::global_batch(0), world()->rank(), world()->size());
+    ptest::Batch b = ptest::rows(ptest::global_batch(0), world()->rank(), world()->size());
     Tensor loss = model->loss(b.idx, b.targets);
-    EXPECT_GT(root_after_forward, 0u)
-        << "the root stays gathered from forward to the end of backward";
+    EXPECT_GT(root_after_forward, 0u) << "the root stays gathered from forward to the end of backward";
     if (zero2) {
       EXPECT_GT(blocks_after_forward, 0u);
     } else {
       EXPECT_EQ(blocks_after_forward, 0u);
     }
     loss.backward();
-    EXPECT_EQ(held(*model), 0u)
-        << "every unit, the root included, is resharded when backward ends";
+    EXPECT_EQ(held(*model), 0u) << "every unit, the root included, is resharded when backward ends";
+    {
+      autograd::NoGradGuard no_grad;  // no backward follows: nothing stays gathered
+      model->loss(b.idx, b.targets);
+      EXPECT_EQ(held(*model), 0u);
+    }
   }
 }
 
-TEST(FullyShardMixedPrecision,
-     Bf16ComputeWithF32MasterShardsTracksF32Training) {
-  for (Family f : ptest::families()) {
-    SCOPED_TRACE(ptest::family_name(f));
-    const auto &whole = ptest::single_rank_reference(f);
+TEST(FullyShardMixedPrecision, Bf16ComputeWithF32MasterShardsTracksF32Training) {
+  for (auto [f, reduce] : {std::pair{Family::kGPT2, DType::f32}, std::pair{Family::kLlama, DType::f32},
+                           std::pair{Family::kGPT2, DType::bf16}}) {
+    SCOPED_TRACE(std::string(ptest::family_name(f)) + ", reduce in " + dtype_name(reduce));
+    const auto& whole = ptest::single_rank_reference(f);
     const ptest::TrainConfig cfg;
     auto model = ptest::tiny_model(f);
     FullyShardOptions o;
-    o.mixed_precision = {DType::bf16, DType::f32};
+    o.mixed_precision = {DType::bf16, reduce};
     FullyShard fsdp(model, world(), o);
     // Registered after FullyShard's pre-hook: sees the gathered parameters.
     int forwards_seen = 0;
-    model->blocks()[1]->register_forward_pre_hook([&](nn::Module &m) {
-      for (const auto &p : m.parameters()) {
+    model->blocks()[1]->register_forward_pre_hook([&](nn::Module& m) {
+      for (const auto& p : m.parameters()) {
         EXPECT_EQ(p.dtype(), DType::bf16);
-        EXPECT_GE(p.storage()->nbytes(), p.storage_offset() * 2 + p.nbytes())
-            << "gathered before the forward";
+        EXPECT_GE(p.storage()->nbytes(), p.storage_offset() * 2 + p.nbytes()) << "gathered before the forward";
       }
       ++forwards_seen;
     });
-    nn::AdamW opt(fsdp.param_groups(cfg.lr, cfg.weight_decay),
-                  nn::AdamWOptions{});
+    nn::AdamW opt(fsdp.param_groups(cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
     std::vector<double> losses;
     for (int step = 0; step < cfg.steps; ++step) {
-      ptest::Batch b = ptest::rows(ptest::global_batch(step), world()->rank(),
-                                   world()->size());
+      ptest::Batch b = ptest::rows(ptest::global_batch(step), world()->rank(), world()->size());
       opt.zero_grad();
       Tensor loss = model->loss(b.idx, b.targets);
       EXPECT_EQ(loss.dtype(), DType::bf16);
       loss.backward();
       losses.push_back(ptest::group_mean(*world(), loss.item<double>()));
-      for (const auto &p : fsdp.parameters()) {
+      for (const auto& p : fsdp.parameters()) {
         EXPECT_EQ(p.dtype(), DType::f32) << "master shards stay f32";
         ASSERT_TRUE(p.grad().defined());
         EXPECT_EQ(p.grad().dtype(), DType::f32);
@@ -259,8 +247,7 @@ TEST(FullyShardMixedPrecision,
       opt.step();
     }
     EXPECT_EQ(forwards_seen, cfg.steps);
-    ptest::expect_values_near(losses, whole.losses, 0.03,
-                              "bf16 loss against f32 training");
+    ptest::expect_values_near(losses, whole.losses, 0.03, "bf16 loss against f32 training");
     nn::StateDict full = fsdp.full_state_dict(false);
     EXPECT_EQ(full.at(whole.params.keys().front()).dtype(), DType::f32);
   }
@@ -270,15 +257,12 @@ TEST(FullyShardMemory, EachRankHoldsItsShareOfParamsGradsAndAdamState) {
   const int W = world()->size();
   for (Family f : ptest::families()) {
     SCOPED_TRACE(ptest::family_name(f));
-    // Single-rank training measured the same way: validates the counters and
-    // gives the total.
+    // Single-rank training measured the same way: validates the counters and gives the total.
     int64_t numel = 0, buffer_bytes = 0, single = 0;
     {
       const int64_t base = memory_stats().allocated_bytes;
       auto model = ptest::tiny_model(f);
-      nn::AdamW opt(
-          nn::weight_decay_groups(model->named_parameters(), 1e-3, 0.1),
-          nn::AdamWOptions{});
+      nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), 1e-3, 0.1), nn::AdamWOptions{});
       {
         ptest::Batch b = ptest::global_batch(0);
         model->loss(b.idx, b.targets).backward();
@@ -286,13 +270,10 @@ TEST(FullyShardMemory, EachRankHoldsItsShareOfParamsGradsAndAdamState) {
       opt.step();
       single = memory_stats().allocated_bytes - base;
       numel = model->num_parameters();
-      for (const auto &t : model->buffers())
-        buffer_bytes += static_cast<int64_t>(t.nbytes());
+      for (const auto& t : model->buffers()) buffer_bytes += static_cast<int64_t>(t.nbytes());
     }
-    const int64_t total =
-        4 * 4 * numel; // f32 parameters, gradients, exp_avg, exp_avg_sq
-    // Slack for scratch tensors that a collective's task on the worker thread
-    // frees concurrently.
+    const int64_t total = 4 * 4 * numel;  // f32 parameters, gradients, exp_avg, exp_avg_sq
+    // Slack for scratch tensors that a collective's task on the worker thread frees concurrently.
     const int64_t slack = 4096;
     EXPECT_NEAR(single, total + buffer_bytes, slack)
         << "single-rank bytes: parameters, gradients, AdamW state, buffers";
@@ -302,8 +283,7 @@ TEST(FullyShardMemory, EachRankHoldsItsShareOfParamsGradsAndAdamState) {
     FullyShard fsdp(model, world());
     nn::AdamW opt(fsdp.param_groups(1e-3, 0.1), nn::AdamWOptions{});
     for (int step = 0; step < 2; ++step) {
-      ptest::Batch b =
-          ptest::rows(ptest::global_batch(step), world()->rank(), W);
+      ptest::Batch b = ptest::rows(ptest::global_batch(step), world()->rank(), W);
       opt.zero_grad();
       model->loss(b.idx, b.targets).backward();
       fsdp.clip_grad_norm_(1.0);
@@ -311,22 +291,18 @@ TEST(FullyShardMemory, EachRankHoldsItsShareOfParamsGradsAndAdamState) {
     }
     const int64_t held = memory_stats().allocated_bytes - base - buffer_bytes;
     int64_t largest_unit = 0;
-    for (size_t u = 0; u < fsdp.num_units(); ++u)
-      largest_unit = std::max(largest_unit, fsdp.unit_full_bytes(u));
+    for (size_t u = 0; u < fsdp.num_units(); ++u) largest_unit = std::max(largest_unit, fsdp.unit_full_bytes(u));
     EXPECT_LE(held, total / W + largest_unit + slack)
-        << "rank " << world()->rank() << " of " << W << " holds " << held
-        << " bytes; single-rank total " << total;
-    EXPECT_GE(held, total / W - slack)
-        << "the shards, their gradients and both AdamW moments";
+        << "rank " << world()->rank() << " of " << W << " holds " << held << " bytes; single-rank total " << total;
+    EXPECT_GE(held, total / W - slack) << "the shards, their gradients and both AdamW moments";
   }
 }
 
 TEST(FullyShardOverlap, NextUnitGatherStartsBeforeCurrentForwardEnds) {
   auto g = world();
-  // A batch large enough that a block's forward takes milliseconds: on a
-  // loaded machine the worker thread may wait that long for a core.
-  ptest::Batch b =
-      ptest::rows(ptest::global_batch(0, 256), g->rank(), g->size());
+  // A batch large enough that a block's forward takes milliseconds: on a loaded machine the worker thread may wait that
+  // long for a core.
+  ptest::Batch b = ptest::rows(ptest::global_batch(0, 256), g->rank(), g->size());
   for (bool prefetch : {true, false}) {
     SCOPED_TRACE(prefetch ? "prefetch" : "no prefetch");
     auto model = ptest::tiny_model(Family::kGPT2);
@@ -334,22 +310,18 @@ TEST(FullyShardOverlap, NextUnitGatherStartsBeforeCurrentForwardEnds) {
     o.prefetch = prefetch;
     FullyShard fsdp(model, g, o);
     int overlapped = 0, transitions = 0;
-    for (int iter = 0; iter < 3;
-         ++iter) { // same collectives on every rank: no early exit
+    for (int iter = 0; iter < 3; ++iter) {  // same collectives on every rank: no early exit
       model->loss(b.idx, b.targets).backward();
       std::map<uint64_t, collectives::TraceEntry> by_seq;
-      for (const auto &e : g->trace())
-        if (e.op == "all_gather")
-          by_seq[e.seq] = e;
-      const auto &tl = fsdp.forward_timeline();
-      for (size_t u = 1; u + 1 < fsdp.num_units();
-           ++u) { // block u after block u-1
+      for (const auto& e : g->trace())
+        if (e.op == "all_gather") by_seq[e.seq] = e;
+      const auto& tl = fsdp.forward_timeline();
+      for (size_t u = 1; u + 1 < fsdp.num_units(); ++u) {  // block u after block u-1
         ASSERT_FALSE(tl[u].gather_seqs.empty()) << tl[u].name;
         ASSERT_LE(tl[u - 1].forward_end_ns, tl[u].forward_start_ns);
         bool early = false;
         for (uint64_t seq : tl[u].gather_seqs) {
-          ASSERT_TRUE(by_seq.count(seq)) << "all_gather #" << seq << " of "
-                                         << tl[u].name << " not in the trace";
+          ASSERT_TRUE(by_seq.count(seq)) << "all_gather #" << seq << " of " << tl[u].name << " not in the trace";
           early = early || by_seq[seq].start_ns < tl[u - 1].forward_end_ns;
         }
         ++transitions;
@@ -360,94 +332,80 @@ TEST(FullyShardOverlap, NextUnitGatherStartsBeforeCurrentForwardEnds) {
       EXPECT_GT(overlapped, 0) << "no block's all-gather started before the "
                                   "previous block's forward ended";
     } else {
-      EXPECT_EQ(overlapped, 0)
-          << "without prefetch a block is gathered only when it runs";
+      EXPECT_EQ(overlapped, 0) << "without prefetch a block is gathered only when it runs";
     }
     EXPECT_EQ(transitions, 3 * (ptest::kLayers - 1));
   }
 }
 
-TEST(FullyShardStateDict,
-     FullStateDictRoundTripsAndShardedPiecesCoverEachParameterOnce) {
+TEST(FullyShardStateDict, FullStateDictRoundTripsAndShardedPiecesCoverEachParameterOnce) {
   auto g = world();
   const ptest::TrainConfig cfg;
   for (Family f : ptest::families()) {
     SCOPED_TRACE(ptest::family_name(f));
     auto model = ptest::tiny_model(f);
     FullyShard fsdp(model, g);
-    nn::AdamW opt(fsdp.param_groups(cfg.lr, cfg.weight_decay),
-                  nn::AdamWOptions{});
+    nn::AdamW opt(fsdp.param_groups(cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
     ptest::Batch b = ptest::rows(ptest::global_batch(0), g->rank(), g->size());
     model->loss(b.idx, b.targets).backward();
-    opt.step(); // values no longer the initial ones
+    opt.step();  // values no longer the initial ones
 
     nn::StateDict full = fsdp.full_state_dict(false);
     nn::StateDict r0 = fsdp.full_state_dict(true);
-    EXPECT_EQ(full.keys(), ptest::tiny_model(f)->state_dict().keys())
-        << "the module's names, tied ones included";
+    EXPECT_EQ(full.keys(), ptest::tiny_model(f)->state_dict().keys()) << "the module's names, tied ones included";
     if (g->rank() == 0) {
       ptest::expect_state_near(r0, full, 0.0);
     } else {
       EXPECT_EQ(r0.size(), 0u);
     }
 
-    // Full round trip into a fresh wrapped model: the same values, the same
-    // loss.
+    // Full round trip into a fresh wrapped model: the same values, the same loss.
     auto other = ptest::tiny_model(f);
     FullyShard fsdp2(other, g);
     fsdp2.load_full_state_dict(full);
     ptest::expect_state_near(fsdp2.full_state_dict(false), full, 0.0);
     {
       autograd::NoGradGuard no_grad;
-      EXPECT_EQ(model->loss(b.idx, b.targets).item<double>(),
-                other->loss(b.idx, b.targets).item<double>());
+      EXPECT_EQ(model->loss(b.idx, b.targets).item<double>(), other->loss(b.idx, b.targets).item<double>());
     }
 
     // Sharded pieces: views of this rank's shard holding the right values.
     std::vector<ShardedTensor> pieces = fsdp.sharded_state_dict();
     std::map<std::string, int64_t> local_numel;
-    for (const auto &p : pieces) {
+    for (const auto& p : pieces) {
       ASSERT_TRUE(full.contains(p.name)) << p.name;
-      const Tensor &want = full.at(p.name);
+      const Tensor& want = full.at(p.name);
       EXPECT_EQ(p.shape, want.sizes()) << p.name;
       ASSERT_EQ(p.local.numel(), p.flat_end - p.flat_begin) << p.name;
-      Tensor want_part = ops::narrow(ops::reshape(want, {want.numel()}), 0,
-                                     p.flat_begin, p.flat_end - p.flat_begin);
-      EXPECT_EQ(p.local.to_vector<float>(), want_part.to_vector<float>())
-          << p.name;
+      Tensor want_part = ops::narrow(ops::reshape(want, {want.numel()}), 0, p.flat_begin, p.flat_end - p.flat_begin);
+      EXPECT_EQ(p.local.to_vector<float>(), want_part.to_vector<float>()) << p.name;
       EXPECT_FALSE(p.tp.has_value());
       local_numel[p.name] += p.local.numel();
     }
     // Across ranks every parameter is covered exactly once.
     nn::NamedTensors named = model->named_parameters();
-    Tensor counts =
-        ops::zeros({static_cast<int64_t>(named.size())}, DType::i64);
-    for (size_t i = 0; i < named.size(); ++i)
-      counts.data<int64_t>()[i] = local_numel[named[i].first];
+    Tensor counts = ops::zeros({static_cast<int64_t>(named.size())}, DType::i64);
+    for (size_t i = 0; i < named.size(); ++i) counts.data<int64_t>()[i] = local_numel[named[i].first];
     g->allreduce(counts)->wait();
     for (size_t i = 0; i < named.size(); ++i)
-      EXPECT_EQ(counts.data<int64_t>()[i], named[i].second.numel())
-          << named[i].first;
+      EXPECT_EQ(counts.data<int64_t>()[i], named[i].second.numel()) << named[i].first;
 
     // Pieces of an optimizer moment use the same names and ranges.
     std::vector<Tensor> shards = fsdp.parameters();
     size_t pieces_seen = 0;
     for (size_t i = 0; i < shards.size(); ++i) {
-      Tensor moment =
-          ops::full({shards[i].numel()}, 1.0 + static_cast<double>(i));
-      for (const auto &p : fsdp.shard_pieces(i, moment)) {
+      Tensor moment = ops::full({shards[i].numel()}, 1.0 + static_cast<double>(i));
+      for (const auto& p : fsdp.shard_pieces(i, moment)) {
         ASSERT_LT(pieces_seen, pieces.size());
         EXPECT_EQ(p.name, pieces[pieces_seen].name);
         EXPECT_EQ(p.flat_begin, pieces[pieces_seen].flat_begin);
         EXPECT_EQ(p.flat_end, pieces[pieces_seen].flat_end);
-        EXPECT_EQ(p.local.to_vector<float>(),
-                  std::vector<float>(p.local.numel(), 1.0f + i));
+        EXPECT_EQ(p.local.to_vector<float>(), std::vector<float>(p.local.numel(), 1.0f + i));
         ++pieces_seen;
       }
     }
     EXPECT_EQ(pieces_seen, pieces.size());
-    EXPECT_THROW(fsdp.shard_pieces(0, ops::zeros({shards[0].numel() + 1})),
-                 InvalidArgument);
+    EXPECT_THROW(fsdp.shard_pieces(0, ops::zeros({shards[0].numel() + 1})), InvalidArgument);
 
     // Sharded round trip into a third model.
     auto third = ptest::tiny_model(f);
@@ -460,9 +418,8 @@ TEST(FullyShardStateDict,
       try {
         fsdp3.load_sharded_state_dict(fewer);
         ADD_FAILURE() << "expected an error for a missing piece";
-      } catch (const InvalidArgument &e) {
-        EXPECT_NE(std::string(e.what()).find(pieces[0].name), std::string::npos)
-            << e.what();
+      } catch (const InvalidArgument& e) {
+        EXPECT_NE(std::string(e.what()).find(pieces[0].name), std::string::npos) << e.what();
       }
     }
   }
@@ -475,10 +432,8 @@ TEST(FullyShardErrors, WrappingTwiceForeignUnitsAndBadStateDictsAreErrors) {
   try {
     FullyShard again(model, g);
     ADD_FAILURE() << "wrapping twice must fail";
-  } catch (const InvalidArgument &e) {
-    EXPECT_NE(std::string(e.what()).find("already wrapped by FullyShard"),
-              std::string::npos)
-        << e.what();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("already wrapped by FullyShard"), std::string::npos) << e.what();
   }
 
   auto stranger = ptest::tiny_model(Family::kGPT2);
@@ -486,13 +441,10 @@ TEST(FullyShardErrors, WrappingTwiceForeignUnitsAndBadStateDictsAreErrors) {
   try {
     FullyShard bad(root, {stranger->blocks()[0]}, g);
     ADD_FAILURE() << "a unit outside the root must fail";
-  } catch (const InvalidArgument &e) {
-    EXPECT_NE(std::string(e.what()).find("is not a submodule of the root"),
-              std::string::npos)
-        << e.what();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("is not a submodule of the root"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(FullyShard(root, {root->blocks()[0], root->blocks()[0]}, g),
-               InvalidArgument);
+  EXPECT_THROW(FullyShard(root, {root->blocks()[0], root->blocks()[0]}, g), InvalidArgument);
   {
     // The failed attempts claimed nothing: the root can still be wrapped.
     FullyShard ok(root, {root->blocks()[0]}, g);
@@ -501,16 +453,14 @@ TEST(FullyShardErrors, WrappingTwiceForeignUnitsAndBadStateDictsAreErrors) {
 
   nn::StateDict full = fsdp.full_state_dict(false);
   nn::StateDict wrong_shape, missing;
-  for (const auto &[k, v] : full) {
-    wrong_shape.insert(k,
-                       k == "transformer.wpe.weight" ? ops::zeros({3, 3}) : v);
-    if (k != "transformer.ln_f.bias")
-      missing.insert(k, v);
+  for (const auto& [k, v] : full) {
+    wrong_shape.insert(k, k == "transformer.wpe.weight" ? ops::zeros({3, 3}) : v);
+    if (k != "transformer.ln_f.bias") missing.insert(k, v);
   }
   try {
     fsdp.load_full_state_dict(wrong_shape);
     ADD_FAILURE() << "a wrong shape must fail";
-  } catch (const InvalidArgument &e) {
+  } catch (const InvalidArgument& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("transformer.wpe.weight"), std::string::npos) << msg;
     EXPECT_NE(msg.find("[3, 3]"), std::string::npos) << msg;
@@ -518,11 +468,8 @@ TEST(FullyShardErrors, WrappingTwiceForeignUnitsAndBadStateDictsAreErrors) {
   try {
     fsdp.load_full_state_dict(missing);
     ADD_FAILURE() << "a missing key must fail";
-  } catch (const InvalidArgument &e) {
-    EXPECT_NE(
-        std::string(e.what()).find("missing keys: [transformer.ln_f.bias]"),
-        std::string::npos)
-        << e.what();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("missing keys: [transformer.ln_f.bias]"), std::string::npos) << e.what();
   }
   // Nothing was changed by the failed loads.
   ptest::expect_state_near(fsdp.full_state_dict(false), full, 0.0);
@@ -534,20 +481,17 @@ TEST(FullyShardClip, ReplicatedParametersCountOnceAcrossTensorParallelRanks) {
   const int tp = W % 2 == 0 ? 2 : 1;
   DeviceMesh mesh(g, {{"fsdp", W / tp}, {"tp", tp}});
   auto fsdp_group = mesh.group("fsdp");
-  const auto &whole = ptest::single_rank_reference(Family::kLlama);
+  const auto& whole = ptest::single_rank_reference(Family::kLlama);
   auto model = ptest::tiny_model(Family::kLlama);
   FullyShard fsdp(model, fsdp_group);
   // Every tp rank holds the same replicated model and batch rows.
-  ptest::Batch b = ptest::rows(ptest::global_batch(0), fsdp_group->rank(),
-                               fsdp_group->size());
+  ptest::Batch b = ptest::rows(ptest::global_batch(0), fsdp_group->rank(), fsdp_group->size());
   model->loss(b.idx, b.targets).backward();
   const double plain = fsdp.clip_grad_norm_(1e9);
   const double with_tp = fsdp.clip_grad_norm_(1e9, 2.0, mesh.group("tp"));
   EXPECT_NEAR(plain, whole.grad_norms[0], 1e-5 * whole.grad_norms[0]);
-  EXPECT_NEAR(with_tp, plain, 1e-9 * plain)
-      << "replicated parameters must not count tp times";
-  const double inf_norm = fsdp.clip_grad_norm_(
-      1e9, std::numeric_limits<double>::infinity(), mesh.group("tp"));
+  EXPECT_NEAR(with_tp, plain, 1e-9 * plain) << "replicated parameters must not count tp times";
+  const double inf_norm = fsdp.clip_grad_norm_(1e9, std::numeric_limits<double>::infinity(), mesh.group("tp"));
   EXPECT_GT(inf_norm, 0.0);
   EXPECT_LE(inf_norm, plain);
   // Clipping scales the shards so the norm becomes max_norm.
@@ -557,5 +501,5 @@ TEST(FullyShardClip, ReplicatedParametersCountOnceAcrossTensorParallelRanks) {
   EXPECT_THROW(fsdp.clip_grad_norm_(1.0, 3.0), InvalidArgument);
 }
 
-} // namespace
-} // namespace loom::parallel
+}  // namespace
+}  // namespace loom::parallel
