@@ -50,13 +50,14 @@ struct FullyShardOptions {
   bool prefetch = true;
   /// false: wait on every collective right after issuing it (the benchmark baseline without overlap).
   bool overlap = true;
+  /// The algorithm of the gradient reduce-scatter (see GradReduce).
   GradReduce grad_reduce = GradReduce::kReduceScatter;
 };
 
 /// One rank's piece of one original parameter (or of a per-shard tensor such as an AdamW moment): the flat element
-/// range [flat_begin, flat_end) of the row-major flattened tensor of shape `shape`, held in `local` (1-D, f32, flat_end
-/// - flat_begin elements). Under tensor parallelism `shape` and the range are those of the TP-local tensor and `tp`
-/// keeps its placement.
+/// range [flat_begin, flat_end) of the row-major flattened tensor of shape `shape` (the parameter before FSDP
+/// sharding), held in `local` (1-D, f32, as many elements as the range). Under tensor parallelism `shape` and the range
+/// are those of the TP-local tensor and `tp` keeps its placement.
 struct ShardedTensor {
   std::string name;
   Shape shape;
@@ -81,7 +82,8 @@ class FullyShard {
   };
 
   /// Wraps a causal LM: units are model->blocks() in order, plus the root (embeddings, final norm, head, tied weights).
-  /// Collective: every rank of `group` must construct it with the same model architecture and options. Throws
+  /// Issues no collective itself, but every rank of `group` must wrap the same architecture with the same options: the
+  /// hooks then issue the same collectives in the same order on every rank. Throws
   /// InvalidArgument when the model is already wrapped (by FullyShard or DistributedDataParallel) or a parameter does
   /// not require grad.
   FullyShard(std::shared_ptr<nn::CausalLM> model, std::shared_ptr<collectives::ProcessGroup> group,
@@ -104,7 +106,8 @@ class FullyShard {
   /// no-decay group.
   std::vector<Tensor> parameters() const;
   /// The shards split as nn::weight_decay_groups splits the original parameters: weight_decay on shards of >= 2-D
-  /// parameters, 0 on the rest (empty groups dropped).
+  /// parameters, 0 on the rest (empty groups dropped). Each group keeps the order of parameters(); to pair optimizer
+  /// state with shard_pieces(), match the optimizer's tensors to parameters() by identity (Tensor::is_same).
   std::vector<nn::ParamGroup> param_groups(double lr, double weight_decay) const;
   /// Total gradient norm over every shard of the group (squared sums, or maxima for norm_type infinity, all-reduced),
   /// and clipping like nn::clip_grad_norm_ (scale by max_norm / (norm + 1e-6) when below 1). With tp_group the norm
