@@ -324,7 +324,7 @@ double FullyShard::clip_grad_norm_(double max_norm, double norm_type,
     }
   }
   const auto op = inf ? collectives::ReduceOp::kMax : collectives::ReduceOp::kSum;
-  Tensor t = ops::full({1}, local, DType::f64);
+  Tensor t = ops::full({1}, local, DType::f64, st.compute);  // on the compute device: NCCL groups need it there
   st.pg->allreduce(t, {op})->wait();
   if (tp_group) tp_group->allreduce(t, {op})->wait();
   const double total = inf ? t.item<double>() : std::sqrt(t.item<double>());
