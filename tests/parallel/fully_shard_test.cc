@@ -48,39 +48,6 @@ Run train_fsdp(Family f, const FullyShardOptions& opts, std::shared_ptr<collecti
   return out;
 }
 
-/// Single-rank training on the same global batches, with the gradient accumulated over the `parts` row blocks (loss of
-/// block r scaled by 1/parts) instead of one pass over the whole batch. Mathematically the same as
-/// ptest::single_rank_reference; in f32 it sums each weight gradient in the same blocks as data-parallel ranks do. That
-/// matters for the parameters: AdamW divides each element's gradient by its own magnitude, so elements whose gradient
-/// is ~0 (GPT-2's key biases: softmax ignores them) turn f32 summation noise into updates of up to lr. Measured: this
-/// reference itself differs from the whole-batch one by up to 6e-3 (expect_state_near's measure) after three steps on
-/// 2 or 4 blocks, with no parallelism involved. Against the whole-batch reference, losses and gradient norms agree
-/// within 1e-5.
-const ptest::Reference& blockwise_reference(Family f, int parts, const ptest::TrainConfig& cfg = {}) {
-  static std::map<std::pair<int, int>, ptest::Reference> cache;
-  auto key = std::make_pair(static_cast<int>(f), parts);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
-  ptest::Reference ref;
-  auto model = ptest::tiny_model(f);
-  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
-  for (int step = 0; step < cfg.steps; ++step) {
-    ptest::Batch b = ptest::global_batch(step);
-    opt.zero_grad();
-    double loss_sum = 0;
-    for (int r = 0; r < parts; ++r) {
-      ptest::Batch part = ptest::rows(b, r, parts);
-      Tensor loss = model->loss(part.idx, part.targets);
-      loss_sum += loss.item<double>();
-      loom::mul(loss, 1.0 / parts).backward();
-    }
-    ref.losses.push_back(loss_sum / parts);
-    ref.grad_norms.push_back(nn::clip_grad_norm_(model->parameters(), cfg.clip_norm));
-    opt.step();
-  }
-  for (const auto& [name, t] : model->state_dict()) ref.params.insert(name, ops::clone(t));
-  return cache.emplace(key, std::move(ref)).first->second;
-}
-
 /// Losses and gradient norms agree with whole-batch single-rank training and the parameters with block-wise single-rank
 /// training, all within 1e-5. On more than two ranks the backend's ring reduce-scatter adds the ranks' gradients in an
 /// order that differs per chunk (two terms commute, so two ranks are exact); the parameter check then runs again with
@@ -88,7 +55,7 @@ const ptest::Reference& blockwise_reference(Family f, int parts, const ptest::Tr
 void expect_matches_single_rank(Family f, FullyShardOptions opts) {
   SCOPED_TRACE(ptest::family_name(f));
   const auto& whole = ptest::single_rank_reference(f);
-  const auto& blockwise = blockwise_reference(f, world()->size());
+  const auto& blockwise = ptest::single_rank_reference(f, {}, world()->size());
   Run got = train_fsdp(f, opts);
   ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss");
   ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm");

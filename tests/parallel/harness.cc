@@ -97,10 +97,11 @@ Batch rows(const Batch& b, int part, int parts) {
           ops::contiguous(ops::slice(b.targets, 0, part * n, (part + 1) * n))};
 }
 
-const Reference& single_rank_reference(Family f, const TrainConfig& cfg) {
+const Reference& single_rank_reference(Family f, const TrainConfig& cfg, int blocks) {
   static std::map<std::string, Reference> cache;
   std::ostringstream key;
-  key << family_name(f) << "/" << cfg.steps << "/" << cfg.lr << "/" << cfg.weight_decay << "/" << cfg.clip_norm;
+  key << family_name(f) << "/" << cfg.steps << "/" << cfg.lr << "/" << cfg.weight_decay << "/" << cfg.clip_norm << "/"
+      << blocks;
   auto it = cache.find(key.str());
   if (it != cache.end()) return it->second;
   Reference ref;
@@ -109,9 +110,14 @@ const Reference& single_rank_reference(Family f, const TrainConfig& cfg) {
   for (int step = 0; step < cfg.steps; ++step) {
     Batch b = global_batch(step);
     opt.zero_grad();
-    Tensor loss = model->loss(b.idx, b.targets);
-    loss.backward();
-    ref.losses.push_back(loss.item<double>());
+    double loss_sum = 0;
+    for (int r = 0; r < blocks; ++r) {
+      Batch part = blocks == 1 ? b : rows(b, r, blocks);
+      Tensor loss = model->loss(part.idx, part.targets);
+      loss_sum += loss.item<double>();
+      (blocks == 1 ? loss : loom::mul(loss, 1.0 / blocks)).backward();
+    }
+    ref.losses.push_back(loss_sum / blocks);
     ref.grad_norms.push_back(nn::clip_grad_norm_(model->parameters(), cfg.clip_norm));
     opt.step();
   }
