@@ -33,6 +33,8 @@ CausalSelfAttention::CausalSelfAttention(const AttentionOptions& o, Generator& g
   LOOM_CHECK(Hkv > 0 && H % Hkv == 0, "CausalSelfAttention: n_head (", H, ") must be a multiple of n_kv_head (", Hkv,
              ")");
   head_dim_ = C / H;
+  local_heads_ = H;
+  local_kv_heads_ = Hkv;
   const int64_t D = head_dim_;
   LinearOptions in_opts{opts_.bias, opts_.init_std, opts_.dtype};
   LinearOptions out_opts{opts_.bias, opts_.out_init_std, opts_.dtype};
@@ -58,8 +60,20 @@ CausalSelfAttention::CausalSelfAttention(const AttentionOptions& o, Generator& g
   }
 }
 
+void CausalSelfAttention::set_head_partition(int64_t local_heads, int64_t local_kv_heads) {
+  const int64_t H = opts_.n_head, Hkv = opts_.n_kv_head;
+  LOOM_CHECK(local_heads > 0 && local_heads <= H && local_kv_heads > 0 && local_kv_heads <= Hkv &&
+                 local_heads % local_kv_heads == 0 && local_heads / local_kv_heads == H / Hkv,
+             type_name(), ".set_head_partition: ", local_heads, " query and ", local_kv_heads,
+             " key/value heads are not a slice of n_head=", H, ", n_kv_head=", Hkv,
+             " that keeps n_head / n_kv_head query heads per key/value head");
+  local_heads_ = local_heads;
+  local_kv_heads_ = local_kv_heads;
+}
+
 Tensor CausalSelfAttention::forward(const Tensor& x) {
-  const int64_t C = opts_.n_embd, H = opts_.n_head, Hkv = opts_.n_kv_head, D = head_dim_;
+  // H, Hkv: the heads this rank computes (all of them unless set_head_partition split them).
+  const int64_t C = opts_.n_embd, H = local_heads_, Hkv = local_kv_heads_, D = head_dim_;
   LOOM_CHECK(x.dim() == 3 && x.size(2) == C, type_name(), ".forward: expected x of shape (B, T, ", C, "), got ",
              shape_str(x.sizes()));
   const int64_t B = x.size(0), T = x.size(1);
@@ -89,7 +103,7 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
     k = loom::rope(k, cos_t, sin_t);
   }
   Tensor y = loom::scaled_dot_product_attention(q, k, v, /*is_causal=*/true, opts_.dropout, is_training());
-  y = loom::reshape(loom::contiguous(loom::transpose(y, 1, 2)), {B, T, H * D});  // (B, T, C)
+  y = loom::reshape(loom::contiguous(loom::transpose(y, 1, 2)), {B, T, H * D});  // (B, T, C), C/tp under TP
   y = opts_.fused_qkv ? (*c_proj)(y) : (*o_proj)(y);
   if (resid_dropout) y = (*resid_dropout)(y);
   return y;
@@ -98,6 +112,8 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
 std::string CausalSelfAttention::extra_repr() const {
   std::string s = "n_head=" + std::to_string(opts_.n_head) + ", n_kv_head=" + std::to_string(opts_.n_kv_head) +
                   ", head_dim=" + std::to_string(head_dim_);
+  if (local_heads_ != opts_.n_head)
+    s += ", local_heads=" + std::to_string(local_heads_) + ", local_kv_heads=" + std::to_string(local_kv_heads_);
   if (opts_.rope) s += ", rope_theta=" + format_float(opts_.rope_theta);
   return s;
 }

@@ -38,6 +38,14 @@ class CausalSelfAttention : public Module {
 
   int64_t n_head() const { return opts_.n_head; }
   int64_t n_kv_head() const { return opts_.n_kv_head; }
+  /// Runs forward on a slice of the heads (tensor parallelism): the projections then produce local_heads query
+  /// heads and local_kv_heads key/value heads (a fused c_attn: q|k|v of those widths) and the output projection
+  /// takes local_heads * head_dim inputs. Throws InvalidArgument unless 0 < local_kv_heads <= n_kv_head, 0 <
+  /// local_heads <= n_head and local_heads / local_kv_heads == n_head / n_kv_head (each query head keeps its kv head).
+  void set_head_partition(int64_t local_heads, int64_t local_kv_heads);
+  /// Heads this module computes: n_head() unless set_head_partition split them.
+  int64_t local_heads() const { return local_heads_; }
+  int64_t local_kv_heads() const { return local_kv_heads_; }
   int64_t head_dim() const { return head_dim_; }
   const AttentionOptions& options() const { return opts_; }
 
@@ -48,6 +56,7 @@ class CausalSelfAttention : public Module {
  private:
   AttentionOptions opts_;
   int64_t head_dim_;
+  int64_t local_heads_, local_kv_heads_;  // == n_head, n_kv_head unless set_head_partition
   Tensor rope_cos_, rope_sin_;  // (max_seq_len, D/2) non-persistent buffers
 };
 

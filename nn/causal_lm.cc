@@ -10,7 +10,8 @@ Tensor CausalLM::loss(const Tensor& idx, const Tensor& targets) {
              shape_str(targets.sizes()));
   Tensor logits = (*this)(idx);  // (B, T, V)
   const int64_t N = idx.size(0) * idx.size(1);
-  return loom::cross_entropy(loom::reshape(logits, {N, logits.size(2)}), loom::reshape(targets, {N}));
+  Tensor logits2d = loom::reshape(logits, {N, logits.size(2)}), targets1d = loom::reshape(targets, {N});
+  return loss_fn_ ? loss_fn_(logits2d, targets1d) : loom::cross_entropy(logits2d, targets1d);
 }
 
 }  // namespace loom::nn

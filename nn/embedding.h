@@ -12,7 +12,8 @@ class Embedding : public Module {
   Embedding(int64_t num_embeddings, int64_t embedding_dim, double init_std = 0.02, DType dtype = DType::f32,
             Generator& gen = default_generator());
   /// indices i64 (...) -> (..., embedding_dim). Out-of-range indices throw naming the index.
-  Tensor forward(const Tensor& indices);
+  /// Virtual so a vocabulary-parallel embedding (parallel/tensor_parallel.h) can stand in for it.
+  virtual Tensor forward(const Tensor& indices);
   Tensor operator()(const Tensor& indices) {
     return call([&] { return forward(indices); });
   }

@@ -18,7 +18,8 @@ class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, LinearOptions opts = {}, Generator& gen = default_generator());
   /// x (..., in) -> (..., out). Throws naming both shapes when x's last dim is not in_features.
-  Tensor forward(const Tensor& x);
+  /// Virtual so tensor-parallel layers (parallel/tensor_parallel.h) can stand in for a Linear a model holds.
+  virtual Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
     return call([&] { return forward(x); });
   }
