@@ -1,10 +1,7 @@
-// DistributedDataParallel: three AdamW steps on every rank's slice of the
-// global batch end where single-rank training ends (GPT-2 and Llama, with and
-// without overlap, with gradient accumulation under no_sync), parameters are
-// broadcast from rank 0 at wrap time, buckets follow reverse registration
-// order, all-reduces start before backward ends, and misuse (unused parameters,
-// wrapping twice) is a clear error. Every rank runs the same collectives in the
-// same order.
+// DistributedDataParallel: three AdamW steps on every rank's slice of the global batch end where single-rank training
+// ends (GPT-2 and Llama, with and without overlap, with gradient accumulation under no_sync), parameters are broadcast
+// from rank 0 at wrap time, buckets follow reverse registration order, all-reduces start before backward ends, and
+// misuse (unused parameters, wrapping twice) is a clear error. Every rank runs the same collectives in the same order.
 #include "parallel/ddp.h"
 
 #include <gtest/gtest.h>
@@ -30,21 +27,16 @@ struct Run {
   nn::StateDict params;
 };
 
-/// Three AdamW steps with DDP over the world, each rank on rows(rank, W) of the
-/// global batch, split into `micro` micro-batches (loss / micro each) of which
-/// all but the last run under no_sync().
-Run train_ddp(Family f, const DDPOptions &opts, int micro = 1,
-              const ptest::TrainConfig &cfg = {}) {
+/// Three AdamW steps with DDP over the world, each rank on rows(rank, W) of the global batch, split into `micro`
+/// micro-batches (loss / micro each) of which all but the last run under no_sync().
+Run train_ddp(Family f, const DDPOptions& opts, int micro = 1, const ptest::TrainConfig& cfg = {}) {
   auto g = world();
   auto model = ptest::tiny_model(f);
   DistributedDataParallel ddp(model, g, opts);
-  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr,
-                                        cfg.weight_decay),
-                nn::AdamWOptions{});
+  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
   Run out;
   for (int step = 0; step < cfg.steps; ++step) {
-    ptest::Batch b =
-        ptest::rows(ptest::global_batch(step), g->rank(), g->size());
+    ptest::Batch b = ptest::rows(ptest::global_batch(step), g->rank(), g->size());
     opt.zero_grad();
     double loss_sum = 0;
     for (int m = 0; m < micro; ++m) {
@@ -61,35 +53,27 @@ Run train_ddp(Family f, const DDPOptions &opts, int micro = 1,
     }
     out.losses.push_back(ptest::group_mean(*g, loss_sum / micro));
     // .grad is replicated after DDP: local clipping is global clipping.
-    out.grad_norms.push_back(
-        nn::clip_grad_norm_(model->parameters(), cfg.clip_norm));
+    out.grad_norms.push_back(nn::clip_grad_norm_(model->parameters(), cfg.clip_norm));
     opt.step();
   }
   out.params = model->state_dict();
   return out;
 }
 
-/// Single-rank training that reproduces data-parallel arithmetic exactly: per
-/// step, each of the W replicas' gradient is accumulated over its `micro`
-/// micro-batches (loss / micro each), then the W replica gradients are added in
-/// rank order and scaled by 1/W — what DDP computes with rank_ordered_reduce
-/// (and, on two ranks, with any allreduce: two terms commute). Mathematically
-/// the same as ptest::single_rank_reference; in f32 it matters for the
-/// parameters, because AdamW divides each element's gradient by its own
-/// magnitude, so elements whose gradient is ~0 (GPT-2's key biases, which
-/// softmax ignores) turn summation-order noise into updates of up to lr.
-const ptest::Reference &replica_reference(Family f, int W, int micro,
-                                          const ptest::TrainConfig &cfg = {}) {
+/// Single-rank training that reproduces data-parallel arithmetic exactly: per step, each of the W replicas' gradient is
+/// accumulated over its `micro` micro-batches (loss / micro each), then the W replica gradients are added in rank order
+/// and scaled by 1/W — what DDP computes with rank_ordered_reduce (and, on two ranks, with any allreduce: two terms
+/// commute). Mathematically the same as ptest::single_rank_reference; in f32 it matters for the parameters, because
+/// AdamW divides each element's gradient by its own magnitude, so elements whose gradient is ~0 (GPT-2's key biases,
+/// which softmax ignores) turn summation-order noise into updates of up to lr.
+const ptest::Reference& replica_reference(Family f, int W, int micro, const ptest::TrainConfig& cfg = {}) {
   static std::map<std::tuple<int, int, int>, ptest::Reference> cache;
   auto key = std::make_tuple(static_cast<int>(f), W, micro);
-  if (auto it = cache.find(key); it != cache.end())
-    return it->second;
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
   ptest::Reference ref;
   auto model = ptest::tiny_model(f);
   auto params = model->parameters();
-  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr,
-                                        cfg.weight_decay),
-                nn::AdamWOptions{});
+  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
   for (int step = 0; step < cfg.steps; ++step) {
     ptest::Batch b = ptest::global_batch(step);
     std::vector<Tensor> total(params.size());
@@ -114,73 +98,58 @@ const ptest::Reference &replica_reference(Family f, int W, int micro,
       }
     }
     for (size_t i = 0; i < params.size(); ++i) {
-      if (W > 1)
-        ops::mul_(total[i], 1.0 / W);
+      if (W > 1) ops::mul_(total[i], 1.0 / W);
       params[i].set_grad(total[i]);
     }
     ref.losses.push_back(loss_sum / W);
     ref.grad_norms.push_back(nn::clip_grad_norm_(params, cfg.clip_norm));
     opt.step();
   }
-  for (const auto &[name, t] : model->state_dict())
-    ref.params.insert(name, ops::clone(t));
+  for (const auto& [name, t] : model->state_dict()) ref.params.insert(name, ops::clone(t));
   return cache.emplace(key, std::move(ref)).first->second;
 }
 
-/// Losses and gradient norms agree with whole-batch single-rank training, and
-/// the parameters with replica_reference, all within 1e-5. On more than two
-/// ranks the backend's ring all-reduce adds the ranks' gradients in an order
-/// that differs per chunk; the parameter check then runs again with
-/// rank_ordered_reduce, which adds them in the reference's order.
+/// Losses and gradient norms agree with whole-batch single-rank training, and the parameters with replica_reference,
+/// all within 1e-5. On more than two ranks the backend's ring all-reduce adds the ranks' gradients in an order that
+/// differs per chunk; the parameter check then runs again with rank_ordered_reduce, which adds them in the reference's
+/// order.
 void expect_matches_single_rank(Family f, DDPOptions opts, int micro = 1) {
-  SCOPED_TRACE(
-      std::string(ptest::family_name(f)) +
-      (opts.overlap ? "" : ", no overlap") +
-      (micro > 1 ? ", " + std::to_string(micro) + " micro-batches" : ""));
+  SCOPED_TRACE(std::string(ptest::family_name(f)) + (opts.overlap ? "" : ", no overlap") +
+               (micro > 1 ? ", " + std::to_string(micro) + " micro-batches" : ""));
   const int W = world()->size();
-  const auto &whole = ptest::single_rank_reference(f);
-  const auto &replica = replica_reference(f, W, micro);
+  const auto& whole = ptest::single_rank_reference(f);
+  const auto& replica = replica_reference(f, W, micro);
   Run got = train_ddp(f, opts, micro);
   ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss");
-  ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5,
-                            "grad norm");
+  ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm");
   if (W > 2 && !opts.rank_ordered_reduce) {
     opts.rank_ordered_reduce = true;
     got = train_ddp(f, opts, micro);
-    ptest::expect_values_near(got.losses, whole.losses, 1e-5,
-                              "loss (rank-ordered reduction)");
-    ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5,
-                              "grad norm (rank-ordered reduction)");
+    ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss (rank-ordered reduction)");
+    ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm (rank-ordered reduction)");
   }
   ptest::expect_state_near(got.params, replica.params, 1e-5);
 }
 
-TEST(DDP, GPT2MatchesSingleRankAfterThreeSteps) {
-  expect_matches_single_rank(Family::kGPT2, {});
-}
+TEST(DDP, GPT2MatchesSingleRankAfterThreeSteps) { expect_matches_single_rank(Family::kGPT2, {}); }
 
-TEST(DDP, LlamaMatchesSingleRankAfterThreeSteps) {
-  expect_matches_single_rank(Family::kLlama, {});
-}
+TEST(DDP, LlamaMatchesSingleRankAfterThreeSteps) { expect_matches_single_rank(Family::kLlama, {}); }
 
 TEST(DDPVariants, WithoutOverlapMatchesSingleRank) {
   DDPOptions o;
   o.overlap = false;
-  for (Family f : ptest::families())
-    expect_matches_single_rank(f, o);
+  for (Family f : ptest::families()) expect_matches_single_rank(f, o);
 }
 
 TEST(DDPVariants, SmallBucketsMatchSingleRank) {
   DDPOptions o;
   o.first_bucket_cap_bytes = 4 << 10;
   o.bucket_cap_bytes = 16 << 10;
-  for (Family f : ptest::families())
-    expect_matches_single_rank(f, o);
+  for (Family f : ptest::families()) expect_matches_single_rank(f, o);
 }
 
 TEST(DDPNoSync, GradientAccumulationEqualsOneLargeBatch) {
-  for (Family f : ptest::families())
-    expect_matches_single_rank(f, {}, /*micro=*/2);
+  for (Family f : ptest::families()) expect_matches_single_rank(f, {}, /*micro=*/2);
 }
 
 TEST(DDPNoSync, NoCollectivesInsideNoSyncAndSyncRestoredAfter) {
@@ -195,8 +164,7 @@ TEST(DDPNoSync, NoCollectivesInsideNoSyncAndSyncRestoredAfter) {
   }
   EXPECT_EQ(g->seq(), before) << "no collective under no_sync";
   model->loss(b.idx, b.targets).backward();
-  EXPECT_EQ(g->seq(), before + ddp.buckets().size())
-      << "one all-reduce per bucket once sync is back";
+  EXPECT_EQ(g->seq(), before + ddp.buckets().size()) << "one all-reduce per bucket once sync is back";
 }
 
 TEST(DDPBroadcast, ParametersEqualRankZerosAfterWrap) {
@@ -205,8 +173,7 @@ TEST(DDPBroadcast, ParametersEqualRankZerosAfterWrap) {
   if (g->rank() != 0) {
     Generator gen(99 + g->rank());
     autograd::NoGradGuard no_grad;
-    for (auto &p : model->parameters())
-      ops::copy_(p, ops::randn(p.sizes(), gen, p.dtype()));
+    for (auto& p : model->parameters()) ops::copy_(p, ops::randn(p.sizes(), gen, p.dtype()));
   }
   DistributedDataParallel ddp(model, g);
   auto named = model->named_parameters();
@@ -215,16 +182,12 @@ TEST(DDPBroadcast, ParametersEqualRankZerosAfterWrap) {
     Tensor mine = ops::clone(named[i].second);
     Tensor root = ops::clone(mine);
     g->broadcast(root, {0})->wait();
-    worst.data<float>()[i] =
-        ops::max(ops::abs(ops::sub(mine, root))).item<float>();
+    worst.data<float>()[i] = ops::max(ops::abs(ops::sub(mine, root))).item<float>();
   }
   g->allreduce(worst, {collectives::ReduceOp::kMax})->wait();
-  for (size_t i = 0; i < named.size(); ++i)
-    EXPECT_EQ(worst.data<float>()[i], 0.0f) << named[i].first;
+  for (size_t i = 0; i < named.size(); ++i) EXPECT_EQ(worst.data<float>()[i], 0.0f) << named[i].first;
   // And they are rank 0's own initial weights.
-  ptest::expect_state_near(model->state_dict(),
-                           ptest::tiny_model(Family::kLlama)->state_dict(),
-                           0.0);
+  ptest::expect_state_near(model->state_dict(), ptest::tiny_model(Family::kLlama)->state_dict(), 0.0);
 }
 
 TEST(DDPMisuse, WrappingTwiceThrowsNamingTheWrapper) {
@@ -233,18 +196,15 @@ TEST(DDPMisuse, WrappingTwiceThrowsNamingTheWrapper) {
   {
     DistributedDataParallel ddp(model, g);
     try {
-      DistributedDataParallel again(
-          model, g); // fails on every rank before any collective
+      DistributedDataParallel again(model, g);  // fails on every rank before any collective
       ADD_FAILURE() << "wrapping twice did not throw";
-    } catch (const InvalidArgument &e) {
-      EXPECT_NE(std::string(e.what()).find(
-                    "already wrapped by DistributedDataParallel"),
-                std::string::npos)
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("already wrapped by DistributedDataParallel"), std::string::npos)
           << e.what();
     }
   }
   DistributedDataParallel rewrap(model,
-                                 g); // the first wrapper released its claim
+                                 g);  // the first wrapper released its claim
   EXPECT_FALSE(rewrap.buckets().empty());
 }
 
@@ -255,22 +215,18 @@ TEST(DDPMisuse, DestroyedWrapperLeavesItsHooksInert) {
   ptest::Batch b = ptest::rows(ptest::global_batch(0), g->rank(), g->size());
   const uint64_t before = g->seq();
   model->loss(b.idx, b.targets).backward();
-  EXPECT_EQ(g->seq(), before)
-      << "the hooks of a destroyed wrapper issued collectives";
-  for (const auto &p : model->parameters())
-    EXPECT_TRUE(p.grad().defined());
+  EXPECT_EQ(g->seq(), before) << "the hooks of a destroyed wrapper issued collectives";
+  for (const auto& p : model->parameters()) EXPECT_TRUE(p.grad().defined());
 }
 
 /// Two Linear children; forward uses `a`, and `b` only when use_b.
 class TwoHeads : public nn::Module {
-public:
-  explicit TwoHeads(Generator &gen) : Module("TwoHeads") {
-    a = register_module(
-        "a", std::make_shared<nn::Linear>(8, 4, nn::LinearOptions{}, gen));
-    b = register_module(
-        "b", std::make_shared<nn::Linear>(8, 4, nn::LinearOptions{}, gen));
+ public:
+  explicit TwoHeads(Generator& gen) : Module("TwoHeads") {
+    a = register_module("a", std::make_shared<nn::Linear>(8, 4, nn::LinearOptions{}, gen));
+    b = register_module("b", std::make_shared<nn::Linear>(8, 4, nn::LinearOptions{}, gen));
   }
-  Tensor operator()(const Tensor &x, bool use_b) {
+  Tensor operator()(const Tensor& x, bool use_b) {
     return call([&] {
       Tensor y = (*a)(x);
       return use_b ? loom::add(y, (*b)(x)) : y;
@@ -279,7 +235,7 @@ public:
   std::shared_ptr<nn::Linear> a, b;
 };
 
-Tensor two_heads_loss(TwoHeads &m, int rank, bool use_b) {
+Tensor two_heads_loss(TwoHeads& m, int rank, bool use_b) {
   Generator gen(55 + rank);
   Tensor x = ops::randn({3, 8}, gen);
   Tensor y = m(x, use_b);
@@ -294,22 +250,20 @@ TEST(DDPMisuse, UnusedParameterIsAnErrorNamingIt) {
   try {
     two_heads_loss(*m, g->rank(), /*use_b=*/false).backward();
     ADD_FAILURE() << "an unused parameter did not raise";
-  } catch (const InvalidArgument &e) {
+  } catch (const InvalidArgument& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("'b.weight'"), std::string::npos) << msg;
     EXPECT_NE(msg.find("'b.bias'"), std::string::npos) << msg;
     EXPECT_EQ(msg.find("'a.weight'"), std::string::npos) << msg;
     EXPECT_NE(msg.find("find_unused_parameters"), std::string::npos) << msg;
   }
-  // The failed pass left nothing behind: a pass that uses everything
-  // synchronises.
+  // The failed pass left nothing behind: a pass that uses everything synchronises.
   m->zero_grad();
   two_heads_loss(*m, g->rank(), /*use_b=*/true).backward();
   Tensor w = ops::clone(m->b->weight.grad());
   Tensor root = ops::clone(w);
   g->broadcast(root, {0})->wait();
-  EXPECT_EQ(ops::max(ops::abs(ops::sub(w, root))).item<float>(), 0.0f)
-      << "gradients replicated";
+  EXPECT_EQ(ops::max(ops::abs(ops::sub(w, root))).item<float>(), 0.0f) << "gradients replicated";
 }
 
 TEST(DDPMisuse, FindUnusedParametersAveragesWhatWasUsed) {
@@ -329,8 +283,7 @@ TEST(DDPMisuse, FindUnusedParametersAveragesWhatWasUsed) {
   m->zero_grad();
   Tensor local_b;
   {
-    // Rank 0's local gradient of b, computed on an unwrapped copy with the same
-    // weights.
+    // Rank 0's local gradient of b, computed on an unwrapped copy with the same weights.
     Generator gen2(7);
     TwoHeads plain(gen2);
     two_heads_loss(plain, 0, true).backward();
@@ -356,40 +309,59 @@ TEST(DDPBuckets, ReverseRegistrationOrderWithASmallFirstBucket) {
   ASSERT_GT(buckets.size(), 3u);
   std::vector<std::string> order;
   std::map<std::string, int64_t> bytes_of;
-  for (const auto &[name, p] : model->named_parameters()) {
+  for (const auto& [name, p] : model->named_parameters()) {
     order.push_back(name);
     bytes_of[name] = p.numel() * 4;
   }
   std::reverse(order.begin(), order.end());
   std::vector<std::string> flat;
   for (size_t i = 0; i < buckets.size(); ++i) {
-    const auto &b = buckets[i];
+    const auto& b = buckets[i];
     const int64_t cap = i == 0 ? o.first_bucket_cap_bytes : o.bucket_cap_bytes;
     int64_t sum = 0;
-    for (const auto &n : b.names)
-      sum += bytes_of.at(n);
+    for (const auto& n : b.names) sum += bytes_of.at(n);
     EXPECT_EQ(sum, b.bytes) << "bucket " << i;
     EXPECT_EQ(b.dtype, DType::f32);
-    EXPECT_TRUE(b.bytes <= cap || b.names.size() == 1)
-        << "bucket " << i << " holds " << b.bytes << " bytes";
-    if (i + 1 < buckets.size()) { // greedy: the next parameter did not fit
-      EXPECT_GT(b.bytes + bytes_of.at(buckets[i + 1].names.front()), cap)
-          << "bucket " << i;
+    EXPECT_TRUE(b.bytes <= cap || b.names.size() == 1) << "bucket " << i << " holds " << b.bytes << " bytes";
+    if (i + 1 < buckets.size()) {  // greedy: the next parameter did not fit
+      EXPECT_GT(b.bytes + bytes_of.at(buckets[i + 1].names.front()), cap) << "bucket " << i;
     }
     flat.insert(flat.end(), b.names.begin(), b.names.end());
   }
-  EXPECT_EQ(flat, order)
-      << "every parameter once, in reverse registration order";
-  EXPECT_LT(buckets[0].bytes, buckets[1].bytes)
-      << "the first bucket is the small one";
+  EXPECT_EQ(flat, order) << "every parameter once, in reverse registration order";
+  EXPECT_LT(buckets[0].bytes, buckets[1].bytes) << "the first bucket is the small one";
+}
+
+TEST(DDPBuckets, SplitByDtype) {
+  // A float32 and a float64 Linear: no bucket mixes dtypes, and each dtype's parameters keep reverse order.
+  auto m = std::make_shared<nn::Module>("Mixed");
+  Generator gen(3);
+  auto a = m->register_module("a", std::make_shared<nn::Linear>(8, 4, nn::LinearOptions{}, gen));
+  nn::LinearOptions o64;
+  o64.dtype = DType::f64;
+  auto b = m->register_module("b", std::make_shared<nn::Linear>(8, 4, o64, gen));
+  DistributedDataParallel ddp(m, world());
+  auto buckets = ddp.buckets();
+  ASSERT_EQ(buckets.size(), 2u);
+  std::map<DType, std::vector<std::string>> names;
+  for (const auto& bk : buckets) names[bk.dtype] = bk.names;
+  EXPECT_EQ(names[DType::f64], (std::vector<std::string>{"b.bias", "b.weight"}));
+  EXPECT_EQ(names[DType::f32], (std::vector<std::string>{"a.bias", "a.weight"}));
+  EXPECT_EQ(buckets[0].dtype, DType::f64) << "launch order follows reverse registration";
+
+  Generator xg(4);
+  Tensor x = ops::randn({3, 8}, xg);
+  Tensor loss = loom::add(loom::sum((*a)(x)), loom::to(loom::sum((*b)(ops::to(x, DType::f64))), DType::f32));
+  loss.backward();
+  EXPECT_EQ(b->weight.grad().dtype(), DType::f64);
+  EXPECT_TRUE(a->weight.grad().defined());
 }
 
 TEST(DDPOverlap, AllReduceStartsBeforeBackwardEnds) {
   auto g = world();
-  // A batch large enough that backward takes milliseconds: on a loaded machine
-  // the worker thread may wait that long for a core.
-  ptest::Batch b =
-      ptest::rows(ptest::global_batch(0, 256), g->rank(), g->size());
+  // A batch large enough that backward takes milliseconds: on a loaded machine the worker thread may wait that long for
+  // a core.
+  ptest::Batch b = ptest::rows(ptest::global_batch(0, 256), g->rank(), g->size());
   auto model = ptest::tiny_model(Family::kGPT2);
   DDPOptions o;
   o.first_bucket_cap_bytes = 16 << 10;
@@ -397,28 +369,46 @@ TEST(DDPOverlap, AllReduceStartsBeforeBackwardEnds) {
   DistributedDataParallel ddp(model, g, o);
   const size_t nb = ddp.buckets().size();
   int overlapped = 0;
-  for (int iter = 0; iter < 3;
-       ++iter) { // the same collectives on every rank: no early exit
+  for (int iter = 0; iter < 3; ++iter) {  // the same collectives on every rank: no early exit
     const uint64_t first = g->seq();
     model->zero_grad();
     model->loss(b.idx, b.targets).backward();
     ASSERT_EQ(g->seq(), first + nb);
     const int64_t end = ddp.last_backward_end_ns();
     int seen = 0;
-    for (const auto &e : g->trace()) {
-      if (e.seq < first || e.seq >= first + nb)
-        continue;
+    for (const auto& e : g->trace()) {
+      if (e.seq < first || e.seq >= first + nb) continue;
       EXPECT_EQ(e.op, "allreduce");
       EXPECT_GT(e.end_ns, 0) << "waited for before backward() returned";
       ++seen;
-      if (e.start_ns < end)
-        ++overlapped;
+      if (e.start_ns < end) ++overlapped;
     }
     EXPECT_EQ(seen, static_cast<int>(nb));
   }
-  EXPECT_GT(overlapped, 0)
-      << "no bucket's all-reduce started before the last gradient was final";
+  EXPECT_GT(overlapped, 0) << "no bucket's all-reduce started before the last gradient was final";
 }
 
-} // namespace
-} // namespace loom::parallel
+TEST(DDPOverlap, WithoutOverlapEachAllReduceEndsBeforeTheNextIsIssued) {
+  auto g = world();
+  ptest::Batch b = ptest::rows(ptest::global_batch(0), g->rank(), g->size());
+  auto model = ptest::tiny_model(Family::kGPT2);
+  DDPOptions o;
+  o.first_bucket_cap_bytes = 16 << 10;
+  o.bucket_cap_bytes = 32 << 10;
+  o.overlap = false;
+  DistributedDataParallel ddp(model, g, o);
+  const size_t nb = ddp.buckets().size();
+  const uint64_t first = g->seq();
+  model->loss(b.idx, b.targets).backward();
+  std::vector<collectives::TraceEntry> pass;
+  for (const auto& e : g->trace())
+    if (e.seq >= first && e.seq < first + nb) pass.push_back(e);
+  ASSERT_EQ(pass.size(), nb);
+  for (size_t i = 0; i + 1 < pass.size(); ++i)
+    EXPECT_LE(pass[i].end_ns, pass[i + 1].enqueue_ns) << "all-reduce #" << pass[i].seq << " was still running";
+  EXPECT_GT(ddp.last_comm_wait_ns(), 0);
+  EXPECT_GT(ddp.last_backward_end_ns(), pass.front().end_ns);
+}
+
+}  // namespace
+}  // namespace loom::parallel

@@ -1,0 +1,289 @@
+// How much communication the data-parallel wrappers hide: step time (forward, backward, AdamW) of a GPT-2-shaped model
+// on 2 ranks with no wrapper (compute only: each rank alone, no collectives), DistributedDataParallel and FullyShard,
+// each with overlap on and off (off: every collective waited on right after it is issued), on gloo and mpi:
+//   comm time       = T_off - T_compute
+//   hidden fraction = (T_off - T_on) / (T_off - T_compute)
+// and, for DDP, the time the training thread spent blocked on all-reduces per step with overlap on and off (the
+// schedule's overlap, whatever the cores: 1 - blocked_on / blocked_off). On CPU backends the collectives' copies and
+// reductions run on cores too; when every core computes, hiding them in the step time needs spare cores.
+//
+// Started plainly it starts its own ranks (gloo: forked with torchrun-style variables; mpi: under mpirun). Started
+// under mpirun or trainlaunch it is one rank (backend from LOOM_BENCH_BACKEND, default gloo).
+//   bench_parallel [LAYERS WIDTH HEADS SEQ BATCH_PER_RANK VOCAB STEPS]   (default 6 512 8 64 2 4096 7)
+//   LOOM_BENCH_BACKENDS=gloo,mpi: the backends a plain start runs; MASTER_PORT: first port (default 31500)
+//   LOOM_BENCH_BUCKET_MIB: DDP's bucket_cap_bytes in MiB (default 25, PyTorch's)
+// Rank 0 prints one line per figure. A step time is the median over STEPS timed steps (after 2 warm-up steps) of the
+// max over ranks; the variants take turns step by step so machine noise hits them alike.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "collectives/init.h"
+#include "collectives/mpi/mpi_backend.h"
+#include "nn/gpt2.h"
+#include "nn/optim.h"
+#include "parallel/ddp.h"
+#include "parallel/fully_shard.h"
+
+extern char** environ;
+
+using namespace loom;
+
+namespace {
+
+constexpr int kWorld = 2;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+double group_max(collectives::ProcessGroup& g, double v) {
+  Tensor t = ops::full({1}, v, DType::f64);
+  g.allreduce(t, {collectives::ReduceOp::kMax})->wait();
+  return t.item<double>();
+}
+
+// One configuration under test: its own model (a wrapper claims its model), optimizer and wrapper.
+struct Variant {
+  std::string wrapper;  // "none", "ddp", "fsdp"
+  bool overlap = true;
+  std::shared_ptr<nn::GPT2> model;
+  std::unique_ptr<parallel::DistributedDataParallel> ddp;
+  std::unique_ptr<parallel::FullyShard> fsdp;
+  std::unique_ptr<nn::AdamW> opt;
+  std::vector<double> times;  // seconds per timed step, max over ranks
+  std::vector<double> waits;  // DDP: seconds blocked on all-reduces per timed step, max over ranks
+};
+
+int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
+  const int64_t L = a[0], C = a[1], H = a[2], T = a[3], B = a[4], V = a[5], steps = std::max<int64_t>(a[6], 1);
+  auto group = collectives::init_process_group(backend);
+  const int rank = group->rank(), W = group->size();
+
+  nn::GPT2Config cfg;
+  cfg.n_layer = L;
+  cfg.n_embd = C;
+  cfg.n_head = H;
+  cfg.n_positions = T;
+  cfg.vocab_size = V;
+  Generator data_gen(1000 + rank);  // each rank its own batch, as in data-parallel training
+  Tensor idx = ops::randint(0, V, {B, T}, data_gen), targets = ops::randint(0, V, {B, T}, data_gen);
+
+  std::vector<Variant> variants;
+  for (const char* w : {"none", "ddp", "fsdp"})
+    for (bool overlap : {true, false}) {
+      if (std::string(w) == "none" && !overlap) continue;
+      Variant v;
+      v.wrapper = w;
+      v.overlap = overlap;
+      Generator gen(0);
+      v.model = std::make_shared<nn::GPT2>(cfg, gen);
+      const double lr = 1e-4, wd = 0.1;
+      if (v.wrapper == "ddp") {
+        parallel::DDPOptions o;
+        o.overlap = overlap;
+        if (const char* cap = std::getenv("LOOM_BENCH_BUCKET_MIB")) o.bucket_cap_bytes = std::atoll(cap) << 20;
+        v.ddp = std::make_unique<parallel::DistributedDataParallel>(v.model, group, o);
+      } else if (v.wrapper == "fsdp") {
+        parallel::FullyShardOptions o;
+        o.overlap = overlap;
+        o.prefetch = overlap;  // without overlap a prefetch is waited on at once: no point issuing it early
+        v.fsdp = std::make_unique<parallel::FullyShard>(v.model, group, o);
+      }
+      auto groups =
+          v.fsdp ? v.fsdp->param_groups(lr, wd) : nn::weight_decay_groups(v.model->named_parameters(), lr, wd);
+      v.opt = std::make_unique<nn::AdamW>(groups, nn::AdamWOptions{});
+      variants.push_back(std::move(v));
+    }
+
+  if (rank == 0) {
+    const double numel = static_cast<double>(variants[0].model->num_parameters());
+    std::printf(
+        "# bench_parallel backend=%s ranks=%d cores=%ld: GPT-2 %lld layers, width %lld, %lld heads, seq %lld, "
+        "batch %lld per rank, vocab %lld, %.2fM parameters (%.1f MiB of f32 gradients), 1 thread per rank; "
+        "median of %lld steps after 2 warm-up\n",
+        backend.c_str(), W, sysconf(_SC_NPROCESSORS_ONLN), static_cast<long long>(L), static_cast<long long>(C),
+        static_cast<long long>(H), static_cast<long long>(T), static_cast<long long>(B), static_cast<long long>(V),
+        numel / 1e6, numel * 4 / (1024.0 * 1024.0), static_cast<long long>(steps));
+    std::fflush(stdout);
+  }
+
+  for (int64_t round = 0; round < steps + 2; ++round) {
+    for (auto& v : variants) {
+      group->barrier()->wait();  // start together: a step then includes waiting for the slower rank
+      auto t0 = std::chrono::steady_clock::now();
+      v.opt->zero_grad();
+      if (v.fsdp) v.fsdp->zero_grad();
+      Tensor loss = v.model->loss(idx, targets);
+      loss.backward();
+      v.opt->step();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (v.ddp) {
+        const double waited = group_max(*group, static_cast<double>(v.ddp->last_comm_wait_ns()) * 1e-9);
+        if (round >= 2) v.waits.push_back(waited);
+      }
+      const double worst = group_max(*group, s);
+      if (round >= 2) v.times.push_back(worst);
+    }
+  }
+
+  // The DDP buckets' all-reduces alone, back to back (no compute): a cross-check of T_off - T_compute.
+  double comm_alone = 0;
+  {
+    std::vector<Tensor> bufs;
+    for (const auto& b : variants[1].ddp->buckets()) bufs.push_back(ops::zeros({b.bytes / 4}, b.dtype));
+    std::vector<double> t;
+    for (int64_t r = 0; r < steps + 1; ++r) {
+      group->barrier()->wait();
+      auto t0 = std::chrono::steady_clock::now();
+      for (auto& buf : bufs) group->allreduce(buf, {collectives::ReduceOp::kAvg})->wait();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double worst = group_max(*group, s);
+      if (r >= 1) t.push_back(worst);
+    }
+    comm_alone = median(t);
+  }
+
+  if (rank == 0) {
+    const char* be = backend.c_str();
+    const double t_compute = median(variants[0].times);
+    std::printf("%-5s %-5s %-13s step_ms=%8.1f\n", be, "none", "compute_only", t_compute * 1e3);
+    for (const char* w : {"ddp", "fsdp"}) {
+      double t_on = 0, t_off = 0;
+      for (const auto& v : variants)
+        if (v.wrapper == w) (v.overlap ? t_on : t_off) = median(v.times);
+      const double comm = t_off - t_compute;
+      std::printf("%-5s %-5s %-13s step_ms=%8.1f\n", be, w, "overlap_on", t_on * 1e3);
+      std::printf("%-5s %-5s %-13s step_ms=%8.1f\n", be, w, "overlap_off", t_off * 1e3);
+      std::printf("%-5s %-5s %-13s comm_ms=%8.1f (T_off - T_compute)\n", be, w, "comm", comm * 1e3);
+      if (comm > 0) {
+        std::printf("%-5s %-5s %-13s fraction=%.2f ((T_off - T_on) / (T_off - T_compute))\n", be, w, "hidden",
+                    (t_off - t_on) / comm);
+      } else {
+        std::printf("%-5s %-5s %-13s fraction=n/a (T_off <= T_compute: no measurable communication time)\n", be, w,
+                    "hidden");
+      }
+    }
+    double wait_on = 0, wait_off = 0;
+    for (const auto& v : variants)
+      if (v.ddp) (v.overlap ? wait_on : wait_off) = median(v.waits);
+    std::printf("%-5s %-5s %-13s wait_ms=%8.1f (training thread blocked on all-reduces per step)\n", be, "ddp",
+                "blocked_on", wait_on * 1e3);
+    std::printf("%-5s %-5s %-13s wait_ms=%8.1f (training thread blocked on all-reduces per step)\n", be, "ddp",
+                "blocked_off", wait_off * 1e3);
+    if (wait_off > 0)
+      std::printf("%-5s %-5s %-13s fraction=%.2f (1 - blocked_on / blocked_off)\n", be, "ddp", "blocked_hidden",
+                  1.0 - wait_on / wait_off);
+    std::printf("%-5s %-5s %-13s comm_ms=%8.1f (the DDP buckets' all-reduces alone, no compute)\n", be, "ddp",
+                "allreduce", comm_alone * 1e3);
+    std::fflush(stdout);
+  }
+  group->barrier()->wait();
+  return 0;
+}
+
+// ------------------------------------------------------------------ launcher (a plain start)
+
+std::string self_path() {
+  std::vector<char> buf(4096);
+  const ssize_t n = readlink("/proc/self/exe", buf.data(), buf.size() - 1);
+  if (n <= 0) return "bench_parallel";
+  return std::string(buf.data(), static_cast<size_t>(n));
+}
+
+// Spawns argv with the current environment plus `extra` (NAME=value); returns the pid or -1.
+pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& extra) {
+  std::vector<std::string> env_s;
+  for (char** e = environ; *e; ++e) {
+    std::string kv = *e;
+    const std::string name = kv.substr(0, kv.find('='));
+    bool overridden = false;
+    for (const auto& x : extra) overridden = overridden || x.substr(0, x.find('=')) == name;
+    if (!overridden) env_s.push_back(kv);
+  }
+  env_s.insert(env_s.end(), extra.begin(), extra.end());
+  std::vector<char*> envp, args;
+  for (auto& s : env_s) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> argv_copy = argv;
+  for (auto& s : argv_copy) args.push_back(s.data());
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  if (posix_spawnp(&pid, args[0], nullptr, nullptr, args.data(), envp.data()) != 0) return -1;
+  return pid;
+}
+
+// Waits for every pid; true when all exited with status 0.
+bool wait_all(const std::vector<pid_t>& pids) {
+  bool ok = true;
+  for (pid_t p : pids) {
+    int status = 0;
+    if (p < 0 || waitpid(p, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) ok = false;
+  }
+  return ok;
+}
+
+int launch(const std::vector<std::string>& args) {
+  const char* port_env = std::getenv("MASTER_PORT");
+  int port = port_env && *port_env ? std::atoi(port_env) : 31500;
+  const char* which = std::getenv("LOOM_BENCH_BACKENDS");
+  std::stringstream list(which && *which ? which : "gloo,mpi");
+  std::vector<std::string> common = {"OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MASTER_ADDR=127.0.0.1",
+                                     "LOOM_STORE_SECRET=bench-parallel"};
+  int rc = 0;
+  for (std::string backend; std::getline(list, backend, ',');) {
+    std::vector<std::string> env = common;
+    env.push_back("MASTER_PORT=" + std::to_string(port++));
+    env.push_back("LOOM_BENCH_BACKEND=" + backend);
+    std::vector<pid_t> pids;
+    if (backend == "mpi") {
+      env.insert(env.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
+      std::vector<std::string> argv = {"mpirun", "--oversubscribe", "-np", std::to_string(kWorld), self_path()};
+      argv.insert(argv.end(), args.begin(), args.end());
+      pids.push_back(spawn(argv, env));
+      if (pids.back() < 0) std::fprintf(stderr, "bench_parallel: cannot start mpirun (is Open MPI installed?)\n");
+    } else {
+      for (int r = 0; r < kWorld; ++r) {
+        std::vector<std::string> e = env;
+        e.insert(e.end(), {"RANK=" + std::to_string(r), "WORLD_SIZE=" + std::to_string(kWorld),
+                           "LOCAL_RANK=" + std::to_string(r), "LOCAL_WORLD_SIZE=" + std::to_string(kWorld)});
+        std::vector<std::string> argv = {self_path()};
+        argv.insert(argv.end(), args.begin(), args.end());
+        pids.push_back(spawn(argv, e));
+      }
+    }
+    if (!wait_all(pids)) {
+      std::fprintf(stderr, "bench_parallel: the %s ranks failed\n", backend.c_str());
+      rc = 1;
+    }
+  }
+  return rc;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  std::vector<int64_t> a = {6, 512, 8, 64, 2, 4096, 7};
+  for (size_t i = 0; i < args.size() && i < a.size(); ++i) a[i] = std::atoll(args[i].c_str());
+  const bool is_rank = std::getenv("RANK") || collectives::launched_by_mpirun();
+  if (!is_rank) return launch(args);
+  const char* backend = std::getenv("LOOM_BENCH_BACKEND");
+  try {
+    return run_rank(backend && *backend ? backend : "gloo", a);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_parallel: %s\n", e.what());
+    return 1;
+  }
+}
