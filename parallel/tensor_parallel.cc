@@ -326,58 +326,103 @@ std::string VocabParallelEmbedding::extra_repr() const {
 
 // ---------------------------------------------------------------- vocab-parallel cross-entropy
 
+namespace {
+
+constexpr int64_t kIgnoreIndex = -100;
+
+/// Rows' maxima of x (N, Vl), T = float or double.
+template <typename T>
+void row_max_host(const T* x, int64_t N, int64_t Vl, double* m) {
+  for (int64_t r = 0; r < N; ++r) {
+    T v = -std::numeric_limits<T>::infinity();
+    for (int64_t i = 0; i < Vl; ++i) v = std::max(v, x[r * Vl + i]);
+    m[r] = static_cast<double>(v);
+  }
+}
+
+/// st[r] = sum_i exp(x[r, i] - m[r]) over this rank's columns, st[N + r] = the target logit when this rank holds it
+/// (0 otherwise), in f64.
+template <typename T>
+void partial_sums_host(const T* x, int64_t N, int64_t Vl, const double* m, const std::vector<int64_t>& tg,
+                       int64_t vocab_start, double* st) {
+  for (int64_t r = 0; r < N; ++r) {
+    double s = 0;
+    for (int64_t i = 0; i < Vl; ++i) s += std::exp(static_cast<double>(x[r * Vl + i]) - m[r]);
+    st[r] = s;
+    const int64_t t = tg[r] - vocab_start;
+    st[N + r] = tg[r] != kIgnoreIndex && t >= 0 && t < Vl ? static_cast<double>(x[r * Vl + t]) : 0.0;
+  }
+}
+
+/// dx = g (softmax(x) - onehot(target)) on this rank's columns; rows with ignored targets get 0.
+template <typename T>
+void ce_grad_host(const T* x, int64_t N, int64_t Vl, const std::vector<double>& lse, const std::vector<int64_t>& tg,
+                  int64_t vocab_start, double g, T* dx) {
+  for (int64_t r = 0; r < N; ++r) {
+    if (tg[r] == kIgnoreIndex) continue;
+    for (int64_t i = 0; i < Vl; ++i)
+      dx[r * Vl + i] = static_cast<T>(g * std::exp(static_cast<double>(x[r * Vl + i]) - lse[r]));
+    const int64_t t = tg[r] - vocab_start;
+    if (t >= 0 && t < Vl) dx[r * Vl + t] -= static_cast<T>(g);
+  }
+}
+
+}  // namespace
+
 Tensor vocab_parallel_cross_entropy(const Tensor& local_logits, const Tensor& targets, ProcessGroup& tp,
                                     int64_t vocab_start, TpReduce reduce) {
-  constexpr int64_t kIgnore = -100;
   LOOM_CHECK(local_logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == local_logits.size(0),
              "vocab_parallel_cross_entropy: expected logits (N, V/tp) and targets (N), got ",
              shape_str(local_logits.sizes()), " and ", shape_str(targets.sizes()));
   LOOM_CHECK(targets.dtype() == DType::i64, "vocab_parallel_cross_entropy: targets must be i64, got ",
              dtype_name(targets.dtype()));
+  LOOM_CHECK(is_floating(local_logits.dtype()), "vocab_parallel_cross_entropy: logits must be floating, got ",
+             dtype_name(local_logits.dtype()));
   // One rank holds every column: the plain loss is the same computation, and rounds exactly as single-rank training.
-  if (tp.size() == 1 && vocab_start == 0) return loom::cross_entropy(local_logits, targets, -100);
+  if (tp.size() == 1 && vocab_start == 0) return loom::cross_entropy(local_logits, targets, kIgnoreIndex);
   const int64_t N = local_logits.size(0), Vl = local_logits.size(1), V = Vl * tp.size();
   LOOM_CHECK(vocab_start >= 0 && vocab_start + Vl <= V, "vocab_parallel_cross_entropy: columns [", vocab_start, ", ",
              vocab_start + Vl, ") of rank ", tp.rank(), " fall outside a vocabulary of ", V, " (", tp.size(),
              " ranks x ", Vl, ")");
   const DType dtype = local_logits.dtype();
   const Device dev = local_logits.device();
-  // The statistics are computed on the host in f32/f64, as the CPU cross_entropy kernel does.
-  Tensor x = ops::contiguous(ops::to(ops::to(local_logits, kCPU), DType::f32));  // (N, Vl)
   const std::vector<int64_t> tg = ops::contiguous(ops::to(targets, kCPU)).to_vector<int64_t>();
   int64_t count = 0;
   for (int64_t i = 0; i < N; ++i) {
-    LOOM_CHECK(tg[i] == kIgnore || (tg[i] >= 0 && tg[i] < V), "vocab_parallel_cross_entropy: target ", tg[i],
+    LOOM_CHECK(tg[i] == kIgnoreIndex || (tg[i] >= 0 && tg[i] < V), "vocab_parallel_cross_entropy: target ", tg[i],
                " at row ", i, " is out of range for ", V, " classes (expected 0 <= target < ", V, ", or -100)");
-    count += tg[i] != kIgnore;
+    count += tg[i] != kIgnoreIndex;
   }
-  const float* xp = x.data<float>();
+  // Computed on the host as the CPU cross_entropy kernel does: in f64 for f64 logits, else from f32 values with f64
+  // sums. x is saved for backward at f32 (or f64) size.
+  const DType host = dtype == DType::f64 ? DType::f64 : DType::f32;
+  Tensor x = ops::contiguous(ops::to(ops::to(local_logits, kCPU), host));  // (N, Vl)
+  const bool f64 = host == DType::f64;
 
-  // 1. The global row maxima (for a stable exp).
-  Tensor mx = empty({N}, DType::f32);
-  float* mp = mx.data<float>();
-  for (int64_t r = 0; r < N; ++r) {
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t i = 0; i < Vl; ++i) m = std::max(m, xp[r * Vl + i]);
-    mp[r] = m;
+  // 1. The global row maxima (for a stable exp): max over ranks is exact in any order.
+  Tensor mx = empty({N}, DType::f64);
+  if (f64) {
+    row_max_host(x.data<double>(), N, Vl, mx.data<double>());
+  } else {
+    row_max_host(x.data<float>(), N, Vl, mx.data<double>());
   }
   if (tp.size() > 1) tp.allreduce(mx, {ReduceOp::kMax})->wait();
-  // 2. Sums of exp(x - max) over all columns, and the target logits (held by exactly one rank, zero elsewhere).
-  Tensor st = zeros({2, N}, DType::f64);
-  double* sp = st.data<double>();
-  for (int64_t r = 0; r < N; ++r) {
-    double s = 0;
-    for (int64_t i = 0; i < Vl; ++i) s += std::exp(static_cast<double>(xp[r * Vl + i]) - mp[r]);
-    sp[r] = s;
-    const int64_t t = tg[r] - vocab_start;
-    if (tg[r] != kIgnore && t >= 0 && t < Vl) sp[N + r] = xp[r * Vl + t];
+  // 2. Sums of exp(x - max) over all columns, and the target logits (held by exactly one rank, zero elsewhere): 2N
+  // numbers per rank, never the logits themselves.
+  Tensor st = empty({2, N}, DType::f64);
+  if (f64) {
+    partial_sums_host(x.data<double>(), N, Vl, mx.data<double>(), tg, vocab_start, st.data<double>());
+  } else {
+    partial_sums_host(x.data<float>(), N, Vl, mx.data<double>(), tg, vocab_start, st.data<double>());
   }
   tp_sum_(st, tp, reduce);
+  const double* mp = mx.data<double>();
+  const double* sp = st.data<double>();
   auto lse = std::make_shared<std::vector<double>>(N);
   double total = 0;
   for (int64_t r = 0; r < N; ++r) {
-    (*lse)[r] = static_cast<double>(mp[r]) + std::log(sp[r]);
-    if (tg[r] != kIgnore) total += (*lse)[r] - sp[N + r];
+    (*lse)[r] = mp[r] + std::log(sp[r]);
+    if (tg[r] != kIgnoreIndex) total += (*lse)[r] - sp[N + r];
   }
   // Mean over counted rows; with none counted this is 0/0 = nan, as loom::cross_entropy gives.
   Tensor loss = ops::to(ops::full({}, total / static_cast<double>(count), dtype), dev);
@@ -386,18 +431,13 @@ Tensor vocab_parallel_cross_entropy(const Tensor& local_logits, const Tensor& ta
                    [x, tg, lse, count, vocab_start, N, Vl, dtype, dev](const Grads& grads) {
                      // d loss / d x = (softmax(x) - onehot(target)) / count on this rank's columns: no communication.
                      const double g = count > 0 ? grads[0].item() / static_cast<double>(count) : 0.0;
-                     Tensor dx = zeros({N, Vl}, DType::f32);
-                     float* dp = dx.data<float>();
-                     const float* xq = x.data<float>();
-                     for (int64_t r = 0; r < N; ++r) {
-                       if (tg[r] == kIgnore) continue;
-                       for (int64_t i = 0; i < Vl; ++i)
-                         dp[r * Vl + i] =
-                             static_cast<float>(g * std::exp(static_cast<double>(xq[r * Vl + i]) - (*lse)[r]));
-                       const int64_t t = tg[r] - vocab_start;
-                       if (t >= 0 && t < Vl) dp[r * Vl + t] -= static_cast<float>(g);
+                     Tensor dx = zeros({N, Vl}, x.dtype());
+                     if (x.dtype() == DType::f64) {
+                       ce_grad_host(x.data<double>(), N, Vl, *lse, tg, vocab_start, g, dx.data<double>());
+                     } else {
+                       ce_grad_host(x.data<float>(), N, Vl, *lse, tg, vocab_start, g, dx.data<float>());
                      }
-                     Tensor out = dtype == DType::f32 ? dx : ops::to(dx, dtype);
+                     Tensor out = dtype == dx.dtype() ? dx : ops::to(dx, dtype);
                      return Grads{dev.is_cpu() ? out : ops::to(out, dev)};
                    });
   return loss;

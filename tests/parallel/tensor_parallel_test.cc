@@ -56,6 +56,63 @@ TEST(TensorParallelMappings, ForwardAndBackwardFollowMegatron) {
   Tensor weights = ops::reshape(ops::arange(0, 4 * W, 1, DType::f32), {2, 2 * W});
   loom::sum(loom::mul(d, weights)).backward();
   EXPECT_EQ(c.grad().to_vector<float>(), ops::contiguous(ops::narrow(weights, 1, 2 * r, 2)).to_vector<float>());
+  // The rank-ordered sum gives the same sum (exact here: small integers).
+  Tensor e = ops::full({3}, r + 1.0).set_requires_grad();
+  Tensor f = reduce_from_tp(copy_to_tp(e, *tp, TpReduce::kRankOrdered), *tp, TpReduce::kRankOrdered);
+  EXPECT_EQ(f.to_vector<float>(), std::vector<float>(3, W * (W + 1) / 2.0f));
+  loom::sum(f).backward();
+  EXPECT_EQ(e.grad().to_vector<float>(), std::vector<float>(3, static_cast<float>(W)));
+}
+
+// ---------------------------------------------------------------- layers built from scratch
+
+TEST(TensorParallelLayers, BuiltFromScratchTheyComputeWhatTheUnsplitLayersDo) {
+  auto tp = world();
+  const int W = tp->size(), r = tp->rank();
+  Generator data(7);
+  Tensor x0 = ops::randn({3, 16}, data);
+  // Column-parallel with gathered output vs nn::Linear drawn from the same generator state.
+  Generator g1(5), g2(5);
+  ColumnParallelOptions co;
+  co.gather_output = true;
+  ColumnParallelLinear col(16, 24, tp, co, g1);
+  nn::Linear ref_col(16, 24, nn::LinearOptions{}, g2);
+  ASSERT_EQ(col.weight.sizes(), (Shape{24 / W, 16}));
+  Tensor x = ops::clone(x0).set_requires_grad(), xr = ops::clone(x0).set_requires_grad();
+  Tensor y = col(x), yr = ref_col(xr);
+  EXPECT_LE(max_rel_diff(y, yr), 1e-6);
+  Tensor w = ops::randn({3, 24}, data);
+  loom::sum(loom::mul(y, w)).backward();
+  loom::sum(loom::mul(yr, w)).backward();
+  EXPECT_LE(max_rel_diff(x.grad(), xr.grad()), 1e-6);
+  EXPECT_LE(max_rel_diff(col.weight.grad(), ops::narrow(ref_col.weight.grad(), 0, r * 24 / W, 24 / W)), 1e-6);
+  // Row-parallel taking the full input vs nn::Linear.
+  RowParallelOptions ro;
+  ro.input_is_parallel = false;
+  RowParallelLinear row(16, 8, tp, ro, g1);
+  nn::Linear ref_row(16, 8, nn::LinearOptions{}, g2);
+  ASSERT_EQ(row.weight.sizes(), (Shape{8, 16 / W}));
+  Tensor a = ops::clone(x0).set_requires_grad(), ar = ops::clone(x0).set_requires_grad();
+  Tensor z = row(a), zr = ref_row(ar);
+  EXPECT_LE(max_rel_diff(z, zr), 1e-6);
+  loom::sum(loom::mul(z, z)).backward();
+  loom::sum(loom::mul(zr, zr)).backward();
+  EXPECT_LE(max_rel_diff(a.grad(), ar.grad()), 1e-6);
+  EXPECT_LE(max_rel_diff(row.bias.grad(), ref_row.bias.grad()), 1e-6);
+  // Vocabulary-parallel embedding vs nn::Embedding.
+  VocabParallelEmbedding emb(64, 8, tp, 0.02, DType::f32, g1);
+  nn::Embedding ref_emb(64, 8, 0.02, DType::f32, g2);
+  EXPECT_EQ(emb.vocab_start(), r * 64 / W);
+  Tensor ids = ops::randint(0, 64, {4, 5}, data);
+  EXPECT_EQ(max_rel_diff(emb(ids), ref_emb(ids)), 0.0) << "a masked lookup summed over ranks is exact";
+  // Out-of-range ids are checked on the host before the all-reduce, identically on every rank.
+  Tensor bad = ops::full({2}, 64.0, DType::i64);
+  EXPECT_THROW(emb(bad), InvalidArgument);
+  // A gathered fused projection would come out in rank order: refused.
+  ColumnParallelOptions fused;
+  fused.parts = {8, 8, 8};
+  fused.gather_output = true;
+  EXPECT_THROW(ColumnParallelLinear(16, 24, tp, fused), InvalidArgument);
 }
 
 // ---------------------------------------------------------------- loss
@@ -64,20 +121,35 @@ TEST(TensorParallelLoss, VocabParallelCrossEntropyMatchesCrossEntropy) {
   auto tp = world();
   const int W = tp->size(), r = tp->rank();
   const int64_t N = 24, V = 64, Vl = V / W;
-  Generator gen(99);
-  Tensor logits = ops::mul(ops::randn({N, V}, gen), 3.0);  // the same on every rank
-  Tensor targets = ops::randint(0, V, {N}, gen);
-  for (int64_t i : {3, 10, 11}) targets.data<int64_t>()[i] = -100;  // ignored rows
-  Tensor full = ops::clone(logits).set_requires_grad();
-  Tensor want = loom::cross_entropy(full, targets);
-  want.backward();
-  Tensor local = ops::contiguous(ops::narrow(logits, 1, r * Vl, Vl)).set_requires_grad();
-  Tensor got = vocab_parallel_cross_entropy(local, targets, *tp, r * Vl);
-  got.backward();
-  EXPECT_NEAR(got.item<double>(), want.item<double>(), 1e-6 * std::abs(want.item<double>()));
-  EXPECT_LE(max_rel_diff(local.grad(), ops::narrow(full.grad(), 1, r * Vl, Vl)), 1e-5);
-  // Ignored rows get no gradient at all.
-  for (int64_t i = 0; i < Vl; ++i) EXPECT_EQ(local.grad().data<float>()[10 * Vl + i], 0.0f);
+  for (DType dtype : {DType::f32, DType::f64}) {
+    SCOPED_TRACE(dtype_name(dtype));
+    const double tol = dtype == DType::f64 ? 1e-12 : 1e-6;
+    Generator gen(99);
+    Tensor logits = ops::to(ops::mul(ops::randn({N, V}, gen), 3.0), dtype);  // the same on every rank
+    Tensor targets = ops::randint(0, V, {N}, gen);
+    for (int64_t i : {3, 10, 11}) targets.data<int64_t>()[i] = -100;  // ignored rows
+    Tensor full = ops::clone(logits).set_requires_grad();
+    Tensor want = loom::cross_entropy(full, targets);
+    want.backward();
+    Tensor local = ops::contiguous(ops::narrow(logits, 1, r * Vl, Vl)).set_requires_grad();
+    const uint64_t seq0 = tp->seq();
+    Tensor got = vocab_parallel_cross_entropy(local, targets, *tp, r * Vl);
+    got.backward();
+    EXPECT_EQ(got.dtype(), dtype);
+    EXPECT_NEAR(got.item<double>(), want.item<double>(), tol * std::abs(want.item<double>()));
+    EXPECT_LE(max_rel_diff(local.grad(), ops::narrow(full.grad(), 1, r * Vl, Vl)), 10 * tol);
+    // Ignored rows get no gradient at all.
+    Tensor lg = ops::to(local.grad(), DType::f64);
+    for (int64_t i = 0; i < Vl; ++i) EXPECT_EQ(lg.data<double>()[10 * Vl + i], 0.0);
+    // Only row statistics cross the wire (maxima, then sums of exponentials and target logits), never the logits.
+    int collectives = 0;
+    for (const auto& e : tp->trace())
+      if (e.seq >= seq0) {
+        ++collectives;
+        EXPECT_LE(e.numel, 2 * N) << e.op;
+      }
+    EXPECT_EQ(collectives, W == 1 ? 0 : 2);
+  }
 }
 
 TEST(TensorParallelLoss, RejectsTargetsOutsideTheVocabulary) {
