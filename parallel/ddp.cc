@@ -315,8 +315,10 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
     autograd::register_post_accumulate_grad_hook(st->slots[i].param, [w, i](const Tensor&) {
       if (auto s = w.lock()) s->on_grad(i);
     });
-  // A backward that threw in another node's code never ran finalize: start the next forward from a clean pass.
+  // A backward that threw in another node's code never ran finalize: start the next forward from a clean pass. Not
+  // inside a backward pass, where a forward is a recomputation (activation checkpointing) within the pass.
   st->forward_hook = st->module->register_forward_pre_hook([w](nn::Module&) {
+    if (autograd::in_backward_pass()) return;
     if (auto s = w.lock())
       if (s->pass_active) s->reset_pass();
   });

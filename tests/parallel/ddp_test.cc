@@ -208,6 +208,39 @@ TEST(DDPMisuse, WrappingTwiceThrowsNamingTheWrapper) {
   EXPECT_FALSE(rewrap.buckets().empty());
 }
 
+TEST(DDPMisuse, ABackwardThatThrowsLeavesNoHalfDonePass) {
+  auto g = world();
+  DDPOptions o;
+  o.first_bucket_cap_bytes = 16 << 10;
+  o.bucket_cap_bytes = 32 << 10;
+  ptest::Batch b = ptest::rows(ptest::global_batch(0), g->rank(), g->size());
+  // What a clean pass gives.
+  nn::StateDict want;
+  {
+    auto model = ptest::tiny_model(Family::kGPT2);
+    DistributedDataParallel ddp(model, g, o);
+    model->loss(b.idx, b.targets).backward();
+    for (const auto& [name, p] : model->named_parameters()) want.insert(name, ops::clone(p.grad()));
+  }
+  auto model = ptest::tiny_model(Family::kGPT2);
+  DistributedDataParallel ddp(model, g, o);
+  // The embedding's gradient is final last: by then the other buckets were launched (the same ones on every rank).
+  bool fail = true;
+  autograd::register_hook(model->named_parameters().front().second, [&fail](const Tensor&) -> Tensor {
+    if (fail) {
+      fail = false;
+      LOOM_THROW(InvalidArgument, "injected failure");
+    }
+    return Tensor();
+  });
+  EXPECT_THROW(model->loss(b.idx, b.targets).backward(), InvalidArgument);
+  model->zero_grad();
+  model->loss(b.idx, b.targets).backward();  // its forward starts from a clean pass
+  nn::StateDict got;
+  for (const auto& [name, p] : model->named_parameters()) got.insert(name, p.grad());
+  ptest::expect_state_near(got, want, 0.0);
+}
+
 TEST(DDPMisuse, DestroyedWrapperLeavesItsHooksInert) {
   auto g = world();
   auto model = ptest::tiny_model(Family::kGPT2);
