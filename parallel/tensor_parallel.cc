@@ -12,6 +12,7 @@
 #include "nn/gpt2.h"
 #include "nn/llama.h"
 #include "nn/mlp.h"
+#include "parallel/wrap_claim.h"
 #include "tensor/error.h"
 
 namespace loom::parallel {
@@ -504,6 +505,13 @@ void check_divides(const char* config, const char* field, int64_t value, int64_t
 
 void tensor_parallelize(nn::CausalLM& model, std::shared_ptr<ProcessGroup> tp, TensorParallelOptions opts) {
   checked_group(tp, "tensor_parallelize");
+  // A wrapper (FullyShard, DistributedDataParallel) holds hooks and flat copies of the current parameters: converting
+  // under it would leave them stale. A probe claim finds the wrapper, and is released at once.
+  try {
+    WrapClaim probe(model, "tensor_parallelize");
+  } catch (const InvalidArgument& e) {
+    LOOM_THROW(InvalidArgument, "tensor_parallelize: convert the model before wrapping it, not after (", e.what(), ")");
+  }
   const int64_t n = tp->size();
   const int64_t vocab_start = tp->rank() * (model.vocab_size() / n);
   if (auto* g = dynamic_cast<nn::GPT2*>(&model)) {

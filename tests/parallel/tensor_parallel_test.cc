@@ -10,6 +10,7 @@
 #include <string>
 
 #include "autograd/functions.h"
+#include "parallel/fully_shard.h"
 #include "tests/parallel/harness.h"
 #include "tests/parallel/tp_reference.h"
 
@@ -345,6 +346,13 @@ TEST(TensorParallelErrors, SizesTheGroupDoesNotDivideAreRejected) {
   auto twice = ptest::tiny_model(Family::kLlama);
   tensor_parallelize(*twice, tp);
   EXPECT_NE(error_of([&] { tensor_parallelize(*twice, tp); }).find("already tensor-parallel"), std::string::npos);
+  // A wrapped model is not converted under its wrapper's feet.
+  {
+    auto wrapped = ptest::tiny_model(Family::kGPT2);
+    FullyShard fsdp(wrapped, tp);
+    const std::string msg = error_of([&] { tensor_parallelize(*wrapped, tp); });
+    EXPECT_NE(msg.find("FullyShard"), std::string::npos) << msg;
+  }
   // A fused projection whose parts do not add up.
   ColumnParallelOptions o;
   o.parts = {8 * W, 8 * W};
