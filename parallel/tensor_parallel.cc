@@ -573,6 +573,18 @@ void collect_params(const nn::Module& m, const std::string& prefix, std::map<std
 nn::StateDict tp_gather_state_dict(const nn::Module& model, const nn::StateDict& local, ProcessGroup& tp) {
   std::map<std::string, Tensor> params;
   collect_params(model, "", params);
+  // Each sharded entry is a collective: ranks passing different dicts (e.g. FullyShard::full_state_dict(true), empty
+  // off rank 0) would wait on each other forever. One small all-gather of the sizes turns that into an error on all.
+  if (tp.size() > 1) {
+    Tensor n = ops::full({1}, static_cast<double>(local.size()), DType::i64);
+    std::vector<Tensor> ns;
+    for (int r = 0; r < tp.size(); ++r) ns.push_back(ops::empty_like(n));
+    tp.all_gather(ns, n)->wait();
+    for (int r = 0; r < tp.size(); ++r)
+      LOOM_CHECK(ns[r].item<int64_t>() == static_cast<int64_t>(local.size()), "tp_gather_state_dict: tp rank ", r,
+                 " passed ", ns[r].item<int64_t>(), " tensors and tp rank ", tp.rank(), " ", local.size(),
+                 "; every tp rank must pass the same names (FullyShard::full_state_dict(/*rank0_only=*/false))");
+  }
   nn::StateDict out;
   for (const auto& [name, t] : local) {
     auto it = params.find(name);

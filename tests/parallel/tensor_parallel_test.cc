@@ -353,6 +353,11 @@ TEST(TensorParallelErrors, SizesTheGroupDoesNotDivideAreRejected) {
     const std::string msg = error_of([&] { tensor_parallelize(*wrapped, tp); });
     EXPECT_NE(msg.find("FullyShard"), std::string::npos) << msg;
   }
+  // Gathering dicts of different lengths (rank 0's full dict, empty elsewhere) is an error on every rank, not a hang.
+  if (W > 1) {
+    nn::StateDict some = tp->rank() == 0 ? twice->state_dict() : nn::StateDict();
+    EXPECT_NE(error_of([&] { tp_gather_state_dict(*twice, some, *tp); }).find("same names"), std::string::npos);
+  }
   // A fused projection whose parts do not add up.
   ColumnParallelOptions o;
   o.parts = {8 * W, 8 * W};
