@@ -1,0 +1,34 @@
+# Multi-rank checkpoint tests (included from tests/CMakeLists.txt): test_checkpoint_mp
+# builds tests/checkpoint/mp/*.cc with the parallel test harness and runs under mpirun
+# on 2 and 4 ranks (gloo), one CTest entry per suite group.
+file(GLOB _loom_ckmp_srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/mp/*.cc)
+if(NOT _loom_ckmp_srcs)
+  return()
+endif()
+add_executable(test_checkpoint_mp ${_loom_ckmp_srcs} ${PROJECT_SOURCE_DIR}/tests/parallel/harness.cc)
+target_link_libraries(test_checkpoint_mp PRIVATE loom::checkpoint loom::parallel GTest::gtest)
+target_include_directories(test_checkpoint_mp PRIVATE ${PROJECT_SOURCE_DIR})
+target_compile_definitions(test_checkpoint_mp PRIVATE LOOM_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+                                                      LOOM_BINARY_DIR="${PROJECT_BINARY_DIR}")
+find_program(LOOM_MPIRUN NAMES mpirun mpiexec)
+if(LOOM_MPIRUN)
+  set(_loom_cenv OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+                 LOOM_STORE_SECRET=checkpoint-test LOOM_COLLECTIVE_TIMEOUT_S=120 OMP_NUM_THREADS=1
+                 LOOM_TEST_BACKEND=gloo LOOM_BINARY_DIR=${PROJECT_BINARY_DIR})
+  set(_loom_cport 34500)
+  # entry name -> gtest filter and world size
+  set(_loom_csuites "resume|CheckpointResume*|2" "crash|CheckpointCrash*|2" "corrupt|CheckpointCorrupt*|2"
+                    "reshard_save4|CheckpointReshardSave4*|4" "reshard_load2|CheckpointReshardLoad2*|2")
+  foreach(entry ${_loom_csuites})
+    string(REPLACE "|" ";" parts "${entry}")
+    list(GET parts 0 suite)
+    list(GET parts 1 filter)
+    list(GET parts 2 n)
+    math(EXPR _loom_cport "${_loom_cport} + 1")
+    add_test(NAME checkpoint_mp_${suite}_np${n}
+             COMMAND ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:test_checkpoint_mp> --gtest_filter=${filter})
+    set_tests_properties(checkpoint_mp_${suite}_np${n} PROPERTIES LABELS checkpoint TIMEOUT 300
+                         ENVIRONMENT "${_loom_cenv};MASTER_PORT=${_loom_cport}")
+  endforeach()
+  set_tests_properties(checkpoint_mp_reshard_load2_np2 PROPERTIES DEPENDS checkpoint_mp_reshard_save4_np4)
+endif()

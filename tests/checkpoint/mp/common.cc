@@ -1,0 +1,101 @@
+#include "tests/checkpoint/mp/common.h"
+
+#include <filesystem>
+
+#include "autograd/functions.h"
+#include "nn/clip_grad.h"
+#include "parallel/tensor_parallel.h"
+#include "tensor/ops.h"
+
+namespace loom::ctest {
+
+namespace {
+constexpr double kLr = 1e-2, kWd = 0.1, kClip = 0.5;
+}
+
+TrainRun::TrainRun(Layout l, bool perturb, std::shared_ptr<collectives::ProcessGroup> g)
+    : layout(l), group(std::move(g)) {
+  model = ptest::tiny_model(ptest::Family::kGPT2);
+  if (perturb) {
+    autograd::NoGradGuard ng;
+    for (auto &[n, p] : model->named_parameters()) {
+      float *d = p.data<float>();
+      for (int64_t i = 0; i < p.numel(); ++i) d[i] = 0.25f;
+    }
+  }
+  if (layout == Layout::kDDP) {
+    ddp = std::make_unique<parallel::DistributedDataParallel>(model, group);
+    opt = std::make_unique<nn::AdamW>(nn::weight_decay_groups(model->named_parameters(), kLr, kWd), nn::AdamWOptions{});
+  } else if (layout == Layout::kFSDP) {
+    fsdp = std::make_unique<parallel::FullyShard>(model, group);
+    opt = std::make_unique<nn::AdamW>(fsdp->param_groups(kLr, kWd), nn::AdamWOptions{});
+  } else {
+    parallel::tensor_parallelize(*model, group);
+    opt = std::make_unique<nn::AdamW>(nn::weight_decay_groups(model->named_parameters(), kLr, kWd), nn::AdamWOptions{});
+  }
+  sched = std::make_unique<nn::WarmupCosineLR>(*opt, kLr, kLr / 10, 3, 20);
+}
+
+TrainRun::~TrainRun() {
+  sched.reset();
+  opt.reset();
+  fsdp.reset();
+  ddp.reset();
+}
+
+double TrainRun::train_step(int step) {
+  const int W = group->size(), r = group->rank();
+  Tensor pick = ops::randint(0, 50, {1}, gen);
+  ptest::Batch b = ptest::global_batch(step * 50 + static_cast<int>(pick.item<int64_t>()));
+  // TP ranks all see the whole batch; DDP/FSDP ranks their rows.
+  if (layout != Layout::kTP) b = ptest::rows(b, r, W);
+  opt->zero_grad();
+  if (fsdp) fsdp->zero_grad();
+  Tensor loss = model->loss(b.idx, b.targets);
+  loss.backward();
+  if (layout == Layout::kDDP) nn::clip_grad_norm_(model->parameters(), kClip);
+  if (layout == Layout::kFSDP) fsdp->clip_grad_norm_(kClip);
+  if (layout == Layout::kTP) parallel::tp_clip_grad_norm_(model->parameters(), kClip, *group);
+  opt->step();
+  sched->step();
+  return layout == Layout::kTP ? loss.item<double>() : ptest::group_mean(*group, loss.item<double>());
+}
+
+double TrainRun::eval_loss() {
+  ptest::Batch b = ptest::global_batch(4242);
+  if (layout != Layout::kTP) b = ptest::rows(b, group->rank(), group->size());
+  autograd::NoGradGuard ng;
+  Tensor loss = model->loss(b.idx, b.targets);
+  return layout == Layout::kTP ? loss.item<double>() : ptest::group_mean(*group, loss.item<double>());
+}
+
+checkpoint::Target TrainRun::target() {
+  checkpoint::Target t;
+  if (fsdp)
+    t.fsdp = fsdp.get();
+  else
+    t.module = model.get();
+  t.optimizer = opt.get();
+  t.scheduler = sched.get();
+  t.rngs["pick"] = &gen;
+  if (layout == Layout::kTP) {
+    t.coords.tp_rank = group->rank();
+    t.coords.tp_size = group->size();
+  } else {
+    t.coords.dp_rank = group->rank();
+    t.coords.dp_size = group->size();
+  }
+  return t;
+}
+
+std::string fresh_root(const std::string &name) {
+  const std::string root = std::string(LOOM_BINARY_DIR) + "/checkpoint_mp_tmp/" + name;
+  if (ptest::world()->rank() == 0) {
+    std::filesystem::remove_all(root);
+    std::filesystem::create_directories(root);
+  }
+  ptest::world()->barrier()->wait();
+  return root;
+}
+
+}  // namespace loom::ctest
