@@ -13,9 +13,12 @@ namespace loom::checkpoint::detail {
 
 namespace {
 
-// HDF5 prints its error stack to stderr by default; loom reports errors itself.
+// HDF5 prints its error stack to stderr by default; loom reports errors itself. HDF5's atexit handler closes files
+// still open, and a file whose close failed (a write error on a full disk leaves it half-closed) crashes it there:
+// loom closes every file itself, so the handler is turned off.
 void quiet_hdf5() {
   static bool done = [] {
+    H5dont_atexit();
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     return true;
   }();

@@ -17,7 +17,7 @@ if(LOOM_MPIRUN)
                  LOOM_TEST_BACKEND=gloo LOOM_BINARY_DIR=${PROJECT_BINARY_DIR})
   set(_loom_cport 34500)
   # entry name -> gtest filter and world size
-  set(_loom_csuites "resume|CheckpointResume*|2" "crash|CheckpointCrash*|2" "corrupt|CheckpointCorrupt*|2"
+  set(_loom_csuites "resume|CheckpointResume*|2" "corrupt|CheckpointCorrupt*|2"
                     "reshard_save4|CheckpointReshardSave4*|4" "reshard_load2|CheckpointReshardLoad2*|2")
   foreach(entry ${_loom_csuites})
     string(REPLACE "|" ";" parts "${entry}")
@@ -30,5 +30,9 @@ if(LOOM_MPIRUN)
     set_tests_properties(checkpoint_mp_${suite}_np${n} PROPERTIES LABELS checkpoint TIMEOUT 300
                          ENVIRONMENT "${_loom_cenv};MASTER_PORT=${_loom_cport}")
   endforeach()
+  # One process that starts its own 2-rank job (mpirun) and kills a rank mid-save.
+  add_test(NAME checkpoint_crash COMMAND test_checkpoint_mp --gtest_filter=CheckpointCrash.*)
+  set_tests_properties(checkpoint_crash PROPERTIES LABELS checkpoint TIMEOUT 300
+                       ENVIRONMENT "${_loom_cenv};LOOM_CKPT_CRASH_PORT=34902")
   set_tests_properties(checkpoint_mp_reshard_load2_np2 PROPERTIES DEPENDS checkpoint_mp_reshard_save4_np4)
 endif()
