@@ -28,9 +28,9 @@ using detail::LocalTensor;
 
 namespace {
 
-constexpr const char *kComplete = "COMPLETE";
-constexpr const char *kMetadata = "metadata.json";
-constexpr const char *kLatest = "latest";
+constexpr const char* kComplete = "COMPLETE";
+constexpr const char* kMetadata = "metadata.json";
+constexpr const char* kLatest = "latest";
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -40,13 +40,13 @@ std::string step_name(int64_t step) {
   std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
   return buf;
 }
-std::string rank_file(int r, const char *ext) {
+std::string rank_file(int r, const char* ext) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "rank_%05d.%s", r, ext);
   return buf;
 }
 
-void fsync_path(const std::string &path, bool directory) {
+void fsync_path(const std::string& path, bool directory) {
   int fd = ::open(path.c_str(), directory ? O_RDONLY | O_DIRECTORY : O_RDONLY);
   if (fd < 0) throw IoError("checkpoint: cannot open " + path + " to sync it: " + std::strerror(errno));
   int rc = ::fsync(fd);
@@ -57,7 +57,7 @@ void fsync_path(const std::string &path, bool directory) {
 
 // Writes text to path through a temporary file, synced and renamed into place,
 // so readers see all or nothing.
-void write_file_atomic(const std::string &path, const std::string &text) {
+void write_file_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
@@ -72,7 +72,7 @@ void write_file_atomic(const std::string &path, const std::string &text) {
   fsync_path(fs::path(path).parent_path().string(), true);
 }
 
-std::string read_file(const std::string &path) {
+std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw IoError("checkpoint: cannot read " + path);
   std::stringstream ss;
@@ -80,22 +80,22 @@ std::string read_file(const std::string &path) {
   return ss.str();
 }
 
-Json int_array(const std::vector<int64_t> &v) {
+Json int_array(const std::vector<int64_t>& v) {
   Json a = Json::array();
   for (int64_t x : v) a.push(Json(static_cast<double>(x)));
   return a;
 }
-std::vector<int64_t> to_ints(const Json &j) {
+std::vector<int64_t> to_ints(const Json& j) {
   std::vector<int64_t> v;
-  for (const auto &e : j.elements()) v.push_back(static_cast<int64_t>(e.as_number()));
+  for (const auto& e : j.elements()) v.push_back(static_cast<int64_t>(e.as_number()));
   return v;
 }
 // 64-bit values (RNG seeds, data positions) go as decimal strings: JSON numbers
 // are doubles.
 Json u64(uint64_t v) { return Json(std::to_string(v)); }
-uint64_t parse_u64(const Json &j) { return std::stoull(j.as_string()); }
+uint64_t parse_u64(const Json& j) { return std::stoull(j.as_string()); }
 
-DType parse_dtype(const std::string &s, const std::string &ctx) {
+DType parse_dtype(const std::string& s, const std::string& ctx) {
   for (DType d : {DType::f32, DType::f64, DType::f16, DType::bf16, DType::i32, DType::i64, DType::u8})
     if (s == dtype_name(d)) return d;
   throw IoError("checkpoint: unknown dtype '" + s + "' in " + ctx);
@@ -106,7 +106,7 @@ struct CrcAccumulator {
   size_t esize;
   std::vector<uint32_t> crcs;
   int64_t pos = 0;  // elements seen
-  void add(const char *p, int64_t n) {
+  void add(const char* p, int64_t n) {
     while (n > 0) {
       const int64_t in_block = pos % kChecksumBlock;
       const int64_t take = std::min(n, kChecksumBlock - in_block);
@@ -120,10 +120,10 @@ struct CrcAccumulator {
 };
 
 // Copies elements [off, off + n) of the 1-D tensor data to host memory dst.
-void to_host(const Tensor &data, int64_t off, int64_t n, void *dst) {
+void to_host(const Tensor& data, int64_t off, int64_t n, void* dst) {
   const size_t es = data.element_size();
   if (data.device().is_cpu()) {
-    std::memcpy(dst, static_cast<const char *>(data.data_ptr()) + off * es, n * es);
+    std::memcpy(dst, static_cast<const char*>(data.data_ptr()) + off * es, n * es);
   } else {
     Tensor part(data.storage(), {n}, {1}, data.storage_offset() + off, data.dtype());
     Tensor h = ops::to(part, kCPU);
@@ -132,22 +132,22 @@ void to_host(const Tensor &data, int64_t off, int64_t n, void *dst) {
 }
 
 // The optimizer's per-parameter step counts by checkpoint parameter name.
-std::map<std::string, int64_t> optimizer_steps(const Target &t) {
+std::map<std::string, int64_t> optimizer_steps(const Target& t) {
   std::map<std::string, int64_t> out;
   if (!t.optimizer) return out;
   const std::vector<Tensor> fsdp_params = t.fsdp ? t.fsdp->parameters() : std::vector<Tensor>{};
   const nn::NamedTensors named = t.module ? t.module->named_parameters() : nn::NamedTensors{};
   int64_t i = 0;
-  for (const auto &g : t.optimizer->param_groups()) {
-    for (const auto &p : g.params) {
+  for (const auto& g : t.optimizer->param_groups()) {
+    for (const auto& p : g.params) {
       const int64_t step = t.optimizer->state(i++).step;
       if (t.module) {
-        for (const auto &[n, q] : named)
+        for (const auto& [n, q] : named)
           if (q.is_same(p)) out[n] = step;
       } else {
         for (size_t j = 0; j < fsdp_params.size(); ++j)
           if (fsdp_params[j].is_same(p))
-            for (const auto &s : t.fsdp->shard_pieces(j, p)) out[s.name] = step;
+            for (const auto& s : t.fsdp->shard_pieces(j, p)) out[s.name] = step;
       }
     }
   }
@@ -155,11 +155,11 @@ std::map<std::string, int64_t> optimizer_steps(const Target &t) {
 }
 
 // What rank 0 records besides tensors.
-Json train_state_json(const Target &t, const TrainState &s, int world) {
+Json train_state_json(const Target& t, const TrainState& s, int world) {
   Json j = Json::object();
   j.set("step", Json(static_cast<double>(s.step)));
   Json dp = Json::object();
-  for (const auto &[k, v] : s.data_position) dp.set(k, Json(std::to_string(v)));
+  for (const auto& [k, v] : s.data_position) dp.set(k, Json(std::to_string(v)));
   j.set("data_position", dp);
   j.set("config", Json(s.config));
   j.set("dp_size", Json(static_cast<double>(t.coords.dp_size)));
@@ -171,10 +171,10 @@ Json train_state_json(const Target &t, const TrainState &s, int world) {
     Json o = Json::object();
     auto st = t.optimizer->state_dict();
     Json hyper = Json::object();
-    for (const auto &[k, v] : st.hyper) hyper.set(k, Json(v));
+    for (const auto& [k, v] : st.hyper) hyper.set(k, Json(v));
     o.set("hyper", hyper);
     Json groups = Json::array();
-    for (const auto &g : t.optimizer->param_groups()) {
+    for (const auto& g : t.optimizer->param_groups()) {
       Json gj = Json::object();
       gj.set("lr", Json(g.lr));
       gj.set("weight_decay", Json(g.weight_decay));
@@ -189,8 +189,8 @@ Json train_state_json(const Target &t, const TrainState &s, int world) {
 // Test hook: LOOM_CKPT_TEST_PAUSE_RANK=r makes rank r stop for good after its
 // first dataset (its file half written), after writing its pid to
 // <root>/paused_rank_r.pid, so a test can kill it mid-save deterministically.
-void maybe_pause(const std::string &root, int rank) {
-  const char *e = std::getenv("LOOM_CKPT_TEST_PAUSE_RANK");
+void maybe_pause(const std::string& root, int rank) {
+  const char* e = std::getenv("LOOM_CKPT_TEST_PAUSE_RANK");
   if (!e || std::atoi(e) != rank) return;
   write_file_atomic(root + "/paused_rank_" + std::to_string(rank) + ".pid", std::to_string(::getpid()));
   LOOM_WARN("checkpoint: LOOM_CKPT_TEST_PAUSE_RANK: rank ", rank, " pauses mid-save (test hook)");
@@ -207,11 +207,11 @@ struct RankWrite {
 // Writes this rank's HDF5 file and its index rank_r.json (both synced).
 // staging: null to write straight from the tensors (host memory), else a buffer
 // the data passes through chunk by chunk.
-void write_rank(const RankWrite &w, std::vector<char> *staging) {
+void write_rank(const RankWrite& w, std::vector<char>* staging) {
   detail::H5Writer writer(w.dir + "/" + rank_file(w.rank, "h5"));
   Json tensors = Json::object(), pieces = Json::object();
   bool paused_once = false;
-  for (const auto &lt : w.tensors) {
+  for (const auto& lt : w.tensors) {
     Json tj = Json::object();
     tj.set("shape", int_array(lt.global_shape));
     tj.set("dtype", Json(dtype_name(lt.data.dtype())));
@@ -221,7 +221,7 @@ void write_rank(const RankWrite &w, std::vector<char> *staging) {
     Json plist = Json::array();
     int k = 0;
     const size_t es = lt.data.element_size();
-    for (const BoxPiece &bp : detail::to_boxes(lt, b, e)) {
+    for (const BoxPiece& bp : detail::to_boxes(lt, b, e)) {
       const std::string dset = "/" + lt.name + "/" + std::to_string(k++);
       const int64_t count = bp.end - bp.begin;
       std::lock_guard<std::mutex> lock(detail::h5_mutex());
@@ -232,12 +232,12 @@ void write_rank(const RankWrite &w, std::vector<char> *staging) {
                      {"global_shape", lt.global_shape}});
       CrcAccumulator crc{es, {}, 0};
       if (!staging && lt.data.device().is_cpu()) {
-        const char *src = static_cast<const char *>(lt.data.data_ptr()) + bp.local_offset * es;
+        const char* src = static_cast<const char*>(lt.data.data_ptr()) + bp.local_offset * es;
         crc.add(src, count);
         writer.write(0, count, src);
       } else {
         std::vector<char> local_buf;
-        std::vector<char> &buf = staging ? *staging : local_buf;
+        std::vector<char>& buf = staging ? *staging : local_buf;
         if (buf.empty()) buf.resize(64 << 20);
         const int64_t chunk = std::max<int64_t>(1, static_cast<int64_t>(buf.size() / es));
         for (int64_t off = 0; off < count; off += chunk) {
@@ -273,15 +273,15 @@ void write_rank(const RankWrite &w, std::vector<char> *staging) {
   idx.set("file", Json(rank_file(w.rank, "h5")));
   idx.set("tensors", tensors);
   idx.set("pieces", pieces);
-  for (const auto &[k, v] : w.extra.items()) idx.set(k, v);
+  for (const auto& [k, v] : w.extra.items()) idx.set(k, v);
   write_file_atomic(w.dir + "/" + rank_file(w.rank, "json"), idx.dump());
 }
 
 // Rank 0: merges the ranks' indexes into metadata.json, marks the directory
 // complete, renames it into place and points `latest` at it, then applies
 // keep_last. Waits up to timeout for the other ranks' indexes (async saves).
-void commit(const std::string &root, const std::string &tmp, const std::string &final_name, int world,
-            const Json &train_state, const CheckpointOptions &opts, std::chrono::seconds timeout) {
+void commit(const std::string& root, const std::string& tmp, const std::string& final_name, int world,
+            const Json& train_state, const CheckpointOptions& opts, std::chrono::seconds timeout) {
   const auto t0 = Clock::now();
   Json tensors = Json::object(), ranks = Json::array(), steps = Json::object();
   for (int r = 0; r < world; ++r) {
@@ -296,8 +296,8 @@ void commit(const std::string &root, const std::string &tmp, const std::string &
     }
     Json idx = Json::parse(read_file(idx_path));
     const std::string file = idx.at("file", idx_path).as_string();
-    for (const auto &[name, tj] : idx.at("tensors", idx_path).items()) {
-      const Json *have = tensors.find(name);
+    for (const auto& [name, tj] : idx.at("tensors", idx_path).items()) {
+      const Json* have = tensors.find(name);
       if (!have) {
         Json t = Json::object();
         t.set("shape", tj.at("shape"));
@@ -310,10 +310,10 @@ void commit(const std::string &root, const std::string &tmp, const std::string &
                       std::to_string(r) + " " + tj.dump());
       }
     }
-    for (const auto &[name, plist] : idx.at("pieces", idx_path).items()) {
+    for (const auto& [name, plist] : idx.at("pieces", idx_path).items()) {
       Json t = *tensors.find(name);
       Json ps = t.at("pieces");
-      for (const auto &p : plist.elements()) {
+      for (const auto& p : plist.elements()) {
         Json q = p;
         q.set("file", Json(file));
         ps.push(q);
@@ -323,17 +323,17 @@ void commit(const std::string &root, const std::string &tmp, const std::string &
     }
     Json rj = Json::object();
     rj.set("file", Json(file));
-    if (const Json *rng = idx.find("rng")) rj.set("rng", *rng);
+    if (const Json* rng = idx.find("rng")) rj.set("rng", *rng);
     ranks.push(rj);
-    if (const Json *st = idx.find("optimizer_steps"))
-      for (const auto &[k, v] : st->items()) steps.set(k, v);
+    if (const Json* st = idx.find("optimizer_steps"))
+      for (const auto& [k, v] : st->items()) steps.set(k, v);
   }
   Json md = Json::object();
   md.set("format", Json("loom.checkpoint"));
   md.set("version", Json(1.0));
   md.set("checksum", Json("crc32c"));
   md.set("checksum_block_elements", Json(static_cast<double>(kChecksumBlock)));
-  for (const auto &[k, v] : train_state.items()) md.set(k, v);
+  for (const auto& [k, v] : train_state.items()) md.set(k, v);
   md.set("optimizer_steps", steps);
   md.set("ranks", ranks);
   md.set("tensors", tensors);
@@ -359,10 +359,10 @@ void commit(const std::string &root, const std::string &tmp, const std::string &
 
 // ---------------------------------------------------------------------------------------------------------------
 
-std::vector<std::string> complete_checkpoints(const std::string &root) {
+std::vector<std::string> complete_checkpoints(const std::string& root) {
   std::vector<std::pair<std::string, std::string>> found;
   std::error_code ec;
-  for (const auto &e : fs::directory_iterator(root, ec)) {
+  for (const auto& e : fs::directory_iterator(root, ec)) {
     const std::string n = e.path().filename().string();
     if (e.is_directory() && n.rfind("step_", 0) == 0 && n.find('.') == std::string::npos &&
         fs::exists(e.path() / kComplete))
@@ -370,11 +370,11 @@ std::vector<std::string> complete_checkpoints(const std::string &root) {
   }
   std::sort(found.begin(), found.end());
   std::vector<std::string> out;
-  for (auto &f : found) out.push_back(f.second);
+  for (auto& f : found) out.push_back(f.second);
   return out;
 }
 
-std::string latest_checkpoint(const std::string &root) {
+std::string latest_checkpoint(const std::string& root) {
   const std::string p = root + "/" + kLatest;
   if (!fs::exists(p)) return "";
   std::string name = read_file(p);
@@ -406,7 +406,7 @@ Checkpointer::Checkpointer(std::string root, std::shared_ptr<collectives::Proces
 Checkpointer::~Checkpointer() {
   try {
     wait();
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     LOOM_ERROR("checkpoint: the async save in flight failed: ", e.what());
   }
 }
@@ -422,7 +422,7 @@ void Checkpointer::wait() {
 
 double Checkpointer::last_total_seconds() const { return opts_.async ? async_->total_s : last_total_s_; }
 
-std::string Checkpointer::save(const Target &t, const TrainState &s) {
+std::string Checkpointer::save(const Target& t, const TrainState& s) {
   const auto t0 = Clock::now();
   wait();
   const int rank = group_->rank(), world = group_->size();
@@ -431,7 +431,7 @@ std::string Checkpointer::save(const Target &t, const TrainState &s) {
   if (rank == 0) {
     // Leftovers of saves that crashed are never complete: remove them.
     std::error_code ec;
-    for (const auto &e : fs::directory_iterator(root_, ec)) {
+    for (const auto& e : fs::directory_iterator(root_, ec)) {
       const std::string n = e.path().filename().string();
       if (e.is_directory() && n.rfind("step_", 0) == 0 && n.size() > 4 && n.substr(n.size() - 4) == ".tmp")
         fs::remove_all(e.path(), ec);
@@ -447,7 +447,7 @@ std::string Checkpointer::save(const Target &t, const TrainState &s) {
   w.rank = rank;
   w.tensors = detail::collect(t);
   Json rng = Json::object();
-  for (const auto &[name, g] : t.rngs) {
+  for (const auto& [name, g] : t.rngs) {
     Json a = Json::array();
     a.push(u64(g->seed()));
     a.push(u64(g->offset()));
@@ -456,7 +456,7 @@ std::string Checkpointer::save(const Target &t, const TrainState &s) {
   w.extra = Json::object();
   w.extra.set("rng", rng);
   Json steps = Json::object();
-  for (const auto &[k, v] : optimizer_steps(t)) steps.set(k, Json(static_cast<double>(v)));
+  for (const auto& [k, v] : optimizer_steps(t)) steps.set(k, Json(static_cast<double>(v)));
   w.extra.set("optimizer_steps", steps);
   const Json ts = train_state_json(t, s, world);
 
@@ -465,7 +465,7 @@ std::string Checkpointer::save(const Target &t, const TrainState &s) {
     // bounded staging buffer.
     {
       autograd::NoGradGuard ng;
-      for (auto &lt : w.tensors) lt.data = ops::clone(lt.data);
+      for (auto& lt : w.tensors) lt.data = ops::clone(lt.data);
     }
     if (async_->staging.size() != static_cast<size_t>(opts_.staging_bytes)) async_->staging.resize(opts_.staging_bytes);
     async_->start = t0;
@@ -475,7 +475,7 @@ std::string Checkpointer::save(const Target &t, const TrainState &s) {
       try {
         try {
           write_rank(w, &async_->staging);
-        } catch (const std::exception &e) {
+        } catch (const std::exception& e) {
           std::ofstream(tmp + "/" + rank_file(rank, "failed")) << e.what();
           throw;
         }
@@ -494,7 +494,7 @@ std::string Checkpointer::save(const Target &t, const TrainState &s) {
   std::string err;
   try {
     write_rank(w, nullptr);
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     err = e.what();
   }
   Tensor failed = ops::full({1}, err.empty() ? 0.0 : static_cast<double>(rank + 1), DType::f64);
@@ -508,7 +508,7 @@ std::string Checkpointer::save(const Target &t, const TrainState &s) {
   if (rank == 0) {
     try {
       commit(root_, tmp, final_name, world, ts, opts_, opts_.commit_timeout);
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
       err = e.what();
     }
   }
@@ -525,7 +525,7 @@ std::string Checkpointer::save(const Target &t, const TrainState &s) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-Metadata read_metadata(const std::string &dir) {
+Metadata read_metadata(const std::string& dir) {
   if (!fs::is_directory(dir)) throw IoError("checkpoint: " + dir + " is not a directory");
   if (!fs::exists(dir + "/" + kComplete))
     throw IoError("checkpoint: " + dir + " has no " + kComplete +
@@ -536,17 +536,17 @@ Metadata read_metadata(const std::string &dir) {
   const std::string path = dir + "/" + kMetadata;
   try {
     md.json = Json::parse(read_file(path));
-  } catch (const InvalidArgument &e) {
+  } catch (const InvalidArgument& e) {
     throw IoError("checkpoint: " + path + " is not valid JSON: " + e.what());
   }
   md.step = static_cast<int64_t>(md.json.at("step", path).as_number());
   md.world_size = static_cast<int>(md.json.at("world_size", path).as_number());
-  for (const auto &[name, tj] : md.json.at("tensors", path).items()) {
+  for (const auto& [name, tj] : md.json.at("tensors", path).items()) {
     TensorInfo ti;
     ti.name = name;
     ti.shape = to_ints(tj.at("shape", name));
     ti.dtype = parse_dtype(tj.at("dtype", name).as_string(), path + " tensor " + name);
-    for (const auto &pj : tj.at("pieces", name).elements()) {
+    for (const auto& pj : tj.at("pieces", name).elements()) {
       PieceInfo p;
       p.file = pj.at("file", name).as_string();
       p.dataset = pj.at("dataset", name).as_string();
@@ -556,7 +556,7 @@ Metadata read_metadata(const std::string &dir) {
       LOOM_CHECK_T(IoError, fr.size() == 2 && fr[0] <= fr[1], "checkpoint: bad flat_range of ", name, " in ", path);
       p.flat_begin = fr[0];
       p.flat_end = fr[1];
-      for (const auto &c : pj.at("crc32c", name).elements()) p.crc.push_back(static_cast<uint32_t>(c.as_number()));
+      for (const auto& c : pj.at("crc32c", name).elements()) p.crc.push_back(static_cast<uint32_t>(c.as_number()));
       const int64_t blocks = (p.flat_end - p.flat_begin + kChecksumBlock - 1) / kChecksumBlock;
       LOOM_CHECK_T(IoError, static_cast<int64_t>(p.crc.size()) == blocks, "checkpoint: tensor ", name, " piece ",
                    p.dataset, " of ", p.file, " lists ", p.crc.size(), " checksums for ", blocks, " blocks in ", path);
@@ -564,7 +564,7 @@ Metadata read_metadata(const std::string &dir) {
     }
     md.tensors.push_back(std::move(ti));
   }
-  std::sort(md.tensors.begin(), md.tensors.end(), [](const auto &a, const auto &b) { return a.name < b.name; });
+  std::sort(md.tensors.begin(), md.tensors.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return md;
 }
 
@@ -574,9 +574,16 @@ namespace {
 class Readers {
  public:
   explicit Readers(std::string dir) : dir_(std::move(dir)) {}
-  detail::H5Reader &get(const std::string &file) {
+  /// The reader of `file`; tensor names what needed it, for errors.
+  detail::H5Reader& get(const std::string& file, const std::string& tensor) {
     auto it = readers_.find(file);
-    if (it == readers_.end()) it = readers_.emplace(file, std::make_unique<detail::H5Reader>(dir_ + "/" + file)).first;
+    if (it == readers_.end()) {
+      try {
+        it = readers_.emplace(file, std::make_unique<detail::H5Reader>(dir_ + "/" + file)).first;
+      } catch (const IoError& e) {
+        throw IoError(std::string(e.what()) + " (reading tensor " + tensor + ")");
+      }
+    }
     return *it->second;
   }
 
@@ -587,15 +594,15 @@ class Readers {
 
 // Reads the blocks of saved piece p that runs touch, checks each block's
 // CRC32C, and copies the runs to dst.
-void copy_runs(Readers &readers, const TensorInfo &ti, const PieceInfo &p, const std::vector<detail::Run> &runs,
-               char *dst, std::vector<char> &buf) {
+void copy_runs(Readers& readers, const TensorInfo& ti, const PieceInfo& p, const std::vector<detail::Run>& runs,
+               char* dst, std::vector<char>& buf) {
   const size_t es = element_size(ti.dtype);
   const int64_t n = p.flat_end - p.flat_begin;
   std::set<int64_t> blocks;
-  for (const auto &r : runs)
+  for (const auto& r : runs)
     for (int64_t b = r.src / kChecksumBlock; b <= (r.src + r.len - 1) / kChecksumBlock; ++b) blocks.insert(b);
   std::lock_guard<std::mutex> lock(detail::h5_mutex());
-  auto &reader = readers.get(p.file);
+  auto& reader = readers.get(p.file, ti.name);
   for (int64_t b : blocks) {
     const int64_t lo = b * kChecksumBlock, hi = std::min(n, lo + kChecksumBlock);
     buf.resize(static_cast<size_t>(hi - lo) * es);
@@ -605,7 +612,7 @@ void copy_runs(Readers &readers, const TensorInfo &ti, const PieceInfo &p, const
       throw IoError(loom::detail::str_cat("checkpoint: checksum mismatch in tensor ", ti.name, ", dataset ", p.dataset,
                                           " of ", reader.path(), ", elements [", lo, ", ", hi, "): CRC32C ", got,
                                           ", the metadata says ", p.crc[b], " (the file is corrupted)"));
-    for (const auto &r : runs) {
+    for (const auto& r : runs) {
       const int64_t a = std::max(r.src, lo), z = std::min(r.src + r.len, hi);
       if (a >= z) continue;
       std::memcpy(dst + (r.dst + a - r.src) * es, buf.data() + (a - lo) * es, (z - a) * es);
@@ -613,8 +620,8 @@ void copy_runs(Readers &readers, const TensorInfo &ti, const PieceInfo &p, const
   }
 }
 
-void load_tensor(Readers &readers, const Metadata &md, const TensorInfo &ti, const LocalTensor &lt,
-                 std::vector<char> &buf) {
+void load_tensor(Readers& readers, const Metadata& md, const TensorInfo& ti, const LocalTensor& lt,
+                 std::vector<char>& buf) {
   if (ti.shape != lt.global_shape)
     throw InvalidArgument("checkpoint: tensor " + ti.name + " has shape " + shape_str(ti.shape) + " in " + md.dir +
                           ", the model " + shape_str(lt.global_shape));
@@ -623,14 +630,14 @@ void load_tensor(Readers &readers, const Metadata &md, const TensorInfo &ti, con
                                                 md.dir, ", the model's is ", dtype_name(lt.data.dtype())));
   LOOM_CHECK_T(Unsupported, lt.data.device().is_cpu(), "checkpoint: loading into ", lt.data.device().str(),
                " tensors is not supported yet; load on the cpu, then move the model");
-  char *base = static_cast<char *>(lt.data.data_ptr());
+  char* base = static_cast<char*>(lt.data.data_ptr());
   const size_t es = lt.data.element_size();
-  for (const BoxPiece &w : detail::to_boxes(lt, 0, lt.flat_end - lt.flat_begin)) {
+  for (const BoxPiece& w : detail::to_boxes(lt, 0, lt.flat_end - lt.flat_begin)) {
     int64_t covered = 0;
-    for (const auto &p : ti.pieces) {
+    for (const auto& p : ti.pieces) {
       auto runs = detail::overlap_runs(w, p.box_offset, p.box_size, p.flat_begin, p.flat_end);
       if (runs.empty()) continue;
-      for (const auto &r : runs) covered += r.len;
+      for (const auto& r : runs) covered += r.len;
       copy_runs(readers, ti, p, runs, base + w.local_offset * es, buf);
     }
     if (covered != w.end - w.begin)
@@ -643,31 +650,31 @@ void load_tensor(Readers &readers, const Metadata &md, const TensorInfo &ti, con
 
 // The names (and, where known here, global shapes) of the model tensors the
 // target expects.
-std::map<std::string, Shape> expected_model(const Target &t, const std::vector<LocalTensor> &locals) {
+std::map<std::string, Shape> expected_model(const Target& t, const std::vector<LocalTensor>& locals) {
   std::map<std::string, Shape> out;
-  const nn::Module &m = t.module ? *t.module : t.fsdp->module();
-  for (const auto &[n, p] : m.named_parameters()) out["model/" + n] = {};
-  for (const auto &lt : locals)
+  const nn::Module& m = t.module ? *t.module : t.fsdp->module();
+  for (const auto& [n, p] : m.named_parameters()) out["model/" + n] = {};
+  for (const auto& lt : locals)
     if (lt.name.rfind("model/", 0) == 0) out[lt.name] = lt.global_shape;
   return out;
 }
 
-void check_same_model(const Metadata &md, const std::map<std::string, Shape> &want) {
-  std::map<std::string, const TensorInfo *> have;
-  for (const auto &ti : md.tensors)
+void check_same_model(const Metadata& md, const std::map<std::string, Shape>& want) {
+  std::map<std::string, const TensorInfo*> have;
+  for (const auto& ti : md.tensors)
     if (ti.name.rfind("model/", 0) == 0) have[ti.name] = &ti;
   std::vector<std::string> missing, unexpected, shapes;
-  for (const auto &[n, s] : want) {
+  for (const auto& [n, s] : want) {
     auto it = have.find(n);
     if (it == have.end())
       missing.push_back(n.substr(6));
     else if (!s.empty() && it->second->shape != s)
       shapes.push_back(n.substr(6) + " (checkpoint " + shape_str(it->second->shape) + ", model " + shape_str(s) + ")");
   }
-  for (const auto &[n, ti] : have)
+  for (const auto& [n, ti] : have)
     if (!want.count(n)) unexpected.push_back(n.substr(6));
   if (missing.empty() && unexpected.empty() && shapes.empty()) return;
-  auto list = [](const std::vector<std::string> &v) {
+  auto list = [](const std::vector<std::string>& v) {
     std::string s;
     for (size_t i = 0; i < v.size() && i < 20; ++i) s += (i ? ", " : "") + v[i];
     if (v.size() > 20) s += ", … (" + std::to_string(v.size()) + " in all)";
@@ -682,23 +689,23 @@ void check_same_model(const Metadata &md, const std::map<std::string, Shape> &wa
 
 // Gives the optimizer zero state tensors (named as in the checkpoint) and the
 // saved steps and hyper-parameters, so the state can be read in place.
-void prepare_optimizer(const Target &t, const Metadata &md) {
+void prepare_optimizer(const Target& t, const Metadata& md) {
   std::set<std::string> state_names;
-  for (const auto &ti : md.tensors)
+  for (const auto& ti : md.tensors)
     if (ti.name.rfind("optim/", 0) == 0) state_names.insert(ti.name.substr(6, ti.name.find('/', 6) - 6));
   if (state_names.empty())
     throw InvalidArgument("checkpoint: " + md.dir +
                           " holds no optimizer state; load without an optimizer in the Target");
-  const Json &oj = md.json.at("optimizer", md.dir + "/metadata.json");
+  const Json& oj = md.json.at("optimizer", md.dir + "/metadata.json");
   std::map<std::string, int64_t> saved_steps;
   int64_t max_step = 0;
-  for (const auto &[k, v] : md.json.at("optimizer_steps").items()) {
+  for (const auto& [k, v] : md.json.at("optimizer_steps").items()) {
     saved_steps[k] = static_cast<int64_t>(v.as_number());
     max_step = std::max(max_step, saved_steps[k]);
   }
   nn::OptimizerState st = t.optimizer->state_dict();
-  for (const auto &[k, v] : oj.at("hyper").items()) st.hyper[k] = v.as_number();
-  const auto &groups = oj.at("groups").elements();
+  for (const auto& [k, v] : oj.at("hyper").items()) st.hyper[k] = v.as_number();
+  const auto& groups = oj.at("groups").elements();
   if (groups.size() == st.param_groups.size()) {
     for (size_t g = 0; g < groups.size(); ++g) {
       st.param_groups[g].lr = groups[g].at("lr").as_number();
@@ -716,28 +723,28 @@ void prepare_optimizer(const Target &t, const Metadata &md) {
   const nn::NamedTensors named = t.module ? t.module->named_parameters() : nn::NamedTensors{};
   int64_t i = 0;
   st.state.clear();
-  for (const auto &g : t.optimizer->param_groups()) {
-    for (const auto &p : g.params) {
+  for (const auto& g : t.optimizer->param_groups()) {
+    for (const auto& p : g.params) {
       int64_t step = -1;
       if (t.module) {
-        for (const auto &[n, q] : named)
+        for (const auto& [n, q] : named)
           if (q.is_same(p) && saved_steps.count(n)) step = saved_steps[n];
       } else {
         for (size_t j = 0; j < fsdp_params.size(); ++j)
           if (fsdp_params[j].is_same(p))
-            for (const auto &s : t.fsdp->shard_pieces(j, p))
+            for (const auto& s : t.fsdp->shard_pieces(j, p))
               if (saved_steps.count(s.name)) step = saved_steps[s.name];
       }
       nn::ParamState ps;
       ps.step = step >= 0 ? step : max_step;
-      for (const auto &s : state_names) ps.tensors[s] = ops::zeros(p.sizes(), p.dtype(), p.device());
+      for (const auto& s : state_names) ps.tensors[s] = ops::zeros(p.sizes(), p.dtype(), p.device());
       st.state[i++] = std::move(ps);
     }
   }
   t.optimizer->load_state_dict(st);
 }
 
-TrainState load_from(const Metadata &md, const Target &t, int rank) {
+TrainState load_from(const Metadata& md, const Target& t, int rank) {
   {
     std::vector<LocalTensor> model_only;
     Target no_opt = t;
@@ -746,13 +753,13 @@ TrainState load_from(const Metadata &md, const Target &t, int rank) {
     check_same_model(md, expected_model(t, model_only));
   }
   if (t.optimizer) prepare_optimizer(t, md);
-  std::map<std::string, const TensorInfo *> by_name;
-  for (const auto &ti : md.tensors) by_name[ti.name] = &ti;
+  std::map<std::string, const TensorInfo*> by_name;
+  for (const auto& ti : md.tensors) by_name[ti.name] = &ti;
   Readers readers(md.dir);
   std::vector<char> buf;
   {
     autograd::NoGradGuard ng;
-    for (const auto &lt : detail::collect(t)) {
+    for (const auto& lt : detail::collect(t)) {
       auto it = by_name.find(lt.name);
       if (it == by_name.end())
         throw InvalidArgument("checkpoint: " + md.dir + " has no tensor " + lt.name +
@@ -764,23 +771,23 @@ TrainState load_from(const Metadata &md, const Target &t, int rank) {
   const std::string ctx = md.dir + "/metadata.json";
   TrainState s;
   s.step = md.step;
-  for (const auto &[k, v] : md.json.at("data_position", ctx).items()) s.data_position[k] = std::stoll(v.as_string());
+  for (const auto& [k, v] : md.json.at("data_position", ctx).items()) s.data_position[k] = std::stoll(v.as_string());
   s.config = md.json.at("config", ctx).as_string();
   s.saved_dp_size = static_cast<int>(md.json.at("dp_size", ctx).as_number());
   if (t.scheduler) {
-    const Json *ss = md.json.find("scheduler_step");
+    const Json* ss = md.json.find("scheduler_step");
     if (!ss) throw InvalidArgument("checkpoint: " + md.dir + " holds no LR scheduler state");
     t.scheduler->load_state_dict({static_cast<int64_t>(ss->as_number())});
   }
   if (!t.rngs.empty()) {
-    const auto &ranks = md.json.at("ranks", ctx).elements();
+    const auto& ranks = md.json.at("ranks", ctx).elements();
     if (rank >= static_cast<int>(ranks.size())) {
       LOOM_WARN("checkpoint: ", md.dir, " was saved by ", ranks.size(), " ranks; rank ", rank,
                 " keeps its generators' states");
     } else {
-      const Json &rng = ranks[rank].at("rng", ctx);
-      for (const auto &[name, g] : t.rngs) {
-        const Json *st = rng.find(name);
+      const Json& rng = ranks[rank].at("rng", ctx);
+      for (const auto& [name, g] : t.rngs) {
+        const Json* st = rng.find(name);
         if (!st) throw InvalidArgument("checkpoint: " + md.dir + " holds no state of generator '" + name + "'");
         g->set_state(parse_u64(st->elements().at(0)), parse_u64(st->elements().at(1)));
       }
@@ -791,7 +798,7 @@ TrainState load_from(const Metadata &md, const Target &t, int rank) {
 
 }  // namespace
 
-TrainState Checkpointer::load(const Target &t, const LoadOptions &opts) {
+TrainState Checkpointer::load(const Target& t, const LoadOptions& opts) {
   wait();
   std::vector<std::string> candidates;
   if (!opts.dir.empty()) {
@@ -809,12 +816,12 @@ TrainState Checkpointer::load(const Target &t, const LoadOptions &opts) {
   }
   if (candidates.empty()) throw IoError("checkpoint: no checkpoint under " + root_ + " (no `latest` file)");
   std::string reasons;
-  for (const auto &dir : candidates) {
+  for (const auto& dir : candidates) {
     std::string err;
     TrainState s;
     try {
       s = load_from(read_metadata(dir), t, group_->rank());
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
       err = e.what();
     }
     // Every rank reads other pieces: the load succeeded only if it did
@@ -834,14 +841,14 @@ TrainState Checkpointer::load(const Target &t, const LoadOptions &opts) {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-void verify_tensor(const Metadata &md, const TensorInfo &t) {
+void verify_tensor(const Metadata& md, const TensorInfo& t) {
   Readers readers(md.dir);
   std::vector<char> buf;
   const size_t es = element_size(t.dtype);
-  for (const auto &p : t.pieces) {
+  for (const auto& p : t.pieces) {
     const int64_t n = p.flat_end - p.flat_begin;
     std::lock_guard<std::mutex> lock(detail::h5_mutex());
-    auto &reader = readers.get(p.file);
+    auto& reader = readers.get(p.file, t.name);
     for (int64_t b = 0; b * kChecksumBlock < n; ++b) {
       const int64_t lo = b * kChecksumBlock, hi = std::min(n, lo + kChecksumBlock);
       buf.resize((hi - lo) * es);
@@ -854,8 +861,8 @@ void verify_tensor(const Metadata &md, const TensorInfo &t) {
   }
 }
 
-Tensor read_tensor(const Metadata &md, const std::string &name) {
-  auto it = std::find_if(md.tensors.begin(), md.tensors.end(), [&](const auto &t) { return t.name == name; });
+Tensor read_tensor(const Metadata& md, const std::string& name) {
+  auto it = std::find_if(md.tensors.begin(), md.tensors.end(), [&](const auto& t) { return t.name == name; });
   if (it == md.tensors.end()) throw InvalidArgument("checkpoint: " + md.dir + " has no tensor " + name);
   Tensor out = ops::zeros(it->shape, it->dtype);
   LocalTensor lt;

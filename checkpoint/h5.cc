@@ -32,7 +32,7 @@ int close_plist(int64_t id) { return H5Pclose(id); }
 int close_attr(int64_t id) { return H5Aclose(id); }
 int close_none(int64_t) { return 0; }
 
-void fsync_path(const std::string &path) {
+void fsync_path(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0)
     throw IoError(loom::detail::str_cat("checkpoint: cannot open ", path, " to fsync: ", std::strerror(errno)));
@@ -42,7 +42,7 @@ void fsync_path(const std::string &path) {
   if (rc != 0) throw IoError(loom::detail::str_cat("checkpoint: fsync of ", path, " failed: ", std::strerror(err)));
 }
 
-void write_attr(int64_t obj, const char *name, int64_t type, const void *data, hsize_t n, const std::string &where) {
+void write_attr(int64_t obj, const char* name, int64_t type, const void* data, hsize_t n, const std::string& where) {
   H5Id space(H5Screate_simple(1, &n, nullptr), close_space);
   H5Id attr(H5Acreate2(obj, name, type, space.get(), H5P_DEFAULT, H5P_DEFAULT), close_attr);
   if (!attr.valid() || H5Awrite(attr.get(), type, data) < 0)
@@ -51,12 +51,12 @@ void write_attr(int64_t obj, const char *name, int64_t type, const void *data, h
 
 }  // namespace
 
-std::mutex &h5_mutex() {
+std::mutex& h5_mutex() {
   static std::mutex m;
   return m;
 }
 
-H5Id &H5Id::operator=(H5Id &&o) noexcept {
+H5Id& H5Id::operator=(H5Id&& o) noexcept {
   if (this != &o) {
     reset();
     id_ = std::exchange(o.id_, -1);
@@ -101,8 +101,8 @@ H5Writer::H5Writer(std::string path) : path_(std::move(path)) {
   if (!file_.valid()) throw IoError(loom::detail::str_cat("checkpoint: cannot create HDF5 file ", path_));
 }
 
-void H5Writer::create(const std::string &dset, DType dtype, int64_t n,
-                      const std::vector<std::pair<std::string, std::vector<int64_t>>> &attrs) {
+void H5Writer::create(const std::string& dset, DType dtype, int64_t n,
+                      const std::vector<std::pair<std::string, std::vector<int64_t>>>& attrs) {
   dset_.reset();
   space_.reset();
   dset_name_ = dset;
@@ -121,8 +121,8 @@ void H5Writer::create(const std::string &dset, DType dtype, int64_t n,
       H5Dcreate2(file_.get(), dset.c_str(), h5_file_type(dtype), space_.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT),
       close_dset);
   if (!dset_.valid()) throw IoError("checkpoint: cannot create dataset " + where);
-  for (const auto &[name, v] : attrs) write_attr(dset_.get(), name.c_str(), H5T_STD_I64LE, v.data(), v.size(), where);
-  const char *dn = dtype_name(dtype);
+  for (const auto& [name, v] : attrs) write_attr(dset_.get(), name.c_str(), H5T_STD_I64LE, v.data(), v.size(), where);
+  const char* dn = dtype_name(dtype);
   H5Id str(H5Tcopy(H5T_C_S1), close_none);
   H5Tset_size(str.get(), std::strlen(dn));
   hid_t scalar = H5Screate(H5S_SCALAR);
@@ -134,12 +134,12 @@ void H5Writer::create(const std::string &dset, DType dtype, int64_t n,
   if (rc < 0) throw IoError("checkpoint: cannot write attribute dtype of " + where);
 }
 
-void H5Writer::set_crc(const std::vector<uint32_t> &crcs) {
+void H5Writer::set_crc(const std::vector<uint32_t>& crcs) {
   if (!crcs.empty())
     write_attr(dset_.get(), "crc32c", H5T_STD_U32LE, crcs.data(), crcs.size(), path_ + ":" + dset_name_);
 }
 
-void H5Writer::write(int64_t offset, int64_t count, const void *data) {
+void H5Writer::write(int64_t offset, int64_t count, const void* data) {
   if (count == 0) return;
   hsize_t off = static_cast<hsize_t>(offset), cnt = static_cast<hsize_t>(count);
   H5Id fspace(H5Dget_space(dset_.get()), close_space);
@@ -165,8 +165,8 @@ H5Reader::H5Reader(std::string path) : path_(std::move(path)) {
   if (!file_.valid()) throw IoError("checkpoint: " + path_ + " is not a readable HDF5 file (truncated or corrupted?)");
 }
 
-void H5Reader::read(const std::string &dset, DType dtype, int64_t total, int64_t offset, int64_t count, void *out,
-                    const std::string &tensor) {
+void H5Reader::read(const std::string& dset, DType dtype, int64_t total, int64_t offset, int64_t count, void* out,
+                    const std::string& tensor) {
   const std::string where = "tensor " + tensor + " (dataset " + dset + " of " + path_ + ")";
   H5Id d(H5Dopen2(file_.get(), dset.c_str(), H5P_DEFAULT), close_dset);
   if (!d.valid()) throw IoError("checkpoint: cannot open " + where + ": missing, or the file is corrupted");
@@ -183,6 +183,15 @@ void H5Reader::read(const std::string &dset, DType dtype, int64_t total, int64_t
       H5Dread(d.get(), h5_file_type(dtype), mspace.get(), fspace.get(), H5P_DEFAULT, out) < 0)
     throw IoError(loom::detail::str_cat("checkpoint: reading elements [", offset, ", ", offset + count, ") of ", where,
                                         " failed (truncated or corrupted file)"));
+}
+
+int64_t dataset_file_offset(const std::string& path, const std::string& dset) {
+  std::lock_guard<std::mutex> lock(h5_mutex());
+  H5Reader r(path);
+  H5Id d(H5Dopen2(r.file_id(), dset.c_str(), H5P_DEFAULT), close_dset);
+  haddr_t off = d.valid() ? H5Dget_offset(d.get()) : HADDR_UNDEF;
+  if (off == HADDR_UNDEF) throw IoError("checkpoint: no contiguous data for dataset " + dset + " in " + path);
+  return static_cast<int64_t>(off);
 }
 
 }  // namespace loom::checkpoint::detail

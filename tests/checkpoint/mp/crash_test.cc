@@ -28,13 +28,19 @@ const char* env_or(const char* name, const char* fallback) {
   return v && *v ? v : fallback;
 }
 
+checkpoint::CheckpointOptions keep_last(int k) {
+  checkpoint::CheckpointOptions o;
+  o.keep_last = k;
+  return o;
+}
+
 // The worker half: only runs when the orchestrating test started it (every rank sees the same variable).
 TEST(CheckpointCrashWorker, SaveThenPauseRankOneMidSave) {
   const char* root_env = std::getenv("LOOM_CKPT_CRASH_ROOT");
   if (!root_env) GTEST_SKIP() << "started by CheckpointCrash.KilledRankLeavesPreviousCheckpointLatest";
   const std::string root = root_env;
   TrainRun run(Layout::kDDP, false);
-  checkpoint::Checkpointer ck(root, ptest::world(), {.keep_last = 2});
+  checkpoint::Checkpointer ck(root, ptest::world(), keep_last(2));
   for (int s = 0; s < 2; ++s) run.train_step(s);
   checkpoint::TrainState st;
   st.step = 2;
@@ -108,7 +114,7 @@ TEST(CheckpointCrash, KilledRankLeavesPreviousCheckpointLatest) {
     saved_eval = std::strtod(text.c_str(), nullptr);
   }
   TrainRun run(Layout::kDDP, true);
-  checkpoint::Checkpointer ck(root, ptest::world(), {.keep_last = 1});
+  checkpoint::Checkpointer ck(root, ptest::world(), keep_last(1));
   checkpoint::TrainState st = ck.load(run.target());
   EXPECT_EQ(st.step, 2);
   EXPECT_NEAR(run.eval_loss(), saved_eval, 1e-6 * std::abs(saved_eval));
