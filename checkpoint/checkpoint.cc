@@ -861,6 +861,27 @@ void verify_tensor(const Metadata& md, const TensorInfo& t) {
   }
 }
 
+Tensor read_slice(const Metadata& md, const TensorInfo& t, int dim, int64_t start, int64_t length) {
+  LOOM_CHECK(
+      dim >= 0 && dim < static_cast<int>(t.shape.size()) && start >= 0 && length > 0 && start + length <= t.shape[dim],
+      "read_slice: [", start, ", ", start + length, ") along dim ", dim, " is outside tensor ", t.name, " of shape ",
+      shape_str(t.shape));
+  Shape local = t.shape;
+  local[dim] = length;
+  Tensor out = ops::zeros(local, t.dtype);
+  LocalTensor lt;
+  lt.name = t.name;
+  lt.global_shape = t.shape;
+  lt.local_shape = local;
+  lt.tp = parallel::TpPlacement{dim, t.shape, {{0, start, length}}};
+  lt.flat_end = out.numel();
+  lt.data = out;
+  Readers readers(md.dir);
+  std::vector<char> buf;
+  load_tensor(readers, md, t, lt, buf);
+  return out;
+}
+
 Tensor read_tensor(const Metadata& md, const std::string& name) {
   auto it = std::find_if(md.tensors.begin(), md.tensors.end(), [&](const auto& t) { return t.name == name; });
   if (it == md.tensors.end()) throw InvalidArgument("checkpoint: " + md.dir + " has no tensor " + name);

@@ -48,12 +48,12 @@ struct Coords {
 /// model, ddp.module(), or a TP model) or fsdp (a FullyShard, whose model may
 /// be TP-converted), not both.
 struct Target {
-  nn::Module *module = nullptr;
-  parallel::FullyShard *fsdp = nullptr;
-  nn::Optimizer *optimizer = nullptr;       // optional: its per-parameter state is
-                                            // saved sharded like the parameters
-  nn::LRScheduler *scheduler = nullptr;     // optional
-  std::map<std::string, Generator *> rngs;  // this rank's generators by name (restored per rank)
+  nn::Module* module = nullptr;
+  parallel::FullyShard* fsdp = nullptr;
+  nn::Optimizer* optimizer = nullptr;      // optional: its per-parameter state is
+                                           // saved sharded like the parameters
+  nn::LRScheduler* scheduler = nullptr;    // optional
+  std::map<std::string, Generator*> rngs;  // this rank's generators by name (restored per rank)
   Coords coords;
 };
 
@@ -102,15 +102,15 @@ class Checkpointer {
   /// Waits for an async save in flight (errors are logged, not thrown, from a
   /// destructor).
   ~Checkpointer();
-  Checkpointer(const Checkpointer &) = delete;
-  Checkpointer &operator=(const Checkpointer &) = delete;
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
 
   /// Saves t and s as step_<s.step>. Returns the final directory. Sync: returns
   /// when the checkpoint is complete and `latest` names it. Async: returns
   /// after the snapshot; wait() (or the next save) completes it. Throws IoError
   /// (every rank) when any rank could not write its file — the previous
   /// checkpoint stays intact.
-  std::string save(const Target &t, const TrainState &s);
+  std::string save(const Target& t, const TrainState& s);
   /// Waits for the async save in flight; throws its error. No-op when none.
   void wait();
   /// Seconds the last save() blocked the caller.
@@ -122,9 +122,9 @@ class Checkpointer {
   /// Loads into t (parameters, buffers, optimizer state, scheduler, RNGs) and
   /// returns the train state. Throws IoError/InvalidArgument naming the file
   /// and tensor (see LoadOptions for fall-back).
-  TrainState load(const Target &t, const LoadOptions &opts = {});
+  TrainState load(const Target& t, const LoadOptions& opts = {});
 
-  const std::string &root() const { return root_; }
+  const std::string& root() const { return root_; }
 
  private:
   struct Async;
@@ -137,10 +137,10 @@ class Checkpointer {
 };
 
 /// The directory `latest` names under root, or "" when there is none.
-std::string latest_checkpoint(const std::string &root);
+std::string latest_checkpoint(const std::string& root);
 /// Complete checkpoints under root (those with the COMPLETE marker), oldest
 /// first.
-std::vector<std::string> complete_checkpoints(const std::string &root);
+std::vector<std::string> complete_checkpoints(const std::string& root);
 
 /// One piece of a tensor as recorded in the metadata.
 struct PieceInfo {
@@ -167,13 +167,16 @@ struct Metadata {
 };
 /// Reads dir/metadata.json. Throws IoError naming the directory when it lacks
 /// the COMPLETE marker or the metadata is malformed.
-Metadata read_metadata(const std::string &dir);
+Metadata read_metadata(const std::string& dir);
 /// Reads the whole tensor `name` (global shape) on the cpu, verifying every
 /// block. Throws naming file and tensor.
-Tensor read_tensor(const Metadata &md, const std::string &name);
+Tensor read_tensor(const Metadata& md, const std::string& name);
+/// Reads elements [start, start + length) along dimension dim of tensor t (all of the other dimensions), verifying
+/// every block read; a streaming reader (export) takes a tensor slice by slice this way.
+Tensor read_slice(const Metadata& md, const TensorInfo& t, int dim, int64_t start, int64_t length);
 /// Reads every piece of t block by block and checks its CRC32C (memory: one
 /// block). Throws IoError naming the file, dataset and tensor on a mismatch or
 /// a read failure.
-void verify_tensor(const Metadata &md, const TensorInfo &t);
+void verify_tensor(const Metadata& md, const TensorInfo& t);
 
 }  // namespace loom::checkpoint

@@ -8,6 +8,9 @@ endif()
 add_executable(test_checkpoint_mp ${_loom_ckmp_srcs} ${PROJECT_SOURCE_DIR}/tests/parallel/harness.cc)
 target_link_libraries(test_checkpoint_mp PRIVATE loom::checkpoint loom::parallel GTest::gtest)
 target_include_directories(test_checkpoint_mp PRIVATE ${PROJECT_SOURCE_DIR})
+if(TARGET loomckpt)
+  add_dependencies(test_checkpoint_mp loomckpt)
+endif()
 target_compile_definitions(test_checkpoint_mp PRIVATE LOOM_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
                                                       LOOM_BINARY_DIR="${PROJECT_BINARY_DIR}")
 find_program(LOOM_MPIRUN NAMES mpirun mpiexec)
@@ -30,9 +33,10 @@ if(LOOM_MPIRUN)
     set_tests_properties(checkpoint_mp_${suite}_np${n} PROPERTIES LABELS checkpoint TIMEOUT 300
                          ENVIRONMENT "${_loom_cenv};MASTER_PORT=${_loom_cport}")
   endforeach()
-  # One process that starts its own 2-rank job (mpirun) and kills a rank mid-save.
-  add_test(NAME checkpoint_crash COMMAND test_checkpoint_mp --gtest_filter=CheckpointCrash.*)
-  set_tests_properties(checkpoint_crash PROPERTIES LABELS checkpoint TIMEOUT 300
+  # One process: crash tests (it starts its own 2-rank job with mpirun and kills a rank mid-save), the CLI tool,
+  # export/import and the PyTorch check of the export.
+  add_test(NAME checkpoint_single COMMAND test_checkpoint_mp --gtest_filter=CheckpointCrash.*:CheckpointTool.*)
+  set_tests_properties(checkpoint_single PROPERTIES LABELS checkpoint TIMEOUT 300
                        ENVIRONMENT "${_loom_cenv};LOOM_CKPT_CRASH_PORT=34902")
   set_tests_properties(checkpoint_mp_reshard_load2_np2 PROPERTIES DEPENDS checkpoint_mp_reshard_save4_np4)
 endif()
