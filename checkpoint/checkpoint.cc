@@ -481,7 +481,10 @@ std::string Checkpointer::save(const Target& t, const TrainState& s) {
         }
         if (rank == 0) commit(root, tmp, final_name, world, ts, opts, opts.commit_timeout);
         async_->total_s = seconds_since(async_->start);
-        LOOM_INFO("checkpoint: saved ", root, "/", final_name, " in the background in ", async_->total_s, " s");
+        if (rank == 0)
+          LOOM_INFO("checkpoint: saved ", root, "/", final_name, " in the background in ", async_->total_s, " s");
+        else
+          LOOM_DEBUG("checkpoint: wrote this rank's file of ", final_name, " in ", async_->total_s, " s");
       } catch (...) {
         async_->error = std::current_exception();
       }
