@@ -53,6 +53,8 @@ struct DdpState : std::enable_shared_from_this<DdpState> {
 
   void on_grad(size_t i);
   void fill_slot(DdpSlot& s, const Tensor& grad);
+  Tensor slot_view(const DdpSlot& s) const;  // the slot's range of its bucket, in the parameter's shape
+  bool is_slot_view(const DdpSlot& s, const Tensor& t) const;
   void launch_ready();
   void finalize();
   void wait_launched_quietly();
@@ -66,13 +68,30 @@ void DdpState::timed_wait(collectives::Work& w) {
   pass_wait_ns += collectives::trace_now_ns() - t0;
 }
 
-// Copies a final gradient (or zeros) into its slice of the bucket.
+Tensor DdpState::slot_view(const DdpSlot& s) const {
+  return ops::view(ops::narrow(buckets[s.bucket].flat, 0, s.offset, s.numel), s.param.sizes());
+}
+
+bool DdpState::is_slot_view(const DdpSlot& s, const Tensor& t) const {
+  const Tensor& flat = buckets[s.bucket].flat;
+  return t.defined() && t.storage() == flat.storage() && t.storage_offset() == flat.storage_offset() + s.offset &&
+         t.is_contiguous();
+}
+
+// Puts a final gradient (or zeros) into its slice of the bucket. With gradient_as_bucket_view the parameter's .grad
+// then becomes that slice, so the all-reduce writes the average straight into .grad; a gradient that already is the
+// slice (accumulated in place) needs no copy.
 void DdpState::fill_slot(DdpSlot& s, const Tensor& grad) {
   DdpBucket& b = buckets[s.bucket];
-  Tensor dst = ops::narrow(b.flat, 0, s.offset, s.numel);
+  Tensor dst = slot_view(s);
   if (grad.defined()) {
-    ops::copy_(ops::view(dst, s.param.sizes()), grad);
+    if (!is_slot_view(s, grad)) {
+      ops::copy_(dst, grad);
+      if (opts.gradient_as_bucket_view) s.param.set_grad(dst);
+    }
   } else {
+    // Unused here: a zero contribution. A .grad still viewing the slice keeps its values in a copy of its own.
+    if (Tensor g = s.param.grad(); is_slot_view(s, g)) s.param.set_grad(ops::clone(g));
     ops::zero_(dst);
   }
   s.ready = true;
@@ -178,13 +197,15 @@ void DdpState::finalize() {
     for (size_t i = 0; i < slots.size(); ++i) {
       DdpSlot& s = slots[i];
       if (used.defined() && used.data<int32_t>()[i] == 0) continue;  // no rank produced a gradient
-      Tensor avg = ops::view(ops::narrow(buckets[s.bucket].flat, 0, s.offset, s.numel), s.param.sizes());
+      Tensor avg = slot_view(s);
       Tensor g = s.param.grad();
-      if (g.defined()) {
+      if (is_slot_view(s, g)) {
+        g.bump_version();  // the all-reduce wrote it in place
+      } else if (g.defined()) {
         ops::copy_(g, avg);
         g.bump_version();
       } else {
-        s.param.set_grad(ops::clone(avg));
+        s.param.set_grad(opts.gradient_as_bucket_view ? avg : ops::clone(avg));
       }
     }
     last_comm_wait_ns = pass_wait_ns;

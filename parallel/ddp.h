@@ -32,6 +32,11 @@ struct DDPOptions {
   /// power-of-two groups, equals bit for bit accumulating the ranks' micro-batches in rank order on one rank. Costs W
   /// times the bucket's memory while it reduces. For reproducibility tests.
   bool rank_ordered_reduce = false;
+  /// true: after a synced pass each parameter's .grad is a view into its bucket's flat buffer (PyTorch's
+  /// gradient_as_bucket_view): the all-reduce averages .grad in place, saving one copy of every gradient per step, and
+  /// gradients accumulated under no_sync() go straight into the bucket. .grad then changes in place during the next
+  /// synced backward pass: clone it to keep it.
+  bool gradient_as_bucket_view = false;
 };
 
 namespace detail {

@@ -148,6 +148,42 @@ TEST(DDPVariants, SmallBucketsMatchSingleRank) {
   for (Family f : ptest::families()) expect_matches_single_rank(f, o);
 }
 
+TEST(DDPVariants, GradientAsBucketViewMatchesSingleRank) {
+  DDPOptions o;
+  o.gradient_as_bucket_view = true;
+  o.first_bucket_cap_bytes = 16 << 10;
+  o.bucket_cap_bytes = 64 << 10;
+  for (Family f : ptest::families()) {
+    expect_matches_single_rank(f, o);
+    expect_matches_single_rank(f, o, /*micro=*/2);
+  }
+  // The gradients are the buckets: one storage per bucket, shared by its parameters' .grad.
+  auto g = world();
+  auto model = ptest::tiny_model(Family::kLlama);
+  DistributedDataParallel ddp(model, g, o);
+  ptest::Batch b = ptest::rows(ptest::global_batch(0), g->rank(), g->size());
+  model->loss(b.idx, b.targets).backward();
+  std::map<std::string, Tensor> by_name;
+  for (const auto& [name, p] : model->named_parameters()) by_name[name] = p.grad();
+  for (const auto& bucket : ddp.buckets())
+    for (const auto& name : bucket.names) {
+      ASSERT_TRUE(by_name[name].defined()) << name;
+      EXPECT_EQ(by_name[name].storage(), by_name[bucket.names.front()].storage()) << name;
+      EXPECT_EQ(by_name[name].storage()->nbytes(), static_cast<size_t>(bucket.bytes)) << name;
+    }
+  // Zeroed in place, the views stay: the next pass accumulates into the buckets and averages there, no copies.
+  nn::StateDict first;
+  for (const auto& [name, t] : by_name) first.insert(name, ops::clone(t));
+  model->zero_grad(/*set_to_none=*/false);
+  model->loss(b.idx, b.targets).backward();
+  nn::StateDict second;
+  for (const auto& [name, p] : model->named_parameters()) {
+    EXPECT_EQ(p.grad().storage(), by_name[name].storage()) << name;
+    second.insert(name, p.grad());
+  }
+  ptest::expect_state_near(second, first, 0.0);
+}
+
 TEST(DDPNoSync, GradientAccumulationEqualsOneLargeBatch) {
   for (Family f : ptest::families()) expect_matches_single_rank(f, {}, /*micro=*/2);
 }
