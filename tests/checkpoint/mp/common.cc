@@ -18,12 +18,22 @@ TrainRun::TrainRun(Layout l, bool perturb, std::shared_ptr<collectives::ProcessG
   model = ptest::tiny_model(ptest::Family::kGPT2);
   if (perturb) {
     autograd::NoGradGuard ng;
-    for (auto &[n, p] : model->named_parameters()) {
-      float *d = p.data<float>();
+    for (auto& [n, p] : model->named_parameters()) {
+      float* d = p.data<float>();
       for (int64_t i = 0; i < p.numel(); ++i) d[i] = 0.25f;
     }
   }
-  if (layout == Layout::kDDP) {
+  if (layout == Layout::kDDP || layout == Layout::kFSDP) dp = group;
+  if (layout == Layout::kTP) tp = group;
+  if (layout == Layout::kFsdpTp) {
+    mesh = std::make_unique<parallel::DeviceMesh>(
+        group, std::vector<std::pair<std::string, int>>{{"fsdp", group->size() / 2}, {"tp", 2}});
+    dp = mesh->group("fsdp");
+    tp = mesh->group("tp");
+    parallel::tensor_parallelize(*model, tp);
+    fsdp = std::make_unique<parallel::FullyShard>(model, dp);
+    opt = std::make_unique<nn::AdamW>(fsdp->param_groups(kLr, kWd), nn::AdamWOptions{});
+  } else if (layout == Layout::kDDP) {
     ddp = std::make_unique<parallel::DistributedDataParallel>(model, group);
     opt = std::make_unique<nn::AdamW>(nn::weight_decay_groups(model->named_parameters(), kLr, kWd), nn::AdamWOptions{});
   } else if (layout == Layout::kFSDP) {
@@ -41,32 +51,36 @@ TrainRun::~TrainRun() {
   opt.reset();
   fsdp.reset();
   ddp.reset();
+  model.reset();
+  dp.reset();
+  tp.reset();
+  mesh.reset();
 }
 
 double TrainRun::train_step(int step) {
-  const int W = group->size(), r = group->rank();
   Tensor pick = ops::randint(0, 50, {1}, gen);
   ptest::Batch b = ptest::global_batch(step * 50 + static_cast<int>(pick.item<int64_t>()));
-  // TP ranks all see the whole batch; DDP/FSDP ranks their rows.
-  if (layout != Layout::kTP) b = ptest::rows(b, r, W);
+  // The ranks of a tp group see the same rows; data-parallel ranks their own.
+  if (dp) b = ptest::rows(b, dp->rank(), dp->size());
   opt->zero_grad();
   if (fsdp) fsdp->zero_grad();
   Tensor loss = model->loss(b.idx, b.targets);
   loss.backward();
   if (layout == Layout::kDDP) nn::clip_grad_norm_(model->parameters(), kClip);
   if (layout == Layout::kFSDP) fsdp->clip_grad_norm_(kClip);
-  if (layout == Layout::kTP) parallel::tp_clip_grad_norm_(model->parameters(), kClip, *group);
+  if (layout == Layout::kFsdpTp) fsdp->clip_grad_norm_(kClip, 2.0, tp);
+  if (layout == Layout::kTP) parallel::tp_clip_grad_norm_(model->parameters(), kClip, *tp);
   opt->step();
   sched->step();
-  return layout == Layout::kTP ? loss.item<double>() : ptest::group_mean(*group, loss.item<double>());
+  return dp ? ptest::group_mean(*dp, loss.item<double>()) : loss.item<double>();
 }
 
 double TrainRun::eval_loss() {
   ptest::Batch b = ptest::global_batch(4242);
-  if (layout != Layout::kTP) b = ptest::rows(b, group->rank(), group->size());
+  if (dp) b = ptest::rows(b, dp->rank(), dp->size());
   autograd::NoGradGuard ng;
   Tensor loss = model->loss(b.idx, b.targets);
-  return layout == Layout::kTP ? loss.item<double>() : ptest::group_mean(*group, loss.item<double>());
+  return dp ? ptest::group_mean(*dp, loss.item<double>()) : loss.item<double>();
 }
 
 checkpoint::Target TrainRun::target() {
@@ -78,17 +92,18 @@ checkpoint::Target TrainRun::target() {
   t.optimizer = opt.get();
   t.scheduler = sched.get();
   t.rngs["pick"] = &gen;
-  if (layout == Layout::kTP) {
-    t.coords.tp_rank = group->rank();
-    t.coords.tp_size = group->size();
-  } else {
-    t.coords.dp_rank = group->rank();
-    t.coords.dp_size = group->size();
+  if (dp) {
+    t.coords.dp_rank = dp->rank();
+    t.coords.dp_size = dp->size();
+  }
+  if (tp) {
+    t.coords.tp_rank = tp->rank();
+    t.coords.tp_size = tp->size();
   }
   return t;
 }
 
-std::string fresh_root(const std::string &name) {
+std::string fresh_root(const std::string& name) {
   const std::string root = std::string(LOOM_BINARY_DIR) + "/checkpoint_mp_tmp/" + name;
   if (ptest::world()->rank() == 0) {
     std::filesystem::remove_all(root);

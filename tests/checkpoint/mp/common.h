@@ -11,12 +11,14 @@
 #include "checkpoint/checkpoint.h"
 #include "nn/lr_scheduler.h"
 #include "parallel/ddp.h"
+#include "parallel/device_mesh.h"
 #include "parallel/fully_shard.h"
 #include "tests/parallel/harness.h"
 
 namespace loom::ctest {
 
-enum class Layout { kDDP, kFSDP, kTP };
+/// kFsdpTp: a DeviceMesh (fsdp = world / 2, tp = 2); the model is TP-converted over tp, then FSDP-wrapped over fsdp.
+enum class Layout { kDDP, kFSDP, kTP, kFsdpTp };
 
 /// One run's objects. perturb: overwrite the initial weights first, so only a
 /// load can make it match.
@@ -32,6 +34,8 @@ struct TrainRun {
 
   Layout layout;
   std::shared_ptr<collectives::ProcessGroup> group;
+  std::unique_ptr<parallel::DeviceMesh> mesh;         // kFsdpTp only
+  std::shared_ptr<collectives::ProcessGroup> dp, tp;  // data-parallel and tensor-parallel groups (null: none)
   std::shared_ptr<nn::CausalLM> model;
   std::unique_ptr<parallel::DistributedDataParallel> ddp;
   std::unique_ptr<parallel::FullyShard> fsdp;
@@ -43,6 +47,6 @@ struct TrainRun {
 
 /// <build>/checkpoint_mp_tmp/<name>, emptied by rank 0; every rank returns
 /// after it exists.
-std::string fresh_root(const std::string &name);
+std::string fresh_root(const std::string& name);
 
 }  // namespace loom::ctest

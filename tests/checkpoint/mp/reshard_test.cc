@@ -44,6 +44,39 @@ TEST(CheckpointReshardSave4, FsdpFourRanksSavesTrainedState) {
   }
 }
 
+// FSDP(2) x TP(2) on the same 4 ranks -> FSDP(4): every TP box and FSDP range meets another layout's.
+TEST(CheckpointReshardSave4, FsdpTpToFsdpFourKeepsTheLoss) {
+  ASSERT_EQ(ptest::world()->size(), 4) << "run on 4 ranks";
+  const std::string root = fresh_root("reshard_fsdptp");
+  double before = 0;
+  {
+    TrainRun run(Layout::kFsdpTp, false);
+    for (int s = 0; s < 3; ++s) run.train_step(s);
+    before = run.eval_loss();
+    checkpoint::Checkpointer ck(root, ptest::world());
+    checkpoint::TrainState st;
+    st.step = 3;
+    st.config = hex(before);
+    ck.save(run.target(), st);
+  }
+  TrainRun run(Layout::kFSDP, true);
+  checkpoint::Checkpointer ck(root, ptest::world());
+  ck.load(run.target());
+  EXPECT_NEAR(run.eval_loss(), before, 1e-6 * std::abs(before));
+}
+
+// The FSDP(2) x TP(2) checkpoint of the 4-rank job -> DDP on 2 ranks (a different world size as well).
+TEST(CheckpointReshardLoad2, FsdpTpFourToDdpTwoKeepsTheLoss) {
+  ASSERT_EQ(ptest::world()->size(), 2) << "run on 2 ranks";
+  const std::string root = std::string(LOOM_BINARY_DIR) + "/checkpoint_mp_tmp/reshard_fsdptp";
+  ASSERT_FALSE(checkpoint::latest_checkpoint(root).empty()) << "run checkpoint_mp_reshard_save4_np4 first";
+  TrainRun run(Layout::kDDP, true);
+  checkpoint::Checkpointer ck(root, ptest::world());
+  checkpoint::TrainState st = ck.load(run.target());
+  const double want = std::strtod(st.config.c_str(), nullptr);
+  EXPECT_NEAR(run.eval_loss(), want, 1e-6 * std::abs(want));
+}
+
 TEST(CheckpointReshardLoad2, FsdpFourToFsdpTwoKeepsTheLoss) {
   ASSERT_EQ(ptest::world()->size(), 2) << "run on 2 ranks";
   const std::string root = reshard_root();
