@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -374,6 +375,33 @@ std::vector<std::string> complete_checkpoints(const std::string& root) {
   std::sort(found.begin(), found.end());
   std::vector<std::string> out;
   for (auto& f : found) out.push_back(f.second);
+  return out;
+}
+
+std::map<std::string, int64_t> data_position_for(const TrainState& s, int dp_size, int dp_rank) {
+  LOOM_CHECK(dp_size > 0 && dp_rank >= 0 && dp_rank < dp_size, "data_position_for: rank ", dp_rank,
+             " is not in a data-parallel group of ", dp_size);
+  std::map<std::string, int64_t> out;
+  std::vector<std::string> per_rank;
+  const std::string mine = "dp" + std::to_string(dp_rank) + "/";
+  for (const auto& [k, v] : s.data_position) {
+    if (k.size() > 2 && k.compare(0, 2, "dp") == 0 && k.find('/') != std::string::npos &&
+        std::all_of(k.begin() + 2, k.begin() + static_cast<std::ptrdiff_t>(k.find('/')), ::isdigit)) {
+      per_rank.push_back(k);
+      if (k.rfind(mine, 0) == 0) out[k.substr(mine.size())] = v;
+    } else {
+      out[k] = v;
+    }
+  }
+  if (!per_rank.empty() && s.saved_dp_size != dp_size) {
+    std::string keys;
+    for (size_t i = 0; i < per_rank.size() && i < 8; ++i) keys += (i ? ", " : "") + per_rank[i];
+    throw InvalidArgument(loom::detail::str_cat(
+        "checkpoint: the data position has per-rank keys (", keys, per_rank.size() > 8 ? ", …" : "", ") saved with ",
+        s.saved_dp_size, " data-parallel ranks; this run has ", dp_size,
+        ": each rank's shard position cannot be mapped onto another number of ranks without skipping or repeating "
+        "samples. Save a global position (e.g. samples_seen of one sample stream) to change the data-parallel size."));
+  }
   return out;
 }
 

@@ -136,6 +136,13 @@ class Checkpointer {
   double last_total_s_ = 0;
 };
 
+/// This rank's data-loader position when resuming with dp_size data-parallel ranks. A saved position holds global
+/// keys (a position in one sample stream that any number of ranks split the same way, e.g. "samples_seen") and/or
+/// per-rank keys "dp<r>/<key>" (rank r reading its own shard). Global keys carry over to any dp size; per-rank keys
+/// only to the dp size they were saved with: otherwise samples would be skipped or repeated, and this throws
+/// InvalidArgument naming the keys and both sizes. Returns the global keys plus this rank's own keys (prefix removed).
+std::map<std::string, int64_t> data_position_for(const TrainState& s, int dp_size, int dp_rank);
+
 /// The directory `latest` names under root, or "" when there is none.
 std::string latest_checkpoint(const std::string& root);
 /// Complete checkpoints under root (those with the COMPLETE marker), oldest
