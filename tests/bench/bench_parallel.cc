@@ -12,6 +12,7 @@
 //   bench_parallel [LAYERS WIDTH HEADS SEQ BATCH_PER_RANK VOCAB STEPS]   (default 6 512 8 64 4 4096 7)
 //   LOOM_BENCH_BACKENDS=gloo,mpi: the backends a plain start runs; MASTER_PORT: first port (default 31500)
 //   LOOM_BENCH_BUCKET_MIB: DDP's bucket_cap_bytes in MiB (default 25, PyTorch's)
+//   LOOM_BENCH_GRAD_VIEW=0: DDP without gradient_as_bucket_view (default: with it)
 // Rank 0 prints one line per figure. A step time is the median over STEPS timed rounds (after 2 warm-up rounds) of the
 // max over ranks; in each round every variant runs one step, back to back, and the differences (comm, saved) are taken
 // within a round before the median, so load that comes and goes hits the variants alike.
@@ -31,6 +32,7 @@
 
 #include "collectives/init.h"
 #include "collectives/mpi/mpi_backend.h"
+#include "collectives/tcp_store.h"
 #include "nn/gpt2.h"
 #include "nn/optim.h"
 #include "parallel/ddp.h"
@@ -69,7 +71,18 @@ struct Variant {
 
 int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
   const int64_t L = a[0], C = a[1], H = a[2], T = a[3], B = a[4], V = a[5], steps = std::max<int64_t>(a[6], 1);
-  auto group = collectives::init_process_group(backend);
+  // One store for two groups: the group under test, and a gloo group for the bench's own barriers and timing
+  // reductions, whose waits block (an mpi wait polls, and a rank polling while the other still computes would slow
+  // that rank on a machine with as many cores as ranks).
+  const collectives::RankInfo info = collectives::rank_info_from_env();
+  collectives::TCPStoreOptions so;
+  so.is_server = info.rank == 0;
+  auto store = std::make_shared<collectives::TCPStore>(info.master_addr, info.master_port, so);
+  collectives::InitOptions init;
+  init.store = store;
+  auto group = collectives::init_process_group(backend, init);
+  auto sync = std::make_shared<collectives::ProcessGroup>(store, info.rank, info.world_size, "gloo",
+                                                          collectives::default_process_group_options(), "bench_sync");
   const int rank = group->rank(), W = group->size();
 
   nn::GPT2Config cfg;
@@ -95,6 +108,8 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
         parallel::DDPOptions o;
         o.overlap = overlap;
         if (const char* cap = std::getenv("LOOM_BENCH_BUCKET_MIB")) o.bucket_cap_bytes = std::atoll(cap) << 20;
+        const char* view = std::getenv("LOOM_BENCH_GRAD_VIEW");
+        o.gradient_as_bucket_view = !(view && std::string(view) == "0");  // no copy back: less unhidable work
         v.ddp = std::make_unique<parallel::DistributedDataParallel>(v.model, group, o);
       } else if (v.wrapper == "fsdp") {
         parallel::FullyShardOptions o;
@@ -122,7 +137,7 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
 
   for (int64_t round = 0; round < steps + 2; ++round) {
     for (auto& v : variants) {
-      group->barrier()->wait();  // start together: a step then includes waiting for the slower rank
+      sync->barrier()->wait();  // start together: a step then includes waiting for the slower rank
       auto t0 = std::chrono::steady_clock::now();
       v.opt->zero_grad();
       if (v.fsdp) v.fsdp->zero_grad();
@@ -131,10 +146,10 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
       v.opt->step();
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (v.ddp) {
-        const double waited = group_max(*group, static_cast<double>(v.ddp->last_comm_wait_ns()) * 1e-9);
+        const double waited = group_max(*sync, static_cast<double>(v.ddp->last_comm_wait_ns()) * 1e-9);
         if (round >= 2) v.waits.push_back(waited);
       }
-      const double worst = group_max(*group, s);
+      const double worst = group_max(*sync, s);
       if (round >= 2) v.times.push_back(worst);
     }
   }
@@ -146,11 +161,11 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
     for (const auto& b : variants[1].ddp->buckets()) bufs.push_back(ops::zeros({b.bytes / 4}, b.dtype));
     std::vector<double> t;
     for (int64_t r = 0; r < steps + 1; ++r) {
-      group->barrier()->wait();
+      sync->barrier()->wait();
       auto t0 = std::chrono::steady_clock::now();
       for (auto& buf : bufs) group->allreduce(buf, {collectives::ReduceOp::kAvg})->wait();
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const double worst = group_max(*group, s);
+      const double worst = group_max(*sync, s);
       if (r >= 1) t.push_back(worst);
     }
     comm_alone = median(t);
@@ -201,7 +216,7 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
                 "allreduce", comm_alone * 1e3);
     std::fflush(stdout);
   }
-  group->barrier()->wait();
+  sync->barrier()->wait();
   return 0;
 }
 
@@ -261,7 +276,10 @@ int launch(const std::vector<std::string>& args) {
     std::vector<pid_t> pids;
     if (backend == "mpi") {
       env.insert(env.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
-      std::vector<std::string> argv = {"mpirun", "--oversubscribe", "-np", std::to_string(kWorld), self_path()};
+      // --bind-to none: the ranks float like the forked gloo ranks (Open MPI pins each to one core by default,
+      // with its collectives' worker thread on the same core).
+      std::vector<std::string> argv = {"mpirun", "--oversubscribe",      "--bind-to", "none",
+                                       "-np",    std::to_string(kWorld), self_path()};
       argv.insert(argv.end(), args.begin(), args.end());
       pids.push_back(spawn(argv, env));
       if (pids.back() < 0) std::fprintf(stderr, "bench_parallel: cannot start mpirun (is Open MPI installed?)\n");
