@@ -56,8 +56,7 @@ void fsync_path(const std::string& path, bool directory) {
   if (rc != 0) throw IoError("checkpoint: fsync of " + path + " failed: " + std::strerror(err));
 }
 
-// Writes text to path through a temporary file, synced and renamed into place,
-// so readers see all or nothing.
+// Writes text to path through a temporary file, synced and renamed into place, so readers see all or nothing.
 void write_file_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
@@ -91,8 +90,7 @@ std::vector<int64_t> to_ints(const Json& j) {
   for (const auto& e : j.elements()) v.push_back(static_cast<int64_t>(e.as_number()));
   return v;
 }
-// 64-bit values (RNG seeds, data positions) go as decimal strings: JSON numbers
-// are doubles.
+// 64-bit values (RNG seeds, data positions) go as decimal strings: JSON numbers are doubles.
 Json u64(uint64_t v) { return Json(std::to_string(v)); }
 uint64_t parse_u64(const Json& j) { return std::stoull(j.as_string()); }
 
@@ -190,9 +188,8 @@ Json train_state_json(const Target& t, const TrainState& s, int world) {
   return j;
 }
 
-// Test hook: LOOM_CKPT_TEST_PAUSE_RANK=r makes rank r stop for good after its
-// first dataset (its file half written), after writing its pid to
-// <root>/paused_rank_r.pid, so a test can kill it mid-save deterministically.
+// Test hook: LOOM_CKPT_TEST_PAUSE_RANK=r makes rank r stop for good after its first dataset (its file half written),
+// after writing its pid to <root>/paused_rank_r.pid, so a test can kill it mid-save deterministically.
 void maybe_pause(const std::string& root, int rank) {
   const char* e = std::getenv("LOOM_CKPT_TEST_PAUSE_RANK");
   if (!e || std::atoi(e) != rank) return;
@@ -208,9 +205,8 @@ struct RankWrite {
   Json extra;  // rng, optimizer steps
 };
 
-// Writes this rank's HDF5 file and its index rank_r.json (both synced).
-// staging: null to write straight from the tensors (host memory), else a buffer
-// the data passes through chunk by chunk.
+// Writes this rank's HDF5 file and its index rank_r.json (both synced). staging: null to write straight from the
+// tensors (host memory), else a buffer the data passes through chunk by chunk.
 void write_rank(const RankWrite& w, std::vector<char>* staging) {
   detail::H5Writer writer(w.dir + "/" + rank_file(w.rank, "h5"));
   Json tensors = Json::object(), pieces = Json::object();
@@ -281,9 +277,8 @@ void write_rank(const RankWrite& w, std::vector<char>* staging) {
   write_file_atomic(w.dir + "/" + rank_file(w.rank, "json"), idx.dump());
 }
 
-// Rank 0: merges the ranks' indexes into metadata.json, marks the directory
-// complete, renames it into place and points `latest` at it, then applies
-// keep_last. Waits up to timeout for the other ranks' indexes (async saves).
+// Rank 0: merges the ranks' indexes into metadata.json, marks the directory complete, renames it into place and points
+// `latest` at it, then applies keep_last. Waits up to timeout for the other ranks' indexes (async saves).
 void commit(const std::string& root, const std::string& tmp, const std::string& final_name, int world,
             const Json& train_state, const CheckpointOptions& opts, std::chrono::seconds timeout) {
   const auto t0 = Clock::now();
@@ -413,6 +408,15 @@ std::string latest_checkpoint(const std::string& root) {
   return root + "/" + name;
 }
 
+void Checkpointer::agree(const std::string& err, const std::string& what) {
+  Tensor failed = ops::full({1}, err.empty() ? 0.0 : static_cast<double>(group_->rank() + 1), DType::f64);
+  group_->allreduce(failed, {collectives::ReduceOp::kMax})->wait();
+  const int bad = static_cast<int>(failed.item<double>());
+  if (bad == 0) return;
+  if (!err.empty()) throw IoError(err);
+  throw IoError("checkpoint: " + what + " failed on rank " + std::to_string(bad - 1) + " (see its log)");
+}
+
 struct Checkpointer::Async {
   std::thread thread;
   std::exception_ptr error;
@@ -456,11 +460,16 @@ double Checkpointer::last_total_seconds() const { return opts_.async ? async_->t
 
 std::string Checkpointer::save(const Target& t, const TrainState& s) {
   const auto t0 = Clock::now();
-  wait();
   const int rank = group_->rank(), world = group_->size();
   const std::string final_name = step_name(s.step);
   const std::string tmp = root_ + "/" + final_name + ".tmp";
-  if (rank == 0) {
+  std::string err;
+  try {
+    wait();
+  } catch (const std::exception& e) {
+    err = std::string("checkpoint: the previous async save failed: ") + e.what();
+  }
+  if (rank == 0 && err.empty()) {
     // Leftovers of saves that crashed are never complete: remove them.
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(root_, ec)) {
@@ -469,17 +478,17 @@ std::string Checkpointer::save(const Target& t, const TrainState& s) {
         fs::remove_all(e.path(), ec);
     }
     fs::create_directories(tmp, ec);
-    if (ec) throw IoError("checkpoint: cannot create " + tmp + ": " + ec.message());
+    if (ec) err = "checkpoint: cannot create " + tmp + ": " + ec.message();
   }
-  group_->barrier()->wait();  // the directory exists for every rank
+  agree(err, "starting checkpoint " + final_name);  // also: the directory exists for every rank
 
   RankWrite w;
   w.root = root_;
   w.dir = tmp;
   w.rank = rank;
   w.tensors = detail::collect(t);
-  // Keep only this rank's share of replicated tensors: the rest is written by the other replicas, and an async
-  // snapshot then copies only what this rank writes.
+  // Keep only this rank's share of replicated tensors: the rest is written by the other replicas, and an async snapshot
+  // then copies only what this rank writes.
   for (auto& lt : w.tensors) {
     if (lt.replicas == 1) continue;
     const int64_t n = lt.flat_end - lt.flat_begin;
@@ -505,9 +514,9 @@ std::string Checkpointer::save(const Target& t, const TrainState& s) {
   const Json ts = train_state_json(t, s, world);
 
   if (opts_.async) {
-    // Snapshot on the tensors' device; the thread streams it through the bounded staging buffer. The snapshot
-    // buffers are kept and reused by the next save of the same tensors: a copy into memory already mapped runs
-    // at memory bandwidth, a fresh allocation pays a page fault per 4 KB as well.
+    // Snapshot on the tensors' device; the thread streams it through the bounded staging buffer. The snapshot buffers
+    // are kept and reused by the next save of the same tensors: a copy into memory already mapped runs at memory
+    // bandwidth, a fresh allocation pays a page fault per 4 KB as well.
     {
       autograd::NoGradGuard ng;
       auto& snap = async_->snapshot;
@@ -555,20 +564,12 @@ std::string Checkpointer::save(const Target& t, const TrainState& s) {
     return root_ + "/" + final_name;
   }
 
-  std::string err;
   try {
     write_rank(w, nullptr);
   } catch (const std::exception& e) {
-    err = e.what();
+    err = std::string(e.what()) + " (the previous checkpoint is intact)";
   }
-  Tensor failed = ops::full({1}, err.empty() ? 0.0 : static_cast<double>(rank + 1), DType::f64);
-  group_->allreduce(failed, {collectives::ReduceOp::kMax})->wait();
-  if (failed.item<double>() > 0) {
-    if (!err.empty()) throw IoError(err + " (the previous checkpoint is intact)");
-    throw IoError("checkpoint: saving " + final_name + " failed on rank " +
-                  std::to_string(static_cast<int>(failed.item<double>()) - 1) +
-                  " (see its log); the previous checkpoint is intact");
-  }
+  agree(err, "writing checkpoint " + final_name + " (the previous checkpoint is intact)");
   if (rank == 0) {
     try {
       commit(root_, tmp, final_name, world, ts, opts_, opts_.commit_timeout);
@@ -576,12 +577,7 @@ std::string Checkpointer::save(const Target& t, const TrainState& s) {
       err = e.what();
     }
   }
-  Tensor ok = ops::full({1}, err.empty() ? 1.0 : 0.0, DType::f64);
-  group_->broadcast(ok, {0})->wait();
-  if (ok.item<double>() == 0) {
-    if (!err.empty()) throw IoError(err);
-    throw IoError("checkpoint: rank 0 failed to commit " + final_name + " (see its log)");
-  }
+  agree(err, "committing checkpoint " + final_name);
   last_blocking_s_ = last_total_s_ = seconds_since(t0);
   LOOM_INFO("checkpoint: saved ", root_, "/", final_name, " in ", last_total_s_, " s");
   return root_ + "/" + final_name;
@@ -656,8 +652,7 @@ class Readers {
   std::map<std::string, std::unique_ptr<detail::H5Reader>> readers_;
 };
 
-// Reads the blocks of saved piece p that runs touch, checks each block's
-// CRC32C, and copies the runs to dst.
+// Reads the blocks of saved piece p that runs touch, checks each block's CRC32C, and copies the runs to dst.
 void copy_runs(Readers& readers, const TensorInfo& ti, const PieceInfo& p, const std::vector<detail::Run>& runs,
                char* dst, std::vector<char>& buf) {
   const size_t es = element_size(ti.dtype);
@@ -712,8 +707,7 @@ void load_tensor(Readers& readers, const Metadata& md, const TensorInfo& ti, con
   }
 }
 
-// The names (and, where known here, global shapes) of the model tensors the
-// target expects.
+// The names (and, where known here, global shapes) of the model tensors the target expects.
 std::map<std::string, Shape> expected_model(const Target& t, const std::vector<LocalTensor>& locals) {
   std::map<std::string, Shape> out;
   const nn::Module& m = t.module ? *t.module : t.fsdp->module();
@@ -751,8 +745,8 @@ void check_same_model(const Metadata& md, const std::map<std::string, Shape>& wa
   throw InvalidArgument(msg);
 }
 
-// Gives the optimizer zero state tensors (named as in the checkpoint) and the
-// saved steps and hyper-parameters, so the state can be read in place.
+// Gives the optimizer zero state tensors (named as in the checkpoint) and the saved steps and hyper-parameters, so the
+// state can be read in place.
 void prepare_optimizer(const Target& t, const Metadata& md) {
   std::set<std::string> state_names;
   for (const auto& ti : md.tensors)
@@ -779,10 +773,7 @@ void prepare_optimizer(const Target& t, const Metadata& md) {
     LOOM_WARN("checkpoint: the optimizer has ", st.param_groups.size(), " parameter groups, the checkpoint ",
               groups.size(), "; keeping the optimizer's learning rates and weight decays");
   }
-  // Parameter names per optimizer index, to find each one's saved step.
-  Target names_only = t;
-  std::map<std::string, int64_t> current = optimizer_steps(names_only);  // names of every param (any step)
-  (void)current;
+  // Each parameter's saved step, found by its names.
   const std::vector<Tensor> fsdp_params = t.fsdp ? t.fsdp->parameters() : std::vector<Tensor>{};
   const nn::NamedTensors named = t.module ? t.module->named_parameters() : nn::NamedTensors{};
   int64_t i = 0;
@@ -888,14 +879,13 @@ TrainState Checkpointer::load(const Target& t, const LoadOptions& opts) {
     } catch (const std::exception& e) {
       err = e.what();
     }
-    // Every rank reads other pieces: the load succeeded only if it did
-    // everywhere.
-    Tensor failed = ops::full({1}, err.empty() ? 0.0 : static_cast<double>(group_->rank() + 1), DType::f64);
-    group_->allreduce(failed, {collectives::ReduceOp::kMax})->wait();
-    if (failed.item<double>() == 0) return s;
-    if (err.empty())
-      err = "checkpoint: loading " + dir + " failed on rank " +
-            std::to_string(static_cast<int>(failed.item<double>()) - 1) + " (see its log)";
+    // Every rank reads other pieces: the load succeeded only if it did everywhere.
+    try {
+      agree(err, "loading " + dir);
+      return s;
+    } catch (const IoError& e) {
+      err = e.what();
+    }
     if (!opts.fall_back_to_previous) throw IoError(err);
     LOOM_WARN("checkpoint: skipping ", dir, ": ", err);
     reasons += "\n  " + err;

@@ -21,14 +21,14 @@ std::array<uint32_t, 256> make_table() {
   return t;
 }
 
-uint32_t crc_table(const uint8_t *p, size_t n, uint32_t c) {
+uint32_t crc_table(const uint8_t* p, size_t n, uint32_t c) {
   static const std::array<uint32_t, 256> table = make_table();
   for (size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
   return c;
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2"))) uint32_t crc_hw(const uint8_t *p, size_t n, uint32_t c) {
+__attribute__((target("sse4.2"))) uint32_t crc_hw(const uint8_t* p, size_t n, uint32_t c) {
   uint64_t c64 = c;
   while (n >= 8) {
     uint64_t v;
@@ -45,8 +45,8 @@ __attribute__((target("sse4.2"))) uint32_t crc_hw(const uint8_t *p, size_t n, ui
 
 }  // namespace
 
-uint32_t crc32c(const void *data, size_t n, uint32_t crc) {
-  const auto *p = static_cast<const uint8_t *>(data);
+uint32_t crc32c(const void* data, size_t n, uint32_t crc) {
+  const auto* p = static_cast<const uint8_t*>(data);
   uint32_t c = ~crc;
 #if defined(__x86_64__)
   static const bool hw = __builtin_cpu_supports("sse4.2");

@@ -1,6 +1,6 @@
 // Moving model weights between loom checkpoints and single safetensors files with Hugging Face names and layouts:
-// export streams a checkpoint slice by slice (memory bounded by a chunk size, never the whole model), import loads
-// such a file (or one of Hugging Face's GPT-2 / Llama files) as a model's initial weights. GPT-2's attention and MLP
+// export streams a checkpoint slice by slice (memory bounded by a chunk size, never the whole model), import loads such
+// a file (or one of Hugging Face's GPT-2 / Llama files) as a model's initial weights. GPT-2's attention and MLP
 // projections are Conv1D modules in Hugging Face, storing weight as (in, out): they are transposed both ways.
 #pragma once
 
@@ -21,16 +21,16 @@ struct ExportStats {
   int64_t max_chunk_bytes = 0;  // the largest slice held in memory at once
 };
 
-/// Writes the model tensors of the checkpoint directory dir (complete, checksums verified on every block read) to
-/// out as safetensors with Hugging Face names ("model/" dropped) and layouts, reading at most about chunk_bytes of a
-/// tensor at a time (one row or column more when a single one is larger). The file appears at out by a rename once
-/// whole. Throws IoError naming the file and tensor on any read or write failure.
+/// Writes the model tensors of the checkpoint directory dir (complete, checksums verified on every block read) to out
+/// as safetensors with Hugging Face names ("model/" dropped) and layouts, reading at most about chunk_bytes of a tensor
+/// at a time (one row or column more when a single one is larger). The file appears at out by a rename once whole.
+/// Throws IoError naming the file and tensor on any read or write failure.
 ExportStats export_safetensors(const std::string& dir, const std::string& out, int64_t chunk_bytes = 64 << 20);
 
-/// Loads a safetensors file with Hugging Face names and layouts into module's parameters and buffers of the same
-/// names (GPT-2 Conv1D weights transposed to loom's (out, in)); keys "lm_head.weight" tied to the embedding and
-/// Hugging Face's attention-mask buffers (*.attn.bias, *.attn.masked_bias) are accepted when the module lacks them.
-/// Throws InvalidArgument listing missing and unexpected keys, or naming a key and both shapes.
+/// Loads a safetensors file with Hugging Face names and layouts into module's parameters and buffers of the same names
+/// (GPT-2 Conv1D weights transposed to loom's (out, in)); keys "lm_head.weight" tied to the embedding and Hugging
+/// Face's attention-mask buffers (*.attn.bias, *.attn.masked_bias) are accepted when the module lacks them. Throws
+/// InvalidArgument listing missing and unexpected keys, or naming a key and both shapes.
 void import_safetensors(const std::string& path, nn::Module& module);
 
 }  // namespace loom::checkpoint

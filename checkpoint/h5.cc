@@ -14,8 +14,8 @@ namespace loom::checkpoint::detail {
 namespace {
 
 // HDF5 prints its error stack to stderr by default; loom reports errors itself. HDF5's atexit handler closes files
-// still open, and a file whose close failed (a write error on a full disk leaves it half-closed) crashes it there:
-// loom closes every file itself, so the handler is turned off.
+// still open, and a file whose close failed (a write error on a full disk leaves it half-closed) crashes it there: loom
+// closes every file itself, so the handler is turned off.
 void quiet_hdf5() {
   static bool done = [] {
     H5dont_atexit();
@@ -93,8 +93,7 @@ int64_t h5_file_type(DType dtype) {
 
 H5Writer::H5Writer(std::string path) : path_(std::move(path)) {
   quiet_hdf5();
-  // The latest file format (no backwards-compatible structures) keeps metadata
-  // small; h5py and h5dump read it.
+  // The latest file format (no backwards-compatible structures) keeps metadata small; h5py and h5dump read it.
   H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), close_plist);
   H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST);
   file_ = H5Id(H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), close_file);
@@ -112,8 +111,7 @@ void H5Writer::create(const std::string& dset, DType dtype, int64_t n,
   H5Pset_create_intermediate_group(lcpl.get(), 1);
   hsize_t dims = static_cast<hsize_t>(n);
   space_ = H5Id(H5Screate_simple(1, &dims, nullptr), close_space);
-  // Contiguous layout with no fill: the data is written once, in order, so HDF5
-  // need not pre-fill it.
+  // Contiguous layout with no fill: the data is written once, in order, so HDF5 need not pre-fill it.
   H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), close_plist);
   H5Pset_fill_time(dcpl.get(), H5D_FILL_TIME_NEVER);
   H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_LATE);

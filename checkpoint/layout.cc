@@ -10,22 +10,22 @@ namespace loom::checkpoint::detail {
 
 namespace {
 
-int64_t prod(const Shape &s, size_t from) {
+int64_t prod(const Shape& s, size_t from) {
   int64_t p = 1;
   for (size_t i = from; i < s.size(); ++i) p *= s[i];
   return p;
 }
 
 // A 1-D view of the contiguous tensor t's elements [b, e).
-Tensor flat_range(const Tensor &t, int64_t b, int64_t e) {
+Tensor flat_range(const Tensor& t, int64_t b, int64_t e) {
   LOOM_CHECK(t.is_contiguous(), "checkpoint: tensor of shape ", shape_str(t.sizes()),
              " is not contiguous; checkpoints read and write contiguous "
              "tensors in place");
   return Tensor(t.storage(), {e - b}, {1}, t.storage_offset() + b, t.dtype());
 }
 
-void add_replicated_or_tp(std::vector<LocalTensor> &out, const std::string &name, const Tensor &local,
-                          const std::optional<parallel::TpPlacement> &tp, const Coords &c) {
+void add_replicated_or_tp(std::vector<LocalTensor>& out, const std::string& name, const Tensor& local,
+                          const std::optional<parallel::TpPlacement>& tp, const Coords& c) {
   LocalTensor lt;
   lt.name = name;
   lt.local_shape = local.sizes();
@@ -44,8 +44,8 @@ void add_replicated_or_tp(std::vector<LocalTensor> &out, const std::string &name
   out.push_back(std::move(lt));
 }
 
-void add_sharded(std::vector<LocalTensor> &out, const std::string &prefix, const parallel::ShardedTensor &s,
-                 const Coords &c) {
+void add_sharded(std::vector<LocalTensor>& out, const std::string& prefix, const parallel::ShardedTensor& s,
+                 const Coords& c) {
   LocalTensor lt;
   lt.name = prefix + s.name;
   lt.local_shape = s.shape;
@@ -56,27 +56,25 @@ void add_sharded(std::vector<LocalTensor> &out, const std::string &prefix, const
   lt.data = s.local;
   LOOM_CHECK(s.local.is_contiguous() && s.local.numel() == s.flat_end - s.flat_begin, "checkpoint: FSDP piece of ",
              s.name, " holds ", s.local.numel(), " elements for the range [", s.flat_begin, ", ", s.flat_end, ")");
-  // FSDP pieces of a TP-replicated parameter are the same on every tp rank:
-  // each writes its share.
+  // FSDP pieces of a TP-replicated parameter are the same on every tp rank: each writes its share.
   lt.replica_index = s.tp ? 0 : c.tp_rank;
   lt.replicas = s.tp ? 1 : c.tp_size;
   out.push_back(std::move(lt));
 }
 
-// Persistent buffers of m by state_dict name (state_dict() leaves
-// non-persistent ones out).
-std::vector<std::pair<std::string, Tensor>> persistent_buffers(const nn::Module &m) {
+// Persistent buffers of m by state_dict name (state_dict() leaves non-persistent ones out).
+std::vector<std::pair<std::string, Tensor>> persistent_buffers(const nn::Module& m) {
   std::set<std::string> buffer_names;
-  for (const auto &[n, b] : m.named_buffers()) buffer_names.insert(n);
+  for (const auto& [n, b] : m.named_buffers()) buffer_names.insert(n);
   std::vector<std::pair<std::string, Tensor>> out;
-  for (const auto &[n, t] : m.state_dict())
+  for (const auto& [n, t] : m.state_dict())
     if (buffer_names.count(n)) out.emplace_back(n, t);
   return out;
 }
 
 }  // namespace
 
-std::vector<BoxPiece> to_boxes(const LocalTensor &t, int64_t begin, int64_t end) {
+std::vector<BoxPiece> to_boxes(const LocalTensor& t, int64_t begin, int64_t end) {
   std::vector<BoxPiece> out;
   if (begin >= end) return out;
   const int64_t fb = t.flat_begin + begin,
@@ -86,7 +84,7 @@ std::vector<BoxPiece> to_boxes(const LocalTensor &t, int64_t begin, int64_t end)
     out.push_back({zero, t.global_shape, fb, fe, begin});
     return out;
   }
-  const auto &p = *t.tp;
+  const auto& p = *t.tp;
   const size_t d = static_cast<size_t>(p.dim);
   const int64_t inner = prod(t.local_shape, d + 1);
   const bool contiguous_segments = prod(t.local_shape, 0) == 0 || d == 0 || [&] {
@@ -105,7 +103,7 @@ std::vector<BoxPiece> to_boxes(const LocalTensor &t, int64_t begin, int64_t end)
     out.push_back({off, t.local_shape, fb, fe, begin});
     return out;
   }
-  for (const auto &s : p.segments) {
+  for (const auto& s : p.segments) {
     const int64_t sb = s.local_start * inner, se = (s.local_start + s.length) * inner;
     const int64_t lo = std::max(sb, fb), hi = std::min(se, fe);
     if (lo >= hi) continue;
@@ -117,7 +115,7 @@ std::vector<BoxPiece> to_boxes(const LocalTensor &t, int64_t begin, int64_t end)
   return out;
 }
 
-std::vector<Run> overlap_runs(const BoxPiece &w, const std::vector<int64_t> &so, const std::vector<int64_t> &ss,
+std::vector<Run> overlap_runs(const BoxPiece& w, const std::vector<int64_t>& so, const std::vector<int64_t>& ss,
                               int64_t sb, int64_t se) {
   std::vector<Run> runs;
   const size_t nd = w.box_offset.size();
@@ -165,48 +163,47 @@ std::vector<Run> overlap_runs(const BoxPiece &w, const std::vector<int64_t> &so,
   }
 }
 
-std::vector<LocalTensor> collect(const Target &t) {
+std::vector<LocalTensor> collect(const Target& t) {
   LOOM_CHECK((t.module != nullptr) != (t.fsdp != nullptr),
              "checkpoint: a Target needs exactly one of module (single-rank, "
              "DDP or TP model) and fsdp");
-  const Coords &c = t.coords;
+  const Coords& c = t.coords;
   std::vector<LocalTensor> out;
-  // Parameter tensor -> its checkpoint names (module path) / param index (FSDP
-  // path), for the optimizer.
+  // Parameter tensor -> its checkpoint names (module path) / param index (FSDP path), for the optimizer.
   std::vector<std::pair<Tensor, std::string>> param_names;
   if (t.module) {
-    for (const auto &[name, p] : t.module->named_parameters()) {
+    for (const auto& [name, p] : t.module->named_parameters()) {
       add_replicated_or_tp(out, "model/" + name, p, parallel::tp_placement(p), c);
       param_names.emplace_back(p, name);
     }
-    for (const auto &[name, b] : persistent_buffers(*t.module)) add_replicated_or_tp(out, "model/" + name, b, {}, c);
+    for (const auto& [name, b] : persistent_buffers(*t.module)) add_replicated_or_tp(out, "model/" + name, b, {}, c);
   } else {
-    for (const auto &s : t.fsdp->sharded_state_dict()) add_sharded(out, "model/", s, c);
-    for (const auto &[name, b] : persistent_buffers(t.fsdp->module()))
+    for (const auto& s : t.fsdp->sharded_state_dict()) add_sharded(out, "model/", s, c);
+    for (const auto& [name, b] : persistent_buffers(t.fsdp->module()))
       add_replicated_or_tp(out, "model/" + name, b, {}, c);
   }
   if (!t.optimizer) return out;
   const std::vector<Tensor> fsdp_params = t.fsdp ? t.fsdp->parameters() : std::vector<Tensor>{};
   int64_t index = 0;
-  for (const auto &group : t.optimizer->param_groups()) {
-    for (const auto &p : group.params) {
+  for (const auto& group : t.optimizer->param_groups()) {
+    for (const auto& p : group.params) {
       const int64_t i = index++;
-      auto &st = t.optimizer->state(i);
-      for (auto &[sname, tensor] : st.tensors) {
+      auto& st = t.optimizer->state(i);
+      for (auto& [sname, tensor] : st.tensors) {
         if (t.module) {
           auto it =
-              std::find_if(param_names.begin(), param_names.end(), [&](const auto &pn) { return pn.first.is_same(p); });
+              std::find_if(param_names.begin(), param_names.end(), [&](const auto& pn) { return pn.first.is_same(p); });
           LOOM_CHECK(it != param_names.end(), "checkpoint: optimizer parameter ", i,
                      " is not a parameter of the module being saved");
           LOOM_CHECK(tensor.sizes() == p.sizes(), "checkpoint: optimizer state ", sname, " of ", it->second,
                      " has shape ", shape_str(tensor.sizes()), ", the parameter ", shape_str(p.sizes()));
           add_replicated_or_tp(out, "optim/" + sname + "/" + it->second, tensor, parallel::tp_placement(p), c);
         } else {
-          auto it = std::find_if(fsdp_params.begin(), fsdp_params.end(), [&](const Tensor &q) { return q.is_same(p); });
+          auto it = std::find_if(fsdp_params.begin(), fsdp_params.end(), [&](const Tensor& q) { return q.is_same(p); });
           LOOM_CHECK(it != fsdp_params.end(), "checkpoint: optimizer parameter ", i,
                      " is not one of FullyShard::parameters(); build the "
                      "optimizer over fsdp.param_groups()");
-          for (const auto &s : t.fsdp->shard_pieces(static_cast<size_t>(it - fsdp_params.begin()), tensor))
+          for (const auto& s : t.fsdp->shard_pieces(static_cast<size_t>(it - fsdp_params.begin()), tensor))
             add_sharded(out, "optim/" + sname + "/", s, c);
         }
       }

@@ -1,8 +1,8 @@
-// Checkpoint save and load throughput on 2 ranks (a model of --mb MB of f32 parameters, each rank writing half),
-// next to `dd` writing the same number of bytes to the same directory in the same run, and the time an async save
-// blocks training. Run: mpirun -np 2 bench_checkpoint [--mb 512] [--dir DIR] [--staging-mb 64]
-// Prints one line per figure (rank 0). Load is measured with the files evicted from the page cache
-// (posix_fadvise DONTNEED after the fsync'd save), so it reads from the disk where the kernel allows.
+// Checkpoint save and load throughput on 2 ranks (a model of --mb MB of f32 parameters, each rank writing half), next
+// to `dd` writing the same number of bytes to the same directory in the same run, and the time an async save blocks
+// training. Run: mpirun -np 2 bench_checkpoint [--mb 512] [--dir DIR] [--staging-mb 64] Prints one line per figure
+// (rank 0). Load is measured with the files evicted from the page cache (posix_fadvise DONTNEED after the fsync'd
+// save), so it reads from the disk where the kernel allows.
 #include <fcntl.h>
 #include <unistd.h>
 

@@ -1,5 +1,5 @@
-// Single-process pieces of the checkpoint layer: CRC32C values, the mapping of local ranges onto global boxes and
-// the overlap of two layouts' pieces (against element-by-element enumeration), and data positions across dp sizes.
+// Single-process pieces of the checkpoint layer: CRC32C values, the mapping of local ranges onto global boxes and the
+// overlap of two layouts' pieces (against element-by-element enumeration), and data positions across dp sizes.
 #include <gtest/gtest.h>
 
 #include <map>

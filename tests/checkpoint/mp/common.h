@@ -1,6 +1,5 @@
-// Shared by the multi-rank checkpoint tests: a training "process state" (model,
-// wrapper, AdamW, LR schedule, a data generator) for each layout, built fresh
-// so a resumed run shares nothing with the run that saved, and a checkpoint
+// Shared by the multi-rank checkpoint tests: a training "process state" (model, wrapper, AdamW, LR schedule, a data
+// generator) for each layout, built fresh so a resumed run shares nothing with the run that saved, and a checkpoint
 // root directory shared by the ranks of one test.
 #pragma once
 
@@ -20,13 +19,11 @@ namespace loom::ctest {
 /// kFsdpTp: a DeviceMesh (fsdp = world / 2, tp = 2); the model is TP-converted over tp, then FSDP-wrapped over fsdp.
 enum class Layout { kDDP, kFSDP, kTP, kFsdpTp };
 
-/// One run's objects. perturb: overwrite the initial weights first, so only a
-/// load can make it match.
+/// One run's objects. perturb: overwrite the initial weights first, so only a load can make it match.
 struct TrainRun {
   TrainRun(Layout layout, bool perturb, std::shared_ptr<collectives::ProcessGroup> group = ptest::world());
   ~TrainRun();
-  /// One optimizer step on global batch `step` (rows of this rank); returns the
-  /// loss averaged over the group.
+  /// One optimizer step on global batch `step` (rows of this rank); returns the loss averaged over the group.
   double train_step(int step);
   /// The loss on a fixed batch (no update), averaged over the group.
   double eval_loss();
@@ -45,8 +42,7 @@ struct TrainRun {
                       // be restored for an exact resume
 };
 
-/// <build>/checkpoint_mp_tmp/<name>, emptied by rank 0; every rank returns
-/// after it exists.
+/// <build>/checkpoint_mp_tmp/<name>, emptied by rank 0; every rank returns after it exists.
 std::string fresh_root(const std::string& name);
 
 }  // namespace loom::ctest

@@ -1,6 +1,6 @@
-// Bad input: each corruption of a checkpoint gives a clear error naming the file and the tensor (or the keys and
-// shapes that differ), on every rank; with fall_back_to_previous the load takes the previous complete checkpoint
-// instead, and without it never does.
+// Bad input: each corruption of a checkpoint gives a clear error naming the file and the tensor (or the keys and shapes
+// that differ), on every rank; with fall_back_to_previous the load takes the previous complete checkpoint instead, and
+// without it never does.
 #include <gtest/gtest.h>
 
 #include <filesystem>

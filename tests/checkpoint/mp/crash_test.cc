@@ -1,8 +1,8 @@
-// Crash safety. CheckpointCrash runs as one process: it starts a 2-rank job (CheckpointCrashWorker, under mpirun)
-// that completes a checkpoint at step 2, then starts one at step 4 with the test hook pausing rank 1 mid-file, and
-// kills that rank with SIGKILL. The step-2 checkpoint must stay `latest`, complete and loadable; the partial one is
-// never picked. A file-size limit (RLIMIT_FSIZE, the kernel's EFBIG standing in for a full disk) makes a save fail
-// loudly with the previous checkpoint intact.
+// Crash safety. CheckpointCrash runs as one process: it starts a 2-rank job (CheckpointCrashWorker, under mpirun) that
+// completes a checkpoint at step 2, then starts one at step 4 with the test hook pausing rank 1 mid-file, and kills
+// that rank with SIGKILL. The step-2 checkpoint must stay `latest`, complete and loadable; the partial one is never
+// picked. A file-size limit (RLIMIT_FSIZE, the kernel's EFBIG standing in for a full disk) makes a save fail loudly
+// with the previous checkpoint intact.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -104,8 +104,8 @@ TEST(CheckpointCrash, KilledRankLeavesPreviousCheckpointLatest) {
   EXPECT_THROW(checkpoint::read_metadata(root + "/step_00000004.tmp"), IoError);
   ASSERT_EQ(checkpoint::complete_checkpoints(root).size(), 1u);
 
-  // The previous checkpoint loads (here on one rank: the 2-rank DDP checkpoint resharded) and gives the loss the
-  // job measured right after saving it.
+  // The previous checkpoint loads (here on one rank: the 2-rank DDP checkpoint resharded) and gives the loss the job
+  // measured right after saving it.
   double saved_eval = 0;
   {
     std::ifstream f(root + "/eval_step2.txt");

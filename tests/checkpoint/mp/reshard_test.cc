@@ -1,8 +1,8 @@
-// Resharding: a checkpoint saved on one layout loads on another by reading the overlapping pieces (every block read
-// is checksummed). CheckpointReshardSave4 (4 ranks, FSDP) writes <build>/checkpoint_mp_tmp/reshard4 with the loss
-// on a fixed batch right before saving; CheckpointReshardLoad2 (2 ranks, run after it) loads it into FSDP on 2 ranks,
-// then saves FSDP(2) and loads that into TP(2). The loss on the fixed batch after each load equals the loss before
-// the save within 1e-6 relative.
+// Resharding: a checkpoint saved on one layout loads on another by reading the overlapping pieces (every block read is
+// checksummed). CheckpointReshardSave4 (4 ranks, FSDP) writes <build>/checkpoint_mp_tmp/reshard4 with the loss on a
+// fixed batch right before saving; CheckpointReshardLoad2 (2 ranks, run after it) loads it into FSDP on 2 ranks, then
+// saves FSDP(2) and loads that into TP(2). The loss on the fixed batch after each load equals the loss before the save
+// within 1e-6 relative.
 #include <gtest/gtest.h>
 
 #include <cmath>

@@ -1,6 +1,5 @@
-// Bit-exact resume on the same layout: 10 steps straight equal 5 steps, a save,
-// fresh objects (new model with other weights, new wrapper, optimizer, schedule
-// and generator), a load and 5 more steps — every loss bit for bit.
+// Bit-exact resume on the same layout: 10 steps straight equal 5 steps, a save, fresh objects (new model with other
+// weights, new wrapper, optimizer, schedule and generator), a load and 5 more steps — every loss bit for bit.
 #include <gtest/gtest.h>
 
 #include <cstdlib>

@@ -1,6 +1,6 @@
 // Tools, as one process: the loomckpt CLI lists and verifies a checkpoint; export writes one safetensors file with
-// Hugging Face names and layouts, slice by slice, that a plain-PyTorch GPT-2 (Hugging Face's Conv1D convention)
-// loads to reproduce loom's logits; import reads it back into a model bit for bit.
+// Hugging Face names and layouts, slice by slice, that a plain-PyTorch GPT-2 (Hugging Face's Conv1D convention) loads
+// to reproduce loom's logits; import reads it back into a model bit for bit.
 #include <gtest/gtest.h>
 
 #include <cstdio>
