@@ -132,6 +132,10 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
         backend.c_str(), W, sysconf(_SC_NPROCESSORS_ONLN), static_cast<long long>(L), static_cast<long long>(C),
         static_cast<long long>(H), static_cast<long long>(T), static_cast<long long>(B), static_cast<long long>(V),
         numel / 1e6, numel * 4 / (1024.0 * 1024.0), static_cast<long long>(steps));
+    // The last bucket holds the embeddings (final only when backward ends): its all-reduce can never be hidden.
+    std::printf("# ddp buckets (launch order, MiB):");
+    for (const auto& b : variants[1].ddp->buckets()) std::printf(" %.1f", static_cast<double>(b.bytes) / (1 << 20));
+    std::printf("\n");
     std::fflush(stdout);
   }
 
