@@ -30,7 +30,7 @@ int close_dset(int64_t id) { return H5Dclose(id); }
 int close_space(int64_t id) { return H5Sclose(id); }
 int close_plist(int64_t id) { return H5Pclose(id); }
 int close_attr(int64_t id) { return H5Aclose(id); }
-int close_none(int64_t) { return 0; }
+int close_type(int64_t id) { return H5Tclose(id); }
 
 void fsync_path(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
@@ -121,15 +121,13 @@ void H5Writer::create(const std::string& dset, DType dtype, int64_t n,
   if (!dset_.valid()) throw IoError("checkpoint: cannot create dataset " + where);
   for (const auto& [name, v] : attrs) write_attr(dset_.get(), name.c_str(), H5T_STD_I64LE, v.data(), v.size(), where);
   const char* dn = dtype_name(dtype);
-  H5Id str(H5Tcopy(H5T_C_S1), close_none);
+  H5Id str(H5Tcopy(H5T_C_S1), close_type);
   H5Tset_size(str.get(), std::strlen(dn));
-  hid_t scalar = H5Screate(H5S_SCALAR);
-  hid_t attr = H5Acreate2(dset_.get(), "dtype", str.get(), scalar, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t rc = attr >= 0 ? H5Awrite(attr, str.get(), dn) : -1;
-  if (attr >= 0) H5Aclose(attr);
-  H5Sclose(scalar);
-  H5Tclose(str.get());
-  if (rc < 0) throw IoError("checkpoint: cannot write attribute dtype of " + where);
+  H5Tset_strpad(str.get(), H5T_STR_NULLPAD);  // exactly the name, no terminator stored
+  H5Id scalar(H5Screate(H5S_SCALAR), close_space);
+  H5Id attr(H5Acreate2(dset_.get(), "dtype", str.get(), scalar.get(), H5P_DEFAULT, H5P_DEFAULT), close_attr);
+  if (!attr.valid() || H5Awrite(attr.get(), str.get(), dn) < 0)
+    throw IoError("checkpoint: cannot write attribute dtype of " + where);
 }
 
 void H5Writer::set_crc(const std::vector<uint32_t>& crcs) {
