@@ -13,9 +13,9 @@ namespace {
 constexpr double kLr = 1e-2, kWd = 0.1, kClip = 0.5;
 }
 
-TrainRun::TrainRun(Layout l, bool perturb, std::shared_ptr<collectives::ProcessGroup> g)
+TrainRun::TrainRun(Layout l, bool perturb, std::shared_ptr<collectives::ProcessGroup> g, ptest::Family family)
     : layout(l), group(std::move(g)) {
-  model = ptest::tiny_model(ptest::Family::kGPT2);
+  model = ptest::tiny_model(family);
   if (perturb) {
     autograd::NoGradGuard ng;
     for (auto& [n, p] : model->named_parameters()) {

@@ -21,7 +21,8 @@ enum class Layout { kDDP, kFSDP, kTP, kFsdpTp };
 
 /// One run's objects. perturb: overwrite the initial weights first, so only a load can make it match.
 struct TrainRun {
-  TrainRun(Layout layout, bool perturb, std::shared_ptr<collectives::ProcessGroup> group = ptest::world());
+  TrainRun(Layout layout, bool perturb, std::shared_ptr<collectives::ProcessGroup> group = ptest::world(),
+           ptest::Family family = ptest::Family::kGPT2);
   ~TrainRun();
   /// One optimizer step on global batch `step` (rows of this rank); returns the loss averaged over the group.
   double train_step(int step);

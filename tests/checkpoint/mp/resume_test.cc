@@ -9,15 +9,15 @@
 namespace loom::ctest {
 namespace {
 
-void resume_case(Layout layout, const std::string& name) {
+void resume_case(Layout layout, const std::string& name, ptest::Family family = ptest::Family::kGPT2) {
   const std::string root = fresh_root(name);
   std::vector<double> straight;
   {
-    TrainRun a(layout, false);
+    TrainRun a(layout, false, ptest::world(), family);
     for (int s = 0; s < 10; ++s) straight.push_back(a.train_step(s));
   }
   {
-    TrainRun b(layout, false);
+    TrainRun b(layout, false, ptest::world(), family);
     for (int s = 0; s < 5; ++s) ASSERT_EQ(b.train_step(s), straight[s]) << "the two runs diverge before any save";
     checkpoint::Checkpointer ck(root, ptest::world());
     checkpoint::TrainState st;
@@ -26,7 +26,7 @@ void resume_case(Layout layout, const std::string& name) {
     st.config = "model: tiny-gpt2\nlr: 0.01\n";
     ck.save(b.target(), st);
   }
-  TrainRun c(layout, true);
+  TrainRun c(layout, true, ptest::world(), family);
   const double before = c.eval_loss();
   checkpoint::Checkpointer ck(root, ptest::world());
   checkpoint::TrainState st = ck.load(c.target());
@@ -85,6 +85,9 @@ TEST(CheckpointResume, FsdpAsyncSaveWhileTrainingResumesExactly) {
 TEST(CheckpointResume, DdpTenStepsEqualFiveSavedResumedFive) { resume_case(Layout::kDDP, "resume_ddp"); }
 TEST(CheckpointResume, FsdpTenStepsEqualFiveSavedResumedFive) { resume_case(Layout::kFSDP, "resume_fsdp"); }
 TEST(CheckpointResume, TpTenStepsEqualFiveSavedResumedFive) { resume_case(Layout::kTP, "resume_tp"); }
+TEST(CheckpointResume, LlamaFsdpTenStepsEqualFiveSavedResumedFive) {
+  resume_case(Layout::kFSDP, "resume_llama_fsdp", ptest::Family::kLlama);
+}
 
 }  // namespace
 }  // namespace loom::ctest
