@@ -4,8 +4,9 @@ weights (in, out): y = x @ W + b) and checks that it reproduces loom's logits.
 
 Usage: export_logits_check.py EXPORT.safetensors REF.safetensors
 
-REF holds `input_ids` (B, T) and loom's `logits` (B, T, V), and in its metadata a JSON `config` (n_embd, n_head,
-n_layer). Exits non-zero when a Hugging Face key is missing or the logits differ by more than 1e-4.
+REF holds `input_ids` (B, T) and loom's `logits` (B, T, V), and in its metadata a JSON `config` (family "gpt2" or
+"llama", n_embd, n_head, n_layer; n_kv_head for Llama, whose Hugging Face layout is loom's: nn.Linear (out, in)).
+Exits non-zero when a Hugging Face key is missing or the logits differ by more than 1e-4.
 """
 import json
 import os
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
-from model_ref import attention, read_safetensors  # noqa: E402
+from model_ref import attention, llama_forward, read_safetensors  # noqa: E402
 
 
 def conv1d(x, w, b):
@@ -46,14 +47,15 @@ def main():
     ref, ref_meta = read_safetensors(sys.argv[2])
     cfg = json.loads(ref_meta["config"])
     C = cfg["n_embd"]
-    for i in range(cfg["n_layer"]):
+    for i in range(cfg["n_layer"] if cfg.get("family", "gpt2") == "gpt2" else 0):
         w = params[f"transformer.h.{i}.attn.c_attn.weight"]
         if tuple(w.shape) != (C, 3 * C):
             print("export_logits_check: FAIL: c_attn.weight is %s, Hugging Face's Conv1D stores (%d, %d)"
                   % (tuple(w.shape), C, 3 * C))
             sys.exit(1)
     with torch.no_grad():
-        logits = gpt2_hf_forward(params, cfg, ref["input_ids"])
+        forward = gpt2_hf_forward if cfg.get("family", "gpt2") == "gpt2" else llama_forward
+        logits = forward(params, cfg, ref["input_ids"])
     diff = (logits - ref["logits"]).abs().max().item()
     print("export_logits_check: max |logits - loom| = %.3g over %s (step %s)" % (diff, tuple(logits.shape),
                                                                                    meta.get("step")))

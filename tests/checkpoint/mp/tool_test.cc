@@ -82,5 +82,35 @@ TEST(CheckpointTool, ExportReproducesLogitsInPyTorchAndImportsBack) {
   for (int64_t i = 0; i < logits.numel(); ++i) ASSERT_EQ(p[i], q[i]) << "logit " << i << " after import";
 }
 
+// Llama's Hugging Face layout is loom's (nn.Linear weights (out, in)): names only.
+TEST(CheckpointTool, LlamaExportReproducesLogitsInPyTorch) {
+  if (ptest::world()->size() != 1) GTEST_SKIP() << "runs as one process";
+  const std::string root = fresh_root("tool_export_llama");
+  TrainRun run(Layout::kDDP, false, ptest::world(), ptest::Family::kLlama);
+  run.train_step(0);
+  checkpoint::Checkpointer ck(root, ptest::world());
+  const std::string dir = ck.save(run.target(), {});
+  const std::string exported = root + "/model.safetensors";
+  checkpoint::export_safetensors(dir, exported, 4096);
+  ptest::Batch batch = ptest::global_batch(3);
+  Tensor logits;
+  {
+    autograd::NoGradGuard ng;
+    logits = run.model->forward(batch.idx);
+  }
+  const auto c = ptest::tiny_llama_config();
+  const std::string cfg =
+      "{\"family\": \"llama\", \"n_embd\": " + std::to_string(c.n_embd) + ", \"n_head\": " + std::to_string(c.n_head) +
+      ", \"n_kv_head\": " + std::to_string(c.n_kv_head) + ", \"n_layer\": " + std::to_string(c.n_layer) + "}";
+  const std::string ref = root + "/ref.safetensors";
+  checkpoint::save_safetensors(ref, {{"input_ids", batch.idx}, {"logits", logits}}, {{"config", cfg}});
+  int rc = 0;
+  const std::string out = run_capture("/usr/bin/python3 " + std::string(LOOM_SOURCE_DIR) +
+                                          "/tests/checkpoint/export_logits_check.py " + exported + " " + ref,
+                                      &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("export_logits_check: OK"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace loom::ctest
