@@ -65,8 +65,11 @@ struct CheckpointOptions {
   /// Keep only the newest keep_last complete checkpoints (0: keep all); older ones are removed after the new one is
   /// complete.
   int keep_last = 0;
-  /// Write in a background thread: save() snapshots the tensors (a copy on their device) and returns; the thread
-  /// streams the snapshot through a host staging buffer of staging_bytes into the files. The next save waits.
+  /// Write in a background thread: save() snapshots this rank's share of the state (a copy on the tensors' device,
+  /// kept and reused by the next save, so only the first save pays for allocating it) and returns; the thread streams
+  /// the snapshot through a host staging buffer of staging_bytes, chunk by chunk, into the files. The next save
+  /// waits for it. On a GPU the snapshot is device memory and host memory stays bounded by staging_bytes; on the CPU
+  /// the snapshot itself is host memory (this rank's share).
   bool async = false;
   int64_t staging_bytes = 64 << 20;
   /// How long rank 0 waits for the other ranks' files when committing an async save.
