@@ -162,5 +162,54 @@ TEST(CheckpointCrash, FullDiskFailsTheSaveAndKeepsThePreviousCheckpoint) {
   EXPECT_EQ(fresh.eval_loss(), eval);
 }
 
+// An async save that cannot write fails at the next wait (or save), never silently, and leaves `latest` alone.
+TEST(CheckpointCrash, FailedAsyncSaveIsReportedAtTheNextWait) {
+  if (ptest::world()->size() != 1) GTEST_SKIP() << "runs as one process (it limits the process's file size)";
+  const std::string root = fresh_root("full_disk_async");
+  TrainRun run(Layout::kDDP, false);
+  checkpoint::CheckpointOptions o;
+  o.async = true;
+  o.staging_bytes = 8192;
+  checkpoint::Checkpointer ck(root, ptest::world(), o);
+  checkpoint::TrainState st;
+  st.step = 1;
+  ck.save(run.target(), st);
+  ck.wait();
+  struct rlimit old_limit {};
+  getrlimit(RLIMIT_FSIZE, &old_limit);
+  signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = old_limit;
+  small.rlim_cur = 64 << 10;
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  st.step = 2;
+  ck.save(run.target(), st);  // returns after the snapshot; the thread fails
+  EXPECT_THROW(ck.wait(), IoError);
+  setrlimit(RLIMIT_FSIZE, &old_limit);
+  signal(SIGXFSZ, SIG_DFL);
+  EXPECT_EQ(checkpoint::latest_checkpoint(root), root + "/step_00000001");
+  st.step = 3;
+  ck.save(run.target(), st);  // the error was reported once; saving works again
+  ck.wait();
+  EXPECT_EQ(checkpoint::latest_checkpoint(root), root + "/step_00000003");
+  EXPECT_FALSE(fs::exists(root + "/step_00000002.tmp")) << "the failed save's directory was not cleared";
+}
+
+TEST(CheckpointCrash, KeepLastRemovesOnlyOlderCompleteCheckpoints) {
+  if (ptest::world()->size() != 1) GTEST_SKIP() << "runs as one process";
+  const std::string root = fresh_root("keep_last");
+  TrainRun run(Layout::kDDP, false);
+  checkpoint::Checkpointer ck(root, ptest::world(), keep_last(2));
+  for (int s = 1; s <= 4; ++s) {
+    checkpoint::TrainState st;
+    st.step = s;
+    ck.save(run.target(), st);
+  }
+  auto all = checkpoint::complete_checkpoints(root);
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0], root + "/step_00000003");
+  EXPECT_EQ(all[1], root + "/step_00000004");
+  EXPECT_EQ(checkpoint::latest_checkpoint(root), root + "/step_00000004");
+}
+
 }  // namespace
 }  // namespace loom::ctest
