@@ -141,8 +141,8 @@ struct PieceInfo {
   std::string file;                           // rank file name within the checkpoint directory
   std::string dataset;                        // HDF5 dataset path
   std::vector<int64_t> box_offset, box_size;  // the global box the piece lies in
-  int64_t flat_begin = 0,
-          flat_end = 0;       // row-major element range within the box
+  // The row-major element range [flat_begin, flat_end) within the box.
+  int64_t flat_begin = 0, flat_end = 0;
   std::vector<uint32_t> crc;  // CRC32C per kChecksumBlock elements of the piece
 };
 struct TensorInfo {
