@@ -19,12 +19,11 @@ struct LocalTensor {
   Shape global_shape;  // the unsplit tensor
   Shape local_shape;   // TP-local shape (== global_shape without TP)
   std::optional<parallel::TpPlacement> tp;
-  int64_t flat_begin = 0,
-          flat_end = 0;  // range of the TP-local flattened tensor held in `data`
-  Tensor data;           // contiguous, flat_end - flat_begin elements (a view of the live
-                         // tensor)
-  int replica_index = 0,
-      replicas = 1;  // ranks holding identical copies: each writes its share only
+  // The range [flat_begin, flat_end) of the TP-local flattened tensor held in `data`.
+  int64_t flat_begin = 0, flat_end = 0;
+  Tensor data;  // contiguous, flat_end - flat_begin elements (a view of the live tensor)
+  // Ranks holding identical copies of this range: each writes its share only.
+  int replica_index = 0, replicas = 1;
 };
 
 /// A run of a local range mapped into a global box.
