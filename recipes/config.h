@@ -1,0 +1,103 @@
+// The pretraining recipe's configuration: one YAML file (yaml-cpp) with the
+// sections model, data, training, parallelism, checkpoint and logging, plus
+// `--set section.key=value` overrides. Parsing is strict: an unknown key (with
+// a "did you mean"), a wrong type, a value out of range, a missing required key
+// or a layout that does not fit the world size is a ConfigError naming the
+// file, line and key, raised before any rank allocates memory.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace loom::recipes {
+
+struct ModelConfig {
+  std::string family;            // required: "gpt2" or "llama"
+  int64_t n_layer = 0;           // required, >= 1
+  int64_t n_embd = 0;            // required, >= 1, divisible by n_head
+  int64_t n_head = 0;            // required, >= 1
+  int64_t n_kv_head = 0;         // 0: n_head (llama only may differ; must divide n_head)
+  int64_t vocab_size = 0;        // required, >= 2
+  int64_t seq_len = 0;           // required, >= 1 (GPT-2: n_positions; Llama: max_seq_len)
+  int64_t intermediate_size = 0; // llama MLP hidden; 0: the Llama rule (8/3 n_embd rounded up to a multiple of 256)
+  double dropout = 0.0;          // [0, 1)
+  bool tie_embeddings = true;    // GPT-2 default true; Llama configs usually set false
+  double rope_theta = 10000.0;   // llama
+};
+
+struct DataConfig {
+  std::string source = "synthetic";  // "synthetic" | "text" | "llmc" | "nanogpt"
+  std::string train_path;            // required unless synthetic (file or glob of shards)
+  std::string val_path;              // empty: hold out the last val_fraction of the training tokens
+  double val_fraction = 0.05;        // (0, 0.5]
+  uint64_t seed = 1234;              // synthetic corpus and shuffling
+};
+
+struct TrainingConfig {
+  int64_t global_batch_tokens = 0;  // required: tokens per optimizer step over all data-parallel ranks
+  int64_t micro_batch = 0;          // required: sequences per rank per forward/backward
+  int64_t steps = 0;                // required, >= 1
+  std::string optimizer = "adamw";  // "adamw" | "sgd"
+  double lr = 3e-4, min_lr = 3e-5, weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  int64_t warmup_steps = 0;
+  std::string schedule = "cosine";  // "cosine" | "constant"
+  double grad_clip = 1.0;           // 0: no clipping
+  std::string precision = "f32";    // "f32" | "bf16" (bf16 compute, f32 master weights)
+  uint64_t seed = 1337;
+  /// Derived: global_batch_tokens / (seq_len * micro_batch * dp_world); must divide exactly.
+  int64_t grad_accum_steps(int64_t seq_len, int64_t dp_world) const;
+};
+
+struct ParallelismConfig {
+  int dp = 0;    // 0: whatever is left of the world after fsdp and tp
+  int fsdp = 1;  // > 1: FullyShard over this many ranks
+  int tp = 1;    // tensor-parallel ranks (divide heads, kv heads, vocab, MLP hidden)
+  std::string backend = "gloo";  // "gloo" | "mpi" | "nccl"
+  double bucket_mb = 25.0;       // DDP bucket cap
+  bool reshard_after_forward = true;
+  bool cpu_offload = false;
+};
+
+struct CheckpointConfig {
+  std::string dir;             // empty: no checkpoints
+  int64_t interval = 0;        // steps between saves; 0: only at the end / on SIGTERM
+  int keep_last = 3;           // >= 1
+  bool async = false;
+  std::string resume = "auto"; // "auto" (latest if any), "never", or a step_NNNNNNNN directory
+  bool fall_back = false;      // on a damaged latest, resume from the previous complete one
+};
+
+struct LoggingConfig {
+  int64_t interval = 10;          // steps between console lines (metrics file gets every step)
+  std::string metrics_file;       // JSONL; empty: <checkpoint.dir>/metrics.jsonl or none
+  int64_t eval_interval = 0;      // 0: no eval
+  int64_t eval_batches = 4;
+  bool progress = true;           // a progress bar when stdout is a terminal
+};
+
+struct RecipeConfig {
+  ModelConfig model;
+  DataConfig data;
+  TrainingConfig training;
+  ParallelismConfig parallelism;
+  CheckpointConfig checkpoint;
+  LoggingConfig logging;
+  std::string source_file;  // the YAML file it came from
+  /// The resolved config (every key, defaults filled in) as YAML text; stored in checkpoints and printed at start.
+  std::string to_yaml() const;
+};
+
+/// Parses `path`, applies `overrides` ("section.key=value", YAML-typed values)
+/// and validates every value. Throws ConfigError "<file>:<line>: <section.key>: <what is wrong>"
+/// (for overrides: "--set section.key=value: ..."), with "did you mean 'x'?" for unknown keys.
+RecipeConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+/// Parses YAML text (same rules; `name` is used as the file name in errors).
+RecipeConfig parse_config(const std::string& yaml_text, const std::string& name,
+                          const std::vector<std::string>& overrides = {});
+/// Checks the layout against the world size: dp * fsdp * tp == world (dp 0 filled in), tp divides
+/// n_head, n_kv_head, vocab_size and the MLP hidden size, and the global batch splits into whole
+/// micro-batches. Returns the config with dp filled in. Throws ConfigError naming the keys.
+RecipeConfig resolve_layout(RecipeConfig cfg, int world_size);
+
+}  // namespace loom::recipes
