@@ -33,7 +33,17 @@ class TokenSource {
 /// Opens the training (split="train") or held-out (split="val") tokens of cfg.
 /// Missing or malformed files are IoError/ConfigError naming the file and what was expected
 /// (e.g. "data/x.bin: bad magic 1234, expected 20240520 (llm.c) — for nanoGPT files set data.source: nanogpt").
+/// Sources: "synthetic" (generated on demand from cfg.seed; see synthetic_entropy_floor), "text" (bytes of
+/// the file(s), needs vocab_size >= 256), "llmc" (magic 20240520 version 1 with uint16 tokens, or llm.c's
+/// Llama 3 format: magic 20240801 version 7 with uint32 tokens), "nanogpt" (raw uint16). train_path and
+/// val_path may be globs; the matching files are read in sorted order as one stream, through read-only mmaps.
+/// Without val_path, "val" is the last val_fraction of the training tokens and "train" the rest.
 std::shared_ptr<TokenSource> open_tokens(const DataConfig& cfg, const std::string& split, int64_t vocab_size);
+
+/// The synthetic corpus's entropy floor in nats/token: the mean loss of a model that knows the chain
+/// and each block's topic (measured over the first 2^18 tokens). A bigram model stays above it, since
+/// it cannot tell the 4 topics apart; log(vocab_size) is the loss of a uniform guess.
+double synthetic_entropy_floor(uint64_t seed, int64_t vocab_size);
 
 struct Batch {
   Tensor idx, targets;  // (B, T) i64
@@ -50,7 +60,11 @@ class DataLoader {
   /// Position as global keys (independent of the dp size, so it carries over to another
   /// number of ranks): {"sequences_consumed": n, "epoch": e}.
   std::map<std::string, int64_t> state() const;
+  /// Restores a position written by state() (by any dp_size). Throws InvalidArgument on a missing key or a
+  /// position beyond this source's sequences per epoch (the data or seq_len changed).
   void load_state(const std::map<std::string, int64_t>& s);
+  /// Whole (seq_len + 1)-token windows at stride seq_len in one pass over the source.
+  int64_t sequences_per_epoch() const;
 
  private:
   std::shared_ptr<TokenSource> src_;
