@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,11 @@ struct ModelConfig {
   int64_t seq_len = 0;           // required, >= 1 (GPT-2: n_positions; Llama: max_seq_len)
   int64_t intermediate_size = 0; // llama MLP hidden; 0: the Llama rule (8/3 n_embd rounded up to a multiple of 256)
   double dropout = 0.0;          // [0, 1)
-  bool tie_embeddings = true;    // GPT-2 default true; Llama configs usually set false
-  double rope_theta = 10000.0;   // llama
+  bool tie_embeddings = true;    // when absent: true for gpt2, false for llama (Hugging Face's defaults)
+  double rope_theta = 10000.0;   // llama (gpt2 accepts only the default: it has learned positions)
+  // After parse_config, n_kv_head and intermediate_size hold their resolved values (never 0):
+  // n_kv_head = n_head unless set; intermediate_size = 4 n_embd for gpt2, the Llama rule for llama.
+  bool operator==(const ModelConfig&) const = default;
 };
 
 struct DataConfig {
@@ -32,6 +36,7 @@ struct DataConfig {
   std::string val_path;              // empty: hold out the last val_fraction of the training tokens
   double val_fraction = 0.05;        // (0, 0.5]
   uint64_t seed = 1234;              // synthetic corpus and shuffling
+  bool operator==(const DataConfig&) const = default;
 };
 
 struct TrainingConfig {
@@ -46,7 +51,9 @@ struct TrainingConfig {
   std::string precision = "f32";    // "f32" | "bf16" (bf16 compute, f32 master weights)
   uint64_t seed = 1337;
   /// Derived: global_batch_tokens / (seq_len * micro_batch * dp_world); must divide exactly.
+  /// Throws ConfigError naming the numbers (and what would fit) when it does not.
   int64_t grad_accum_steps(int64_t seq_len, int64_t dp_world) const;
+  bool operator==(const TrainingConfig&) const = default;
 };
 
 struct ParallelismConfig {
@@ -56,7 +63,10 @@ struct ParallelismConfig {
   std::string backend = "gloo";  // "gloo" | "mpi" | "nccl"
   double bucket_mb = 25.0;       // DDP bucket cap
   bool reshard_after_forward = true;
-  bool cpu_offload = false;
+  bool cpu_offload = false;      // FSDP only (needs fsdp > 1)
+  /// The data-parallel world: ranks that see different data (dp * fsdp; tp ranks share data).
+  int64_t dp_world() const { return static_cast<int64_t>(dp) * fsdp; }
+  bool operator==(const ParallelismConfig&) const = default;
 };
 
 struct CheckpointConfig {
@@ -66,6 +76,7 @@ struct CheckpointConfig {
   bool async = false;
   std::string resume = "auto"; // "auto" (latest if any), "never", or a step_NNNNNNNN directory
   bool fall_back = false;      // on a damaged latest, resume from the previous complete one
+  bool operator==(const CheckpointConfig&) const = default;
 };
 
 struct LoggingConfig {
@@ -74,6 +85,7 @@ struct LoggingConfig {
   int64_t eval_interval = 0;      // 0: no eval
   int64_t eval_batches = 4;
   bool progress = true;           // a progress bar when stdout is a terminal
+  bool operator==(const LoggingConfig&) const = default;
 };
 
 struct RecipeConfig {
@@ -84,8 +96,14 @@ struct RecipeConfig {
   CheckpointConfig checkpoint;
   LoggingConfig logging;
   std::string source_file;  // the YAML file it came from
+  /// Where each value came from, "section.key" -> "<file>:<line>" or "--set section.key=value"; a section's own
+  /// line under "section". Errors found later (resolve_layout) cite it. Not part of the config's value.
+  std::map<std::string, std::string> origins;
   /// The resolved config (every key, defaults filled in) as YAML text; stored in checkpoints and printed at start.
+  /// parse_config(to_yaml()) gives back an equal config (operator==).
   std::string to_yaml() const;
+  /// Equal when every section is equal (source_file and origins are not compared).
+  bool operator==(const RecipeConfig& o) const;
 };
 
 /// Parses `path`, applies `overrides` ("section.key=value", YAML-typed values)
@@ -99,5 +117,22 @@ RecipeConfig parse_config(const std::string& yaml_text, const std::string& name,
 /// n_head, n_kv_head, vocab_size and the MLP hidden size, and the global batch splits into whole
 /// micro-batches. Returns the config with dp filled in. Throws ConfigError naming the keys.
 RecipeConfig resolve_layout(RecipeConfig cfg, int world_size);
+
+/// The model's number of parameters, exactly as nn::GPT2 / nn::Llama count them (num_parameters();
+/// tied embeddings once). Zero n_kv_head / intermediate_size take their resolved defaults.
+int64_t parameter_count(const ModelConfig& model);
+
+/// Estimated bytes of device memory per rank for a layout (see config.cc for the formulas). params: this
+/// rank's f32 master shard, plus the bf16 compute copy under bf16, plus the full parameters FSDP gathers
+/// (the root unit and two blocks, current and prefetched; the whole model without reshard_after_forward);
+/// grads: the f32 gradient shard; optimizer: AdamW's two f32 moments of the shard (SGD: none);
+/// activations: one micro-batch's saved activations. Under cpu_offload the shards of params, grads and
+/// optimizer states live in host memory: they are counted in host_offloaded, not in total.
+struct MemoryEstimate {
+  int64_t params = 0, grads = 0, optimizer = 0, activations = 0, total = 0;
+  int64_t host_offloaded = 0;
+};
+/// Resolves the layout for `world_size` (throws ConfigError as resolve_layout) and estimates memory per rank.
+MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg, int world_size);
 
 }  // namespace loom::recipes

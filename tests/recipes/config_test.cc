@@ -1,0 +1,433 @@
+// The recipe config: strict parsing (every error names file, line and key),
+// --set overrides, the to_yaml round trip, layout resolution, and the
+// parameter count and memory estimate against the real models.
+#include "recipes/config.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include <unistd.h>
+
+#include "nn/gpt2.h"
+#include "nn/llama.h"
+#include "tensor/error.h"
+
+using namespace loom;
+using namespace loom::recipes;
+
+namespace {
+
+// Line numbers matter: the tests below cite them.
+const char* kGpt2 =
+    "model:\n"                       // 1
+    "  family: gpt2\n"               // 2
+    "  n_layer: 2\n"                 // 3
+    "  n_embd: 64\n"                 // 4
+    "  n_head: 4\n"                  // 5
+    "  vocab_size: 256\n"            // 6
+    "  seq_len: 32\n"                // 7
+    "data:\n"                        // 8
+    "  source: synthetic\n"          // 9
+    "training:\n"                    // 10
+    "  global_batch_tokens: 1024\n"  // 11
+    "  micro_batch: 4\n"             // 12
+    "  steps: 100\n"                 // 13
+    "  lr: 1.0e-3\n"                 // 14
+    "parallelism:\n"                 // 15
+    "  backend: gloo\n"              // 16
+    "checkpoint:\n"                  // 17
+    "  dir: /tmp/ckpt\n"             // 18
+    "logging:\n"                     // 19
+    "  interval: 5\n";               // 20
+
+/// kGpt2 with line `line` (1-based) replaced by `text` (or removed when text is empty).
+std::string with_line(int line, const std::string& text) {
+  std::string src = kGpt2, out;
+  std::istringstream in(src);
+  std::string l;
+  for (int i = 1; std::getline(in, l); ++i) {
+    if (i == line) {
+      if (!text.empty()) out += text + "\n";
+    } else {
+      out += l + "\n";
+    }
+  }
+  return out;
+}
+
+/// The ConfigError message parse_config throws (fails the test when it throws none).
+std::string parse_error(const std::string& text, const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_config(text, "cfg.yaml", overrides);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no ConfigError for:\n" << text;
+  return "";
+}
+
+std::string layout_error(const RecipeConfig& cfg, int world) {
+  try {
+    resolve_layout(cfg, world);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no ConfigError for world " << world;
+  return "";
+}
+
+#define EXPECT_HAS(msg, part) EXPECT_NE(std::string(msg).find(part), std::string::npos) << "message: " << (msg)
+
+}  // namespace
+
+TEST(RecipeConfig, ValidGpt2ConfigParsesWithDefaultsFilledIn) {
+  RecipeConfig c = parse_config(kGpt2, "cfg.yaml");
+  EXPECT_EQ(c.source_file, "cfg.yaml");
+  EXPECT_EQ(c.model.family, "gpt2");
+  EXPECT_EQ(c.model.n_layer, 2);
+  EXPECT_EQ(c.model.n_embd, 64);
+  EXPECT_EQ(c.model.n_kv_head, 4);            // defaulted to n_head
+  EXPECT_EQ(c.model.intermediate_size, 256);  // GPT-2: 4 n_embd
+  EXPECT_TRUE(c.model.tie_embeddings);        // GPT-2's default
+  EXPECT_EQ(c.data.source, "synthetic");
+  EXPECT_EQ(c.training.global_batch_tokens, 1024);
+  EXPECT_DOUBLE_EQ(c.training.lr, 1e-3);
+  EXPECT_DOUBLE_EQ(c.training.min_lr, 3e-5);  // struct default
+  EXPECT_EQ(c.parallelism.dp, 0);
+  EXPECT_EQ(c.checkpoint.dir, "/tmp/ckpt");
+  EXPECT_EQ(c.logging.interval, 5);
+  EXPECT_EQ(c.origins.at("model.n_embd"), "cfg.yaml:4");
+  EXPECT_EQ(c.origins.at("training"), "cfg.yaml:10");
+}
+
+TEST(RecipeConfig, LlamaDefaultsFollowTheFamily) {
+  std::string text = kGpt2;
+  text.replace(text.find("gpt2"), 4, "llama");
+  text.replace(text.find("  n_head: 4\n"), 12, "  n_head: 4\n  n_kv_head: 2\n");
+  RecipeConfig c = parse_config(text, "llama.yaml");
+  EXPECT_EQ(c.model.n_kv_head, 2);
+  EXPECT_EQ(c.model.intermediate_size, 256);  // 8/3 * 64 = 170 -> rounded up to a multiple of 256
+  EXPECT_FALSE(c.model.tie_embeddings);       // Llama's default
+  RecipeConfig big = parse_config(text, "llama.yaml", {"model.n_embd=4096", "model.n_head=32", "model.n_kv_head=8"});
+  EXPECT_EQ(big.model.intermediate_size, 11008);  // Llama-2-7B's
+}
+
+TEST(RecipeConfig, UnknownKeyNamesFileLineKeyAndSuggestion) {
+  const std::string msg = parse_error(with_line(3, "  n_layr: 2"));
+  EXPECT_HAS(msg, "cfg.yaml:3: model.n_layr: unknown key; did you mean 'n_layer'?");
+}
+
+TEST(RecipeConfig, UnknownKeyFromAnotherSectionNamesItsSection) {
+  const std::string msg = parse_error(with_line(7, "  seq_len: 32\n  lr: 0.1"));
+  EXPECT_HAS(msg, "cfg.yaml:8: model.lr: unknown key");
+  EXPECT_HAS(msg, "'training.lr'");
+}
+
+TEST(RecipeConfig, UnknownKeyFarFromAnyListsTheKeys) {
+  const std::string msg = parse_error(with_line(20, "  zzzzzzzzzz: 5"));
+  EXPECT_HAS(msg, "cfg.yaml:20: logging.zzzzzzzzzz: unknown key; the keys of 'logging' are 'interval'");
+}
+
+TEST(RecipeConfig, UnknownSectionSuggestsTheClosest) {
+  const std::string msg = parse_error(with_line(10, "trainng:"));
+  EXPECT_HAS(msg, "cfg.yaml:10: trainng: unknown section; did you mean 'training'?");
+}
+
+TEST(RecipeConfig, WrongTypesNameTheExpectedType) {
+  EXPECT_HAS(parse_error(with_line(3, "  n_layer: abc")), "cfg.yaml:3: model.n_layer: expected an integer, got 'abc'");
+  EXPECT_HAS(parse_error(with_line(3, "  n_layer: 2.5")), "cfg.yaml:3: model.n_layer: expected an integer, got '2.5'");
+  EXPECT_HAS(parse_error(with_line(3, "  n_layer: \"2\"")), "expected an integer, got the quoted string '2'");
+  EXPECT_HAS(parse_error(with_line(3, "  n_layer: [1, 2]")), "cfg.yaml:3: model.n_layer: expected an integer, got a list");
+  EXPECT_HAS(parse_error(with_line(3, "  n_layer:")), "cfg.yaml:3: model.n_layer: expected an integer, got no value");
+  EXPECT_HAS(parse_error(with_line(14, "  lr: fast")), "cfg.yaml:14: training.lr: expected a number, got 'fast'");
+  EXPECT_HAS(parse_error(with_line(14, "  lr: nan")), "cfg.yaml:14: training.lr: expected a number, got 'nan'");
+  EXPECT_HAS(parse_error(with_line(16, "  backend: gloo\n  cpu_offload: maybe")),
+             "cfg.yaml:17: parallelism.cpu_offload: expected true or false, got 'maybe'");
+  EXPECT_HAS(parse_error(with_line(9, "  source: synthetic\n  seed: -1")),
+             "cfg.yaml:10: data.seed: expected a non-negative integer, got '-1'");
+  EXPECT_HAS(parse_error(with_line(16, "  backend: gloo\n  tp: 99999999999")), "parallelism.tp: expected an integer");
+}
+
+TEST(RecipeConfig, OutOfRangeValuesNameTheBound) {
+  EXPECT_HAS(parse_error(with_line(3, "  n_layer: 0")), "cfg.yaml:3: model.n_layer: must be >= 1, got 0");
+  EXPECT_HAS(parse_error(with_line(7, "  seq_len: 32\n  dropout: 1.0")),
+             "cfg.yaml:8: model.dropout: must be in [0, 1), got 1");
+  EXPECT_HAS(parse_error(with_line(14, "  lr: 0")), "cfg.yaml:14: training.lr: must be > 0, got 0");
+  EXPECT_HAS(parse_error(with_line(20, "  interval: -3")), "cfg.yaml:20: logging.interval: must be >= 1, got -3");
+  EXPECT_HAS(parse_error(with_line(18, "  keep_last: 0")), "cfg.yaml:18: checkpoint.keep_last: must be >= 1, got 0");
+}
+
+TEST(RecipeConfig, BadChoiceSuggestsTheClosest) {
+  EXPECT_HAS(parse_error(with_line(2, "  family: gpt3")),
+             "cfg.yaml:2: model.family: must be one of 'gpt2', 'llama', got 'gpt3'; did you mean 'gpt2'?");
+  EXPECT_HAS(parse_error(with_line(16, "  backend: ncll")), "cfg.yaml:16: parallelism.backend: must be one of");
+}
+
+TEST(RecipeConfig, MissingRequiredKeyNamesTheSection) {
+  EXPECT_HAS(parse_error(with_line(3, "")), "cfg.yaml:1: model.n_layer: missing required key model.n_layer");
+  EXPECT_HAS(parse_error(with_line(13, "")), "cfg.yaml:10: training.steps: missing required key training.steps");
+  EXPECT_HAS(parse_error(with_line(9, "  source: text")),
+             "cfg.yaml:8: data.train_path: missing required key data.train_path");
+  // A whole section missing.
+  std::string no_training = kGpt2;
+  no_training.erase(no_training.find("training:"), no_training.find("parallelism:") - no_training.find("training:"));
+  EXPECT_HAS(parse_error(no_training), "training.global_batch_tokens: missing required key training.global_batch_tokens");
+  EXPECT_HAS(parse_error(no_training), "no 'training:' section");
+}
+
+TEST(RecipeConfig, InconsistentValuesNameKeyAndNumbers) {
+  EXPECT_HAS(parse_error(with_line(4, "  n_embd: 66")),
+             "cfg.yaml:4: model.n_embd: must be divisible by model.n_head (4), got 66; nearest that fit: 64 or 68");
+  EXPECT_HAS(parse_error(with_line(5, "  n_head: 4\n  n_kv_head: 2")),
+             "cfg.yaml:6: model.n_kv_head: GPT-2 has no grouped-query attention");
+  EXPECT_HAS(parse_error(with_line(5, "  n_head: 4\n  rope_theta: 500000")), "cfg.yaml:6: model.rope_theta:");
+  std::string llama = with_line(2, "  family: llama");
+  EXPECT_HAS(parse_error(llama, {"model.n_kv_head=3"}),
+             "--set model.n_kv_head=3: model.n_kv_head: must divide model.n_head (4), got 3; values that fit: 1, 2, 4");
+  EXPECT_HAS(parse_error(with_line(11, "  global_batch_tokens: 1000")),
+             "cfg.yaml:11: training.global_batch_tokens: must be a multiple of model.seq_len * training.micro_batch = "
+             "32 * 4 = 128, got 1000; nearest that fit: 896 or 1024");
+  EXPECT_HAS(parse_error(with_line(14, "  lr: 1.0e-3\n  min_lr: 0.01")), "cfg.yaml:15: training.min_lr: must be <= training.lr");
+  EXPECT_HAS(parse_error(with_line(16, "  backend: gloo\n  cpu_offload: true")),
+             "cfg.yaml:17: parallelism.cpu_offload: offloads FSDP shards: it needs parallelism.fsdp > 1");
+  EXPECT_HAS(parse_error(with_line(18, "  resume: latest")), "cfg.yaml:18: checkpoint.resume: must be 'auto', 'never' or");
+  EXPECT_EQ(parse_config(with_line(18, "  resume: /ckpt/step_00000100"), "x").checkpoint.resume, "/ckpt/step_00000100");
+}
+
+TEST(RecipeConfig, DuplicateKeysAndSyntaxErrorsNameTheLine) {
+  const std::string dup = parse_error(with_line(4, "  n_embd: 64\n  n_embd: 128"));
+  EXPECT_HAS(dup, "cfg.yaml:5: model.n_embd: duplicate key (first at cfg.yaml:4)");
+  const std::string syntax = parse_error(with_line(6, "  vocab_size: [256"));
+  EXPECT_HAS(syntax, "cfg.yaml:");
+  EXPECT_HAS(syntax, "YAML syntax error");
+  EXPECT_HAS(parse_error(""), "cfg.yaml:1: the config is empty");
+  EXPECT_HAS(parse_error("- a\n- b\n"), "cfg.yaml:1: expected a mapping of sections");
+  std::string scalar_section = kGpt2;
+  const std::string data_section = "data:\n  source: synthetic\n";
+  scalar_section.replace(scalar_section.find(data_section), data_section.size(), "data: 5\n");
+  EXPECT_HAS(parse_error(scalar_section), "cfg.yaml:8: data: expected a mapping of keys, got '5'");
+}
+
+TEST(RecipeConfig, OverridesReplaceFileValuesAndNameTheSet) {
+  RecipeConfig c = parse_config(kGpt2, "cfg.yaml",
+                                {"training.lr=0.01", "model.n_layer=6", "checkpoint.dir=/data/run 1", "logging.progress=false",
+                                 "parallelism.tp=2"});
+  EXPECT_DOUBLE_EQ(c.training.lr, 0.01);
+  EXPECT_EQ(c.model.n_layer, 6);
+  EXPECT_EQ(c.checkpoint.dir, "/data/run 1");
+  EXPECT_FALSE(c.logging.progress);
+  EXPECT_EQ(c.parallelism.tp, 2);
+  EXPECT_EQ(c.origins.at("training.lr"), "--set training.lr=0.01");
+  // A required key may come from --set alone.
+  EXPECT_EQ(parse_config(with_line(13, ""), "cfg.yaml", {"training.steps=7"}).training.steps, 7);
+
+  EXPECT_HAS(parse_error(kGpt2, {"model.n_layr=2"}), "--set model.n_layr=2: model.n_layr: unknown key; did you mean 'n_layer'?");
+  EXPECT_HAS(parse_error(kGpt2, {"modle.n_layer=2"}), "--set modle.n_layer=2: modle: unknown section; did you mean 'model'?");
+  EXPECT_HAS(parse_error(kGpt2, {"model.n_layer=abc"}), "--set model.n_layer=abc: model.n_layer: expected an integer, got 'abc'");
+  EXPECT_HAS(parse_error(kGpt2, {"model.n_layer=0"}), "--set model.n_layer=0: model.n_layer: must be >= 1, got 0");
+  EXPECT_HAS(parse_error(kGpt2, {"model.n_layer"}), "--set model.n_layer: expected section.key=value");
+  EXPECT_HAS(parse_error(kGpt2, {"n_layer=3"}), "--set n_layer=3: n_layer: expected section.key");
+}
+
+TEST(RecipeConfig, ToYamlRoundTripsToAnEqualConfig) {
+  RecipeConfig a = parse_config(kGpt2, "cfg.yaml",
+                                {"data.train_path=dir/a: b #c \"q\" \\x", "data.source=text", "training.lr=0.000123456789",
+                                 "data.seed=18446744073709551615", "training.precision=bf16", "checkpoint.async=true",
+                                 "parallelism.bucket_mb=12.5", "logging.metrics_file=m.jsonl"});
+  const std::string yaml = a.to_yaml();
+  RecipeConfig b = parse_config(yaml, "resolved.yaml");
+  EXPECT_TRUE(a == b) << yaml;
+  EXPECT_EQ(b.data.train_path, "dir/a: b #c \"q\" \\x");
+  EXPECT_EQ(b.data.seed, 18446744073709551615ull);
+  // Every key of every section is printed.
+  for (const char* key : {"family:", "n_kv_head:", "intermediate_size:", "rope_theta:", "val_fraction:", "warmup_steps:",
+                          "grad_clip:", "reshard_after_forward:", "cpu_offload:", "fall_back:", "eval_batches:"})
+    EXPECT_HAS(yaml, key);
+  // And a changed value makes them unequal.
+  b.training.beta2 = 0.999;
+  EXPECT_FALSE(a == b);
+
+  std::string llama = with_line(2, "  family: llama");
+  RecipeConfig l = parse_config(llama, "l.yaml", {"model.n_kv_head=2", "model.rope_theta=500000", "model.dropout=0.1"});
+  EXPECT_TRUE(parse_config(l.to_yaml(), "l2.yaml") == l);
+}
+
+TEST(RecipeConfig, GradAccumStepsDividesExactly) {
+  TrainingConfig t;
+  t.global_batch_tokens = 4096;
+  t.micro_batch = 4;
+  EXPECT_EQ(t.grad_accum_steps(64, 2), 8);
+  EXPECT_EQ(t.grad_accum_steps(64, 16), 1);
+  try {
+    t.grad_accum_steps(64, 3);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_HAS(e.what(), "model.seq_len (64) * training.micro_batch (4) * dp_world (3) = 768");
+    EXPECT_HAS(e.what(), "3840 or 4608");
+  }
+}
+
+TEST(RecipeConfig, ResolveLayoutFillsDpAndChecksTheWorld) {
+  RecipeConfig c = parse_config(kGpt2, "cfg.yaml");  // 1024 tokens = 32 seq * 4 micro * 8
+  RecipeConfig r = resolve_layout(c, 4);
+  EXPECT_EQ(r.parallelism.dp, 4);
+  EXPECT_EQ(r.training.grad_accum_steps(r.model.seq_len, r.parallelism.dp_world()), 2);
+  RecipeConfig f = resolve_layout(parse_config(kGpt2, "cfg.yaml", {"parallelism.fsdp=2", "parallelism.tp=2"}), 8);
+  EXPECT_EQ(f.parallelism.dp, 2);
+  EXPECT_EQ(f.parallelism.dp_world(), 4);
+
+  EXPECT_HAS(layout_error(parse_config(kGpt2, "cfg.yaml", {"parallelism.fsdp=3"}), 4),
+             "--set parallelism.fsdp=3: parallelism: fsdp (3) * tp (1) = 3 does not divide the world size 4");
+  const std::string mismatch = layout_error(parse_config(with_line(16, "  dp: 2"), "cfg.yaml", {"parallelism.tp=2"}), 8);
+  EXPECT_HAS(mismatch, "cfg.yaml:16: parallelism: dp (2) * fsdp (1) * tp (2) = 4 but the world has 8 ranks");
+  EXPECT_HAS(mismatch, "set parallelism.dp to 4");
+  // 1024 tokens over 16 data-parallel ranks of 4 x 32-token sequences: 2048 per micro-step does not divide 1024.
+  const std::string batch = layout_error(c, 16);
+  EXPECT_HAS(batch, "cfg.yaml:11: training.global_batch_tokens: 1024 tokens do not split into whole micro-batches");
+  EXPECT_HAS(batch, "dp_world (16) = 2048");
+  EXPECT_HAS(batch, "world size 16");
+}
+
+TEST(RecipeConfig, TensorParallelSizeMustDivideTheSplitDimensions) {
+  // n_head 4: tp 8 does not divide it; parse (world-independent) and resolve both say so.
+  EXPECT_HAS(parse_error(kGpt2, {"parallelism.tp=8"}),
+             "--set parallelism.tp=8: parallelism.tp: tp = 8 does not divide model.n_head = 4 (cfg.yaml:5)");
+  EXPECT_HAS(parse_error(kGpt2, {"parallelism.tp=8"}), "tp sizes that divide n_head, n_kv_head, vocab_size and the MLP hidden size: 1, 2, 4");
+  EXPECT_HAS(parse_error(with_line(6, "  vocab_size: 255"), {"parallelism.tp=2"}),
+             "tp = 2 does not divide model.vocab_size = 255 (cfg.yaml:6)");
+  EXPECT_HAS(parse_error(with_line(6, "  vocab_size: 255"), {"parallelism.tp=2"}), "pad vocab_size to a multiple of 2, e.g. 256");
+  std::string llama = with_line(2, "  family: llama");
+  EXPECT_HAS(parse_error(llama, {"model.n_kv_head=1", "parallelism.tp=2"}), "tp = 2 does not divide model.n_kv_head = 1");
+  EXPECT_HAS(parse_error(llama, {"model.intermediate_size=171", "parallelism.tp=2"}),
+             "tp = 2 does not divide model.intermediate_size = 171");
+}
+
+TEST(RecipeConfig, LoadConfigReadsAFileAndNamesItInErrors) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("loom_config_test_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path good = dir / "good.yaml", bad = dir / "bad.yaml";
+  std::ofstream(good) << kGpt2;
+  std::ofstream(bad) << with_line(12, "  micro_batch: four");
+  EXPECT_EQ(load_config(good.string(), {"training.steps=3"}).training.steps, 3);
+  EXPECT_EQ(load_config(good.string()).source_file, good.string());
+  try {
+    load_config(bad.string());
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_HAS(e.what(), bad.string() + ":12: training.micro_batch: expected an integer, got 'four'");
+  }
+  try {
+    load_config((dir / "missing.yaml").string());
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_HAS(e.what(), "missing.yaml: cannot open the config file");
+  }
+  fs::remove_all(dir);
+}
+
+TEST(RecipeConfig, ParameterCountMatchesTheModels) {
+  struct Case {
+    std::string family;
+    int64_t n_kv_head, intermediate;
+    bool tied;
+  };
+  for (const Case& k : {Case{"gpt2", 0, 0, true}, Case{"gpt2", 0, 0, false}, Case{"llama", 2, 96, false},
+                        Case{"llama", 4, 0, true}}) {
+    ModelConfig m;
+    m.family = k.family;
+    m.n_layer = 3;
+    m.n_embd = 32;
+    m.n_head = 4;
+    m.n_kv_head = k.n_kv_head;
+    m.vocab_size = 50;
+    m.seq_len = 16;
+    m.intermediate_size = k.intermediate;
+    m.tie_embeddings = k.tied;
+    int64_t actual = 0;
+    if (k.family == "gpt2") {
+      nn::GPT2Config g;
+      g.vocab_size = m.vocab_size;
+      g.n_positions = m.seq_len;
+      g.n_embd = m.n_embd;
+      g.n_layer = m.n_layer;
+      g.n_head = m.n_head;
+      g.tie_word_embeddings = k.tied;
+      actual = nn::GPT2(g).num_parameters();
+    } else {
+      nn::LlamaConfig l;
+      l.vocab_size = m.vocab_size;
+      l.max_seq_len = m.seq_len;
+      l.n_embd = m.n_embd;
+      l.n_layer = m.n_layer;
+      l.n_head = m.n_head;
+      l.n_kv_head = k.n_kv_head;
+      l.intermediate_size = k.intermediate > 0 ? k.intermediate : 256;  // the Llama rule for n_embd 32
+      l.tie_word_embeddings = k.tied;
+      actual = nn::Llama(l).num_parameters();
+    }
+    EXPECT_EQ(parameter_count(m), actual) << k.family << " kv " << k.n_kv_head << " tied " << k.tied;
+  }
+  // GPT-2 small: the published 124,439,808 (tied head, 1024 positions).
+  ModelConfig g;
+  g.family = "gpt2";
+  g.n_layer = 12;
+  g.n_embd = 768;
+  g.n_head = 12;
+  g.vocab_size = 50257;
+  g.seq_len = 1024;
+  EXPECT_EQ(parameter_count(g), 124439808);
+}
+
+TEST(RecipeConfig, MemoryEstimateShardsStatesByLayout) {
+  // 8 layers, so that FSDP's gathered units (root + 2 blocks) are a fraction of the model.
+  auto cfg = [](std::vector<std::string> sets) {
+    sets.push_back("model.n_layer=8");
+    return parse_config(kGpt2, "cfg.yaml", sets);
+  };
+  RecipeConfig c = cfg({});
+  const int64_t P = parameter_count(c.model);
+  const MemoryEstimate one = estimate_memory_per_rank(c, 1);
+  EXPECT_EQ(one.params, 4 * P);  // f32, no FSDP: the weights only
+  EXPECT_EQ(one.grads, 4 * P);
+  EXPECT_EQ(one.optimizer, 8 * P);  // AdamW's two moments
+  EXPECT_GT(one.activations, 4 * 32 * 64 * 8 * 34);
+  EXPECT_EQ(one.total, one.params + one.grads + one.optimizer + one.activations);
+  EXPECT_EQ(one.host_offloaded, 0);
+
+  // DDP over 4 ranks replicates everything: the same per rank.
+  EXPECT_EQ(estimate_memory_per_rank(c, 4).optimizer, one.optimizer);
+  // FSDP over 4 shards optimizer states and gradients; the gathered units come on top of the param shard.
+  RecipeConfig f = cfg({"parallelism.fsdp=4"});
+  const MemoryEstimate fs = estimate_memory_per_rank(f, 4);
+  EXPECT_EQ(fs.optimizer, 8 * ((P + 3) / 4));
+  EXPECT_GT(fs.params, 4 * ((P + 3) / 4));
+  EXPECT_LT(fs.params, one.params);
+  EXPECT_EQ(fs.activations, one.activations);
+  // Keeping every unit gathered after forward costs more.
+  RecipeConfig keep = cfg({"parallelism.fsdp=4", "parallelism.reshard_after_forward=false"});
+  EXPECT_GT(estimate_memory_per_rank(keep, 4).params, fs.params);
+  // CPU offload moves the shards to the host.
+  RecipeConfig off = cfg({"parallelism.fsdp=4", "parallelism.cpu_offload=true"});
+  const MemoryEstimate os = estimate_memory_per_rank(off, 4);
+  EXPECT_EQ(os.optimizer, 0);
+  EXPECT_EQ(os.host_offloaded, fs.optimizer + 4 * ((P + 3) / 4) * 2);
+  EXPECT_LT(os.total, fs.total);
+  // TP over 2 roughly halves the states and the activations.
+  RecipeConfig t = cfg({"parallelism.tp=2"});
+  const MemoryEstimate ts = estimate_memory_per_rank(t, 2);
+  EXPECT_LT(ts.optimizer, one.optimizer * 6 / 10);
+  EXPECT_GT(ts.optimizer, one.optimizer * 4 / 10);
+  EXPECT_LT(ts.activations, one.activations);
+  // bf16 halves activations' element size and adds a bf16 compute copy of the weights.
+  RecipeConfig b = cfg({"training.precision=bf16"});
+  const MemoryEstimate bs = estimate_memory_per_rank(b, 1);
+  EXPECT_EQ(bs.params, 6 * P);
+  EXPECT_LT(bs.activations, one.activations);
+  // A layout that does not fit is the same error as resolve_layout's.
+  EXPECT_THROW(estimate_memory_per_rank(f, 6), ConfigError);
+}
