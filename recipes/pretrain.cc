@@ -1,0 +1,611 @@
+// pretrain: the transformer pretraining recipe. One YAML config (recipes/config.h) describes the model (GPT-2 or
+// Llama), the data, the optimisation, the parallel layout, checkpoints and logging; the same binary runs as one
+// process, or as every rank under trainlaunch, mpirun or srun.
+//
+// Usage: pretrain --config FILE [--set section.key=value ...] [--validate [--world-size N]]
+//
+// Layout: the world is split into a (dp, fsdp, tp) mesh, tp fastest (one node's GPUs). tp > 1 converts the model to
+// Megatron-style tensor parallelism; fsdp > 1 wraps it in FullyShard over the fsdp group, otherwise dp > 1 wraps it
+// in DistributedDataParallel. precision: bf16 is FullyShard's mixed precision (bf16 compute, f32 master shards): with
+// fsdp 1 the model is wrapped in FullyShard over the data-parallel group instead of DDP (over one rank there is no
+// communication at all), so bf16 works with any layout. dp > 1 together with fsdp > 1 (hybrid sharding) is not
+// supported: it is a config error.
+//
+// Exit codes: 0 trained (or stopped cleanly by SIGTERM/SIGINT after saving, or nothing left to train), 1 a runtime
+// failure (I/O, communication), 2 a config or usage error (reported before any process group or model exists).
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "autograd/autograd.h"
+#include "autograd/functions.h"
+#include "checkpoint/checkpoint.h"
+#include "collectives/init.h"
+#include "collectives/store.h"
+#include "nn/clip_grad.h"
+#include "nn/gpt2.h"
+#include "nn/llama.h"
+#include "nn/lr_scheduler.h"
+#include "nn/optim.h"
+#include "parallel/ddp.h"
+#include "parallel/device_mesh.h"
+#include "parallel/fully_shard.h"
+#include "parallel/tensor_parallel.h"
+#include "recipes/config.h"
+#include "recipes/data.h"
+#include "recipes/metrics.h"
+#include "tensor/storage.h"
+
+using namespace loom;
+using namespace loom::recipes;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Set by SIGTERM (Slurm preemption, trainlaunch forwarding) or SIGINT; read once per step and agreed across ranks.
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+void install_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;  // collectives and file I/O in flight carry on; the loop checks the flag
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+}
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+struct Args {
+  std::string config;
+  std::vector<std::string> sets;
+  bool validate = false;
+  std::optional<int> world_size;
+};
+
+const char* kUsage =
+    "usage: pretrain --config FILE [--set section.key=value ...] [--validate [--world-size N]]\n"
+    "\n"
+    "Pretrains a GPT-2 or Llama model as the YAML config says (see configs/*.yaml). Run it alone (one rank) or\n"
+    "under trainlaunch, mpirun or srun (every rank runs it; the layout comes from the config's parallelism section).\n"
+    "  --config FILE    the recipe config (YAML)\n"
+    "  --set K=V        override a key, e.g. --set training.steps=100 (repeatable)\n"
+    "  --validate       check the config, print it resolved with the parameter count and the estimated memory\n"
+    "                   per rank, and exit without training\n"
+    "  --world-size N   with --validate: the number of ranks to check the layout for (default: from the\n"
+    "                   launcher's environment, else 1)\n"
+    "Exit status: 0 done (also after a clean stop on SIGTERM/SIGINT), 1 runtime error, 2 config or usage error.\n";
+
+/// Parses argv; prints the problem and exits 2 on a usage error.
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    auto value = [&](const char* flag) -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "pretrain: %s needs a value (try --help)\n", flag);
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (s == "--config") {
+      a.config = value("--config");
+    } else if (s.rfind("--config=", 0) == 0) {
+      a.config = s.substr(9);
+    } else if (s == "--set") {
+      a.sets.push_back(value("--set"));
+    } else if (s.rfind("--set=", 0) == 0) {
+      a.sets.push_back(s.substr(6));
+    } else if (s == "--validate") {
+      a.validate = true;
+    } else if (s == "--world-size" || s == "--world_size") {
+      std::string v = value("--world-size");
+      char* end = nullptr;
+      long n = std::strtol(v.c_str(), &end, 10);
+      if (v.empty() || *end || n < 1 || n > 1000000) {
+        std::fprintf(stderr, "pretrain: --world-size expects a positive integer, got '%s'\n", v.c_str());
+        std::exit(2);
+      }
+      a.world_size = static_cast<int>(n);
+    } else if (s == "--help" || s == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else {
+      std::fprintf(stderr, "pretrain: unknown option '%s' (try --help)\n", s.c_str());
+      std::exit(2);
+    }
+  }
+  if (a.config.empty()) {
+    std::fprintf(stderr, "pretrain: --config FILE is required (try --help)\n");
+    std::exit(2);
+  }
+  if (a.world_size && !a.validate) {
+    std::fprintf(stderr, "pretrain: --world-size is only for --validate; a training run takes its world size from "
+                         "the launcher (trainlaunch, mpirun, srun)\n");
+    std::exit(2);
+  }
+  return a;
+}
+
+/// True when a launcher (trainlaunch/torchrun, mpirun, srun) set this process's rank variables.
+bool launched() {
+  for (const char* v : {"RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS"})
+    if (const char* e = std::getenv(v); e && *e) return true;
+  return false;
+}
+
+/// Checks the recipe itself cannot run but the config parser accepts. Throws ConfigError naming the keys.
+void check_supported(const RecipeConfig& cfg) {
+  const auto& p = cfg.parallelism;
+  if (p.dp > 1 && p.fsdp > 1) {
+    auto where = [&](const std::string& k) {
+      auto it = cfg.origins.find(k);
+      return it != cfg.origins.end() ? it->second : cfg.source_file;
+    };
+    throw ConfigError(where("parallelism.fsdp") + ": parallelism.dp=" + std::to_string(p.dp) +
+                      " with parallelism.fsdp=" + std::to_string(p.fsdp) +
+                      ": hybrid sharding (data-parallel replicas of an FSDP group) is not supported by pretrain; "
+                      "set parallelism.fsdp to the whole data-parallel size (fsdp: " + std::to_string(p.dp * p.fsdp) +
+                      ", dp: 1) or use dp alone (fsdp: 1)");
+  }
+}
+
+/// Builds the config's model on the CPU from gen (the same draws on every rank given the same seed).
+std::shared_ptr<nn::CausalLM> build_model(const ModelConfig& m, Generator& gen) {
+  if (m.family == "gpt2") {
+    nn::GPT2Config c;
+    c.vocab_size = m.vocab_size;
+    c.n_positions = m.seq_len;
+    c.n_embd = m.n_embd;
+    c.n_layer = m.n_layer;
+    c.n_head = m.n_head;
+    c.dropout = m.dropout;
+    c.tie_word_embeddings = m.tie_embeddings;
+    return std::make_shared<nn::GPT2>(c, gen);
+  }
+  nn::LlamaConfig c;
+  c.vocab_size = m.vocab_size;
+  c.max_seq_len = m.seq_len;
+  c.n_embd = m.n_embd;
+  c.n_layer = m.n_layer;
+  c.n_head = m.n_head;
+  c.n_kv_head = m.n_kv_head > 0 ? m.n_kv_head : m.n_head;
+  if (m.intermediate_size > 0) c.intermediate_size = m.intermediate_size;
+  c.dropout = m.dropout;
+  c.rope_theta = m.rope_theta;
+  c.tie_word_embeddings = m.tie_embeddings;
+  return std::make_shared<nn::Llama>(c, gen);
+}
+
+/// --validate: the resolved config, parameter count and memory estimate.
+int run_validate(const RecipeConfig& cfg, int world) {
+  std::printf("# resolved config (%s, world size %d)\n%s", cfg.source_file.c_str(), world, cfg.to_yaml().c_str());
+  const int64_t n = parameter_count(cfg.model);
+  MemoryEstimate mem = estimate_memory_per_rank(cfg, world);
+  const auto& p = cfg.parallelism;
+  std::printf("\nlayout: dp=%d fsdp=%d tp=%d on %d ranks; grad accumulation %lld micro-steps of %lld sequences\n",
+              p.dp, p.fsdp, p.tp, world,
+              static_cast<long long>(cfg.training.grad_accum_steps(cfg.model.seq_len, p.dp_world())),
+              static_cast<long long>(cfg.training.micro_batch));
+  std::printf("parameters: %lld (%s)\n", static_cast<long long>(n), format_count(static_cast<double>(n)).c_str());
+  std::printf("estimated memory per rank: %s (params %s, grads %s, optimizer %s, activations %s)\n",
+              format_bytes(mem.total).c_str(), format_bytes(mem.params).c_str(), format_bytes(mem.grads).c_str(),
+              format_bytes(mem.optimizer).c_str(), format_bytes(mem.activations).c_str());
+  if (mem.host_offloaded > 0)
+    std::printf("host memory per rank for offloaded shards: %s\n", format_bytes(mem.host_offloaded).c_str());
+  std::printf("config OK\n");
+  return 0;
+}
+
+/// Everything one training run holds, built in order by run_training.
+struct Run {
+  RecipeConfig cfg;
+  std::shared_ptr<collectives::ProcessGroup> world;
+  std::unique_ptr<parallel::DeviceMesh> mesh;
+  std::shared_ptr<collectives::ProcessGroup> data_group, tp_group;  // data_group: ranks that see different data
+  std::shared_ptr<nn::CausalLM> model;
+  std::unique_ptr<parallel::DistributedDataParallel> ddp;
+  std::unique_ptr<parallel::FullyShard> fsdp;
+  std::unique_ptr<nn::Optimizer> opt;
+  std::unique_ptr<nn::LRScheduler> sched;
+  bool rank0 = true;
+
+  /// Mean over the world of one number per rank (tp ranks hold equal values, so this is the data-parallel mean).
+  double world_mean(double v) {
+    Tensor t = ops::full({1}, v, DType::f64);
+    world->allreduce(t, {collectives::ReduceOp::kAvg})->wait();
+    return t.item();
+  }
+
+  /// Mean loss over eval_batches micro-batches of the held-out split, from its start (the same tokens every time,
+  /// so evaluations are comparable), averaged over the data-parallel ranks.
+  double evaluate(const std::shared_ptr<TokenSource>& val) {
+    DataLoader vl(val, cfg.model.seq_len, cfg.training.micro_batch, data_group->rank(), data_group->size());
+    model->eval();
+    double sum = 0;
+    {
+      autograd::NoGradGuard ng;
+      for (int64_t i = 0; i < cfg.logging.eval_batches; ++i) {
+        Batch b = vl.next();
+        sum += model->loss(b.idx, b.targets).item();
+      }
+    }
+    model->train();
+    return world_mean(sum / static_cast<double>(cfg.logging.eval_batches));
+  }
+
+  /// Gradient norm before clipping (clipping when training.grad_clip > 0), over every rank holding a part.
+  double clip() {
+    const double max_norm = cfg.training.grad_clip > 0 ? cfg.training.grad_clip : 1e300;
+    if (fsdp) return fsdp->clip_grad_norm_(max_norm, 2.0, tp_group);
+    if (tp_group) return parallel::tp_clip_grad_norm_(model->parameters(), max_norm, *tp_group);
+    return nn::clip_grad_norm_(model->parameters(), max_norm);
+  }
+};
+
+int run_training(const RecipeConfig& cfg_in) {
+  Run r;
+  r.cfg = cfg_in;
+  const RecipeConfig& cfg = r.cfg;
+  const auto& P = cfg.parallelism;
+  install_signal_handlers();
+
+  // Ranks sharing a node share its cores: without an explicit OMP_NUM_THREADS, give each local rank its share so
+  // two ranks on two cores do not fight over four threads.
+  if (!std::getenv("OMP_NUM_THREADS")) {
+    int local = 1;
+    for (const char* v : {"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"})
+      if (const char* e = std::getenv(v); e && std::atoi(e) > 0) {
+        local = std::atoi(e);
+        break;
+      }
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    omp_set_num_threads(std::max(1, cores / local));
+  }
+
+  if (launched()) {
+    r.world = collectives::init_process_group(P.backend);
+  } else {
+    // One process without a launcher: a one-rank group, so checkpoints and the per-step agreement run unchanged.
+    r.world = std::make_shared<collectives::ProcessGroup>(std::make_shared<collectives::HashStore>(), 0, 1, "gloo");
+  }
+  r.rank0 = r.world->rank() == 0;
+  std::vector<std::pair<std::string, int>> dims;
+  if (P.fsdp > 1) {
+    dims.push_back({"fsdp", P.fsdp});
+  } else {
+    dims.push_back({"dp", P.dp});
+  }
+  if (P.tp > 1) dims.push_back({"tp", P.tp});
+  r.mesh = std::make_unique<parallel::DeviceMesh>(r.world, dims);
+  r.data_group = r.mesh->group(P.fsdp > 1 ? "fsdp" : "dp");
+  if (P.tp > 1) r.tp_group = r.mesh->group("tp");
+  const int data_rank = r.data_group->rank(), data_size = r.data_group->size();
+
+  if (r.rank0) {
+    std::printf("pretrain: %s, %d rank%s, %s, backend %s\n", cfg.source_file.c_str(), r.world->size(),
+                r.world->size() == 1 ? "" : "s", r.mesh->str().c_str(), launched() ? P.backend.c_str() : "none");
+    std::printf("%s", cfg.to_yaml().c_str());
+    std::fflush(stdout);
+  }
+
+  // The model: the same initial weights on every rank (one seed), then split and wrapped.
+  Generator init_gen(cfg.training.seed);
+  r.model = build_model(cfg.model, init_gen);
+  const int64_t n_params = r.model->num_parameters();
+  const double flops_per_token = r.model->flops_per_token(cfg.model.seq_len);
+  if (r.tp_group) parallel::tensor_parallelize(*r.model, r.tp_group);
+  const bool bf16 = cfg.training.precision == "bf16";
+  if (P.fsdp > 1 || bf16) {
+    parallel::FullyShardOptions o;
+    o.reshard_after_forward = P.reshard_after_forward;
+    o.cpu_offload = P.cpu_offload;
+    if (bf16) o.mixed_precision.param_dtype = DType::bf16;
+    r.fsdp = std::make_unique<parallel::FullyShard>(r.model, r.data_group, o);
+  } else if (data_size > 1) {
+    parallel::DDPOptions o;
+    o.bucket_cap_bytes = std::max<int64_t>(1, static_cast<int64_t>(P.bucket_mb * (1 << 20)));
+    o.first_bucket_cap_bytes = std::min(o.first_bucket_cap_bytes, o.bucket_cap_bytes);
+    r.ddp = std::make_unique<parallel::DistributedDataParallel>(r.model, r.data_group, o);
+  }
+  // Dropout draws: each data-parallel rank its own stream; tp ranks of one replica the same (their replicated
+  // activations must get the same masks).
+  default_generator().manual_seed(cfg.training.seed + 1 + 1000003ull * static_cast<uint64_t>(data_rank));
+
+  const auto& T = cfg.training;
+  auto groups = r.fsdp ? r.fsdp->param_groups(T.lr, T.weight_decay)
+                       : nn::weight_decay_groups(r.model->named_parameters(), T.lr, T.weight_decay);
+  if (T.optimizer == "sgd") {
+    nn::SGDOptions o;
+    o.lr = T.lr;
+    o.momentum = T.beta1;  // SGD's momentum is training.beta1
+    o.weight_decay = T.weight_decay;
+    r.opt = std::make_unique<nn::SGD>(groups, o);
+  } else {
+    nn::AdamWOptions o;
+    o.lr = T.lr;
+    o.beta1 = T.beta1;
+    o.beta2 = T.beta2;
+    o.eps = T.eps;
+    o.weight_decay = T.weight_decay;
+    r.opt = std::make_unique<nn::AdamW>(groups, o);
+  }
+  if (T.schedule == "constant") {
+    r.sched = std::make_unique<nn::ConstantLR>(*r.opt, T.lr);
+  } else {
+    r.sched = std::make_unique<nn::WarmupCosineLR>(*r.opt, T.lr, T.min_lr, T.warmup_steps, T.steps);
+  }
+
+  // Data: this rank's part of every global batch; the held-out split for eval.
+  auto train_src = open_tokens(cfg.data, "train", cfg.model.vocab_size);
+  std::shared_ptr<TokenSource> val_src;
+  if (cfg.logging.eval_interval > 0) val_src = open_tokens(cfg.data, "val", cfg.model.vocab_size);
+  DataLoader loader(train_src, cfg.model.seq_len, T.micro_batch, data_rank, data_size);
+  const int64_t accum = T.grad_accum_steps(cfg.model.seq_len, P.dp_world());
+  const int64_t tokens_per_step = T.global_batch_tokens;
+
+  // Checkpoints and resume.
+  std::unique_ptr<checkpoint::Checkpointer> ck;
+  checkpoint::Target target;
+  if (r.fsdp) {
+    target.fsdp = r.fsdp.get();
+  } else {
+    target.module = r.model.get();
+  }
+  target.optimizer = r.opt.get();
+  target.scheduler = r.sched.get();
+  target.rngs["dropout"] = &default_generator();
+  target.coords.dp_rank = data_rank;
+  target.coords.dp_size = data_size;
+  if (r.tp_group) {
+    target.coords.tp_rank = r.tp_group->rank();
+    target.coords.tp_size = r.tp_group->size();
+  }
+  int64_t start_step = 0;
+  bool resumed = false;
+  const std::string& ck_dir = cfg.checkpoint.dir;
+  if (!ck_dir.empty()) {
+    checkpoint::CheckpointOptions co;
+    co.keep_last = cfg.checkpoint.keep_last;
+    co.async = cfg.checkpoint.async;
+    ck = std::make_unique<checkpoint::Checkpointer>(ck_dir, r.world, co);
+    const std::string& resume = cfg.checkpoint.resume;
+    checkpoint::LoadOptions lo;
+    lo.fall_back_to_previous = cfg.checkpoint.fall_back;
+    std::string from;
+    if (resume == "auto") {
+      from = checkpoint::latest_checkpoint(ck_dir);
+    } else if (resume != "never") {
+      from = lo.dir = resume.find('/') == std::string::npos ? ck_dir + "/" + resume : resume;
+    }
+    if (!from.empty()) {
+      checkpoint::TrainState st = ck->load(target, lo);
+      start_step = st.step;
+      loader.load_state(checkpoint::data_position_for(st, data_size, data_rank));
+      resumed = true;
+      if (r.rank0) {
+        std::printf("resumed from step %lld (%s; saved on %d data-parallel rank%s)\n",
+                    static_cast<long long>(start_step), from.c_str(), st.saved_dp_size,
+                    st.saved_dp_size == 1 ? "" : "s");
+        if (!st.config.empty() && st.config != cfg.to_yaml())
+          std::printf("note: the config differs from the one the checkpoint was saved with (kept in its "
+                      "metadata.json); training goes on with the config above\n");
+      }
+    }
+  }
+  if (start_step >= T.steps) {
+    if (r.rank0)
+      std::printf("all %lld steps are done (the checkpoint in %s is at step %lld); nothing to train. To train "
+                  "longer: --set training.steps=N with N > %lld\n",
+                  static_cast<long long>(T.steps), ck_dir.c_str(), static_cast<long long>(start_step),
+                  static_cast<long long>(start_step));
+    return 0;
+  }
+
+  // What rank 0 shows and records.
+  std::unique_ptr<MetricsFile> metrics;
+  std::string metrics_path = cfg.logging.metrics_file;
+  if (metrics_path.empty() && !ck_dir.empty()) metrics_path = ck_dir + "/metrics.jsonl";
+  if (r.rank0 && !metrics_path.empty())
+    metrics = std::make_unique<MetricsFile>(metrics_path, resumed ? std::optional<int64_t>(start_step) : std::nullopt);
+  // MFU's denominator: the sum of every rank's measured sgemm rate (this build computes on the CPU; a GPU's peak
+  // would come from gpu_peak_flops' table).
+  double peak = measure_cpu_peak_flops();
+  {
+    Tensor t = ops::full({1}, peak, DType::f64);
+    r.world->allreduce(t, {collectives::ReduceOp::kSum})->wait();
+    peak = t.item();
+  }
+  const bool tty = r.rank0 && cfg.logging.progress && ::isatty(STDOUT_FILENO);
+  if (r.rank0) {
+    std::printf("model: %s, %lld parameters (%s), %.3g FLOPs/token; data: %s\n", cfg.model.family.c_str(),
+                static_cast<long long>(n_params), format_count(static_cast<double>(n_params)).c_str(),
+                flops_per_token, train_src->describe().c_str());
+    if (cfg.data.source == "synthetic")
+      std::printf("synthetic corpus: entropy floor %.3f nats/token, uniform guess %.3f\n",
+                  synthetic_entropy_floor(cfg.data.seed, cfg.model.vocab_size),
+                  std::log(static_cast<double>(cfg.model.vocab_size)));
+    std::printf("steps %lld..%lld, %lld tokens/step (%lld micro-step%s of %lld x %lld per data-parallel rank), "
+                "precision %s, peak %s FLOP/s over %d rank%s (measured sgemm)\n",
+                static_cast<long long>(start_step + 1), static_cast<long long>(T.steps),
+                static_cast<long long>(tokens_per_step), static_cast<long long>(accum), accum == 1 ? "" : "s",
+                static_cast<long long>(T.micro_batch), static_cast<long long>(cfg.model.seq_len), T.precision.c_str(),
+                format_count(peak).c_str(), r.world->size(), r.world->size() == 1 ? "" : "s");
+    if (metrics) std::printf("metrics: %s\n", metrics->path().c_str());
+    if (ck) std::printf("checkpoints: %s (every %lld steps, keep %d)\n", ck_dir.c_str(),
+                        static_cast<long long>(cfg.checkpoint.interval), cfg.checkpoint.keep_last);
+    std::fflush(stdout);
+  }
+
+  const int W = r.world->size();
+  int64_t last_saved = resumed ? start_step : -1;
+  auto save = [&](int64_t step_done) {
+    if (!ck || last_saved == step_done) return;
+    checkpoint::TrainState st;
+    st.step = step_done;
+    st.data_position = loader.state();
+    st.config = cfg.to_yaml();
+    std::string dir = ck->save(target, st);
+    last_saved = step_done;
+    // A sync save is reported by the checkpoint library itself; an async one only once it is complete.
+    if (r.rank0 && cfg.checkpoint.async) {
+      if (tty) std::printf("\r\033[K");
+      std::printf("checkpoint: step %lld -> %s (blocked %.2f s; writing in the background)\n",
+                  static_cast<long long>(step_done), dir.c_str(), ck->last_blocking_seconds());
+      std::fflush(stdout);
+    }
+  };
+
+  const auto t_run = Clock::now();
+  int stop_signal = 0;
+  int64_t step_done = start_step;
+  for (int64_t step = start_step; step < T.steps; ++step) {
+    const auto t0 = Clock::now();
+    if (r.fsdp) {
+      r.fsdp->zero_grad();
+    } else {
+      r.opt->zero_grad();
+    }
+    double loss_sum = 0;
+    for (int64_t m = 0; m < accum; ++m) {
+      Batch b = loader.next();
+      auto fwd_bwd = [&] {
+        Tensor loss = r.model->loss(b.idx, b.targets);
+        loss_sum += loss.item();
+        // The mean over the micro-steps: each backward adds 1/accum of its gradient.
+        (accum > 1 ? loss / static_cast<double>(accum) : loss).backward();
+      };
+      if (r.ddp && m + 1 < accum) {
+        auto guard = r.ddp->no_sync();  // only the last micro-step all-reduces the accumulated gradients
+        fwd_bwd();
+      } else {
+        fwd_bwd();
+      }
+    }
+    const double gnorm = r.clip();
+    const double lr = r.sched->last_lr();
+    r.opt->step();
+    r.sched->step();
+    const double local_time = seconds_since(t0);
+
+    // One small all-gather per step: every rank's step time (so a straggler shows), its stop request and its loss.
+    Tensor mine = from_vector<double>({local_time, static_cast<double>(g_stop_signal), loss_sum / accum}, {3});
+    Tensor all = ops::zeros({3 * W}, DType::f64);
+    r.world->all_gather(all, mine)->wait();
+    auto v = all.to_vector<double>();
+    StepMetrics sm;
+    step_done = step + 1;
+    sm.step = step_done;
+    double loss = 0;
+    for (int i = 0; i < W; ++i) {
+      sm.rank_step_time_s.push_back(v[3 * i]);
+      if (v[3 * i + 1] != 0 && stop_signal == 0) stop_signal = static_cast<int>(v[3 * i + 1]);
+      loss += v[3 * i + 2] / W;
+    }
+    sm.loss = loss;
+    sm.lr = lr;
+    sm.grad_norm = gnorm;
+    const double wall = seconds_since(t0);
+    sm.step_time_s = wall;
+    sm.tokens_per_s = static_cast<double>(tokens_per_step) / wall;
+    sm.mfu = peak > 0 ? flops_per_token * sm.tokens_per_s / peak : 0;
+    sm.mem_bytes = memory_stats().allocated_bytes;
+    if (val_src && (step_done % cfg.logging.eval_interval == 0 || step_done == T.steps))
+      sm.eval_loss = r.evaluate(val_src);
+    const double eta =
+        seconds_since(t_run) / static_cast<double>(step_done - start_step) * static_cast<double>(T.steps - step_done);
+    if (r.rank0) {
+      if (metrics) metrics->write(metrics_json(sm));
+      const bool log_line = step_done % cfg.logging.interval == 0 || step_done == start_step + 1 ||
+                            step_done == T.steps || sm.eval_loss || stop_signal != 0;
+      if (log_line) std::printf("%s%s\n", tty ? "\r\033[K" : "", console_line(sm, T.steps, eta).c_str());
+      if (tty) std::printf("\r\033[K%s", progress_bar(step_done, T.steps, sm.loss, eta).c_str());
+      std::fflush(stdout);
+    }
+    if (!std::isfinite(sm.loss)) {
+      if (r.rank0)
+        std::fprintf(stderr, "pretrain: the loss is %f at step %lld; stopping without a checkpoint (lower "
+                             "training.lr, set training.grad_clip, or check the data)\n",
+                     sm.loss, static_cast<long long>(step_done));
+      return 1;
+    }
+    if (stop_signal != 0) break;
+    if (cfg.checkpoint.interval > 0 && step_done % cfg.checkpoint.interval == 0) save(step_done);
+  }
+  if (tty) std::printf("\n");
+  // The final checkpoint, at the end or at the step every rank agreed to stop at.
+  save(step_done);
+  if (ck) ck->wait();
+  if (r.rank0) {
+    if (stop_signal != 0) {
+      std::printf("stopped by %s after step %lld of %lld; %s\n", strsignal(stop_signal),
+                  static_cast<long long>(step_done), static_cast<long long>(T.steps),
+                  ck ? ("the same command resumes from " + checkpoint::latest_checkpoint(ck_dir)).c_str()
+                     : "no checkpoint.dir, so nothing was saved");
+    } else {
+      std::printf("done: %lld steps in %s\n", static_cast<long long>(step_done - start_step),
+                  format_duration(seconds_since(t_run)).c_str());
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args = parse_args(argc, argv);
+  // The world size from the launcher's environment, read before any group or tensor exists so a bad layout is
+  // reported at once.
+  int world = 1, rank = 0;
+  try {
+    if (launched()) {
+      collectives::RankInfo info = collectives::rank_info_from_env();
+      world = info.world_size;
+      rank = info.rank;
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "pretrain: %s\n", e.what());
+    return 2;
+  }
+  if (args.world_size) world = *args.world_size;
+  RecipeConfig cfg;
+  try {
+    cfg = resolve_layout(load_config(args.config, args.sets), world);
+    check_supported(cfg);
+    (void)cfg.training.grad_accum_steps(cfg.model.seq_len, cfg.parallelism.dp_world());
+  } catch (const ConfigError& e) {
+    if (rank == 0) std::fprintf(stderr, "pretrain: %s\n", e.what());
+    return 2;
+  } catch (const Error& e) {
+    if (rank == 0) std::fprintf(stderr, "pretrain: %s\n", e.what());
+    return 2;
+  }
+  try {
+    if (args.validate) return rank == 0 ? run_validate(cfg, world) : 0;
+    return run_training(cfg);
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "pretrain: rank %d: %s\n", rank, e.what());
+    return 2;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "pretrain: rank %d: %s\n", rank, e.what());
+    return 1;
+  }
+}
