@@ -626,7 +626,9 @@ bool RecipeConfig::operator==(const RecipeConfig& o) const {
 std::string RecipeConfig::to_yaml() const {
   RecipeConfig copy = *this;  // the schema's accessors take a mutable config
   std::ostringstream os;
-  os << "# Resolved config (every key, defaults filled in)" << (source_file.empty() ? "" : " from " + source_file) << "\n";
+  // No file name or date in the text: checkpoints compare it with the running config, and a resume from another
+  // working directory is the same config.
+  os << "# resolved pretraining config: every key, defaults filled in\n";
   std::string section;
   for (const auto& k : schema()) {
     if (k.section != section) {
@@ -739,15 +741,19 @@ int64_t parameter_count(const ModelConfig& m) {
 //   grads       = 4 shard, + under FSDP one block's unsharded f32 gradient before its reduce-scatter.
 //   optimizer   = AdamW: 8 shard (exp_avg, exp_avg_sq in f32); SGD: 0 (the recipe's SGD has no momentum).
 //   activations = per layer, after Korthikanti et al. 2022 ("Reducing activation recomputation in large
-//                 transformer models", tensor parallelism without sequence parallelism), in bytes at 2-byte
-//                 activations: s b h (10 + 24 / tp) + 5 a s^2 b / tp, scaled by (element size / 2) for f32;
-//                 times n_layer; plus the logits and their gradient in f32, 8 b s V / tp, and the embedding
-//                 output b s h (element size). At tp = 1 the per-layer term is the paper's s b h (34 + 5 a s / h).
-//                 Llama's SwiGLU MLP (3 matrices of 8/3 h) saves about what GPT-2's 4 h GELU MLP does, so the
-//                 same formula serves both. b = micro_batch, s = seq_len, h = n_embd, a = n_head.
+//                 transformer models", tensor parallelism without sequence parallelism): the paper's linear
+//                 term s b h (10 + 24 / tp) bytes at 2-byte activations (34 s b h at tp = 1), scaled by
+//                 (element size / 2); plus the attention matrices where they are kept: loom's CPU attention is
+//                 fused (it saves q, k, v, out and a log-sum-exp, flash-attention style: no s^2 term), while on
+//                 CUDA it is composed of ops that keep the softmax output, and with dropout the mask (1 byte)
+//                 and the dropped-out copy: a s^2 b (elt + (dropout > 0 ? elt + 1 : 0)) / tp.
+//                 Times n_layer; plus the logits and the loss's softmax in f32, 8 b s V / tp, and the
+//                 embedding output b s h elt. Llama's SwiGLU MLP (3 matrices of 8/3 h) saves about what GPT-2's
+//                 4 h GELU MLP does, so the same formula serves both.
+//                 b = micro_batch, s = seq_len, h = n_embd, a = n_head, elt = 2 under bf16 else 4.
 // Not counted: temporary buffers of single ops, DDP's bucket buffers (views of the gradients), the allocator's
 // fragmentation, the CUDA context; treat the total as a lower bound and keep ~20 % headroom.
-MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_size) {
+MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_size, std::optional<bool> on_cuda) {
   const RecipeConfig cfg = resolve_layout(cfg_in, world_size);
   const ModelConfig& m = cfg.model;
   const ParallelismConfig& p = cfg.parallelism;
@@ -780,13 +786,16 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
     e.grads += shard_grads;
     e.optimizer = shard_opt;
   }
-  const int64_t b = cfg.training.micro_batch, sl = m.seq_len, h = m.n_embd, a = m.n_head;
-  const double per_layer_2byte = static_cast<double>(sl * b * h) * (10.0 + 24.0 / static_cast<double>(tp)) +
-                                 5.0 * static_cast<double>(a) * static_cast<double>(sl) * static_cast<double>(sl) *
-                                     static_cast<double>(b) / static_cast<double>(tp);
-  const double layers = per_layer_2byte * static_cast<double>(elt) / 2.0 * static_cast<double>(m.n_layer);
-  const double logits = 8.0 * static_cast<double>(b * sl) * static_cast<double>(m.vocab_size) / static_cast<double>(tp);
-  const double embed = static_cast<double>(b * sl * h * elt);
+  const double b = static_cast<double>(cfg.training.micro_batch), sl = static_cast<double>(m.seq_len);
+  const double h = static_cast<double>(m.n_embd), a = static_cast<double>(m.n_head), t = static_cast<double>(tp);
+  const double el = static_cast<double>(elt);
+  const bool fused_attention = !on_cuda.value_or(p.backend == "nccl");
+  const double linear = sl * b * h * (10.0 + 24.0 / t) * el / 2.0;
+  const double scores =
+      fused_attention ? 0.0 : a * sl * sl * b * (el + (m.dropout > 0.0 ? el + 1.0 : 0.0)) / t;
+  const double layers = (linear + scores) * static_cast<double>(m.n_layer);
+  const double logits = 8.0 * b * sl * static_cast<double>(m.vocab_size) / t;
+  const double embed = b * sl * h * el;
   e.activations = static_cast<int64_t>(layers + logits + embed);
   e.total = e.params + e.grads + e.optimizer + e.activations;
   return e;

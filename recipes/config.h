@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,9 @@ struct MemoryEstimate {
   int64_t host_offloaded = 0;
 };
 /// Resolves the layout for `world_size` (throws ConfigError as resolve_layout) and estimates memory per rank.
-MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg, int world_size);
+/// `on_cuda` picks the attention's memory model (CPU: fused, no T x T matrices kept; CUDA: composed ops keep
+/// them); left out, backend "nccl" means CUDA.
+MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg, int world_size,
+                                        std::optional<bool> on_cuda = std::nullopt);
 
 }  // namespace loom::recipes

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 
 #include <unistd.h>
@@ -428,6 +429,38 @@ TEST(RecipeConfig, MemoryEstimateShardsStatesByLayout) {
   const MemoryEstimate bs = estimate_memory_per_rank(b, 1);
   EXPECT_EQ(bs.params, 6 * P);
   EXPECT_LT(bs.activations, one.activations);
+  // On CUDA the composed attention keeps the (B, H, T, T) softmax output per layer (f32: 4 bytes), with dropout
+  // also its mask and the dropped-out copy; the CPU's fused attention keeps none.
+  const double sq = 4.0 * 32 * 32 * 4;  // a s^2 b: 4 heads, 32 tokens, micro-batch 4
+  EXPECT_EQ(estimate_memory_per_rank(c, 1, true).activations - one.activations, static_cast<int64_t>(8 * sq * 4));
+  RecipeConfig drop = cfg({"model.dropout=0.1"});
+  EXPECT_EQ(estimate_memory_per_rank(drop, 1, true).activations - one.activations, static_cast<int64_t>(8 * sq * 9));
+  EXPECT_EQ(estimate_memory_per_rank(cfg({"parallelism.backend=nccl"}), 1).activations,
+            estimate_memory_per_rank(c, 1, true).activations);
   // A layout that does not fit is the same error as resolve_layout's.
   EXPECT_THROW(estimate_memory_per_rank(f, 6), ConfigError);
+}
+
+TEST(RecipeConfig, ShippedConfigsParseAndFitTheirWorlds) {
+  namespace fs = std::filesystem;
+  // The world size each config's comment block names; a config not listed must at least parse.
+  const std::map<std::string, std::vector<int>> worlds = {
+      {"tiny_cpu.yaml", {1, 2}},          {"gpt2_124m_1gpu.yaml", {1}},          {"gpt2_124m_8gpu_ddp.yaml", {8}},
+      {"gpt2_124m_8gpu_fsdp.yaml", {8}}, {"llama_1b_2node_fsdp_tp.yaml", {16}}, {"llama3_8b_4node.yaml", {32}}};
+  int seen = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(LOOM_SOURCE_DIR) / "configs")) {
+    if (e.path().extension() != ".yaml") continue;
+    ++seen;
+    SCOPED_TRACE(e.path().string());
+    RecipeConfig c;
+    ASSERT_NO_THROW(c = load_config(e.path().string()));
+    EXPECT_TRUE(parse_config(c.to_yaml(), "resolved") == c);
+    auto it = worlds.find(e.path().filename().string());
+    if (it == worlds.end()) continue;
+    for (int w : it->second) {
+      EXPECT_NO_THROW(resolve_layout(c, w)) << "world " << w;
+      EXPECT_NO_THROW(estimate_memory_per_rank(c, w)) << "world " << w;
+    }
+  }
+  EXPECT_GE(seen, 1);
 }
