@@ -636,7 +636,13 @@ std::string RecipeConfig::to_yaml() const {
       os << section << ":\n";
     }
     const std::string v = value_text(copy, k);
-    os << "  " << k.name << ": " << (k.kind == Kind::String ? yaml_quote(v) : v) << "\n";
+    std::string text = k.kind == Kind::String ? yaml_quote(v) : v;
+    // "1.0" and "3.0e-04", not "1" and "3e-04": YAML 1.1 readers (PyYAML) take those for an int and a string.
+    if (k.kind == Kind::Double && text.find('.') == std::string::npos) {
+      const size_t e = text.find('e');
+      text.insert(e == std::string::npos ? text.size() : e, ".0");
+    }
+    os << "  " << k.name << ": " << text << "\n";
   }
   return os.str();
 }

@@ -248,6 +248,10 @@ TEST(RecipeConfig, ToYamlRoundTripsToAnEqualConfig) {
   for (const char* key : {"family:", "n_kv_head:", "intermediate_size:", "rope_theta:", "val_fraction:", "warmup_steps:",
                           "grad_clip:", "reshard_after_forward:", "cpu_offload:", "fall_back:", "eval_batches:"})
     EXPECT_HAS(yaml, key);
+  // Floats always look like floats, so YAML 1.1 readers (PyYAML) read them as numbers too.
+  EXPECT_HAS(yaml, "  eps: 1.0e-08\n");
+  EXPECT_HAS(yaml, "  grad_clip: 1.0\n");
+  EXPECT_HAS(yaml, "  dropout: 0.0\n");
   // And a changed value makes them unequal.
   b.training.beta2 = 0.999;
   EXPECT_FALSE(a == b);
