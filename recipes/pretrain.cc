@@ -555,7 +555,7 @@ int run_training(const RecipeConfig& cfg_in) {
   if (ck) ck->wait();
   if (r.rank0) {
     if (stop_signal != 0) {
-      std::printf("stopped by %s after step %lld of %lld; %s\n", strsignal(stop_signal),
+      std::printf("stopped by %s after step %lld of %lld; %s\n", stop_signal == SIGINT ? "SIGINT" : "SIGTERM",
                   static_cast<long long>(step_done), static_cast<long long>(T.steps),
                   ck ? ("the same command resumes from " + checkpoint::latest_checkpoint(ck_dir)).c_str()
                      : "no checkpoint.dir, so nothing was saved");
@@ -591,11 +591,13 @@ int main(int argc, char** argv) {
     cfg = resolve_layout(load_config(args.config, args.sets), world);
     check_supported(cfg);
     (void)cfg.training.grad_accum_steps(cfg.model.seq_len, cfg.parallelism.dp_world());
-  } catch (const ConfigError& e) {
-    if (rank == 0) std::fprintf(stderr, "pretrain: %s\n", e.what());
-    return 2;
   } catch (const Error& e) {
-    if (rank == 0) std::fprintf(stderr, "pretrain: %s\n", e.what());
+    // Every rank reports it: a launcher's failure report shows the first rank to exit, whichever it is.
+    if (world > 1 && !args.validate) {
+      std::fprintf(stderr, "pretrain: rank %d: %s\n", rank, e.what());
+    } else {
+      std::fprintf(stderr, "pretrain: %s\n", e.what());
+    }
     return 2;
   }
   try {

@@ -1,0 +1,26 @@
+# End-to-end tests of the pretrain recipe (included from tests/CMakeLists.txt): the tiny CPU job on one and two
+# ranks, resume (bit-exact continuation, more steps, nothing left to do), SIGTERM stop-and-resume, FSDP/TP/bf16 layouts against DDP, config errors
+# (exit 2 naming file, line and key), --validate, scripts/plot_metrics; and --validate of every shipped config at the
+# world size it is written for.
+if(TARGET pretrain AND TARGET trainlaunch)
+  foreach(c one_rank two_ranks resume sigterm layouts config_error validate plot)
+    add_test(NAME Pretrain.${c}
+             COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh ${c} $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>
+                     ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+    set_tests_properties(Pretrain.${c} PROPERTIES LABELS recipes TIMEOUT 180 SKIP_RETURN_CODE 77)
+  endforeach()
+endif()
+if(TARGET pretrain)
+  # config name : the world size it is written for
+  foreach(entry tiny_cpu:2 gpt2_124m_1gpu:1 gpt2_124m_8gpu_ddp:8 gpt2_124m_8gpu_fsdp:8 llama_1b_2node_fsdp_tp:16
+                llama3_8b_4node:32)
+    string(REPLACE ":" ";" parts ${entry})
+    list(GET parts 0 name)
+    list(GET parts 1 world)
+    add_test(NAME Pretrain.validate_config_${name}
+             COMMAND $<TARGET_FILE:pretrain> --config ${PROJECT_SOURCE_DIR}/configs/${name}.yaml --validate
+                     --world-size ${world})
+    set_tests_properties(Pretrain.validate_config_${name} PROPERTIES LABELS recipes TIMEOUT 60
+                         PASS_REGULAR_EXPRESSION "config OK")
+  endforeach()
+endif()

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
+# Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
+# Cases: one_rank, two_ranks, resume, sigterm, layouts, config_error, validate, plot. Exit 0 pass, 1 fail, 77 skipped.
+set -uo pipefail
+
+case_name=$1 pretrain=$2 trainlaunch=$3 src=$4 work=$5/pretrain_e2e_$1
+rm -rf "$work"
+mkdir -p "$work"
+cd "$work" || exit 1
+export OMP_NUM_THREADS=1 LOOM_STORE_SECRET=pretrain-e2e
+config=$src/configs/tiny_cpu.yaml
+# The tiny job at a quarter of its size: 2 ranks x 8 sequences x 64 tokens per step.
+small=(--set model.n_embd=64 --set model.seq_len=64 --set training.global_batch_tokens=1024
+       --set training.warmup_steps=10 --set logging.interval=10 --set checkpoint.dir="$work/run")
+
+fail() {
+  echo "FAIL ($case_name): $*" >&2
+  for f in "$work"/*.log; do
+    [[ -f $f ]] && { echo "---- $f (last 40 lines)" >&2; tail -n 40 "$f" >&2; }
+  done
+  exit 1
+}
+
+# Column of a metrics file: "step value" for each line that has the key.
+column() {  # column FILE KEY
+  awk -v key="$2" '{ if (match($0, "\"" key "\":-?[0-9.eE+-]+")) { m = substr($0, RSTART, RLENGTH);
+                     sub(/^"[^"]*":/, "", m); match($0, /"step":[0-9]+/); s = substr($0, RSTART + 7, RLENGTH - 7);
+                     print s, m } }' "$1"
+}
+
+# The loss must fall: mean of the last 5 logged losses at least `drop` nats below the mean of the first 5.
+loss_falls() {  # loss_falls METRICS DROP
+  column "$1" loss | awk -v drop="$2" '{ l[NR] = $2 } END {
+      if (NR < 10) { print "only " NR " steps logged"; exit 1 }
+      for (i = 1; i <= 5; i++) { a += l[i]; b += l[NR - 5 + i] }
+      a /= 5; b /= 5; printf "loss %.4f -> %.4f over %d steps\n", a, b, NR
+      exit !(b < a - drop) }'
+}
+
+steps_of() { column "$1" loss | awk '{ printf "%s ", $1 }'; }
+
+case $case_name in
+one_rank)
+  "$pretrain" --config "$config" "${small[@]}" --set training.steps=80 > one.log 2>&1 || fail "exit $?"
+  loss_falls run/metrics.jsonl 0.5 || fail "the loss did not fall by 0.5 nats"
+  [[ $(wc -l < run/metrics.jsonl) -eq 80 ]] || fail "expected 80 metrics lines"
+  grep -q "2 micro-steps" one.log || fail "one rank should accumulate the 2-rank global batch in 2 micro-steps"
+  grep -q "step 80/80 | loss" one.log || fail "no console line for the last step"
+  grep -q '"eval_loss"' run/metrics.jsonl || fail "no eval loss in the metrics"
+  [[ -d run/step_00000080 ]] || fail "no final checkpoint step_00000080"
+  ;;
+two_ranks)
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+    --set training.steps=80 > two.log 2>&1 || fail "exit $?"
+  loss_falls run/metrics.jsonl 0.5 || fail "the loss did not fall by 0.5 nats"
+  grep -q "slowest r[01]" two.log || fail "no per-rank step times in the console line"
+  grep -q '"step_time_by_rank":\[[0-9.e-]*,[0-9.e-]*\]' run/metrics.jsonl || fail "metrics lack both ranks' step times"
+  grep -q "1 micro-step of 8 x 64" two.log || fail "2 ranks should not accumulate"
+  ;;
+resume)
+  # A 40-step run with checkpoints at 20 and 40, then the same run resumed from step 20: steps 21..40 must repeat
+  # bit for bit (model, optimizer, schedule, data position and RNGs all restored).
+  run=("$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}"
+       --set checkpoint.interval=20)
+  "${run[@]}" --set training.steps=40 > first.log 2>&1 || fail "first run: exit $?"
+  cp run/metrics.jsonl straight.jsonl
+  "${run[@]}" --set training.steps=40 --set checkpoint.resume=step_00000020 > again.log 2>&1 || fail "rerun: exit $?"
+  grep -q "resumed from step 20" again.log || fail "the rerun did not say it resumed from step 20"
+  [[ "$(steps_of run/metrics.jsonl)" == "$(steps_of straight.jsonl)" ]] || fail "metrics steps do not continue 1..40"
+  diff <(column straight.jsonl loss) <(column run/metrics.jsonl loss) > loss.diff ||
+    fail "losses of steps 21..40 differ after resuming: $(head -4 loss.diff)"
+  # More steps: resumes from the latest (40) and goes on to 50.
+  "${run[@]}" --set training.steps=50 > more.log 2>&1 || fail "longer run: exit $?"
+  grep -q "resumed from step 40" more.log || fail "the longer run did not resume from step 40"
+  [[ "$(steps_of run/metrics.jsonl)" == "$(seq -s ' ' 1 50) " ]] || fail "metrics steps are not 1..50"
+  # Everything done: says so and exits 0 without training.
+  "${run[@]}" --set training.steps=50 > done.log 2>&1 || fail "rerun of a finished job: exit $?"
+  grep -q "all 50 steps are done" done.log || fail "a finished job's rerun did not say all steps are done"
+  ;;
+sigterm)
+  # SIGTERM to the launcher (as Slurm sends it): the ranks agree on one step, save it and exit 0; a rerun resumes.
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+    --set training.steps=100000 --set checkpoint.interval=0 > term.log 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do
+    [[ -f run/metrics.jsonl && $(wc -l < run/metrics.jsonl) -ge 15 ]] && break
+    kill -0 $pid 2> /dev/null || break
+    sleep 0.1
+  done
+  kill -TERM $pid 2> /dev/null || fail "the job ended before it was signalled"
+  wait $pid
+  rc=$?
+  [[ $rc -eq 0 || $rc -eq 143 ]] || fail "trainlaunch exited $rc after SIGTERM"
+  grep -q "stopped by" term.log || fail "no 'stopped by' line"
+  n=$(sed -n 's/.*stopped by .* after step \([0-9]*\) of.*/\1/p' term.log | head -1)
+  [[ -n $n ]] || fail "cannot find the step it stopped at"
+  [[ -d run/$(printf 'step_%08d' "$n") ]] || fail "no checkpoint of step $n"
+  grep -q "$(printf 'step_%08d' "$n")" run/latest || fail "latest does not name step $n"
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+    --set checkpoint.interval=0 --set training.steps=$((n + 5)) > resume.log 2>&1 ||
+    fail "resume: exit $?"
+  grep -q "resumed from step $n " resume.log || fail "the rerun did not resume from step $n"
+  [[ "$(steps_of run/metrics.jsonl)" == "$(seq -s ' ' 1 $((n + 5))) " ]] || fail "metrics steps are not 1..$((n + 5))"
+  ;;
+layouts)
+  # FSDP and TP through the config give the losses DDP gives (the same global batches, the same initial weights);
+  # bf16 (FullyShard mixed precision) trains and stays close.
+  for layout in ddp:parallelism.dp=0 fsdp:parallelism.fsdp=2 tp:parallelism.tp=2 bf16:training.precision=bf16; do
+    "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+      --set training.steps=20 --set checkpoint.dir="$work/${layout%%:*}" --set "${layout#*:}" > "${layout%%:*}.log" 2>&1 ||
+      fail "${layout%%:*}: exit $?"
+  done
+  grep -q "DeviceMesh(fsdp=2)" fsdp.log || fail "fsdp=2 did not build an fsdp mesh"
+  grep -q "tp=2" tp.log || fail "tp=2 did not build a tp mesh"
+  for l in fsdp tp bf16; do
+    tol=2e-4
+    [[ $l == bf16 ]] && tol=3e-2
+    paste <(column ddp/metrics.jsonl loss) <(column $l/metrics.jsonl loss) |
+      awk -v tol=$tol -v l=$l '{ d = $2 - $4; if (d < 0) d = -d; if (d > tol) { print l " step " $1 ": loss " $4 " vs ddp " $2; bad = 1 } }
+                               END { exit bad }' || fail "$l losses differ from ddp's"
+  done
+  ;;
+config_error)
+  # Unknown key: file, line, key and a suggestion; exit 2, before any rank starts.
+  sed 's/^  n_layer: 2$/  n_layers: 2/' "$config" > bad.yaml
+  line=$(grep -n "n_layers" bad.yaml | cut -d: -f1)
+  "$pretrain" --config bad.yaml > bad.out 2> bad.log
+  rc=$?
+  [[ $rc -eq 2 ]] || fail "unknown key: exit $rc, expected 2"
+  grep -q "bad.yaml:$line" bad.log || fail "the error does not name bad.yaml:$line: $(cat bad.log)"
+  grep -q "n_layers" bad.log || fail "the error does not name the key"
+  grep -qi "did you mean" bad.log || fail "no suggestion for the misspelt key"
+  # A wrong type through --set.
+  "$pretrain" --config "$config" --set training.steps=many > /dev/null 2> type.log
+  [[ $? -eq 2 ]] || fail "wrong type: exit code is not 2"
+  grep -q "training.steps" type.log || fail "the type error does not name training.steps"
+  # A layout that does not fit the world: 3 ranks cannot split 16 sequences of 128 tokens into micro-batches of 8.
+  "$pretrain" --config "$config" --validate --world-size 3 > /dev/null 2> layout.log
+  [[ $? -eq 2 ]] || fail "bad layout: exit code is not 2"
+  grep -q "tiny_cpu.yaml" layout.log || fail "the layout error does not name the file: $(cat layout.log)"
+  # The same under the launcher: every rank exits 2 before creating a process group (nothing to hang on).
+  timeout 60 "$trainlaunch" --standalone --nproc-per-node 3 -- "$pretrain" --config "$config" > launch.log 2>&1
+  rc=$?
+  [[ $rc -ne 0 && $rc -ne 124 ]] || fail "3 ranks with a 2-rank-only batch: exit $rc"
+  grep -q "exit code 2\|exited with 2\|status 2\|code 2" launch.log || fail "the launcher did not report exit code 2"
+  ;;
+validate)
+  "$pretrain" --config "$config" --validate --world-size 2 > v.log 2>&1 || fail "exit $?"
+  grep -q "^parameters: [0-9]" v.log || fail "no parameter count"
+  grep -q "estimated memory per rank:" v.log || fail "no memory estimate"
+  grep -q "n_embd: 128" v.log || fail "the resolved config is not printed"
+  [[ ! -e runs ]] || fail "--validate wrote files"
+  ;;
+plot)
+  command -v gnuplot > /dev/null || { echo "gnuplot not installed: skipped"; exit 77; }
+  for s in $(seq 1 50); do
+    echo "{\"step\":$s,\"loss\":$(awk -v s=$s 'BEGIN{print 4/(1+s/10)}'),\"lr\":0.001,\"tokens_per_s\":$((1000 + s))$( ((s % 10 == 0)) && echo ",\"eval_loss\":2.5")}"
+  done > m.jsonl
+  "$src/scripts/plot_metrics" m.jsonl out.png > plot.log 2>&1 || fail "plot_metrics: exit $?"
+  [[ "$(head -c 4 out.png | od -An -c | tr -d ' ')" == '211PNG' ]] || fail "out.png is not a PNG"
+  [[ $(stat -c %s out.png) -gt 5000 ]] || fail "out.png is suspiciously small"
+  echo '{"nothing":1}' > empty.jsonl
+  "$src/scripts/plot_metrics" empty.jsonl e.png > /dev/null 2>&1 && fail "a file without losses should be an error"
+  ;;
+*)
+  echo "unknown case $case_name" >&2
+  exit 1
+  ;;
+esac
+echo "PASS ($case_name)"
