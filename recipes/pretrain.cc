@@ -576,7 +576,7 @@ int main(int argc, char** argv) {
   // reported at once.
   int world = 1, rank = 0;
   try {
-    if (launched()) {
+    if (launched() && !args.world_size) {  // --validate --world-size N needs no launcher (e.g. in a batch script)
       collectives::RankInfo info = collectives::rank_info_from_env();
       world = info.world_size;
       rank = info.rank;

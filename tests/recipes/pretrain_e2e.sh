@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: one_rank, two_ranks, resume, sigterm, layouts, config_error, validate, plot. Exit 0 pass, 1 fail, 77 skipped.
+# Cases: one_rank, two_ranks, resume, sigterm, layouts, slurm_script, config_error, validate, plot. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
 case_name=$1 pretrain=$2 trainlaunch=$3 src=$4 work=$5/pretrain_e2e_$1
@@ -120,6 +120,31 @@ layouts)
       awk -v tol=$tol -v l=$l '{ d = $2 - $4; if (d < 0) d = -d; if (d > tol) { print l " step " $1 ": loss " $4 " vs ddp " $2; bad = 1 } }
                                END { exit bad }' || fail "$l losses differ from ddp's"
   done
+  ;;
+slurm_script)
+  # scripts/slurm/pretrain_multinode.sbatch run as Slurm would run its batch step on a one-node allocation; a stand-in
+  # srun starts the one launcher per node the way srun --ntasks-per-node=1 does (SLURM_NODEID, SLURM_NNODES set).
+  mkdir -p bin
+  cat > bin/srun <<'SRUN'
+#!/usr/bin/env bash
+while [[ $# -gt 0 && $1 == --* ]]; do shift; done
+export SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0
+exec "$@"
+SRUN
+  chmod +x bin/srun
+  PATH="$work/bin:$PATH" SLURM_NNODES=1 SLURM_JOB_ID=4242 SLURM_JOB_NODELIST=127.0.0.1 NPROC_PER_NODE=2 \
+    MASTER_PORT=$((35000 + RANDOM % 5000)) TRAINLAUNCH="$trainlaunch" PRETRAIN="$pretrain" \
+    bash "$src/scripts/slurm/pretrain_multinode.sbatch" "$config" "${small[@]}" --set training.steps=20 \
+    > slurm.log 2>&1 || fail "the batch script exited $?"
+  grep -q "config OK" slurm.log || fail "the batch script did not validate the config first"
+  [[ -s logs/4242/attempt_0/rank_0.log && -s logs/4242/attempt_0/rank_1.log ]] || fail "no per-rank logs under logs/4242/attempt_0"
+  [[ $(wc -l < run/metrics.jsonl) -eq 20 ]] || fail "expected 20 metrics lines"
+  # A layout that does not fit (3 ranks) stops in the batch script, before srun.
+  PATH="$work/bin:$PATH" SLURM_NNODES=1 SLURM_JOB_ID=4243 NPROC_PER_NODE=3 TRAINLAUNCH="$trainlaunch" \
+    PRETRAIN="$pretrain" bash "$src/scripts/slurm/pretrain_multinode.sbatch" "$config" > bad.log 2>&1 &&
+    fail "a layout for 3 ranks should fail"
+  [[ ! -e logs/4243 ]] || fail "the launcher started although the layout does not fit"
+  grep -q "tiny_cpu.yaml:" bad.log || fail "no file:line in the batch script's error: $(cat bad.log)"
   ;;
 config_error)
   # Unknown key: file, line, key and a suggestion; exit 2, before any rank starts.
