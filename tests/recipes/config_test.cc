@@ -133,6 +133,12 @@ TEST(RecipeConfig, UnknownKeyFarFromAnyListsTheKeys) {
   EXPECT_HAS(msg, "cfg.yaml:20: logging.zzzzzzzzzz: unknown key; the keys of 'logging' are 'interval'");
 }
 
+TEST(RecipeConfig, FlowMappingsKeepTheirLineNumbers) {
+  std::string text = kGpt2;
+  text.replace(0, text.find("data:"), "# a comment line\nmodel: {family: gpt2, n_layer: 2, n_embd: 64,\n  n_haed: 4}\n");
+  EXPECT_HAS(parse_error(text), "cfg.yaml:3: model.n_haed: unknown key; did you mean 'n_head'?");
+}
+
 TEST(RecipeConfig, UnknownSectionSuggestsTheClosest) {
   const std::string msg = parse_error(with_line(10, "trainng:"));
   EXPECT_HAS(msg, "cfg.yaml:10: trainng: unknown section; did you mean 'training'?");
