@@ -27,7 +27,7 @@ namespace {
 
 constexpr int64_t kTopics = 4;          // hidden per-block "topic": each has its own transition table
 constexpr int64_t kSuccessors = 4;      // each token is followed by one of 4 tokens (per topic)
-constexpr int64_t kBlockLen = 1024;     // tokens per block; a block restarts the chain
+constexpr int64_t kBlockLen = 128;      // tokens per block; short, so a micro-batch mixes topics
 constexpr int64_t kSyntheticTokens = int64_t{1} << 32;  // generated on demand, never stored
 constexpr int64_t kFloorBlocks = 256;   // blocks sampled to measure the entropy floor
 
