@@ -280,6 +280,11 @@ int run_training(const RecipeConfig& cfg_in) {
     omp_set_num_threads(std::max(1, cores / local));
   }
 
+  // The data first: a missing or malformed file is reported before any rank waits on another.
+  auto train_src = open_tokens(cfg.data, "train", cfg.model.vocab_size);
+  std::shared_ptr<TokenSource> val_src;
+  if (cfg.logging.eval_interval > 0) val_src = open_tokens(cfg.data, "val", cfg.model.vocab_size);
+
   if (launched()) {
     r.world = collectives::init_process_group(P.backend);
   } else {
@@ -354,9 +359,6 @@ int run_training(const RecipeConfig& cfg_in) {
   }
 
   // Data: this rank's part of every global batch; the held-out split for eval.
-  auto train_src = open_tokens(cfg.data, "train", cfg.model.vocab_size);
-  std::shared_ptr<TokenSource> val_src;
-  if (cfg.logging.eval_interval > 0) val_src = open_tokens(cfg.data, "val", cfg.model.vocab_size);
   DataLoader loader(train_src, cfg.model.seq_len, T.micro_batch, data_rank, data_size);
   const int64_t accum = T.grad_accum_steps(cfg.model.seq_len, P.dp_world());
   const int64_t tokens_per_step = T.global_batch_tokens;

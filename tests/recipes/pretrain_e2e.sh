@@ -77,6 +77,13 @@ resume)
   # Everything done: says so and exits 0 without training.
   "${run[@]}" --set training.steps=50 > done.log 2>&1 || fail "rerun of a finished job: exit $?"
   grep -q "all 50 steps are done" done.log || fail "a finished job's rerun did not say all steps are done"
+  # Another layout: the 2-rank DDP checkpoint goes on as one process, then as 2-rank FSDP.
+  "$pretrain" --config "$config" "${small[@]}" --set training.steps=55 > one.log 2>&1 || fail "1-rank resume: exit $?"
+  grep -q "resumed from step 50 .*saved on 2 data-parallel ranks" one.log || fail "1 rank did not resume from step 50"
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+    --set parallelism.fsdp=2 --set training.steps=60 > fsdp.log 2>&1 || fail "FSDP resume: exit $?"
+  grep -q "resumed from step 55 .*saved on 1 data-parallel rank" fsdp.log || fail "FSDP did not resume from step 55"
+  [[ "$(steps_of run/metrics.jsonl)" == "$(seq -s ' ' 1 60) " ]] || fail "metrics steps are not 1..60"
   ;;
 sigterm)
   # SIGTERM to the launcher (as Slurm sends it): the ranks agree on one step, save it and exit 0; a rerun resumes.
