@@ -25,11 +25,11 @@ namespace {
 // Synthetic corpus
 // ---------------------------------------------------------------------------
 
-constexpr int64_t kTopics = 4;          // hidden per-block "topic": each has its own transition table
-constexpr int64_t kSuccessors = 4;      // each token is followed by one of 4 tokens (per topic)
-constexpr int64_t kBlockLen = 128;      // tokens per block; short, so a micro-batch mixes topics
+constexpr int64_t kTopics = 4;                          // hidden per-block "topic": each has its own transition table
+constexpr int64_t kSuccessors = 4;                      // each token is followed by one of 4 tokens (per topic)
+constexpr int64_t kBlockLen = 128;                      // tokens per block; short, so a micro-batch mixes topics
 constexpr int64_t kSyntheticTokens = int64_t{1} << 32;  // generated on demand, never stored
-constexpr int64_t kFloorBlocks = 256;   // blocks sampled to measure the entropy floor
+constexpr int64_t kFloorBlocks = 2048;                  // blocks sampled to measure the entropy floor (2^18 tokens)
 
 /// splitmix64's finalizer: a bijective 64-bit mix with good avalanche.
 uint64_t mix64(uint64_t x) {
@@ -110,7 +110,8 @@ class SyntheticSource final : public TokenSource {
       for (int64_t j = 0; j < kSuccessors; ++j) {
         double p = cum_[r * kSuccessors + j] - prev;
         prev = cum_[r * kSuccessors + j];
-        auto it = std::find_if(merged.begin(), merged.end(), [&](auto& m) { return m.first == next_[r * kSuccessors + j]; });
+        auto it =
+            std::find_if(merged.begin(), merged.end(), [&](auto& m) { return m.first == next_[r * kSuccessors + j]; });
         if (it == merged.end()) {
           merged.emplace_back(next_[r * kSuccessors + j], p);
         } else {
@@ -222,8 +223,8 @@ class ShardSource final : public TokenSource {
                            size(), " tokens");
   }
   void read(int64_t pos, int64_t n, int64_t* out) const override {
-    LOOM_CHECK(pos >= 0 && n >= 0 && pos + n <= size(), describe(), ": read [", pos, ", ", pos + n,
-               ") outside [0, ", size(), ")");
+    LOOM_CHECK(pos >= 0 && n >= 0 && pos + n <= size(), describe(), ": read [", pos, ", ", pos + n, ") outside [0, ",
+               size(), ")");
     int64_t done = 0;
     while (done < n) {
       const int64_t p = pos + done;
@@ -263,8 +264,8 @@ class SliceSource final : public TokenSource {
     return detail::str_cat(base_->describe(), " [", name_, ": tokens ", begin_, "..", end_, ")");
   }
   void read(int64_t pos, int64_t n, int64_t* out) const override {
-    LOOM_CHECK(pos >= 0 && n >= 0 && pos + n <= size(), describe(), ": read [", pos, ", ", pos + n,
-               ") outside [0, ", size(), ")");
+    LOOM_CHECK(pos >= 0 && n >= 0 && pos + n <= size(), describe(), ": read [", pos, ", ", pos + n, ") outside [0, ",
+               size(), ")");
     base_->read(begin_ + pos, n, out);
   }
 
@@ -283,15 +284,15 @@ std::vector<std::string> expand(const std::string& key, const std::string& patte
     for (size_t i = 0; i < g.gl_pathc; ++i) paths.emplace_back(g.gl_pathv[i]);
   ::globfree(&g);
   if (paths.empty()) {
-    LOOM_THROW(IoError, key, " '", pattern, "': no such file", pattern.find_first_of("*?[") != std::string::npos ? " matches" : "",
-               "; expected ", expected);
+    LOOM_THROW(IoError, key, " '", pattern, "': no such file",
+               pattern.find_first_of("*?[") != std::string::npos ? " matches" : "", "; expected ", expected);
   }
   std::sort(paths.begin(), paths.end());
   return paths;
 }
 
-constexpr int32_t kLlmcMagicGpt2 = 20240520;   // llm.c dev/data/data_common.py "gpt-2": version 1, uint16
-constexpr int32_t kLlmcMagicLlama3 = 20240801; // "llama-3": version 7, uint32
+constexpr int32_t kLlmcMagicGpt2 = 20240520;    // llm.c dev/data/data_common.py "gpt-2": version 1, uint16
+constexpr int32_t kLlmcMagicLlama3 = 20240801;  // "llama-3": version 7, uint32
 constexpr int64_t kLlmcHeaderBytes = 256 * 4;
 const char* const kLlmcExpected =
     "llm.c .bin shards (256 int32 header: magic 20240520, version 1, token count; then uint16 tokens)";
@@ -308,14 +309,17 @@ Shard open_llmc(const std::string& path) {
   int64_t width = 0;
   if (header[0] == kLlmcMagicGpt2) {
     if (header[1] != 1)
-      LOOM_THROW(IoError, path, ": llm.c version ", header[1], " with magic 20240520; expected version 1 (uint16 tokens)");
+      LOOM_THROW(IoError, path, ": llm.c version ", header[1],
+                 " with magic 20240520; expected version 1 (uint16 tokens)");
     width = 2;
   } else if (header[0] == kLlmcMagicLlama3) {
     if (header[1] != 7)
-      LOOM_THROW(IoError, path, ": llm.c version ", header[1], " with magic 20240801; expected version 7 (uint32 tokens)");
+      LOOM_THROW(IoError, path, ": llm.c version ", header[1],
+                 " with magic 20240801; expected version 7 (uint32 tokens)");
     width = 4;
   } else {
-    LOOM_THROW(IoError, path, ": bad magic ", header[0], ", expected 20240520 (llm.c GPT-2, uint16) or 20240801 "
+    LOOM_THROW(IoError, path, ": bad magic ", header[0],
+               ", expected 20240520 (llm.c GPT-2, uint16) or 20240801 "
                "(llm.c Llama 3, uint32) — for nanoGPT's raw uint16 files set data.source: nanogpt");
   }
   const int64_t count = header[2];
@@ -370,7 +374,8 @@ double synthetic_entropy_floor(uint64_t seed, int64_t vocab_size) {
 }
 
 std::shared_ptr<TokenSource> open_tokens(const DataConfig& cfg, const std::string& split, int64_t vocab_size) {
-  LOOM_CHECK(split == "train" || split == "val", "open_tokens: split must be \"train\" or \"val\", got \"", split, "\"");
+  LOOM_CHECK(split == "train" || split == "val", "open_tokens: split must be \"train\" or \"val\", got \"", split,
+             "\"");
   LOOM_CHECK_T(ConfigError, vocab_size >= 2, "model.vocab_size: ", vocab_size, " < 2");
   const bool synthetic = cfg.source == "synthetic";
   if (!synthetic && cfg.source != "text" && cfg.source != "llmc" && cfg.source != "nanogpt") {
@@ -399,8 +404,8 @@ std::shared_ptr<TokenSource> open_tokens(const DataConfig& cfg, const std::strin
                                                : open_files(cfg, "data.train_path", cfg.train_path, vocab_size);
   const int64_t n = all->size();
   // At least one token each side; the loader checks that a split holds a whole sequence.
-  const int64_t n_val = std::clamp<int64_t>(static_cast<int64_t>(std::llround(static_cast<double>(n) * cfg.val_fraction)),
-                                            1, std::max<int64_t>(1, n - 1));
+  const int64_t n_val = std::clamp<int64_t>(
+      static_cast<int64_t>(std::llround(static_cast<double>(n) * cfg.val_fraction)), 1, std::max<int64_t>(1, n - 1));
   if (n < 2) LOOM_THROW(IoError, all->describe(), ": ", n, " token(s), too few to split into train and val");
   return split == "train" ? std::make_shared<SliceSource>(all, 0, n - n_val, "train")
                           : std::make_shared<SliceSource>(all, n - n_val, n, "val");
@@ -410,8 +415,7 @@ std::shared_ptr<TokenSource> open_tokens(const DataConfig& cfg, const std::strin
 // DataLoader
 // ---------------------------------------------------------------------------
 
-DataLoader::DataLoader(std::shared_ptr<TokenSource> src, int64_t seq_len, int64_t micro_batch, int dp_rank,
-                       int dp_size)
+DataLoader::DataLoader(std::shared_ptr<TokenSource> src, int64_t seq_len, int64_t micro_batch, int dp_rank, int dp_size)
     : src_(std::move(src)), seq_len_(seq_len), micro_batch_(micro_batch), dp_rank_(dp_rank), dp_size_(dp_size) {
   LOOM_CHECK(src_ != nullptr, "DataLoader: null token source");
   LOOM_CHECK(seq_len_ >= 1, "DataLoader: seq_len must be >= 1, got ", seq_len_);

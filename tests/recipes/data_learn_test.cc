@@ -46,9 +46,10 @@ TEST(SyntheticData, TinyGpt2LossFallsClearly) {
     smoothed = 0.9 * smoothed + 0.1 * l;
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("tiny GPT-2 on synthetic V=%lld: loss %.3f -> %.3f (smoothed) in %d steps, %.1f s; floor %.3f, uniform %.3f\n",
-              static_cast<long long>(V), first, smoothed, steps, secs, floor, uniform);
-  EXPECT_NEAR(first, uniform, 0.3);  // starts at a uniform guess
-  EXPECT_LT(smoothed, first - 2.0);  // and falls clearly
-  EXPECT_GT(smoothed, floor - 0.05); // never below what the corpus allows
+  std::printf(
+      "tiny GPT-2 on synthetic V=%lld: loss %.3f -> %.3f (smoothed) in %d steps, %.1f s; floor %.3f, uniform %.3f\n",
+      static_cast<long long>(V), first, smoothed, steps, secs, floor, uniform);
+  EXPECT_NEAR(first, uniform, 0.3);   // starts at a uniform guess
+  EXPECT_LT(smoothed, first - 2.0);   // and falls clearly
+  EXPECT_GT(smoothed, floor - 0.05);  // never below what the corpus allows
 }

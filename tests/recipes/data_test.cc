@@ -4,7 +4,6 @@
 #include "recipes/data.h"
 
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cmath>
@@ -26,9 +25,8 @@ namespace {
 class TempDir {
  public:
   TempDir() {
-    path_ = fs::temp_directory_path() /
-            ("loom_data_test_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    path_ = fs::temp_directory_path() / ("loom_data_test_" + std::to_string(::getpid()) + "_" +
+                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(path_);
     fs::create_directories(path_);
   }
@@ -46,8 +44,8 @@ void write_bytes(const std::string& path, const void* data, size_t n) {
 
 /// An llm.c shard: 256 int32 header (magic, version, count), then the tokens (uint16 or uint32).
 template <typename Tok>
-void write_llmc(const std::string& path, const std::vector<Tok>& toks, int32_t magic = 20240520,
-                int32_t version = 1, int64_t header_count = -1) {
+void write_llmc(const std::string& path, const std::vector<Tok>& toks, int32_t magic = 20240520, int32_t version = 1,
+                int64_t header_count = -1) {
   std::vector<int32_t> header(256, 0);
   header[0] = magic;
   header[1] = version;
@@ -200,8 +198,8 @@ TEST(SyntheticData, LearnableWithEntropyFloorBelowBigram) {
       if (pair[a * V + b] > 0) h -= pair[a * V + b] / (n - 1) * std::log(pair[a * V + b] / first[a]);
   EXPECT_GT(h, floor + 0.3) << "a bigram model should not reach the floor (topics carry information)";
   EXPECT_LT(h, std::log(static_cast<double>(V)) - 2.0);
-  std::printf("synthetic V=%lld: entropy floor %.4f, bigram %.4f, uniform %.4f nats/token\n",
-              static_cast<long long>(V), floor, h, std::log(static_cast<double>(V)));
+  std::printf("synthetic V=%lld: entropy floor %.4f, bigram %.4f, uniform %.4f nats/token\n", static_cast<long long>(V),
+              floor, h, std::log(static_cast<double>(V)));
 }
 
 TEST(SyntheticData, SplitIsDisjointTail) {
