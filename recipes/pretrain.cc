@@ -450,6 +450,9 @@ int run_training(const RecipeConfig& cfg_in) {
                 static_cast<long long>(tokens_per_step), static_cast<long long>(accum), accum == 1 ? "" : "s",
                 static_cast<long long>(T.micro_batch), static_cast<long long>(cfg.model.seq_len), T.precision.c_str(),
                 format_count(peak).c_str(), r.world->size(), r.world->size() == 1 ? "" : "s");
+    if (bf16 && P.fsdp == 1)
+      std::printf("precision bf16: FullyShard mixed precision over the %d data-parallel rank%s (in place of DDP; "
+                  "bf16 compute, f32 master weights)\n", data_size, data_size == 1 ? "" : "s");
     if (metrics) std::printf("metrics: %s\n", metrics->path().c_str());
     if (ck) std::printf("checkpoints: %s (every %lld steps, keep %d)\n", ck_dir.c_str(),
                         static_cast<long long>(cfg.checkpoint.interval), cfg.checkpoint.keep_last);
@@ -464,15 +467,9 @@ int run_training(const RecipeConfig& cfg_in) {
     st.step = step_done;
     st.data_position = loader.state();
     st.config = cfg.to_yaml();
-    std::string dir = ck->save(target, st);
+    if (tty) std::printf("\r\033[K");  // the checkpoint library logs the save on its own line
+    ck->save(target, st);
     last_saved = step_done;
-    // A sync save is reported by the checkpoint library itself; an async one only once it is complete.
-    if (r.rank0 && cfg.checkpoint.async) {
-      if (tty) std::printf("\r\033[K");
-      std::printf("checkpoint: step %lld -> %s (blocked %.2f s; writing in the background)\n",
-                  static_cast<long long>(step_done), dir.c_str(), ck->last_blocking_seconds());
-      std::fflush(stdout);
-    }
   };
 
   const auto t_run = Clock::now();

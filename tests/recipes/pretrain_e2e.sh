@@ -171,6 +171,11 @@ config_error)
   "$pretrain" --config "$config" --validate --world-size 3 > /dev/null 2> layout.log
   [[ $? -eq 2 ]] || fail "bad layout: exit code is not 2"
   grep -q "tiny_cpu.yaml" layout.log || fail "the layout error does not name the file: $(cat layout.log)"
+  # Hybrid sharding (dp and fsdp both > 1) is refused with the keys named.
+  "$pretrain" --config "$config" --set parallelism.dp=2 --set parallelism.fsdp=2 \
+    --set training.global_batch_tokens=4096 --validate --world-size 4 > /dev/null 2> hsdp.log
+  [[ $? -eq 2 ]] || fail "dp=2 x fsdp=2: exit code is not 2"
+  grep -q "parallelism.dp=2 with parallelism.fsdp=2" hsdp.log || fail "the hybrid-sharding error does not name the keys"
   # The same under the launcher: every rank exits 2 before creating a process group (nothing to hang on).
   timeout 60 "$trainlaunch" --standalone --nproc-per-node 3 -- "$pretrain" --config "$config" > launch.log 2>&1
   rc=$?
