@@ -1,5 +1,5 @@
-# End-to-end tests of the pretrain recipe (included from tests/CMakeLists.txt): the tiny CPU job on one and two
-# ranks, resume (bit-exact continuation, more steps, nothing left to do), SIGTERM stop-and-resume, FSDP/TP/bf16 layouts against DDP, scripts/slurm/pretrain_multinode.sbatch under a stand-in srun, config errors
+# End-to-end tests of the pretrain recipe (included from tests/CMakeLists.txt): the README's main job as written; the
+# tiny CPU job shrunk, on one and two ranks, resume (bit-exact continuation, more steps, nothing left to do), SIGTERM stop-and-resume, FSDP/TP/bf16 layouts against DDP, scripts/slurm/pretrain_multinode.sbatch under a stand-in srun, config errors
 # (exit 2 naming file, line and key), --validate, scripts/plot_metrics; and --validate of every shipped config at the
 # world size it is written for.
 if(TARGET pretrain AND TARGET trainlaunch)
@@ -9,6 +9,11 @@ if(TARGET pretrain AND TARGET trainlaunch)
                      ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
     set_tests_properties(Pretrain.${c} PROPERTIES LABELS recipes TIMEOUT 180 SKIP_RETURN_CODE 77)
   endforeach()
+  # The README's main job at full size (about a minute on 2 cores).
+  add_test(NAME MainJob.PretrainTinyCpu2Ranks
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh main_job $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>
+                   ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  set_tests_properties(MainJob.PretrainTinyCpu2Ranks PROPERTIES LABELS recipes TIMEOUT 300)
 endif()
 if(TARGET pretrain)
   # config name : the world size it is written for

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: one_rank, two_ranks, resume, sigterm, layouts, slurm_script, config_error, validate, plot. Exit 0 pass, 1 fail, 77 skipped.
+# Cases: main_job, one_rank, two_ranks, resume, sigterm, layouts, slurm_script, config_error, validate, plot. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
 case_name=$1 pretrain=$2 trainlaunch=$3 src=$4 work=$5/pretrain_e2e_$1
@@ -41,6 +41,17 @@ loss_falls() {  # loss_falls METRICS DROP
 steps_of() { column "$1" loss | awk '{ printf "%s ", $1 }'; }
 
 case $case_name in
+main_job)
+  # The README's main job exactly as written (from a fresh directory): the loss falls by more than 2 nats, the
+  # held-out loss ends below 2, checkpoints land in runs/tiny_cpu, and the same command again has nothing to do.
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" > main.log 2>&1 || fail "exit $?"
+  loss_falls runs/tiny_cpu/metrics.jsonl 2.0 || fail "the loss did not fall by 2 nats"
+  column runs/tiny_cpu/metrics.jsonl eval_loss | tail -1 | awk '{ exit !($2 < 2.0) }' ||
+    fail "final eval loss $(column runs/tiny_cpu/metrics.jsonl eval_loss | tail -1) is not below 2"
+  [[ -d runs/tiny_cpu/step_00000400 ]] || fail "no final checkpoint in runs/tiny_cpu"
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" > again.log 2>&1 || fail "rerun: exit $?"
+  grep -q "all 400 steps are done" again.log || fail "the rerun did not say all steps are done"
+  ;;
 one_rank)
   "$pretrain" --config "$config" "${small[@]}" --set training.steps=80 > one.log 2>&1 || fail "exit $?"
   loss_falls run/metrics.jsonl 0.5 || fail "the loss did not fall by 0.5 nats"
