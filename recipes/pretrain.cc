@@ -194,6 +194,29 @@ std::shared_ptr<nn::CausalLM> build_model(const ModelConfig& m, Generator& gen) 
   return std::make_shared<nn::Llama>(c, gen);
 }
 
+/// Which sections of cfg differ from the config a checkpoint was saved with ("training, logging"), or "some keys"
+/// when the saved text does not parse (a config from another version of the recipe).
+std::string changed_sections(const std::string& saved_yaml, const RecipeConfig& cfg) {
+  RecipeConfig old;
+  try {
+    old = parse_config(saved_yaml, "checkpoint config");
+  } catch (const Error&) {
+    return "some keys";
+  }
+  old.parallelism.dp = cfg.parallelism.dp;  // the layout may change on resume; only other keys are news
+  std::string out;
+  auto add = [&](bool same, const char* name) {
+    if (!same) out += (out.empty() ? "" : ", ") + std::string(name);
+  };
+  add(old.model == cfg.model, "model");
+  add(old.data == cfg.data, "data");
+  add(old.training == cfg.training, "training");
+  add(old.parallelism == cfg.parallelism, "parallelism");
+  add(old.checkpoint == cfg.checkpoint, "checkpoint");
+  add(old.logging == cfg.logging, "logging");
+  return out.empty() ? "resolved details only" : out;
+}
+
 /// --validate: the resolved config, parameter count and memory estimate.
 int run_validate(const RecipeConfig& cfg, int world) {
   std::printf("# resolved config (%s, world size %d)\n%s", cfg.source_file.c_str(), world, cfg.to_yaml().c_str());
@@ -407,8 +430,9 @@ int run_training(const RecipeConfig& cfg_in) {
                     static_cast<long long>(start_step), from.c_str(), st.saved_dp_size,
                     st.saved_dp_size == 1 ? "" : "s");
         if (!st.config.empty() && st.config != cfg.to_yaml())
-          std::printf("note: the config differs from the one the checkpoint was saved with (kept in its "
-                      "metadata.json); training goes on with the config above\n");
+          std::printf("note: the config differs from the checkpoint's (kept in its metadata.json) in %s; training "
+                      "goes on with the config above\n",
+                      changed_sections(st.config, cfg).c_str());
       }
     }
   }
