@@ -60,6 +60,13 @@ one_rank)
   grep -q "step 80/80 | loss" one.log || fail "no console line for the last step"
   grep -q '"eval_loss"' run/metrics.jsonl || fail "no eval loss in the metrics"
   [[ -d run/step_00000080 ]] || fail "no final checkpoint step_00000080"
+  # On a terminal (script(1) gives it one): a progress bar redrawn in place with \r; in a file: no bar.
+  grep -q $'\r' one.log && fail "progress bar escapes in a log file"
+  if command -v script > /dev/null; then
+    script -qec "'$pretrain' --config '$config' ${small[*]} --set checkpoint.dir=$work/tty --set training.steps=12" \
+      /dev/null > tty.log 2>&1 || fail "run on a terminal: exit $?"
+    grep -q $'\r\e\\[K\\[#' tty.log || fail "no progress bar on a terminal"
+  fi
   ;;
 two_ranks)
   "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
