@@ -163,7 +163,8 @@ class SyntheticSource final : public TokenSource {
 class MappedFile {
  public:
   MappedFile(const std::string& path, const std::string& expected) : path_(path) {
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: a FIFO named by mistake must be reported below, not hang the open.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd_ < 0) {
       LOOM_THROW(IoError, path, ": cannot open (", std::strerror(errno), "); expected ", expected);
     }
@@ -325,9 +326,10 @@ Shard open_llmc(const std::string& path) {
   const int64_t count = header[2];
   if (count < 0) LOOM_THROW(IoError, path, ": negative token count ", count, " in the llm.c header");
   if (bytes != kLlmcHeaderBytes + width * count) {
-    LOOM_THROW(IoError, path, ": truncated: header says ", count, " tokens, file holds ",
-               (bytes - kLlmcHeaderBytes) / width, bytes > kLlmcHeaderBytes + width * count ? " (file is longer)" : "",
-               " (", bytes, " bytes; expected ", kLlmcHeaderBytes + width * count, ")");
+    const bool longer = bytes > kLlmcHeaderBytes + width * count;
+    LOOM_THROW(IoError, path, longer ? ": size mismatch" : ": truncated", ": header says ", count,
+               " tokens, file holds ", (bytes - kLlmcHeaderBytes) / width, " (", bytes, " bytes; expected ",
+               kLlmcHeaderBytes + width * count, " = 1024-byte header + ", width, " bytes per token)");
   }
   return Shard{f, kLlmcHeaderBytes, count, width};
 }

@@ -4,6 +4,7 @@
 #include "recipes/data.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -333,6 +334,11 @@ TEST(LlmcData, TruncatedNamesFileAndCounts) {
   auto msg = error_of<IoError>([&] { open_tokens(files_cfg("llmc", d.file("t.bin")), "train", 100); });
   EXPECT_NE(msg.find(d.file("t.bin")), std::string::npos) << msg;
   EXPECT_NE(msg.find("truncated: header says 100 tokens, file holds 50"), std::string::npos) << msg;
+  // Longer than the header says: also an error (a wrong count would silently drop or misread tokens).
+  write_llmc(d.file("l.bin"), std::vector<uint16_t>(50, 1), 20240520, 1, 20);
+  msg = error_of<IoError>([&] { open_tokens(files_cfg("llmc", d.file("l.bin")), "train", 100); });
+  EXPECT_NE(msg.find(d.file("l.bin")), std::string::npos) << msg;
+  EXPECT_NE(msg.find("size mismatch: header says 20 tokens, file holds 50"), std::string::npos) << msg;
   // Shorter than the header itself.
   write_bytes(d.file("h.bin"), "abcd", 4);
   msg = error_of<IoError>([&] { open_tokens(files_cfg("llmc", d.file("h.bin")), "train", 100); });
@@ -381,6 +387,14 @@ TEST(LlmcData, DirectoryIsNotAShard) {
   fs::create_directories(d.file("dir.bin"));
   auto msg = error_of<IoError>([&] { open_tokens(files_cfg("llmc", d.file("dir.bin")), "train", 100); });
   EXPECT_NE(msg.find(d.file("dir.bin")), std::string::npos) << msg;
+}
+
+TEST(LlmcData, FifoIsNotAShardAndDoesNotHang) {
+  TempDir d;
+  ASSERT_EQ(::mkfifo(d.file("pipe.bin").c_str(), 0600), 0);
+  auto msg = error_of<IoError>([&] { open_tokens(files_cfg("llmc", d.file("pipe.bin")), "train", 100); });
+  EXPECT_NE(msg.find(d.file("pipe.bin")), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not a regular file"), std::string::npos) << msg;
 }
 
 TEST(LlmcData, MissingTrainPathIsConfigError) {
