@@ -60,7 +60,14 @@ using Clock = std::chrono::steady_clock;
 // Set by SIGTERM (Slurm preemption, trainlaunch forwarding) or SIGINT; read once per step and agreed across ranks.
 volatile std::sig_atomic_t g_stop_signal = 0;
 
-void on_stop_signal(int sig) { g_stop_signal = sig; }
+void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {  // a second signal: stop now, without the checkpoint (the default action)
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+}
 
 void install_signal_handlers() {
   struct sigaction sa {};
