@@ -34,7 +34,7 @@ struct StepMetrics {
   double mfu = 0;            // model FLOPs utilisation in [0, 1]; 0 when the peak is unknown
   int64_t mem_bytes = 0;     // tensor memory in use on rank 0 after the step
   double step_time_s = 0;    // rank 0's wall time of the step
-  std::vector<double> rank_step_time_s;  // every rank's step time (compute up to the step's last local work)
+  std::vector<double> rank_step_time_s;  // every rank's own step time (DDP: without waiting on the all-reduce)
   std::optional<double> eval_loss;       // when the step ran an evaluation
 };
 

@@ -533,7 +533,11 @@ int run_training(const RecipeConfig& cfg_in) {
     const double lr = r.sched->last_lr();
     r.opt->step();
     r.sched->step();
-    const double local_time = seconds_since(t0);
+    // This rank's own time for the step. Under DDP the time blocked on the gradient all-reduce is taken out: a fast
+    // rank waits there for a slow one, so with it every rank would show the slowest rank's time. (FSDP and TP ranks
+    // wait for each other inside every layer, which no counter here separates out: their times converge.)
+    double local_time = seconds_since(t0);
+    if (r.ddp) local_time -= 1e-9 * static_cast<double>(r.ddp->last_comm_wait_ns());
 
     // One small all-gather per step: every rank's step time (so a straggler shows), its stop request and its loss.
     Tensor mine = from_vector<double>({local_time, static_cast<double>(g_stop_signal), loss_sum / accum}, {3});

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: main_job, one_rank, two_ranks, resume, sigterm, layouts, slurm_script, config_error, validate, plot. Exit 0 pass, 1 fail, 77 skipped.
+# Cases: main_job, one_rank, two_ranks, resume, sigterm, layouts, straggler, slurm_script, config_error, validate, plot. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
 case_name=$1 pretrain=$2 trainlaunch=$3 src=$4 work=$5/pretrain_e2e_$1
@@ -145,6 +145,28 @@ layouts)
       awk -v tol=$tol -v l=$l '{ d = $2 - $4; if (d < 0) d = -d; if (d > tol) { print l " step " $1 ": loss " $4 " vs ddp " $2; bad = 1 } }
                                END { exit bad }' || fail "$l losses differ from ddp's"
   done
+  ;;
+straggler)
+  # Rank 1 shares core 0 with two busy loops, rank 0 has core 1 to itself: rank 1 must show as the slowest rank in
+  # (nearly) every step's record although DDP makes rank 0 wait for it every step.
+  command -v taskset > /dev/null && [[ $(getconf _NPROCESSORS_ONLN) -ge 2 ]] || { echo "needs taskset and 2 cores: skipped"; exit 77; }
+  cat > slow_rank.sh <<'WRAP'
+#!/usr/bin/env bash
+if [[ $LOCAL_RANK == 1 ]]; then
+  taskset -c 0 bash -c 'while :; do :; done' & h1=$!
+  taskset -c 0 bash -c 'while :; do :; done' & h2=$!
+  trap 'kill $h1 $h2 2> /dev/null' EXIT
+  taskset -c 0 "$@"
+  exit $?
+fi
+exec taskset -c 1 "$@"
+WRAP
+  chmod +x slow_rank.sh
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$work/slow_rank.sh" "$pretrain" --config "$config" "${small[@]}" \
+    --set training.steps=30 > slow.log 2>&1 || fail "exit $?"
+  n1=$(grep -c '"slowest_rank":1' run/metrics.jsonl)
+  [[ $n1 -ge 24 ]] || fail "rank 1 was the slowest in only $n1 of 30 steps"
+  grep -q "slowest r1)" slow.log || fail "the console lines do not name rank 1 as the slowest"
   ;;
 slurm_script)
   # scripts/slurm/pretrain_multinode.sbatch run as Slurm would run its batch step on a one-node allocation; a stand-in
