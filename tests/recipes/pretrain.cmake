@@ -10,6 +10,8 @@ if(TARGET pretrain AND TARGET trainlaunch)
                      ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
     set_tests_properties(Pretrain.${c} PROPERTIES LABELS recipes TIMEOUT 180 SKIP_RETURN_CODE 77)
   endforeach()
+  # Pinned to cores with busy loops beside one rank: other tests running at the same time would blur which is slow.
+  set_tests_properties(Pretrain.straggler PROPERTIES RUN_SERIAL TRUE)
   # The README's main job at full size (about a minute on 2 cores).
   add_test(NAME MainJob.PretrainTinyCpu2Ranks
            COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh main_job $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>

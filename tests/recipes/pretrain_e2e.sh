@@ -147,7 +147,7 @@ layouts)
   done
   ;;
 straggler)
-  # Rank 1 shares core 0 with two busy loops, rank 0 has core 1 to itself: rank 1 must show as the slowest rank in
+  # Rank 1 shares core 0 with three busy loops, rank 0 has core 1 to itself (the test runs alone, RUN_SERIAL): rank 1 must show as the slowest rank in
   # (nearly) every step's record although DDP makes rank 0 wait for it every step.
   command -v taskset > /dev/null && [[ $(getconf _NPROCESSORS_ONLN) -ge 2 ]] || { echo "needs taskset and 2 cores: skipped"; exit 77; }
   cat > slow_rank.sh <<'WRAP'
@@ -155,7 +155,8 @@ straggler)
 if [[ $LOCAL_RANK == 1 ]]; then
   taskset -c 0 bash -c 'while :; do :; done' & h1=$!
   taskset -c 0 bash -c 'while :; do :; done' & h2=$!
-  trap 'kill $h1 $h2 2> /dev/null' EXIT
+  taskset -c 0 bash -c 'while :; do :; done' & h3=$!
+  trap 'kill $h1 $h2 $h3 2> /dev/null' EXIT
   taskset -c 0 "$@"
   exit $?
 fi
