@@ -48,11 +48,9 @@ double grad_norm(const std::vector<Tensor>& params, double norm_type) {
   return inf ? total : std::sqrt(total);
 }
 
-double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
-  LOOM_CHECK(max_norm >= 0.0, "clip_grad_norm_: max_norm must be non-negative, got ", max_norm);
-  const double total = grad_norm(params, norm_type);
-  const double coef = max_norm / (total + 1e-6);
-  if (coef >= 1.0) return total;
+void clip_grads_with_norm_(const std::vector<Tensor>& params, double max_norm, double total_norm) {
+  const double coef = max_norm / (total_norm + 1e-6);
+  if (coef >= 1.0) return;
   autograd::NoGradGuard no_grad;
   for (const auto& p : params) {
     Tensor g = p.grad();
@@ -68,6 +66,12 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
     }
     g.bump_version();
   }
+}
+
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type) {
+  LOOM_CHECK(max_norm >= 0.0, "clip_grad_norm_: max_norm must be non-negative, got ", max_norm);
+  const double total = grad_norm(params, norm_type);
+  clip_grads_with_norm_(params, max_norm, total);
   return total;
 }
 

@@ -16,6 +16,11 @@ namespace loom::nn {
 /// before clipping. Throws for any other norm_type or a negative max_norm.
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0);
 
+/// The scaling step of clip_grad_norm_ given a total norm computed elsewhere (e.g. across ranks): when total_norm
+/// exceeds max_norm, multiplies every defined gradient in place by max_norm / (total_norm + 1e-6), rounded to the
+/// gradient's dtype first, so that single-rank and sharded clipping round alike (torch.nn.utils.clip_grads_with_norm_).
+void clip_grads_with_norm_(const std::vector<Tensor>& params, double max_norm, double total_norm);
+
 /// The total gradient norm without clipping.
 double grad_norm(const std::vector<Tensor>& params, double norm_type = 2.0);
 

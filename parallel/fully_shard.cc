@@ -17,6 +17,7 @@
 
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
+#include "nn/clip_grad.h"
 #include "parallel/flat_param.h"
 #include "tensor/ops.h"
 
@@ -328,15 +329,9 @@ double FullyShard::clip_grad_norm_(double max_norm, double norm_type,
   st.pg->allreduce(t, {op})->wait();
   if (tp_group) tp_group->allreduce(t, {op})->wait();
   const double total = inf ? t.item<double>() : std::sqrt(t.item<double>());
-  const double coef = max_norm / (total + 1e-6);
-  if (coef >= 1.0) return total;
-  autograd::NoGradGuard no_grad;
-  for (const auto& g : st.groups) {
-    Tensor grad = g.shard.grad();
-    if (!grad.defined()) continue;
-    ops::mul_(grad, coef);
-    grad.bump_version();
-  }
+  std::vector<Tensor> shards;
+  for (const auto& g : st.groups) shards.push_back(g.shard);
+  nn::clip_grads_with_norm_(shards, max_norm, total);
   return total;
 }
 

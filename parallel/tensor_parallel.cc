@@ -646,22 +646,7 @@ double tp_clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, Pr
   if (tp.size() > 1) tp.allreduce(s, {inf ? ReduceOp::kMax : ReduceOp::kSum})->wait();
   const double rep = part(replicated);
   const double total = inf ? std::max(s.item<double>(), rep) : std::sqrt(s.item<double>() + rep);
-  const double coef = max_norm / (total + 1e-6);
-  if (coef >= 1.0) return total;
-  autograd::NoGradGuard no_grad;
-  for (const auto& p : params) {
-    Tensor g = p.grad();
-    if (!g.defined()) continue;
-    if (g.device().is_cpu() && g.is_contiguous() && g.dtype() == DType::f32) {
-      // As nn::clip_grad_norm_: scale by the f32 coefficient so TP and single-rank clipping round alike.
-      float* d = g.data<float>();
-      const float c = static_cast<float>(coef);
-      for (int64_t i = 0, n = g.numel(); i < n; ++i) d[i] *= c;
-    } else {
-      ops::mul_(g, coef);
-    }
-    g.bump_version();
-  }
+  nn::clip_grads_with_norm_(params, max_norm, total);
   return total;
 }
 
