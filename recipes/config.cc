@@ -96,6 +96,7 @@ const std::vector<Key>& schema() {
     add(LOOM_CONFIG_KEY(model, dropout)).at_least(0).below(1);
     add(LOOM_CONFIG_KEY(model, tie_embeddings));
     add(LOOM_CONFIG_KEY(model, rope_theta)).above(0);
+    add(LOOM_CONFIG_KEY(model, init_from));
 
     add(LOOM_CONFIG_KEY(data, source)).one_of({"synthetic", "text", "llmc", "nanogpt"});
     add(LOOM_CONFIG_KEY(data, train_path));

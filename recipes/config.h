@@ -26,6 +26,9 @@ struct ModelConfig {
   double dropout = 0.0;          // [0, 1)
   bool tie_embeddings = true;    // when absent: true for gpt2, false for llama (Hugging Face's defaults)
   double rope_theta = 10000.0;   // llama (gpt2 accepts only the default: it has learned positions)
+  /// A safetensors file with Hugging Face names and layouts (e.g. GPT-2's model.safetensors, or `loomckpt export`'s
+  /// output) whose weights start the run instead of the random init; ignored when the run resumes from a checkpoint.
+  std::string init_from;
   // After parse_config, n_kv_head and intermediate_size hold their resolved values (never 0):
   // n_kv_head = n_head unless set; intermediate_size = 4 n_embd for gpt2, the Llama rule for llama.
   bool operator==(const ModelConfig&) const = default;

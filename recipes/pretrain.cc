@@ -34,6 +34,7 @@
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/export.h"
 #include "collectives/init.h"
 #include "collectives/store.h"
 #include "nn/clip_grad.h"
@@ -346,6 +347,17 @@ int run_training(const RecipeConfig& cfg_in) {
   r.model = build_model(cfg.model, init_gen);
   const int64_t n_params = r.model->num_parameters();
   const double flops_per_token = r.model->flops_per_token(cfg.model.seq_len);
+  // Initial weights from a safetensors file (every rank reads it, before the model is split), unless a checkpoint
+  // will be loaded over them anyway.
+  const std::string& init_from = cfg.model.init_from;
+  const bool will_resume = !cfg.checkpoint.dir.empty() && cfg.checkpoint.resume != "never" &&
+                           (cfg.checkpoint.resume != "auto" || !checkpoint::latest_checkpoint(cfg.checkpoint.dir).empty());
+  if (!init_from.empty() && !will_resume) {
+    checkpoint::import_safetensors(init_from, *r.model);
+    if (r.rank0) std::printf("initial weights: %s\n", init_from.c_str());
+  } else if (!init_from.empty() && r.rank0) {
+    std::printf("model.init_from (%s) not used: the run resumes from a checkpoint\n", init_from.c_str());
+  }
   if (r.tp_group) parallel::tensor_parallelize(*r.model, r.tp_group);
   const bool bf16 = cfg.training.precision == "bf16";
   if (P.fsdp > 1 || bf16) {

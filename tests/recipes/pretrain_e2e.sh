@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: main_job, one_rank, two_ranks, resume, sigterm, layouts, straggler, slurm_script, config_error, validate, plot. Exit 0 pass, 1 fail, 77 skipped.
+# Cases: main_job, one_rank, two_ranks, resume, sigterm, layouts, straggler, slurm_script, config_error, validate, plot,
+# init_from. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
-case_name=$1 pretrain=$2 trainlaunch=$3 src=$4 work=$5/pretrain_e2e_$1
+case_name=$1 pretrain=$2 trainlaunch=$3 src=$4 bindir=$5 work=$5/pretrain_e2e_$1
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work" || exit 1
@@ -51,6 +52,27 @@ main_job)
   [[ -d runs/tiny_cpu/step_00000400 ]] || fail "no final checkpoint in runs/tiny_cpu"
   "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" > again.log 2>&1 || fail "rerun: exit $?"
   grep -q "all 400 steps are done" again.log || fail "the rerun did not say all steps are done"
+  ;;
+init_from)
+  # A run started from a safetensors file: train, export with loomckpt (Hugging Face names), start a fresh run from
+  # the export; its first loss is near the trained model's (~2.7), not a random init's (ln 64 = 4.16).
+  "$pretrain" --config "$config" "${small[@]}" --set training.steps=120 > first.log 2>&1 || fail "exit $?"
+  "$bindir/checkpoint/loomckpt" export run model.safetensors > export.log 2>&1 || fail "loomckpt export: exit $?"
+  "$pretrain" --config "$config" "${small[@]}" --set checkpoint.dir="$work/run2" --set training.steps=3 \
+    --set training.warmup_steps=0 --set logging.interval=1 --set model.init_from="$work/model.safetensors" > second.log 2>&1 || fail "exit $?"
+  grep -q "initial weights: $work/model.safetensors" second.log || fail "no 'initial weights' line"
+  trained=$(column run/metrics.jsonl loss | tail -1 | awk '{ print $2 }')
+  first=$(column run2/metrics.jsonl loss | head -1 | awk '{ print $2 }')
+  awk -v a="$first" -v t="$trained" 'BEGIN { exit !(a < 3.6 && a < t + 0.5) }' ||
+    fail "first loss from the export is $first (trained model ended at $trained; random init gives 4.16)"
+  # Resuming run2 uses its checkpoint, not the file.
+  "$pretrain" --config "$config" "${small[@]}" --set checkpoint.dir="$work/run2" --set training.steps=4 \
+    --set training.warmup_steps=0 --set model.init_from="$work/model.safetensors" > third.log 2>&1 || fail "exit $?"
+  grep -q "not used: the run resumes" third.log || fail "the resumed run should ignore model.init_from"
+  # A missing file is an error naming it.
+  "$pretrain" --config "$config" "${small[@]}" --set checkpoint.dir="$work/run3" --set training.steps=3 \
+    --set training.warmup_steps=0 --set model.init_from="$work/missing.safetensors" > missing.log 2>&1 && fail "a missing init_from file succeeded"
+  grep -q "missing.safetensors" missing.log || fail "the error does not name the missing file"
   ;;
 one_rank)
   "$pretrain" --config "$config" "${small[@]}" --set training.steps=80 > one.log 2>&1 || fail "exit $?"
