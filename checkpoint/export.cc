@@ -126,7 +126,11 @@ void import_safetensors(const std::string& path, nn::Module& module) {
   nn::StateDict want = module.state_dict();
   nn::StateDict dict;
   std::vector<std::string> unexpected;
-  for (auto& [name, t] : file.tensors) {
+  for (auto& [file_name, t] : file.tensors) {
+    // The hub's original GPT-2 checkpoints were saved from the bare GPT2Model: "h.0.attn.c_attn.weight", "wte.weight"
+    // without GPT2LMHeadModel's "transformer." prefix.
+    std::string name = file_name;
+    if (!want.contains(name) && want.contains("transformer." + name)) name = "transformer." + name;
     if (!want.contains(name)) {
       // Hugging Face's GPT-2 files carry causal-mask buffers loom computes instead.
       if (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")) continue;
