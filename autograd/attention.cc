@@ -16,8 +16,8 @@ namespace {
 
 using autograd::SavedTensor;
 
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
+          int64_t ldb, float beta, float* c, int64_t ldc) {
   cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(m),
               static_cast<int>(n), static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
               c, static_cast<int>(ldc));
@@ -56,7 +56,7 @@ struct SdpaShape {
   int64_t B, H, Hkv, T, S, D;
   double scale;
   bool causal;
-  double p;          // dropout probability on the attention weights (0: none)
+  double p;                       // dropout probability on the attention weights (0: none)
   uint64_t seed = 0, offset = 0;  // Philox stream of the dropout mask
   int64_t group() const { return H / Hkv; }
   /// Keys query row t may see: top-left aligned causal mask (s <= t), as PyTorch's is_causal.
@@ -211,8 +211,8 @@ void sdpa_backward(const SdpaShape& sh, const T* q, const T* k, const T* v, cons
 }
 
 /// The same attention from recorded small ops, for devices without the fused kernel.
-Tensor sdpa_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal, double dropout_p,
-                     bool training, Generator& gen, const SdpaShape& sh) {
+Tensor sdpa_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal, double dropout_p, bool training,
+                     Generator& gen, const SdpaShape& sh) {
   Tensor kk = k, vv = v;
   if (sh.group() > 1) {
     auto repeat = [&](const Tensor& t) {
@@ -234,17 +234,19 @@ Tensor sdpa_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool is_
 
 }  // namespace
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal,
-                                    double dropout_p, bool training, Generator& gen) {
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal, double dropout_p,
+                                    bool training, Generator& gen) {
   const char* op = "scaled_dot_product_attention";
-  LOOM_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op, ": expected q (B, H, T, D) and k, v (B, Hkv, S, D), got ",
-             shape_str(q.sizes()), ", ", shape_str(k.sizes()), ", ", shape_str(v.sizes()));
+  LOOM_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
+             ": expected q (B, H, T, D) and k, v (B, Hkv, S, D), got ", shape_str(q.sizes()), ", ",
+             shape_str(k.sizes()), ", ", shape_str(v.sizes()));
   LOOM_CHECK(k.sizes() == v.sizes(), op, ": k ", shape_str(k.sizes()), " and v ", shape_str(v.sizes()),
              " must have the same shape");
   LOOM_CHECK(q.size(0) == k.size(0) && q.size(3) == k.size(3), op, ": q ", shape_str(q.sizes()), " and k ",
              shape_str(k.sizes()), " differ in batch or head dim");
   LOOM_CHECK(k.size(1) > 0 && q.size(1) % k.size(1) == 0, op, ": query heads ", q.size(1),
-             " must be a multiple of kv heads ", k.size(1), " (q ", shape_str(q.sizes()), ", k ", shape_str(k.sizes()), ")");
+             " must be a multiple of kv heads ", k.size(1), " (q ", shape_str(q.sizes()), ", k ", shape_str(k.sizes()),
+             ")");
   LOOM_CHECK(is_floating(q.dtype()) && is_floating(k.dtype()) && is_floating(v.dtype()), op,
              ": expected floating tensors, got ", dtype_name(q.dtype()), ", ", dtype_name(k.dtype()), ", ",
              dtype_name(v.dtype()));
@@ -252,8 +254,15 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   check_same_device(op, q, k);
   check_same_device(op, q, v);
 
-  SdpaShape sh{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3),
-               1.0 / std::sqrt(static_cast<double>(q.size(3))), is_causal, training ? dropout_p : 0.0};
+  SdpaShape sh{q.size(0),
+               q.size(1),
+               k.size(1),
+               q.size(2),
+               k.size(2),
+               q.size(3),
+               1.0 / std::sqrt(static_cast<double>(q.size(3))),
+               is_causal,
+               training ? dropout_p : 0.0};
   if (!q.device().is_cpu()) return sdpa_composed(q, k, v, is_causal, dropout_p, training, gen, sh);
   if (sh.p > 0) {
     sh.seed = gen.seed();
@@ -263,7 +272,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   // Compute in f64 when any input is f64, else in f32 (bf16/f16 are converted).
   const bool f64 = q.dtype() == DType::f64 || k.dtype() == DType::f64 || v.dtype() == DType::f64;
   const DType ct = f64 ? DType::f64 : DType::f32;
-  Tensor qc = ops::contiguous(ops::to(q, ct)), kc = ops::contiguous(ops::to(k, ct)), vc = ops::contiguous(ops::to(v, ct));
+  Tensor qc = ops::contiguous(ops::to(q, ct)), kc = ops::contiguous(ops::to(k, ct)),
+         vc = ops::contiguous(ops::to(v, ct));
   Tensor oc = empty({sh.B, sh.H, sh.T, sh.D}, ct);
   Tensor lse = empty({sh.B, sh.H, sh.T}, ct);
   {
@@ -272,7 +282,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
       sdpa_forward<double>(sh, qc.data<double>(), kc.data<double>(), vc.data<double>(), oc.data<double>(),
                            lse.data<double>());
     } else {
-      sdpa_forward<float>(sh, qc.data<float>(), kc.data<float>(), vc.data<float>(), oc.data<float>(), lse.data<float>());
+      sdpa_forward<float>(sh, qc.data<float>(), kc.data<float>(), vc.data<float>(), oc.data<float>(),
+                          lse.data<float>());
     }
   }
   Tensor out = ops::to(oc, q.dtype());
@@ -288,7 +299,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                               dv.data<double>());
       } else {
         sdpa_backward<float>(sh, qq.data<float>(), kk.data<float>(), vv.data<float>(), oo.data<float>(),
-                             ll.data<float>(), dout.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>());
+                             ll.data<float>(), dout.data<float>(), dq.data<float>(), dk.data<float>(),
+                             dv.data<float>());
       }
       return std::vector<Tensor>{dq, dk, dv};
     });

@@ -79,8 +79,11 @@ void FunctionNode::set_tensor_meta(const std::vector<Tensor>& inputs, const std:
 }
 
 std::vector<Tensor> FunctionNode::apply(std::vector<Tensor>&& grads) {
-  LOOM_CHECK(fn_ != nullptr, "Trying to backward through the graph a second time (or to use saved tensors after "
-             "they were freed) at node ", name_, ". Saved tensors are freed when backward() finishes; specify "
+  LOOM_CHECK(fn_ != nullptr,
+             "Trying to backward through the graph a second time (or to use saved tensors after "
+             "they were freed) at node ",
+             name_,
+             ". Saved tensors are freed when backward() finishes; specify "
              "retain_graph=true on the first backward if you need to backward through the graph again");
   bool any = false;
   for (const auto& g : grads) any = any || g.defined();
@@ -92,8 +95,8 @@ std::vector<Tensor> FunctionNode::apply(std::vector<Tensor>&& grads) {
     }
   }
   std::vector<Tensor> out = fn_(grads);
-  LOOM_CHECK(out.size() == next_edges.size(), name_, " backward returned ", out.size(),
-             " gradients for ", next_edges.size(), " inputs");
+  LOOM_CHECK(out.size() == next_edges.size(), name_, " backward returned ", out.size(), " gradients for ",
+             next_edges.size(), " inputs");
   for (size_t i = 0; i < out.size() && i < input_meta_.size(); ++i) {
     if (!out[i].defined() || !next_edges[i].valid() || !input_meta_[i].defined) continue;
     LOOM_CHECK(out[i].sizes() == input_meta_[i].sizes, name_, " backward: gradient for input ", i, " has shape ",
@@ -230,8 +233,8 @@ void record(const char* name, const std::vector<Tensor>& inputs, const std::vect
 // ---------------------------------------------------------------- hooks
 
 void register_hook(const Tensor& t, std::function<Tensor(const Tensor&)> hook) {
-  LOOM_CHECK(t.requires_grad(), "register_hook: cannot register a hook on a tensor of shape ",
-             shape_str(t.sizes()), " that does not require grad");
+  LOOM_CHECK(t.requires_grad(), "register_hook: cannot register a hook on a tensor of shape ", shape_str(t.sizes()),
+             " that does not require grad");
   AutogradMeta& m = ensure_meta(t);
   if (m.grad_fn) {
     m.grad_fn->pre_hooks.emplace_back(m.output_nr, std::move(hook));
@@ -311,8 +314,7 @@ std::vector<Tensor> run_engine(const std::vector<Tensor>& roots, const std::vect
     captured.resize(inputs->size());
     for (size_t i = 0; i < inputs->size(); ++i) {
       Edge e = gradient_edge((*inputs)[i]);
-      LOOM_CHECK(e.valid(), api, ": input ", i, " (shape ", shape_str((*inputs)[i].sizes()),
-                 ") does not require grad");
+      LOOM_CHECK(e.valid(), api, ": input ", i, " (shape ", shape_str((*inputs)[i].sizes()), ") does not require grad");
       captures[EdgeKey{e.fn.get(), e.input_nr}] = i;
     }
   }
@@ -394,8 +396,11 @@ std::vector<Tensor> run_engine(const std::vector<Tensor>& roots, const std::vect
     }
     if (!has_needed_child) continue;  // grad(): a captured node whose inputs lead nowhere needed
     if (n->released()) {
-      LOOM_THROW(InvalidArgument, api, ": Trying to backward through the graph a second time (or to use saved "
-                 "tensors after they were freed) at node ", n->name(), ". Saved tensors are freed when backward() "
+      LOOM_THROW(InvalidArgument, api,
+                 ": Trying to backward through the graph a second time (or to use saved "
+                 "tensors after they were freed) at node ",
+                 n->name(),
+                 ". Saved tensors are freed when backward() "
                  "finishes; specify retain_graph=true on the first backward if you need to backward through the "
                  "graph a second time");
     }
@@ -445,7 +450,8 @@ std::vector<Tensor> run_with_callbacks(const std::vector<Tensor>& roots, const s
 }
 
 void queue_callback(std::function<void()> fn) {
-  LOOM_CHECK(t_callbacks != nullptr, "queue_callback: no backward pass is running on this thread; call it from a "
+  LOOM_CHECK(t_callbacks != nullptr,
+             "queue_callback: no backward pass is running on this thread; call it from a "
              "gradient hook or a module backward hook");
   t_callbacks->push_back(std::move(fn));
 }
@@ -477,8 +483,10 @@ Tensor& Tensor::set_requires_grad(bool value) {
   auto* m = autograd::meta(*this);
   LOOM_CHECK(!(m && m->grad_fn), "set_requires_grad: tensor of shape ", shape_str(sizes()),
              " is not a leaf (it has a grad_fn); you can only change requires_grad of leaf tensors, use detach()");
-  LOOM_CHECK(!value || is_floating(dtype()), "set_requires_grad: only floating-point tensors can require "
-             "gradients, got ", dtype_name(dtype()), " of shape ", shape_str(sizes()));
+  LOOM_CHECK(!value || is_floating(dtype()),
+             "set_requires_grad: only floating-point tensors can require "
+             "gradients, got ",
+             dtype_name(dtype()), " of shape ", shape_str(sizes()));
   if (!m && !value) return *this;
   autograd::ensure_meta(*this).requires_grad = value;
   return *this;
@@ -496,8 +504,7 @@ void Tensor::set_grad(const Tensor& g) const {
 }
 
 void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
-  autograd::backward({*this}, gradient.defined() ? std::vector<Tensor>{gradient} : std::vector<Tensor>{},
-                     retain_graph);
+  autograd::backward({*this}, gradient.defined() ? std::vector<Tensor>{gradient} : std::vector<Tensor>{}, retain_graph);
 }
 
 }  // namespace loom

@@ -124,8 +124,7 @@ class EnableGradGuard {
 /// Runs backward from roots with the given gradients (undefined: ones for a
 /// scalar root, an error otherwise). Throws when a root needs no gradient or
 /// the graph was freed by an earlier backward without retain_graph.
-void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots = {},
-              bool retain_graph = false);
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots = {}, bool retain_graph = false);
 
 /// Gradients of outputs w.r.t. inputs without touching .grad (torch.autograd.grad).
 /// Only the part of the graph between outputs and inputs runs; an input that no

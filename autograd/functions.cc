@@ -420,9 +420,8 @@ Tensor operator*(double a, const Tensor& b) { return mul(b, a); }
 Tensor operator/(const Tensor& a, double b) { return mul(a, 1.0 / b); }
 Tensor operator/(double a, const Tensor& b) {
   // y = a / b: dy/db = -y / b
-  return unary("RdivBackward", b, ops::rdiv(b, a), true, true, [](const Tensor& g, const Tensor& x, const Tensor& y) {
-    return ops::neg(ops::div(ops::mul(g, y), x));
-  });
+  return unary("RdivBackward", b, ops::rdiv(b, a), true, true,
+               [](const Tensor& g, const Tensor& x, const Tensor& y) { return ops::neg(ops::div(ops::mul(g, y), x)); });
 }
 
 // ---------------------------------------------------------------- selection
@@ -549,7 +548,8 @@ Tensor mean(const Tensor& t, const std::vector<int64_t>& dims, bool keepdim) {
     int64_t count = 1;
     keepdim_shape(in, dims, "mean", &count);
     record("MeanBackward", {t}, {out}, [=](const Grads& g) {
-      return Grads{ops::mul(expand_reduced(g[0], in, dims, "mean"), 1.0 / static_cast<double>(std::max<int64_t>(count, 1)))};
+      return Grads{
+          ops::mul(expand_reduced(g[0], in, dims, "mean"), 1.0 / static_cast<double>(std::max<int64_t>(count, 1)))};
     });
   }
   return out;
@@ -716,9 +716,9 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
     SavedTensor X(x), W(w), M(r.mean), R(r.rstd);
     bool has_bias = b.defined();
     record("LayerNormBackward", {x, w, b}, {r.y}, [=](const Grads& g) {
-      ops::NormGrads ng = ops::layer_norm_backward(ops::contiguous(g[0]), X.unpack("layer_norm"),
-                                                   W.unpack("layer_norm"), M.unpack("layer_norm"),
-                                                   R.unpack("layer_norm"), has_bias);
+      ops::NormGrads ng =
+          ops::layer_norm_backward(ops::contiguous(g[0]), X.unpack("layer_norm"), W.unpack("layer_norm"),
+                                   M.unpack("layer_norm"), R.unpack("layer_norm"), has_bias);
       return Grads{ng.dx, ng.dw, ng.db};
     });
   }
@@ -730,8 +730,8 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
   if (recording({x, w})) {
     SavedTensor X(x), W(w), R(r.rstd);
     record("RmsNormBackward", {x, w}, {r.y}, [=](const Grads& g) {
-      ops::NormGrads ng =
-          ops::rms_norm_backward(ops::contiguous(g[0]), X.unpack("rms_norm"), W.unpack("rms_norm"), R.unpack("rms_norm"));
+      ops::NormGrads ng = ops::rms_norm_backward(ops::contiguous(g[0]), X.unpack("rms_norm"), W.unpack("rms_norm"),
+                                                 R.unpack("rms_norm"));
       return Grads{ng.dx, ng.dw};
     });
   }
@@ -769,9 +769,8 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   auto [y, mask] = ops::dropout(x, p, gen);
   if (recording({x})) {
     double scale = p >= 1.0 ? 0.0 : 1.0 / (1.0 - p);
-    record("DropoutBackward", {x}, {y}, [=](const Grads& g) {
-      return Grads{ops::mul(ops::mul(g[0], as_float(mask, g[0].dtype())), scale)};
-    });
+    record("DropoutBackward", {x}, {y},
+           [=](const Grads& g) { return Grads{ops::mul(ops::mul(g[0], as_float(mask, g[0].dtype())), scale)}; });
   }
   return y;
 }

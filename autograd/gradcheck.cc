@@ -58,8 +58,8 @@ bool gradcheck(const std::function<Tensor(const std::vector<Tensor>&)>& f, const
       const double a = ana[static_cast<size_t>(e)];
       if (!(std::abs(a - numerical) <= opts.atol + opts.rtol * std::abs(numerical))) {
         LOOM_THROW(InvalidArgument, "gradcheck: gradient mismatch for input ", checked_index[c], " (shape ",
-                   shape_str(t.sizes()), ") at element ", e, ": analytical ", a, " vs numerical ", numerical,
-                   " (atol ", opts.atol, ", rtol ", opts.rtol, ")");
+                   shape_str(t.sizes()), ") at element ", e, ": analytical ", a, " vs numerical ", numerical, " (atol ",
+                   opts.atol, ", rtol ", opts.rtol, ")");
       }
     }
   }

@@ -13,13 +13,20 @@ namespace loom::checkpoint {
 
 std::string safetensors_dtype(DType dtype) {
   switch (dtype) {
-    case DType::f32: return "F32";
-    case DType::f64: return "F64";
-    case DType::f16: return "F16";
-    case DType::bf16: return "BF16";
-    case DType::i32: return "I32";
-    case DType::i64: return "I64";
-    case DType::u8: return "U8";
+    case DType::f32:
+      return "F32";
+    case DType::f64:
+      return "F64";
+    case DType::f16:
+      return "F16";
+    case DType::bf16:
+      return "BF16";
+    case DType::i32:
+      return "I32";
+    case DType::i64:
+      return "I64";
+    case DType::u8:
+      return "U8";
   }
   return "?";
 }
@@ -77,7 +84,8 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
     out.write(reinterpret_cast<const char*>(len), 8);
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const Tensor& h : host) out.write(static_cast<const char*>(h.data_ptr()), static_cast<std::streamsize>(h.nbytes()));
+    for (const Tensor& h : host)
+      out.write(static_cast<const char*>(h.data_ptr()), static_cast<std::streamsize>(h.nbytes()));
     out.flush();
     if (!out) {
       std::remove(tmp.c_str());
@@ -133,7 +141,8 @@ SafetensorsFile load_safetensors(const std::string& path) {
     uint64_t expect = static_cast<uint64_t>(shape_numel(shape)) * element_size(dtype);
     if (end < begin || end - begin != expect || end > data_size)
       LOOM_THROW(IoError, ctx, ": byte range [", begin, ", ", end, ") does not match shape ", shape_str(shape), " ",
-                 dtype_name(dtype), " (", expect, " bytes) within ", data_size, " data bytes; the file may be truncated");
+                 dtype_name(dtype), " (", expect, " bytes) within ", data_size,
+                 " data bytes; the file may be truncated");
     Tensor t = empty(shape, dtype, kCPU);
     in.seekg(static_cast<std::streamoff>(data_start + begin));
     if (expect && !in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(expect)))

@@ -16,14 +16,14 @@ namespace loom::collectives {
 
 /// What a backend needs to connect its group.
 struct BackendContext {
-  int rank = 0;                     // rank within the group
-  int size = 1;                     // group size
-  std::vector<int> global_ranks;    // group rank -> world rank
-  std::shared_ptr<Store> store;     // already prefixed for this group
+  int rank = 0;                   // rank within the group
+  int size = 1;                   // group size
+  std::vector<int> global_ranks;  // group rank -> world rank
+  std::shared_ptr<Store> store;   // already prefixed for this group
   std::string group_name;
-  Millis timeout{300000};           // connect/rendezvous timeout
-  std::string hostname;             // address to listen on (gloo); empty: auto
-  std::string iface;                // network interface (gloo); wins over hostname
+  Millis timeout{300000};  // connect/rendezvous timeout
+  std::string hostname;    // address to listen on (gloo); empty: auto
+  std::string iface;       // network interface (gloo); wins over hostname
 };
 
 /// Every op blocks until done or until timeout, then throws Timeout (or

@@ -64,7 +64,9 @@ void expand(const std::string& item, std::vector<std::string>& out) {
     std::string range = body.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     size_t dash = range.find('-');
     std::string lo = range.substr(0, dash), hi = dash == std::string::npos ? lo : range.substr(dash + 1);
-    auto digits = [](const std::string& x) { return !x.empty() && x.find_first_not_of("0123456789") == std::string::npos; };
+    auto digits = [](const std::string& x) {
+      return !x.empty() && x.find_first_not_of("0123456789") == std::string::npos;
+    };
     LOOM_CHECK_T(ConfigError, digits(lo) && digits(hi), "parse_nodelist: bad range '", range, "' in '", item, "'");
     long a = std::stol(lo), b = std::stol(hi);
     LOOM_CHECK_T(ConfigError, a <= b && b - a < 100000, "parse_nodelist: bad range '", range, "' in '", item, "'");
@@ -113,13 +115,14 @@ RankInfo rank_info_from_env() {
     info.local_world_size = per ? std::atoi(per) : info.world_size;  // "4(x2)" -> 4
     if (const char* nl = env("SLURM_JOB_NODELIST")) info.master_addr = parse_nodelist(nl).front();
   } else {
-    LOOM_THROW(ConfigError, "init_process_group: no rank information in the environment; start the program with "
-                            "trainlaunch, mpirun or srun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
+    LOOM_THROW(ConfigError,
+               "init_process_group: no rank information in the environment; start the program with "
+               "trainlaunch, mpirun or srun, or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT");
   }
   if (const char* a = env("MASTER_ADDR")) info.master_addr = a;
   info.master_port = env_int("MASTER_PORT", info.master_port);
-  LOOM_CHECK_T(ConfigError, info.world_size >= 1 && info.rank < info.world_size, "init_process_group: rank ",
-               info.rank, " is not below world size ", info.world_size, " (from ", info.source, " variables)");
+  LOOM_CHECK_T(ConfigError, info.world_size >= 1 && info.rank < info.world_size, "init_process_group: rank ", info.rank,
+               " is not below world size ", info.world_size, " (from ", info.source, " variables)");
   return info;
 }
 

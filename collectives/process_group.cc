@@ -41,7 +41,11 @@ std::string ranks_str(const std::vector<int>& v) {
 
 ProcessGroup::ProcessGroup(std::shared_ptr<Store> store, int rank, int size, const std::string& backend,
                            ProcessGroupOptions options, std::string name, std::vector<int> global_ranks)
-    : rank_(rank), size_(size), backend_name_(backend), opts_(std::move(options)), name_(std::move(name)),
+    : rank_(rank),
+      size_(size),
+      backend_name_(backend),
+      opts_(std::move(options)),
+      name_(std::move(name)),
       global_ranks_(std::move(global_ranks)) {
   LOOM_CHECK(store != nullptr, "ProcessGroup: store is null");
   LOOM_CHECK(size >= 1 && rank >= 0 && rank < size, "ProcessGroup: rank ", rank, " is not in [0, ", size, ")");
@@ -130,8 +134,9 @@ void ProcessGroup::worker_loop() {
       busy_ = true;
       running_ = task.work;
       running_task_ = &task;
-      running_deadline_ns_ = trace_now_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                  task.timeout + opts_.watchdog_grace).count();
+      running_deadline_ns_ =
+          trace_now_ns() +
+          std::chrono::duration_cast<std::chrono::nanoseconds>(task.timeout + opts_.watchdog_grace).count();
     }
     execute(task);
     {
@@ -159,8 +164,8 @@ void ProcessGroup::watchdog_loop() {
       lk.lock();
       for (auto& q : queue_) {
         trace_.finish(q.trace_handle, false);
-        q.work->finish(std::make_exception_ptr(CommError("ProcessGroup '" + name_ + "': " + q.desc +
-                                                         " cancelled: an earlier collective timed out")));
+        q.work->finish(std::make_exception_ptr(
+            CommError("ProcessGroup '" + name_ + "': " + q.desc + " cancelled: an earlier collective timed out")));
       }
       queue_.clear();
     }
@@ -202,7 +207,7 @@ void ProcessGroup::check_agreement(const Task& task) {
     std::string other = store_->get_string(keys[static_cast<size_t>(r)]);
     if (other != task.desc)
       mismatch = ::loom::detail::str_cat("rank ", r, " called ", other, " #", task.work->seq(), " where rank ", rank_,
-                                 " called ", task.desc);
+                                         " called ", task.desc);
   }
   if (store_->add(prefix + "n", 1) == size_) {
     for (const auto& k : keys) store_->delete_key(k);
@@ -225,7 +230,8 @@ std::string ProcessGroup::diagnose(const Task& task) {
       if (!store_->check({key})) {
         missing.push_back(r);
         if (first_missing.empty())
-          first_missing = ::loom::detail::str_cat("rank ", r, " never entered ", op, " #", seq, " (it entered no collective)");
+          first_missing =
+              ::loom::detail::str_cat("rank ", r, " never entered ", op, " #", seq, " (it entered no collective)");
         continue;
       }
       std::string v = store_->get_string(key);
@@ -235,23 +241,23 @@ std::string ProcessGroup::diagnose(const Task& task) {
       if (s < seq) {
         missing.push_back(r);
         if (first_missing.empty())
-          first_missing = ::loom::detail::str_cat("rank ", r, " never entered ", op, " #", seq, " (its last was ", desc, " #", s,
-                                          ")");
+          first_missing = ::loom::detail::str_cat("rank ", r, " never entered ", op, " #", seq, " (its last was ", desc,
+                                                  " #", s, ")");
       } else if (s == seq && desc != task.desc && mismatch.empty()) {
         mismatch = ::loom::detail::str_cat("rank ", r, " called ", desc, " #", seq, " where rank ", rank_, " called ",
-                                   task.desc, " #", seq);
+                                           task.desc, " #", seq);
       }
     }
     store_->set("trace/" + std::to_string(rank_), trace_.format());
   } catch (const std::exception& e) {
-    return ::loom::detail::str_cat("ranks that never arrived: unknown (store unreachable: ", e.what(), ")\ndiagnosis: ",
-                           "the store is down; rank 0 or the launcher may have died");
+    return ::loom::detail::str_cat("ranks that never arrived: unknown (store unreachable: ", e.what(),
+                                   ")\ndiagnosis: ", "the store is down; rank 0 or the launcher may have died");
   }
   std::string line = !mismatch.empty() ? mismatch
                      : !first_missing.empty()
                          ? first_missing
                          : ::loom::detail::str_cat("every rank entered ", op, " #", seq,
-                                           "; a peer stalled or died inside it, or the network is too slow");
+                                                   "; a peer stalled or died inside it, or the network is too slow");
   std::vector<int> missing_global;
   for (int r : missing) missing_global.push_back(r);
   return ::loom::detail::str_cat("ranks that never arrived: ", ranks_str(missing_global), "\ndiagnosis: ", line);
@@ -265,12 +271,12 @@ std::exception_ptr ProcessGroup::make_timeout(const Task& task, const std::strin
   } catch (const std::exception& e) {
     path = std::string("(not written: ") + e.what() + ")";
   }
-  std::string msg = ::loom::detail::str_cat("ProcessGroup '", name_, "' (", backend_name_, ", rank ", rank_, " of ", size_,
-                                    ", members ", ranks_str(global_ranks_), "): ", task.desc, " #", task.work->seq(),
-                                    " timed out after ", task.timeout.count(),
-                                    " ms (collective timeout; set LOOM_COLLECTIVE_TIMEOUT_S or the op's "
-                                    "options.timeout); cause: ",
-                                    cause, "\ntrace of the last collectives written to ", path, "\n", diag);
+  std::string msg = ::loom::detail::str_cat("ProcessGroup '", name_, "' (", backend_name_, ", rank ", rank_, " of ",
+                                            size_, ", members ", ranks_str(global_ranks_), "): ", task.desc, " #",
+                                            task.work->seq(), " timed out after ", task.timeout.count(),
+                                            " ms (collective timeout; set LOOM_COLLECTIVE_TIMEOUT_S or the op's "
+                                            "options.timeout); cause: ",
+                                            cause, "\ntrace of the last collectives written to ", path, "\n", diag);
   {
     std::lock_guard<std::mutex> g(mu_);
     if (broken_.empty()) broken_ = task.desc + " #" + std::to_string(task.work->seq()) + " timed out";
@@ -284,8 +290,8 @@ std::string ProcessGroup::dump_trace(const std::string& reason) const {
   for (char& c : safe)
     if (c == '/' || c == ' ') c = '_';
   std::string path = opts_.trace_dir + "/loom_trace_" + safe + "_rank" +
-                     std::to_string(global_ranks_[static_cast<size_t>(rank_)]) + "_pid" +
-                     std::to_string(::getpid()) + ".txt";
+                     std::to_string(global_ranks_[static_cast<size_t>(rank_)]) + "_pid" + std::to_string(::getpid()) +
+                     ".txt";
   std::ofstream f(path, std::ios::trunc);
   LOOM_CHECK_T(IoError, f.good(), "dump_trace: cannot write ", path, "; set LOOM_TRACE_DIR to a writable directory");
   f << "# loom collective trace: group " << name_ << ", backend " << backend_name_ << ", rank " << rank_ << " of "
@@ -315,14 +321,17 @@ std::shared_ptr<Work> ProcessGroup::allreduce(Tensor t, const AllreduceOptions& 
   check_reduce("allreduce", t, o.op);
   const ReduceOp op = o.op;
   const bool native = backend_->handles_half_and_avg();
-  return enqueue("allreduce", t, -1, true, o.timeout, [this, t, op, native](Millis to) mutable {
-    if (native) return backend_->allreduce(t, op, to);
-    ReduceOp bop = op == ReduceOp::kAvg ? ReduceOp::kSum : op;
-    Tensor work = is_half(t.dtype()) ? detail::half_to_f32(t) : t;
-    backend_->allreduce(work, bop, to);
-    if (op == ReduceOp::kAvg) detail::scale_inplace(work, 1.0 / size_);
-    if (is_half(t.dtype())) detail::f32_to_half(work, t);
-  }, std::string(", ") + reduce_op_name(op));
+  return enqueue(
+      "allreduce", t, -1, true, o.timeout,
+      [this, t, op, native](Millis to) mutable {
+        if (native) return backend_->allreduce(t, op, to);
+        ReduceOp bop = op == ReduceOp::kAvg ? ReduceOp::kSum : op;
+        Tensor work = is_half(t.dtype()) ? detail::half_to_f32(t) : t;
+        backend_->allreduce(work, bop, to);
+        if (op == ReduceOp::kAvg) detail::scale_inplace(work, 1.0 / size_);
+        if (is_half(t.dtype())) detail::f32_to_half(work, t);
+      },
+      std::string(", ") + reduce_op_name(op));
 }
 
 std::shared_ptr<Work> ProcessGroup::reduce_scatter(Tensor out, Tensor in, const ReduceScatterOptions& o) {
@@ -335,16 +344,19 @@ std::shared_ptr<Work> ProcessGroup::reduce_scatter(Tensor out, Tensor in, const 
              size_, " x out ", out.numel(), " = ", out.numel() * size_);
   const ReduceOp op = o.op;
   const bool native = backend_->handles_half_and_avg();
-  return enqueue("reduce_scatter", in, -1, true, o.timeout, [this, out, in, op, native](Millis to) mutable {
-    if (native) return backend_->reduce_scatter(out, in, op, to);
-    ReduceOp bop = op == ReduceOp::kAvg ? ReduceOp::kSum : op;
-    const bool half = is_half(in.dtype());
-    Tensor win = half ? detail::half_to_f32(in) : in;
-    Tensor wout = half ? empty(out.sizes(), DType::f32) : out;
-    backend_->reduce_scatter(wout, win, bop, to);
-    if (op == ReduceOp::kAvg) detail::scale_inplace(wout, 1.0 / size_);
-    if (half) detail::f32_to_half(wout, out);
-  }, std::string(", ") + reduce_op_name(op));
+  return enqueue(
+      "reduce_scatter", in, -1, true, o.timeout,
+      [this, out, in, op, native](Millis to) mutable {
+        if (native) return backend_->reduce_scatter(out, in, op, to);
+        ReduceOp bop = op == ReduceOp::kAvg ? ReduceOp::kSum : op;
+        const bool half = is_half(in.dtype());
+        Tensor win = half ? detail::half_to_f32(in) : in;
+        Tensor wout = half ? empty(out.sizes(), DType::f32) : out;
+        backend_->reduce_scatter(wout, win, bop, to);
+        if (op == ReduceOp::kAvg) detail::scale_inplace(wout, 1.0 / size_);
+        if (half) detail::f32_to_half(wout, out);
+      },
+      std::string(", ") + reduce_op_name(op));
 }
 
 std::shared_ptr<Work> ProcessGroup::all_gather(Tensor out, Tensor in, const AllGatherOptions& o) {
@@ -352,8 +364,8 @@ std::shared_ptr<Work> ProcessGroup::all_gather(Tensor out, Tensor in, const AllG
   check_tensor("all_gather", in);
   LOOM_CHECK(in.dtype() == out.dtype(), "all_gather: in is ", dtype_name(in.dtype()), ", out is ",
              dtype_name(out.dtype()));
-  LOOM_CHECK(out.numel() == in.numel() * size_, "all_gather: out has ", out.numel(), " elements, expected size ",
-             size_, " x in ", in.numel(), " = ", in.numel() * size_);
+  LOOM_CHECK(out.numel() == in.numel() * size_, "all_gather: out has ", out.numel(), " elements, expected size ", size_,
+             " x in ", in.numel(), " = ", in.numel() * size_);
   return enqueue("all_gather", in, -1, true, o.timeout,
                  [this, out, in](Millis to) mutable { backend_->all_gather(out, in, to); });
 }
@@ -380,9 +392,9 @@ std::shared_ptr<Work> ProcessGroup::broadcast(Tensor t, const BroadcastOptions& 
   check_tensor("broadcast", t);
   LOOM_CHECK(o.root >= 0 && o.root < size_, "broadcast: root ", o.root, " is not in [0, ", size_, ")");
   int root = o.root;
-  return enqueue("broadcast", t, root, true, o.timeout,
-                 [this, t, root](Millis to) mutable { backend_->broadcast(t, root, to); },
-                 ", root " + std::to_string(root));
+  return enqueue(
+      "broadcast", t, root, true, o.timeout, [this, t, root](Millis to) mutable { backend_->broadcast(t, root, to); },
+      ", root " + std::to_string(root));
 }
 
 std::shared_ptr<Work> ProcessGroup::barrier(const BarrierOptions& o) {
@@ -391,17 +403,15 @@ std::shared_ptr<Work> ProcessGroup::barrier(const BarrierOptions& o) {
 
 std::shared_ptr<Work> ProcessGroup::send(Tensor t, int dst, const SendRecvOptions& o) {
   check_tensor("send", t);
-  LOOM_CHECK(dst >= 0 && dst < size_ && dst != rank_, "send: destination ", dst, " is not another rank of [0, ",
-             size_, ")");
+  LOOM_CHECK(dst >= 0 && dst < size_ && dst != rank_, "send: destination ", dst, " is not another rank of [0, ", size_,
+             ")");
   int tag = o.tag;
-  return enqueue("send", t, dst, false, o.timeout,
-                 [this, t, dst, tag](Millis to) { backend_->send(t, dst, tag, to); });
+  return enqueue("send", t, dst, false, o.timeout, [this, t, dst, tag](Millis to) { backend_->send(t, dst, tag, to); });
 }
 
 std::shared_ptr<Work> ProcessGroup::recv(Tensor t, int src, const SendRecvOptions& o) {
   check_tensor("recv", t);
-  LOOM_CHECK(src >= 0 && src < size_ && src != rank_, "recv: source ", src, " is not another rank of [0, ", size_,
-             ")");
+  LOOM_CHECK(src >= 0 && src < size_ && src != rank_, "recv: source ", src, " is not another rank of [0, ", size_, ")");
   int tag = o.tag;
   return enqueue("recv", t, src, false, o.timeout,
                  [this, t, src, tag](Millis to) mutable { backend_->recv(t, src, tag, to); });
@@ -410,9 +420,9 @@ std::shared_ptr<Work> ProcessGroup::recv(Tensor t, int src, const SendRecvOption
 std::shared_ptr<Work> ProcessGroup::all_to_all(Tensor out, Tensor in, const AllToAllOptions& o) {
   check_tensor("all_to_all", out);
   check_tensor("all_to_all", in);
-  LOOM_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() && in.numel() % size_ == 0,
-             "all_to_all: in (", in.numel(), " ", dtype_name(in.dtype()), ") and out (", out.numel(), " ",
-             dtype_name(out.dtype()), ") must match and divide by the group size ", size_);
+  LOOM_CHECK(in.dtype() == out.dtype() && in.numel() == out.numel() && in.numel() % size_ == 0, "all_to_all: in (",
+             in.numel(), " ", dtype_name(in.dtype()), ") and out (", out.numel(), " ", dtype_name(out.dtype()),
+             ") must match and divide by the group size ", size_);
   return enqueue("all_to_all", in, -1, true, o.timeout,
                  [this, out, in](Millis to) mutable { backend_->all_to_all(out, in, to); });
 }

@@ -102,8 +102,8 @@ class ProcessGroup {
   struct Task {
     std::shared_ptr<Work> work;
     uint64_t trace_handle;
-    bool collective;    // counts in the collective sequence
-    std::string desc;   // "allreduce(float32, 16 elements)" for checks and errors
+    bool collective;   // counts in the collective sequence
+    std::string desc;  // "allreduce(float32, 16 elements)" for checks and errors
     Millis timeout;
     std::function<void(Millis)> run;
   };

@@ -68,10 +68,14 @@ void reduce_typed(T* a, const T* b, size_t n, ReduceOp op) {
 
 void reduce_into(void* acc, const void* b, size_t n, DType dtype, ReduceOp op) {
   switch (dtype) {
-    case DType::f32: return reduce_typed(static_cast<float*>(acc), static_cast<const float*>(b), n, op);
-    case DType::f64: return reduce_typed(static_cast<double*>(acc), static_cast<const double*>(b), n, op);
-    case DType::i32: return reduce_typed(static_cast<int32_t*>(acc), static_cast<const int32_t*>(b), n, op);
-    case DType::i64: return reduce_typed(static_cast<int64_t*>(acc), static_cast<const int64_t*>(b), n, op);
+    case DType::f32:
+      return reduce_typed(static_cast<float*>(acc), static_cast<const float*>(b), n, op);
+    case DType::f64:
+      return reduce_typed(static_cast<double*>(acc), static_cast<const double*>(b), n, op);
+    case DType::i32:
+      return reduce_typed(static_cast<int32_t*>(acc), static_cast<const int32_t*>(b), n, op);
+    case DType::i64:
+      return reduce_typed(static_cast<int64_t*>(acc), static_cast<const int64_t*>(b), n, op);
     default:
       LOOM_THROW(InvalidArgument, "reduce_into: dtype ", dtype_name(dtype), " is not reduced directly");
   }

@@ -47,8 +47,8 @@ int64_t parse_int(const std::string& key, const Bytes& b) {
 
 void throw_store_timeout(const std::string& store, const std::string& timeout_name, Millis timeout,
                          const std::vector<std::string>& keys, const std::vector<std::string>& missing) {
-  LOOM_THROW(Timeout, store, "::wait: the ", timeout_name, " (", timeout.count(),
-             " ms) expired waiting for keys ", join(keys), "; still missing ", join(missing),
+  LOOM_THROW(Timeout, store, "::wait: the ", timeout_name, " (", timeout.count(), " ms) expired waiting for keys ",
+             join(keys), "; still missing ", join(missing),
              ". A rank may have died or not reached this point; raise the timeout with "
              "LOOM_STORE_TIMEOUT_S if it is merely slow");
 }
@@ -185,8 +185,8 @@ void FileStore::write_key(const std::string& key, const Bytes& value) {
     f.write(reinterpret_cast<const char*>(value.data()), static_cast<std::streamsize>(value.size()));
     LOOM_CHECK_T(IoError, f.good(), "FileStore::set: cannot write ", tmp);
   }
-  LOOM_CHECK_T(IoError, std::rename(tmp.c_str(), path_of(key).c_str()) == 0, "FileStore::set: rename to ",
-               path_of(key), " failed: ", std::strerror(errno));
+  LOOM_CHECK_T(IoError, std::rename(tmp.c_str(), path_of(key).c_str()) == 0, "FileStore::set: rename to ", path_of(key),
+               " failed: ", std::strerror(errno));
 }
 
 void FileStore::set(const std::string& key, const Bytes& value) {

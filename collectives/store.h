@@ -32,9 +32,8 @@ Millis default_store_timeout();
 
 /// Builds the Timeout error of an expired wait: which timeout fired, the keys
 /// waited for and those still missing.
-[[noreturn]] void throw_store_timeout(const std::string& store, const std::string& timeout_name,
-                                      Millis timeout, const std::vector<std::string>& keys,
-                                      const std::vector<std::string>& missing);
+[[noreturn]] void throw_store_timeout(const std::string& store, const std::string& timeout_name, Millis timeout,
+                                      const std::vector<std::string>& keys, const std::vector<std::string>& missing);
 
 /// A key-value store shared by the ranks of a job. Thread-safe.
 class Store {

@@ -103,8 +103,9 @@ std::string resolve_secret(const std::string& given) {
   if (env != nullptr && *env != '\0') return env;
   static std::once_flag warned;
   std::call_once(warned, [] {
-    LOOM_WARN("TCPStore: no secret given and LOOM_STORE_SECRET is unset; any local process that "
-              "knows the port can join. Set LOOM_STORE_SECRET to the same random value on every rank");
+    LOOM_WARN(
+        "TCPStore: no secret given and LOOM_STORE_SECRET is unset; any local process that "
+        "knows the port can join. Set LOOM_STORE_SECRET to the same random value on every rank");
   });
   return "";
 }
@@ -470,8 +471,7 @@ class TCPStoreServer {
       pfds.clear();
       pfds.push_back({wake_[0], POLLIN, 0});
       pfds.push_back({listen_fd_, POLLIN, 0});
-      for (auto& [fd, c] : conns_)
-        pfds.push_back({fd, static_cast<short>(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
+      for (auto& [fd, c] : conns_) pfds.push_back({fd, static_cast<short>(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
       auto now = Clock::now();
       int64_t wait_ms = 500;
       for (const auto& w : waiters_)
@@ -606,7 +606,8 @@ void TCPStore::connect_locked() {
     if (Clock::now() + backoff >= deadline) {
       LOOM_THROW(CommError, "TCPStore: the connect timeout (", opts_.connect_timeout.count(),
                  " ms, LOOM_STORE_CONNECT_TIMEOUT_S) expired connecting to ", connect_host, ":", port_,
-                 " (last error: ", last_err, "). Is the server (rank 0 / the launcher) running at "
+                 " (last error: ", last_err,
+                 "). Is the server (rank 0 / the launcher) running at "
                  "MASTER_ADDR:MASTER_PORT?");
     }
     std::this_thread::sleep_for(backoff);

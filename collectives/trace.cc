@@ -12,10 +12,14 @@ int64_t trace_now_ns() {
 
 const char* trace_state_name(TraceState s) {
   switch (s) {
-    case TraceState::kQueued: return "queued";
-    case TraceState::kRunning: return "running";
-    case TraceState::kDone: return "done";
-    case TraceState::kFailed: return "failed";
+    case TraceState::kQueued:
+      return "queued";
+    case TraceState::kRunning:
+      return "running";
+    case TraceState::kDone:
+      return "done";
+    case TraceState::kFailed:
+      return "failed";
   }
   return "?";
 }

@@ -17,11 +17,11 @@ enum class TraceState { kQueued, kRunning, kDone, kFailed };
 /// One recorded call. Times are steady-clock nanoseconds (CLOCK_MONOTONIC, so
 /// comparable across processes on one machine); 0 when not reached yet.
 struct TraceEntry {
-  uint64_t seq = 0;      // collective sequence number (p2p ops have their own counter)
-  std::string op;        // "allreduce", "all_gather", "send", ...
-  int64_t numel = 0;     // elements of the input on this rank
+  uint64_t seq = 0;   // collective sequence number (p2p ops have their own counter)
+  std::string op;     // "allreduce", "all_gather", "send", ...
+  int64_t numel = 0;  // elements of the input on this rank
   DType dtype = DType::f32;
-  int peer = -1;         // root for broadcast, peer for send/recv, else -1
+  int peer = -1;  // root for broadcast, peer for send/recv, else -1
   TraceState state = TraceState::kQueued;
   int64_t enqueue_ns = 0, start_ns = 0, end_ns = 0;
 };

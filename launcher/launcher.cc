@@ -268,10 +268,19 @@ void Launcher::spawn(Rank& r) {
                "trainlaunch: pipe failed: ", std::strerror(errno));
   std::vector<std::string> env;
   auto overridden = [](const std::string& kv) {
-    static const char* names[] = {"RANK=", "LOCAL_RANK=", "WORLD_SIZE=", "LOCAL_WORLD_SIZE=", "GROUP_RANK=",
-                                  "MASTER_ADDR=", "MASTER_PORT=", "LOOM_RESTART_COUNT=",
-                                  "TORCHELASTIC_RESTART_COUNT=", "TORCHELASTIC_MAX_RESTARTS=",
-                                  "LOOM_STORE_SECRET=", "LOOM_LAUNCHER_STORE=", "GROUP_WORLD_SIZE="};
+    static const char* names[] = {"RANK=",
+                                  "LOCAL_RANK=",
+                                  "WORLD_SIZE=",
+                                  "LOCAL_WORLD_SIZE=",
+                                  "GROUP_RANK=",
+                                  "MASTER_ADDR=",
+                                  "MASTER_PORT=",
+                                  "LOOM_RESTART_COUNT=",
+                                  "TORCHELASTIC_RESTART_COUNT=",
+                                  "TORCHELASTIC_MAX_RESTARTS=",
+                                  "LOOM_STORE_SECRET=",
+                                  "LOOM_LAUNCHER_STORE=",
+                                  "GROUP_WORLD_SIZE="};
     for (const char* n : names)
       if (kv.rfind(n, 0) == 0) return true;
     return false;
@@ -420,7 +429,7 @@ void Launcher::signal_all(std::vector<Rank>& ranks, int sig) {
 void Launcher::stop_all(std::vector<Rank>& ranks, bool at_once) {
   if (!at_once) signal_all(ranks, SIGTERM);
   auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                      std::chrono::duration<double>(at_once ? 0.0 : o_.grace_period_s));
+                                     std::chrono::duration<double>(at_once ? 0.0 : o_.grace_period_s));
   int seen_int = g_sigint;
   for (;;) {
     reap(ranks);
@@ -462,13 +471,13 @@ void Launcher::print_report(const std::vector<Rank>& ranks, const Rank* first, c
     } else {
       what = "failed after the first failure (" + describe(r) + "), likely a consequence";
     }
-    s += "  rank " + std::to_string(r.global) + " (local rank " + std::to_string(r.local) + ") on " + host_ +
-         ", pid " + std::to_string(r.pid) + ": " + what + "\n";
+    s += "  rank " + std::to_string(r.global) + " (local rank " + std::to_string(r.local) + ") on " + host_ + ", pid " +
+         std::to_string(r.pid) + ": " + what + "\n";
   }
   if (first) {
     s += "---------------- first failure ----------------\n";
-    s += "  rank:   " + std::to_string(first->global) + " (local rank " + std::to_string(first->local) +
-         ", node " + std::to_string(o_.node_rank) + ")\n";
+    s += "  rank:   " + std::to_string(first->global) + " (local rank " + std::to_string(first->local) + ", node " +
+         std::to_string(o_.node_rank) + ")\n";
     s += "  host:   " + host_ + "\n  pid:    " + std::to_string(first->pid) + "\n";
     s += "  failed: " + describe(*first) + "\n";
     char t[64];
@@ -517,8 +526,8 @@ Outcome Launcher::run_attempt() {
       signal_all(ranks, sig);
       if (o_.nnodes > 1 && !store_lost_) {
         try {
-          std::string why = "node " + std::to_string(o_.node_rank) + " (" + host_ + ") was stopped by " +
-                            signal_name(sig);
+          std::string why =
+              "node " + std::to_string(o_.node_rank) + " (" + host_ + ") was stopped by " + signal_name(sig);
           store_->compare_set(fkey, {}, collectives::to_bytes(why));
           store_->set("abort", why);  // stopped on purpose: no node restarts
         } catch (const CommError&) {
@@ -526,8 +535,8 @@ Outcome Launcher::run_attempt() {
         }
       }
       int seen = g_sigint;
-      auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                         std::chrono::duration<double>(o_.grace_period_s));
+      auto deadline =
+          Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.grace_period_s));
       for (;;) {
         reap(ranks);
         bool any = false;
@@ -550,9 +559,8 @@ Outcome Launcher::run_attempt() {
       }
     }
     if (failed) {
-      std::string desc = "rank " + std::to_string(failed->global) + " (local rank " +
-                         std::to_string(failed->local) + ") on " + host_ + ", pid " + std::to_string(failed->pid) +
-                         ": " + describe(*failed);
+      std::string desc = "rank " + std::to_string(failed->global) + " (local rank " + std::to_string(failed->local) +
+                         ") on " + host_ + ", pid " + std::to_string(failed->pid) + ": " + describe(*failed);
       bool first = true;
       std::string remote;
       if (o_.nnodes > 1 && !store_lost_) {
@@ -584,8 +592,8 @@ int Launcher::linger(int rc) {
   // Node 0 hosts the store: keep it up until the other nodes have stopped their
   // ranks and read why (bounded: a dead node never answers; a second SIGINT ends it).
   if (o_.nnodes == 1 || o_.node_rank != 0 || store_lost_) return rc;
-  auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(o_.grace_period_s + 5.0));
+  auto until = Clock::now() +
+               std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.grace_period_s + 5.0));
   int seen = g_sigint;
   try {
     while (store_->add("stopped/" + std::to_string(attempt_), 0) < o_.nnodes - dead_nodes_ && Clock::now() < until &&
@@ -605,8 +613,8 @@ int Launcher::run() {
         std::to_string(cores) + " cores present; ranks will share cores");
   int gpus = count_gpus();
   if (gpus > 0 && o_.nproc_per_node > gpus)
-    say("warning: --nproc-per-node " + std::to_string(o_.nproc_per_node) + " is more than the " +
-        std::to_string(gpus) + " GPUs present; ranks will share GPUs");
+    say("warning: --nproc-per-node " + std::to_string(o_.nproc_per_node) + " is more than the " + std::to_string(gpus) +
+        " GPUs present; ranks will share GPUs");
   for (attempt_ = 0;; ++attempt_) {
     if (attempt_ > 0) barrier("start/" + std::to_string(attempt_));
     Outcome out = run_attempt();
@@ -659,8 +667,8 @@ int Launcher::run() {
       if (o_.max_restarts > 0) say("no restarts left (--max-restarts " + std::to_string(o_.max_restarts) + ")");
       return linger(1);
     }
-    say("restarting every rank (restart " + std::to_string(attempt_ + 1) + " of " +
-        std::to_string(o_.max_restarts) + ")");
+    say("restarting every rank (restart " + std::to_string(attempt_ + 1) + " of " + std::to_string(o_.max_restarts) +
+        ")");
   }
 }
 

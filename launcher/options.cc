@@ -22,8 +22,8 @@ int parse_int(const std::string& opt, const std::string& v, int lo, int hi, cons
   } catch (const std::exception&) {
     used = 0;
   }
-  LOOM_CHECK(used == v.size() && !v.empty() && x >= lo && x <= hi, "trainlaunch: ", opt, " got '", v,
-             "'; expected ", form);
+  LOOM_CHECK(used == v.size() && !v.empty() && x >= lo && x <= hi, "trainlaunch: ", opt, " got '", v, "'; expected ",
+             form);
   return static_cast<int>(x);
 }
 
@@ -93,9 +93,7 @@ LaunchOptions parse_options(const std::vector<std::string>& args) {
       LOOM_CHECK(i + 1 < args.size(), "trainlaunch: ", name, " needs a value; expected ", name, " ", form);
       return args[++i];
     };
-    auto flag = [&]() {
-      LOOM_CHECK(!has_value, "trainlaunch: ", name, " takes no value (got '", value, "')");
-    };
+    auto flag = [&]() { LOOM_CHECK(!has_value, "trainlaunch: ", name, " takes no value (got '", value, "')"); };
     if (name == "--help" || name == "-h") {
       flag();
       o.help = true;

@@ -28,8 +28,8 @@ CausalSelfAttention::CausalSelfAttention(const AttentionOptions& o, Generator& g
     : Module(std::move(type_name)), opts_(o) {
   if (opts_.n_kv_head == 0) opts_.n_kv_head = opts_.n_head;
   const int64_t C = opts_.n_embd, H = opts_.n_head, Hkv = opts_.n_kv_head;
-  LOOM_CHECK(C > 0 && H > 0 && C % H == 0, "CausalSelfAttention: n_embd (", C, ") must be a positive multiple of n_head (",
-             H, ")");
+  LOOM_CHECK(C > 0 && H > 0 && C % H == 0, "CausalSelfAttention: n_embd (", C,
+             ") must be a positive multiple of n_head (", H, ")");
   LOOM_CHECK(Hkv > 0 && H % Hkv == 0, "CausalSelfAttention: n_head (", H, ") must be a multiple of n_kv_head (", Hkv,
              ")");
   head_dim_ = C / H;
@@ -47,7 +47,8 @@ CausalSelfAttention::CausalSelfAttention(const AttentionOptions& o, Generator& g
     v_proj = register_module("v_proj", std::make_shared<Linear>(C, Hkv * D, in_opts, gen));
     o_proj = register_module("o_proj", std::make_shared<Linear>(H * D, C, out_opts, gen));
   }
-  if (opts_.dropout > 0.0) resid_dropout = register_module("resid_dropout", std::make_shared<Dropout>(opts_.dropout, gen));
+  if (opts_.dropout > 0.0)
+    resid_dropout = register_module("resid_dropout", std::make_shared<Dropout>(opts_.dropout, gen));
   if (opts_.rope) {
     LOOM_CHECK(D % 2 == 0, "CausalSelfAttention: rotary embeddings need an even head_dim, got ", D);
     auto [c, s] = rope_tables(opts_.max_seq_len, D, opts_.rope_theta);

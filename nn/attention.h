@@ -57,7 +57,7 @@ class CausalSelfAttention : public Module {
   AttentionOptions opts_;
   int64_t head_dim_;
   int64_t local_heads_, local_kv_heads_;  // == n_head, n_kv_head unless set_head_partition
-  Tensor rope_cos_, rope_sin_;  // (max_seq_len, D/2) non-persistent buffers
+  Tensor rope_cos_, rope_sin_;            // (max_seq_len, D/2) non-persistent buffers
 };
 
 /// Rotary tables as Hugging Face's Llama computes them (f32): inv_freq[i] =

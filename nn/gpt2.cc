@@ -25,8 +25,9 @@ GPT2Model::GPT2Model(const GPT2Config& cfg, Generator& gen) : Module("GPT2Model"
   bo.style = BlockStyle::kGPT2;
   bo.norm_eps = cfg.layer_norm_epsilon;
   const double out_std = std / std::sqrt(2.0 * static_cast<double>(cfg.n_layer));
-  bo.attn = AttentionOptions{cfg.n_embd, cfg.n_head, cfg.n_head, /*bias=*/true, /*fused_qkv=*/true, /*rope=*/false,
-                             10000.0,    cfg.n_positions, cfg.dropout, std, out_std, cfg.dtype};
+  bo.attn = AttentionOptions{cfg.n_embd,     cfg.n_head, cfg.n_head,      /*bias=*/true, /*fused_qkv=*/true,
+                             /*rope=*/false, 10000.0,    cfg.n_positions, cfg.dropout,   std,
+                             out_std,        cfg.dtype};
   bo.mlp = MLPOptions{cfg.n_embd, 4 * cfg.n_embd, /*bias=*/true, cfg.dropout, std, out_std, cfg.dtype};
   for (int64_t i = 0; i < cfg.n_layer; ++i) blocks.push_back(h->push_back(std::make_shared<TransformerBlock>(bo, gen)));
   ln_f = register_module("ln_f", std::make_shared<LayerNorm>(cfg.n_embd, cfg.layer_norm_epsilon, true, cfg.dtype));

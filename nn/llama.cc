@@ -24,8 +24,9 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, Generator& gen) : Module("LlamaMo
   BlockOptions bo;
   bo.style = BlockStyle::kLlama;
   bo.norm_eps = cfg.rms_norm_eps;
-  bo.attn = AttentionOptions{cfg.n_embd, cfg.n_head, cfg.n_kv_head, /*bias=*/false, /*fused_qkv=*/false,
-                             /*rope=*/true, cfg.rope_theta, cfg.max_seq_len, cfg.dropout, std, std, cfg.dtype};
+  bo.attn = AttentionOptions{cfg.n_embd,    cfg.n_head,     cfg.n_kv_head,   /*bias=*/false, /*fused_qkv=*/false,
+                             /*rope=*/true, cfg.rope_theta, cfg.max_seq_len, cfg.dropout,    std,
+                             std,           cfg.dtype};
   bo.mlp = MLPOptions{cfg.n_embd, cfg.intermediate_size, /*bias=*/false, 0.0, std, std, cfg.dtype};
   for (int64_t i = 0; i < cfg.n_layer; ++i)
     blocks.push_back(layers->push_back(std::make_shared<TransformerBlock>(bo, gen)));
@@ -34,8 +35,8 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, Generator& gen) : Module("LlamaMo
 
 Tensor LlamaModel::forward(const Tensor& idx) {
   LOOM_CHECK(idx.dim() == 2, "Llama.forward: expected idx of shape (B, T), got ", shape_str(idx.sizes()));
-  LOOM_CHECK(idx.size(1) <= cfg_.max_seq_len, "Llama.forward: sequence length ", idx.size(1),
-             " exceeds max_seq_len ", cfg_.max_seq_len);
+  LOOM_CHECK(idx.size(1) <= cfg_.max_seq_len, "Llama.forward: sequence length ", idx.size(1), " exceeds max_seq_len ",
+             cfg_.max_seq_len);
   Tensor x = (*embed_tokens)(idx);  // (B, T, C)
   for (auto& block : blocks) x = (*block)(x);
   return (*norm)(x);
@@ -44,8 +45,8 @@ Tensor LlamaModel::forward(const Tensor& idx) {
 Llama::Llama(const LlamaConfig& cfg, Generator& gen) : CausalLM("LlamaForCausalLM"), cfg_(cfg) {
   cfg.validate();
   model = register_module("model", std::make_shared<LlamaModel>(cfg, gen));
-  lm_head = std::make_shared<Linear>(cfg.n_embd, cfg.vocab_size, LinearOptions{false, cfg.initializer_range, cfg.dtype},
-                                     gen);
+  lm_head =
+      std::make_shared<Linear>(cfg.n_embd, cfg.vocab_size, LinearOptions{false, cfg.initializer_range, cfg.dtype}, gen);
   if (cfg.tie_word_embeddings) lm_head->tie_weight(model->embed_tokens->weight);
   register_module("lm_head", lm_head);
 }
@@ -53,8 +54,7 @@ Llama::Llama(const LlamaConfig& cfg, Generator& gen) : CausalLM("LlamaForCausalL
 Tensor Llama::forward(const Tensor& idx) { return (*lm_head)((*model)(idx)); }
 
 double Llama::flops_per_token(int64_t seq_len) const {
-  return 6.0 * static_cast<double>(num_parameters()) +
-         12.0 * static_cast<double>(cfg_.n_layer * cfg_.n_embd * seq_len);
+  return 6.0 * static_cast<double>(num_parameters()) + 12.0 * static_cast<double>(cfg_.n_layer * cfg_.n_embd * seq_len);
 }
 
 }  // namespace loom::nn

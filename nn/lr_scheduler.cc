@@ -27,8 +27,9 @@ double ConstantLR::lr_at(int64_t) const { return lr_; }
 
 WarmupCosineLR::WarmupCosineLR(Optimizer& opt, double max_lr, double min_lr, int64_t warmup_steps, int64_t max_steps)
     : LRScheduler(opt), max_lr_(max_lr), min_lr_(min_lr), warmup_(warmup_steps), max_steps_(max_steps) {
-  LOOM_CHECK(max_steps > 0 && warmup_steps >= 0 && warmup_steps <= max_steps, "WarmupCosineLR: need 0 <= warmup_steps (",
-             warmup_steps, ") <= max_steps (", max_steps, ") and max_steps > 0");
+  LOOM_CHECK(max_steps > 0 && warmup_steps >= 0 && warmup_steps <= max_steps,
+             "WarmupCosineLR: need 0 <= warmup_steps (", warmup_steps, ") <= max_steps (", max_steps,
+             ") and max_steps > 0");
   LOOM_CHECK(min_lr >= 0.0 && min_lr <= max_lr, "WarmupCosineLR: need 0 <= min_lr (", min_lr, ") <= max_lr (", max_lr,
              ")");
   apply();

@@ -37,8 +37,7 @@ class GeluMLP : public Module {
 /// Llama: x -> down_proj(silu(gate_proj(x)) * up_proj(x)), no biases by default.
 class SwiGLUMLP : public Module {
  public:
-  explicit SwiGLUMLP(const MLPOptions& opts, Generator& gen = default_generator(),
-                     std::string type_name = "SwiGLUMLP");
+  explicit SwiGLUMLP(const MLPOptions& opts, Generator& gen = default_generator(), std::string type_name = "SwiGLUMLP");
   /// x (..., C) -> (..., C).
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {

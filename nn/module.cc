@@ -62,11 +62,11 @@ std::string format_float(double v) {
 Module::Module(std::string type_name) : type_name_(std::move(type_name)) {}
 
 Tensor Module::register_parameter(const std::string& name, Tensor t, bool requires_grad) {
-  LOOM_CHECK(!name.empty() && name.find('.') == std::string::npos, type_name_,
-             ".register_parameter: name '", name, "' must be non-empty and contain no '.'");
+  LOOM_CHECK(!name.empty() && name.find('.') == std::string::npos, type_name_, ".register_parameter: name '", name,
+             "' must be non-empty and contain no '.'");
   LOOM_CHECK(t.defined(), type_name_, ".register_parameter('", name, "'): tensor is undefined");
-  LOOM_CHECK(!children_.contains(name) && !buffers_.contains(name), type_name_, ".register_parameter: '",
-             name, "' is already a child module or buffer");
+  LOOM_CHECK(!children_.contains(name) && !buffers_.contains(name), type_name_, ".register_parameter: '", name,
+             "' is already a child module or buffer");
   LOOM_CHECK(autograd::is_leaf(t), type_name_, ".register_parameter('", name,
              "'): a parameter must be a leaf tensor (detach it first)");
   if (requires_grad) t.set_requires_grad(true);
@@ -77,8 +77,8 @@ Tensor Module::register_parameter(const std::string& name, Tensor t, bool requir
 }
 
 Tensor Module::register_buffer(const std::string& name, Tensor t, bool persistent) {
-  LOOM_CHECK(!name.empty() && name.find('.') == std::string::npos, type_name_, ".register_buffer: name '",
-             name, "' must be non-empty and contain no '.'");
+  LOOM_CHECK(!name.empty() && name.find('.') == std::string::npos, type_name_, ".register_buffer: name '", name,
+             "' must be non-empty and contain no '.'");
   LOOM_CHECK(!children_.contains(name) && !params_.contains(name), type_name_, ".register_buffer: '", name,
              "' is already a child module or parameter");
   buffers_.insert(name, BufferEntry{t, persistent});
@@ -86,8 +86,8 @@ Tensor Module::register_buffer(const std::string& name, Tensor t, bool persisten
 }
 
 void Module::add_child(const std::string& name, std::shared_ptr<Module> m) {
-  LOOM_CHECK(!name.empty() && name.find('.') == std::string::npos, type_name_, ".register_module: name '",
-             name, "' must be non-empty and contain no '.'");
+  LOOM_CHECK(!name.empty() && name.find('.') == std::string::npos, type_name_, ".register_module: name '", name,
+             "' must be non-empty and contain no '.'");
   LOOM_CHECK(m != nullptr, type_name_, ".register_module('", name, "'): module is null");
   LOOM_CHECK(m.get() != this, type_name_, ".register_module('", name, "'): a module cannot contain itself");
   LOOM_CHECK(!params_.contains(name) && !buffers_.contains(name), type_name_, ".register_module: '", name,
@@ -243,7 +243,8 @@ void Module::load_state_dict(const StateDict& dict, bool strict) {
   if (strict && (!missing.empty() || !unexpected.empty())) {
     std::string msg;
     if (!missing.empty()) msg += "missing keys: [" + join(missing) + "]";
-    if (!unexpected.empty()) msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys: [" + join(unexpected) + "]";
+    if (!unexpected.empty())
+      msg += std::string(msg.empty() ? "" : "; ") + "unexpected keys: [" + join(unexpected) + "]";
     LOOM_THROW(InvalidArgument, type_name_, ".load_state_dict: ", msg,
                " (pass strict=false to load the keys that match)");
   }
@@ -253,8 +254,7 @@ void Module::load_state_dict(const StateDict& dict, bool strict) {
     if (!src) continue;
     LOOM_CHECK(src->defined(), type_name_, ".load_state_dict: value for '", n, "' is an undefined tensor");
     LOOM_CHECK(src->sizes() == t.sizes(), type_name_, ".load_state_dict: size mismatch for '", n,
-               "': checkpoint has shape ", shape_str(src->sizes()), ", the module has shape ",
-               shape_str(t.sizes()));
+               "': checkpoint has shape ", shape_str(src->sizes()), ", the module has shape ", shape_str(t.sizes()));
   }
   autograd::NoGradGuard no_grad;
   for (auto& [n, t] : own) {

@@ -123,12 +123,12 @@ OptimizerState Optimizer::state_dict() const {
 }
 
 void Optimizer::load_state_dict(const OptimizerState& s) {
-  LOOM_CHECK(s.param_groups.size() == groups_.size(), name(), ".load_state_dict: the state has ",
-             s.param_groups.size(), " parameter groups, this optimizer has ", groups_.size());
+  LOOM_CHECK(s.param_groups.size() == groups_.size(), name(), ".load_state_dict: the state has ", s.param_groups.size(),
+             " parameter groups, this optimizer has ", groups_.size());
   for (size_t gi = 0; gi < groups_.size(); ++gi)
-    LOOM_CHECK(s.param_groups[gi].params.size() == groups_[gi].params.size(), name(),
-               ".load_state_dict: group ", gi, " has ", s.param_groups[gi].params.size(),
-               " parameters in the state, ", groups_[gi].params.size(), " here");
+    LOOM_CHECK(s.param_groups[gi].params.size() == groups_[gi].params.size(), name(), ".load_state_dict: group ", gi,
+               " has ", s.param_groups[gi].params.size(), " parameters in the state, ", groups_[gi].params.size(),
+               " here");
   for (const auto& [i, st] : s.state) {
     LOOM_CHECK(i >= 0 && i < num_params(), name(), ".load_state_dict: state for parameter index ", i,
                " but this optimizer has ", num_params(), " parameters");
@@ -191,33 +191,33 @@ void AdamW::set_hyper_parameters(const std::map<std::string, double>& h) {
 
 void AdamW::step() {
   for_each_param_with_grad([&](const ParamGroup& group, const Tensor& p, const Tensor& g, ParamState& st) {
-      if (st.tensors.empty()) {
-        st.tensors["exp_avg"] = ops::zeros_like(p);
-        st.tensors["exp_avg_sq"] = ops::zeros_like(p);
-      }
-      Tensor& m = st.tensors["exp_avg"];
-      Tensor& v = st.tensors["exp_avg_sq"];
-      st.step += 1;
-      const double lr = group.lr, wd = group.weight_decay;
-      if (fast_path(p, g) && m.is_contiguous() && v.is_contiguous()) {
-        if (p.dtype() == DType::f32) {
-          adamw_kernel(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), p.numel(), lr,
-                       opts_.beta1, opts_.beta2, opts_.eps, wd, st.step);
-        } else {
-          adamw_kernel(p.data<double>(), g.data<double>(), m.data<double>(), v.data<double>(), p.numel(), lr,
-                       opts_.beta1, opts_.beta2, opts_.eps, wd, st.step);
-        }
+    if (st.tensors.empty()) {
+      st.tensors["exp_avg"] = ops::zeros_like(p);
+      st.tensors["exp_avg_sq"] = ops::zeros_like(p);
+    }
+    Tensor& m = st.tensors["exp_avg"];
+    Tensor& v = st.tensors["exp_avg_sq"];
+    st.step += 1;
+    const double lr = group.lr, wd = group.weight_decay;
+    if (fast_path(p, g) && m.is_contiguous() && v.is_contiguous()) {
+      if (p.dtype() == DType::f32) {
+        adamw_kernel(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), p.numel(), lr, opts_.beta1,
+                     opts_.beta2, opts_.eps, wd, st.step);
       } else {
-        // The same update in tensor ops (CUDA, 16-bit or strided parameters).
-        const double bc1 = 1.0 - std::pow(opts_.beta1, static_cast<double>(st.step));
-        const double bc2 = 1.0 - std::pow(opts_.beta2, static_cast<double>(st.step));
-        if (wd != 0.0) ops::mul_(p, 1.0 - lr * wd);
-        ops::lerp_(m, g, 1.0 - opts_.beta1);
-        ops::mul_(v, opts_.beta2);
-        ops::addcmul_(v, g, g, 1.0 - opts_.beta2);
-        Tensor denom = ops::add(ops::mul(ops::sqrt(v), 1.0 / std::sqrt(bc2)), opts_.eps);
-        ops::addcdiv_(p, m, denom, -lr / bc1);
+        adamw_kernel(p.data<double>(), g.data<double>(), m.data<double>(), v.data<double>(), p.numel(), lr, opts_.beta1,
+                     opts_.beta2, opts_.eps, wd, st.step);
       }
+    } else {
+      // The same update in tensor ops (CUDA, 16-bit or strided parameters).
+      const double bc1 = 1.0 - std::pow(opts_.beta1, static_cast<double>(st.step));
+      const double bc2 = 1.0 - std::pow(opts_.beta2, static_cast<double>(st.step));
+      if (wd != 0.0) ops::mul_(p, 1.0 - lr * wd);
+      ops::lerp_(m, g, 1.0 - opts_.beta1);
+      ops::mul_(v, opts_.beta2);
+      ops::addcmul_(v, g, g, 1.0 - opts_.beta2);
+      Tensor denom = ops::add(ops::mul(ops::sqrt(v), 1.0 / std::sqrt(bc2)), opts_.eps);
+      ops::addcdiv_(p, m, denom, -lr / bc1);
+    }
   });
 }
 
@@ -245,33 +245,33 @@ void SGD::set_hyper_parameters(const std::map<std::string, double>& h) {
 
 void SGD::step() {
   for_each_param_with_grad([&](const ParamGroup& group, const Tensor& p, const Tensor& g, ParamState& st) {
-      st.step += 1;
-      const bool use_momentum = opts_.momentum != 0.0;
-      const bool first = use_momentum && !st.tensors.count("momentum_buffer");
-      if (first) st.tensors["momentum_buffer"] = ops::empty_like(p);
-      const double lr = group.lr, wd = group.weight_decay;
-      Tensor buf = use_momentum ? st.tensors["momentum_buffer"] : Tensor();
-      if (fast_path(p, g) && (!buf.defined() || buf.is_contiguous())) {
-        if (p.dtype() == DType::f32) {
-          sgd_kernel(p.data<float>(), g.data<float>(), buf.defined() ? buf.data<float>() : nullptr, p.numel(), lr,
-                     opts_.momentum, opts_.dampening, opts_.nesterov, wd, first);
-        } else {
-          sgd_kernel(p.data<double>(), g.data<double>(), buf.defined() ? buf.data<double>() : nullptr, p.numel(),
-                     lr, opts_.momentum, opts_.dampening, opts_.nesterov, wd, first);
-        }
+    st.step += 1;
+    const bool use_momentum = opts_.momentum != 0.0;
+    const bool first = use_momentum && !st.tensors.count("momentum_buffer");
+    if (first) st.tensors["momentum_buffer"] = ops::empty_like(p);
+    const double lr = group.lr, wd = group.weight_decay;
+    Tensor buf = use_momentum ? st.tensors["momentum_buffer"] : Tensor();
+    if (fast_path(p, g) && (!buf.defined() || buf.is_contiguous())) {
+      if (p.dtype() == DType::f32) {
+        sgd_kernel(p.data<float>(), g.data<float>(), buf.defined() ? buf.data<float>() : nullptr, p.numel(), lr,
+                   opts_.momentum, opts_.dampening, opts_.nesterov, wd, first);
       } else {
-        Tensor d = wd != 0.0 ? ops::add(g, ops::mul(p, wd)) : g;
-        if (use_momentum) {
-          if (first) {
-            ops::copy_(buf, d);
-          } else {
-            ops::mul_(buf, opts_.momentum);
-            ops::add_(buf, d, 1.0 - opts_.dampening);
-          }
-          d = opts_.nesterov ? ops::add(d, ops::mul(buf, opts_.momentum)) : buf;
-        }
-        ops::add_(p, d, -lr);
+        sgd_kernel(p.data<double>(), g.data<double>(), buf.defined() ? buf.data<double>() : nullptr, p.numel(), lr,
+                   opts_.momentum, opts_.dampening, opts_.nesterov, wd, first);
       }
+    } else {
+      Tensor d = wd != 0.0 ? ops::add(g, ops::mul(p, wd)) : g;
+      if (use_momentum) {
+        if (first) {
+          ops::copy_(buf, d);
+        } else {
+          ops::mul_(buf, opts_.momentum);
+          ops::add_(buf, d, 1.0 - opts_.dampening);
+        }
+        d = opts_.nesterov ? ops::add(d, ops::mul(buf, opts_.momentum)) : buf;
+      }
+      ops::add_(p, d, -lr);
+    }
   });
 }
 

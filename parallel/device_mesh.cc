@@ -20,8 +20,7 @@ DeviceMesh::DeviceMesh(std::shared_ptr<ProcessGroup> world, std::vector<std::pai
     const auto& [name, n] = dims_[i];
     LOOM_CHECK(std::find(std::begin(kDimNames), std::end(kDimNames), name) != std::end(kDimNames),
                "DeviceMesh: unknown dimension '", name, "'; use dp, fsdp or tp");
-    for (size_t j = 0; j < i; ++j)
-      LOOM_CHECK(dims_[j].first != name, "DeviceMesh: dimension '", name, "' given twice");
+    for (size_t j = 0; j < i; ++j) LOOM_CHECK(dims_[j].first != name, "DeviceMesh: dimension '", name, "' given twice");
     LOOM_CHECK(n >= 1, "DeviceMesh: dimension ", name, " has size ", n, "; sizes must be at least 1");
     product *= n;
   }

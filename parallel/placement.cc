@@ -28,9 +28,9 @@ void set_tp_placement(const Tensor& p, TpPlacement placement) {
              shape_str(placement.global_shape), " has a different rank than the local ", shape_str(p.sizes()));
   int64_t covered = 0;
   for (const auto& s : placement.segments) {
-    LOOM_CHECK(s.local_start == covered && s.length > 0 &&
-                   s.global_start + s.length <= placement.global_shape[placement.dim],
-               "set_tp_placement: segments must cover the local dimension in order and stay inside the global one");
+    LOOM_CHECK(
+        s.local_start == covered && s.length > 0 && s.global_start + s.length <= placement.global_shape[placement.dim],
+        "set_tp_placement: segments must cover the local dimension in order and stay inside the global one");
     covered += s.length;
   }
   LOOM_CHECK(covered == p.size(placement.dim), "set_tp_placement: segments cover ", covered, " of ",

@@ -20,8 +20,8 @@ struct TpSegment {
 };
 
 struct TpPlacement {
-  int dim = 0;            // the split dimension of the parameter
-  Shape global_shape;     // the unsplit parameter's shape
+  int dim = 0;                      // the split dimension of the parameter
+  Shape global_shape;               // the unsplit parameter's shape
   std::vector<TpSegment> segments;  // cover the local dim exactly, in local order (a fused qkv has three)
 };
 

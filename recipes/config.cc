@@ -32,11 +32,16 @@ enum class Kind { Int, Int32, UInt, Double, Bool, String };
 
 template <typename T>
 constexpr Kind kind_of() {
-  if constexpr (std::is_same_v<T, int64_t>) return Kind::Int;
-  else if constexpr (std::is_same_v<T, int>) return Kind::Int32;
-  else if constexpr (std::is_same_v<T, uint64_t>) return Kind::UInt;
-  else if constexpr (std::is_same_v<T, double>) return Kind::Double;
-  else if constexpr (std::is_same_v<T, bool>) return Kind::Bool;
+  if constexpr (std::is_same_v<T, int64_t>)
+    return Kind::Int;
+  else if constexpr (std::is_same_v<T, int>)
+    return Kind::Int32;
+  else if constexpr (std::is_same_v<T, uint64_t>)
+    return Kind::UInt;
+  else if constexpr (std::is_same_v<T, double>)
+    return Kind::Double;
+  else if constexpr (std::is_same_v<T, bool>)
+    return Kind::Bool;
   else {
     static_assert(std::is_same_v<T, std::string>, "config field of an unsupported type");
     return Kind::String;
@@ -46,11 +51,16 @@ constexpr Kind kind_of() {
 const char* kind_name(Kind k) {
   switch (k) {
     case Kind::Int:
-    case Kind::Int32: return "an integer";
-    case Kind::UInt: return "a non-negative integer";
-    case Kind::Double: return "a number";
-    case Kind::Bool: return "true or false";
-    case Kind::String: return "a string";
+    case Kind::Int32:
+      return "an integer";
+    case Kind::UInt:
+      return "a non-negative integer";
+    case Kind::Double:
+      return "a number";
+    case Kind::Bool:
+      return "true or false";
+    case Kind::String:
+      return "a string";
   }
   return "?";
 }
@@ -68,15 +78,35 @@ struct Key {
   std::vector<std::string> choices;  // for strings: the accepted values (empty: any)
 
   std::string path() const { return section + "." + name; }
-  Key& req() { required = true; return *this; }
-  Key& at_least(double v) { lo = v; return *this; }
-  Key& above(double v) { lo = v; lo_open = true; return *this; }
-  Key& at_most(double v) { hi = v; return *this; }
-  Key& below(double v) { hi = v; hi_open = true; return *this; }
-  Key& one_of(std::vector<std::string> c) { choices = std::move(c); return *this; }
+  Key& req() {
+    required = true;
+    return *this;
+  }
+  Key& at_least(double v) {
+    lo = v;
+    return *this;
+  }
+  Key& above(double v) {
+    lo = v;
+    lo_open = true;
+    return *this;
+  }
+  Key& at_most(double v) {
+    hi = v;
+    return *this;
+  }
+  Key& below(double v) {
+    hi = v;
+    hi_open = true;
+    return *this;
+  }
+  Key& one_of(std::vector<std::string> c) {
+    choices = std::move(c);
+    return *this;
+  }
 };
 
-#define LOOM_CONFIG_KEY(sec, member)                                                                      \
+#define LOOM_CONFIG_KEY(sec, member)                                                                         \
   Key(#sec, #member, kind_of<std::remove_reference_t<decltype(std::declval<RecipeConfig&>().sec.member)>>(), \
       [](RecipeConfig& c) -> void* { return &c.sec.member; })
 
@@ -158,7 +188,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
     for (size_t j = 1; j <= m; ++j) {
       const size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
       d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
   return d[n][m];
 }
@@ -226,7 +257,8 @@ bool is_section(const std::string& s) {
   std::string msg = "unknown section";
   // A key written at the top level instead of under its section is a common slip: name its section.
   for (const auto& k : schema())
-    if (k.name == section) fail(where, section, msg + "; did you mean '" + k.path() + "' (under '" + k.section + ":')?");
+    if (k.name == section)
+      fail(where, section, msg + "; did you mean '" + k.path() + "' (under '" + k.section + ":')?");
   if (auto c = closest(section, secs)) fail(where, section, msg + "; did you mean '" + *c + "'?");
   fail(where, section, msg + "; the sections are " + join_quoted(secs));
 }
@@ -235,7 +267,8 @@ bool is_section(const std::string& s) {
   const std::string path = section + "." + name;
   if (auto c = closest(name, keys_of(section))) fail(where, path, "unknown key; did you mean '" + *c + "'?");
   for (const auto& k : schema())
-    if (k.name == name) fail(where, path, "unknown key; did you mean '" + k.path() + "' (it belongs in '" + k.section + "')?");
+    if (k.name == name)
+      fail(where, path, "unknown key; did you mean '" + k.path() + "' (it belongs in '" + k.section + "')?");
   fail(where, path, "unknown key; the keys of '" + section + "' are " + join_quoted(keys_of(section)));
 }
 
@@ -268,7 +301,8 @@ void assign(RecipeConfig& cfg, const Key& key, const YAML::Node& node, const std
     case Kind::Int32: {
       int64_t v = 0;
       auto r = std::from_chars(b, e, v);
-      if (r.ec == std::errc::result_out_of_range) fail(where, key.path(), expected + ", got '" + text + "' (out of range)");
+      if (r.ec == std::errc::result_out_of_range)
+        fail(where, key.path(), expected + ", got '" + text + "' (out of range)");
       if (r.ec != std::errc() || r.ptr != e || text.empty()) fail(where, key.path(), expected + ", got '" + text + "'");
       if (key.kind == Kind::Int32) {
         if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
@@ -283,7 +317,8 @@ void assign(RecipeConfig& cfg, const Key& key, const YAML::Node& node, const std
       uint64_t v = 0;
       if (!text.empty() && text[0] == '-') fail(where, key.path(), expected + ", got '" + text + "'");
       auto r = std::from_chars(b, e, v);
-      if (r.ec == std::errc::result_out_of_range) fail(where, key.path(), expected + ", got '" + text + "' (out of range)");
+      if (r.ec == std::errc::result_out_of_range)
+        fail(where, key.path(), expected + ", got '" + text + "' (out of range)");
       if (r.ec != std::errc() || r.ptr != e || text.empty()) fail(where, key.path(), expected + ", got '" + text + "'");
       *static_cast<uint64_t*>(field) = v;
       return;
@@ -301,12 +336,16 @@ void assign(RecipeConfig& cfg, const Key& key, const YAML::Node& node, const std
     }
     case Kind::Bool: {
       const std::string t = to_lower(text);
-      if (t == "true" || t == "yes" || t == "on") *static_cast<bool*>(field) = true;
-      else if (t == "false" || t == "no" || t == "off") *static_cast<bool*>(field) = false;
-      else fail(where, key.path(), expected + ", got '" + text + "'");
+      if (t == "true" || t == "yes" || t == "on")
+        *static_cast<bool*>(field) = true;
+      else if (t == "false" || t == "no" || t == "off")
+        *static_cast<bool*>(field) = false;
+      else
+        fail(where, key.path(), expected + ", got '" + text + "'");
       return;
     }
-    case Kind::String: break;
+    case Kind::String:
+      break;
   }
 }
 
@@ -314,23 +353,34 @@ void assign(RecipeConfig& cfg, const Key& key, const YAML::Node& node, const std
 std::optional<double> numeric(RecipeConfig& cfg, const Key& k) {
   void* f = k.field(cfg);
   switch (k.kind) {
-    case Kind::Int: return static_cast<double>(*static_cast<int64_t*>(f));
-    case Kind::Int32: return static_cast<double>(*static_cast<int*>(f));
-    case Kind::UInt: return static_cast<double>(*static_cast<uint64_t*>(f));
-    case Kind::Double: return *static_cast<double*>(f);
-    default: return std::nullopt;
+    case Kind::Int:
+      return static_cast<double>(*static_cast<int64_t*>(f));
+    case Kind::Int32:
+      return static_cast<double>(*static_cast<int*>(f));
+    case Kind::UInt:
+      return static_cast<double>(*static_cast<uint64_t*>(f));
+    case Kind::Double:
+      return *static_cast<double*>(f);
+    default:
+      return std::nullopt;
   }
 }
 
 std::string value_text(RecipeConfig& cfg, const Key& k) {
   void* f = k.field(cfg);
   switch (k.kind) {
-    case Kind::Int: return std::to_string(*static_cast<int64_t*>(f));
-    case Kind::Int32: return std::to_string(*static_cast<int*>(f));
-    case Kind::UInt: return std::to_string(*static_cast<uint64_t*>(f));
-    case Kind::Double: return fmt_double(*static_cast<double*>(f));
-    case Kind::Bool: return *static_cast<bool*>(f) ? "true" : "false";
-    case Kind::String: return *static_cast<std::string*>(f);
+    case Kind::Int:
+      return std::to_string(*static_cast<int64_t*>(f));
+    case Kind::Int32:
+      return std::to_string(*static_cast<int*>(f));
+    case Kind::UInt:
+      return std::to_string(*static_cast<uint64_t*>(f));
+    case Kind::Double:
+      return fmt_double(*static_cast<double*>(f));
+    case Kind::Bool:
+      return *static_cast<bool*>(f) ? "true" : "false";
+    case Kind::String:
+      return *static_cast<std::string*>(f);
   }
   return "";
 }
@@ -360,9 +410,11 @@ void read_document(RecipeConfig& cfg, const std::string& text, const std::string
     throw ConfigError(name + ":" + std::to_string(e.mark.line + 1) + ": YAML syntax error: " + e.msg);
   }
   if (!root.IsDefined() || root.IsNull())
-    fail(name + ":1", "", "the config is empty; expected the sections " +
-                              join_quoted(std::vector<std::string>(std::begin(kSections), std::end(kSections))));
-  if (!root.IsMap()) fail(line_of(name, root), "", "expected a mapping of sections (model:, data:, training:, ...) at the top level");
+    fail(name + ":1", "",
+         "the config is empty; expected the sections " +
+             join_quoted(std::vector<std::string>(std::begin(kSections), std::end(kSections))));
+  if (!root.IsMap())
+    fail(line_of(name, root), "", "expected a mapping of sections (model:, data:, training:, ...) at the top level");
   std::set<std::string> seen_sections;
   for (auto it = root.begin(); it != root.end(); ++it) {
     const std::string where = line_of(name, it->first);
@@ -374,7 +426,9 @@ void read_document(RecipeConfig& cfg, const std::string& text, const std::string
     const YAML::Node body = it->second;
     if (body.IsNull()) continue;  // "logging:" with nothing under it: every key at its default
     if (!body.IsMap())
-      fail(where, section, std::string("expected a mapping of keys, got ") + (body.IsSequence() ? "a list" : "'" + body.Scalar() + "'"));
+      fail(
+          where, section,
+          std::string("expected a mapping of keys, got ") + (body.IsSequence() ? "a list" : "'" + body.Scalar() + "'"));
     for (auto kv = body.begin(); kv != body.end(); ++kv) {
       const std::string kwhere = line_of(name, kv->first);
       const std::string key = kv->first.Scalar();
@@ -456,9 +510,11 @@ void check_ranges(RecipeConfig& cfg) {
     const bool hi_bad = k.hi && (k.hi_open ? !(*v < *k.hi) : !(*v <= *k.hi));
     if (!lo_bad && !hi_bad) continue;
     if (k.lo && k.hi)
-      fail(where, k.path(), "must be in " + std::string(k.lo_open ? "(" : "[") + fmt_bound(k.kind, *k.lo) + ", " +
-                                fmt_bound(k.kind, *k.hi) + (k.hi_open ? ")" : "]") + got);
-    if (k.lo) fail(where, k.path(), std::string("must be ") + (k.lo_open ? "> " : ">= ") + fmt_bound(k.kind, *k.lo) + got);
+      fail(where, k.path(),
+           "must be in " + std::string(k.lo_open ? "(" : "[") + fmt_bound(k.kind, *k.lo) + ", " +
+               fmt_bound(k.kind, *k.hi) + (k.hi_open ? ")" : "]") + got);
+    if (k.lo)
+      fail(where, k.path(), std::string("must be ") + (k.lo_open ? "> " : ">= ") + fmt_bound(k.kind, *k.lo) + got);
     fail(where, k.path(), std::string("must be ") + (k.hi_open ? "< " : "<= ") + fmt_bound(k.kind, *k.hi) + got);
   }
 }
@@ -485,18 +541,19 @@ void check_tp(const RecipeConfig& cfg) {
     const char* key;
     int64_t value;
   };
-  const Dim dims[] = {{"model.n_head", m.n_head},
-                      {"model.n_kv_head", m.n_kv_head > 0 ? m.n_kv_head : m.n_head},
-                      {"model.vocab_size", m.vocab_size},
-                      {m.family == "llama" ? "model.intermediate_size" : "model.n_embd * 4 (the MLP hidden size)",
-                       mlp_hidden(m)}};
+  const Dim dims[] = {
+      {"model.n_head", m.n_head},
+      {"model.n_kv_head", m.n_kv_head > 0 ? m.n_kv_head : m.n_head},
+      {"model.vocab_size", m.vocab_size},
+      {m.family == "llama" ? "model.intermediate_size" : "model.n_embd * 4 (the MLP hidden size)", mlp_hidden(m)}};
   for (const auto& d : dims) {
     if (d.value % tp == 0) continue;
     int64_t g = d.value;  // the tp sizes that fit every dimension divide their gcd
     for (const auto& e : dims) g = std::gcd(g, e.value);
-    std::string msg = "tp = " + std::to_string(tp) + " does not divide " + d.key + " = " + std::to_string(d.value) +
-                      " (" + where_of(cfg, std::string(d.key).substr(0, std::string(d.key).find(' '))) +
-                      "); tp sizes that divide n_head, n_kv_head, vocab_size and the MLP hidden size: " + divisors_text(g);
+    std::string msg =
+        "tp = " + std::to_string(tp) + " does not divide " + d.key + " = " + std::to_string(d.value) + " (" +
+        where_of(cfg, std::string(d.key).substr(0, std::string(d.key).find(' '))) +
+        "); tp sizes that divide n_head, n_kv_head, vocab_size and the MLP hidden size: " + divisors_text(g);
     if (std::string(d.key) == "model.vocab_size")
       msg += " (or pad vocab_size to a multiple of " + std::to_string(tp) + ", e.g. " +
              std::to_string((m.vocab_size + tp - 1) / tp * tp) + ")";
@@ -517,8 +574,8 @@ void check_consistency(RecipeConfig& cfg) {
                ") or be left out, got " + std::to_string(m.n_kv_head));
     if (m.intermediate_size != 0 && m.intermediate_size != 4 * m.n_embd)
       fail(where_of(cfg, "model.intermediate_size"), "model.intermediate_size",
-           "GPT-2's MLP hidden size is 4 * n_embd = " + std::to_string(4 * m.n_embd) + ": leave it out or set it to that, got " +
-               std::to_string(m.intermediate_size));
+           "GPT-2's MLP hidden size is 4 * n_embd = " + std::to_string(4 * m.n_embd) +
+               ": leave it out or set it to that, got " + std::to_string(m.intermediate_size));
     if (m.rope_theta != 10000.0)
       fail(where_of(cfg, "model.rope_theta"), "model.rope_theta",
            "GPT-2 has learned position embeddings, not RoPE: rope_theta applies to family 'llama' only");
@@ -554,8 +611,8 @@ void check_consistency(RecipeConfig& cfg) {
     fail(where_of(cfg, "training.global_batch_tokens"), "training.global_batch_tokens",
          "must be a multiple of model.seq_len * training.micro_batch = " + std::to_string(m.seq_len) + " * " +
              std::to_string(t.micro_batch) + " = " + std::to_string(seq_tokens) + ", got " +
-             std::to_string(t.global_batch_tokens) + "; nearest that fit: " +
-             nearest_multiples(t.global_batch_tokens, seq_tokens));
+             std::to_string(t.global_batch_tokens) +
+             "; nearest that fit: " + nearest_multiples(t.global_batch_tokens, seq_tokens));
 
   const ParallelismConfig& p = cfg.parallelism;
   if (p.cpu_offload && p.fsdp <= 1)
@@ -565,9 +622,10 @@ void check_consistency(RecipeConfig& cfg) {
 
   const CheckpointConfig& c = cfg.checkpoint;
   if (c.resume != "auto" && c.resume != "never") {
-    const std::string last = c.resume.substr(c.resume.find_last_of('/') == std::string::npos ? 0 : c.resume.find_last_of('/') + 1);
-    const bool step_dir = last.size() > 5 && last.rfind("step_", 0) == 0 &&
-                          last.find_first_not_of("0123456789", 5) == std::string::npos;
+    const std::string last =
+        c.resume.substr(c.resume.find_last_of('/') == std::string::npos ? 0 : c.resume.find_last_of('/') + 1);
+    const bool step_dir =
+        last.size() > 5 && last.rfind("step_", 0) == 0 && last.find_first_not_of("0123456789", 5) == std::string::npos;
     if (!step_dir)
       fail(where_of(cfg, "checkpoint.resume"), "checkpoint.resume",
            "must be 'auto', 'never' or a step_NNNNNNNN checkpoint directory, got '" + c.resume + "'");
@@ -584,15 +642,20 @@ void finish(RecipeConfig& cfg) {
 std::string yaml_quote(const std::string& s) {
   std::string out = "\"";
   for (unsigned char ch : s) {
-    if (ch == '"') out += "\\\"";
-    else if (ch == '\\') out += "\\\\";
-    else if (ch == '\n') out += "\\n";
-    else if (ch == '\t') out += "\\t";
+    if (ch == '"')
+      out += "\\\"";
+    else if (ch == '\\')
+      out += "\\\\";
+    else if (ch == '\n')
+      out += "\\n";
+    else if (ch == '\t')
+      out += "\\t";
     else if (ch < 0x20 || ch == 0x7f) {
       char buf[8];
       std::snprintf(buf, sizeof buf, "\\x%02x", ch);
       out += buf;
-    } else out += static_cast<char>(ch);
+    } else
+      out += static_cast<char>(ch);
   }
   return out + "\"";
 }
@@ -608,8 +671,8 @@ int64_t TrainingConfig::grad_accum_steps(int64_t seq_len, int64_t dp_world) cons
     std::string msg = "training.global_batch_tokens: " + std::to_string(global_batch_tokens) +
                       " tokens do not split into whole micro-batches: model.seq_len (" + std::to_string(seq_len) +
                       ") * training.micro_batch (" + std::to_string(micro_batch) + ") * dp_world (" +
-                      std::to_string(dp_world) + ") = " + std::to_string(unit) + " must divide it; global_batch_tokens that fit: " +
-                      nearest_multiples(global_batch_tokens, unit);
+                      std::to_string(dp_world) + ") = " + std::to_string(unit) +
+                      " must divide it; global_batch_tokens that fit: " + nearest_multiples(global_batch_tokens, unit);
     const int64_t per_seq = seq_len * dp_world;
     if (global_batch_tokens % per_seq == 0)
       msg += "; or a training.micro_batch that divides " + std::to_string(global_batch_tokens / per_seq) + ": " +
@@ -648,7 +711,8 @@ std::string RecipeConfig::to_yaml() const {
   return os.str();
 }
 
-RecipeConfig parse_config(const std::string& yaml_text, const std::string& name, const std::vector<std::string>& overrides) {
+RecipeConfig parse_config(const std::string& yaml_text, const std::string& name,
+                          const std::vector<std::string>& overrides) {
   RecipeConfig cfg;
   cfg.source_file = name;
   read_document(cfg, yaml_text, name);
@@ -693,7 +757,8 @@ RecipeConfig resolve_layout(RecipeConfig cfg, int world_size) {
     (void)cfg.training.grad_accum_steps(cfg.model.seq_len, p.dp_world());
   } catch (const ConfigError& e) {
     throw ConfigError(where_of(cfg, "training.global_batch_tokens") + ": " + e.what() + " (world size " +
-                      std::to_string(world_size) + ", dp " + std::to_string(p.dp) + ", fsdp " + std::to_string(p.fsdp) + ")");
+                      std::to_string(world_size) + ", dp " + std::to_string(p.dp) + ", fsdp " + std::to_string(p.fsdp) +
+                      ")");
   }
   return cfg;
 }
@@ -715,18 +780,18 @@ ParamSplit split_parameters(const ModelConfig& m) {
   if (m.family == "gpt2") {
     // Column-parallel c_attn and c_fc shard weight and bias; row-parallel c_proj shard the weight, keep the bias.
     s.block_sharded = C * (H + 2 * Hkv) * D + (H + 2 * Hkv) * D  // attn.c_attn
-                      + H * D * C                                 // attn.c_proj.weight
-                      + C * I + I                                 // mlp.c_fc
-                      + I * C;                                    // mlp.c_proj.weight
-    s.block_replicated = C + C + 2 * C + 2 * C;                   // c_proj biases, ln_1, ln_2
-    s.root_sharded = V * C + (tied ? 0 : V * C);                  // wte (vocab-parallel), lm_head
-    s.root_replicated = m.seq_len * C + 2 * C;                    // wpe, ln_f
+                      + H * D * C                                // attn.c_proj.weight
+                      + C * I + I                                // mlp.c_fc
+                      + I * C;                                   // mlp.c_proj.weight
+    s.block_replicated = C + C + 2 * C + 2 * C;                  // c_proj biases, ln_1, ln_2
+    s.root_sharded = V * C + (tied ? 0 : V * C);                 // wte (vocab-parallel), lm_head
+    s.root_replicated = m.seq_len * C + 2 * C;                   // wpe, ln_f
   } else {
     s.block_sharded = C * H * D + 2 * C * Hkv * D + H * D * C  // q, k, v, o
-                      + 3 * C * I;                              // gate, up, down
-    s.block_replicated = 2 * C;                                 // input_layernorm, post_attention_layernorm
-    s.root_sharded = V * C + (tied ? 0 : V * C);                // embed_tokens, lm_head
-    s.root_replicated = C;                                      // norm
+                      + 3 * C * I;                             // gate, up, down
+    s.block_replicated = 2 * C;                                // input_layernorm, post_attention_layernorm
+    s.root_sharded = V * C + (tied ? 0 : V * C);               // embed_tokens, lm_head
+    s.root_replicated = C;                                     // norm
   }
   return s;
 }
@@ -798,8 +863,7 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   const double el = static_cast<double>(elt);
   const bool fused_attention = !on_cuda.value_or(p.backend == "nccl");
   const double linear = sl * b * h * (10.0 + 24.0 / t) * el / 2.0;
-  const double scores =
-      fused_attention ? 0.0 : a * sl * sl * b * (el + (m.dropout > 0.0 ? el + 1.0 : 0.0)) / t;
+  const double scores = fused_attention ? 0.0 : a * sl * sl * b * (el + (m.dropout > 0.0 ? el + 1.0 : 0.0)) / t;
   const double layers = (linear + scores) * static_cast<double>(m.n_layer);
   const double logits = 8.0 * b * sl * static_cast<double>(m.vocab_size) / t;
   const double embed = b * sl * h * el;

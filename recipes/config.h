@@ -15,17 +15,17 @@
 namespace loom::recipes {
 
 struct ModelConfig {
-  std::string family;            // required: "gpt2" or "llama"
-  int64_t n_layer = 0;           // required, >= 1
-  int64_t n_embd = 0;            // required, >= 1, divisible by n_head
-  int64_t n_head = 0;            // required, >= 1
-  int64_t n_kv_head = 0;         // 0: n_head (llama only may differ; must divide n_head)
-  int64_t vocab_size = 0;        // required, >= 2
-  int64_t seq_len = 0;           // required, >= 1 (GPT-2: n_positions; Llama: max_seq_len)
-  int64_t intermediate_size = 0; // llama MLP hidden; 0: the Llama rule (8/3 n_embd rounded up to a multiple of 256)
-  double dropout = 0.0;          // [0, 1)
-  bool tie_embeddings = true;    // when absent: true for gpt2, false for llama (Hugging Face's defaults)
-  double rope_theta = 10000.0;   // llama (gpt2 accepts only the default: it has learned positions)
+  std::string family;             // required: "gpt2" or "llama"
+  int64_t n_layer = 0;            // required, >= 1
+  int64_t n_embd = 0;             // required, >= 1, divisible by n_head
+  int64_t n_head = 0;             // required, >= 1
+  int64_t n_kv_head = 0;          // 0: n_head (llama only may differ; must divide n_head)
+  int64_t vocab_size = 0;         // required, >= 2
+  int64_t seq_len = 0;            // required, >= 1 (GPT-2: n_positions; Llama: max_seq_len)
+  int64_t intermediate_size = 0;  // llama MLP hidden; 0: the Llama rule (8/3 n_embd rounded up to a multiple of 256)
+  double dropout = 0.0;           // [0, 1)
+  bool tie_embeddings = true;     // when absent: true for gpt2, false for llama (Hugging Face's defaults)
+  double rope_theta = 10000.0;    // llama (gpt2 accepts only the default: it has learned positions)
   /// A safetensors file with Hugging Face names and layouts (e.g. GPT-2's model.safetensors, or `loomckpt export`'s
   /// output) whose weights start the run instead of the random init; ignored when the run resumes from a checkpoint.
   std::string init_from;
@@ -61,34 +61,34 @@ struct TrainingConfig {
 };
 
 struct ParallelismConfig {
-  int dp = 0;    // 0: whatever is left of the world after fsdp and tp
-  int fsdp = 1;  // > 1: FullyShard over this many ranks
-  int tp = 1;    // tensor-parallel ranks (divide heads, kv heads, vocab, MLP hidden)
+  int dp = 0;                    // 0: whatever is left of the world after fsdp and tp
+  int fsdp = 1;                  // > 1: FullyShard over this many ranks
+  int tp = 1;                    // tensor-parallel ranks (divide heads, kv heads, vocab, MLP hidden)
   std::string backend = "gloo";  // "gloo" | "mpi" | "nccl"
   double bucket_mb = 25.0;       // DDP bucket cap
   bool reshard_after_forward = true;
-  bool cpu_offload = false;      // FSDP only (needs fsdp > 1)
+  bool cpu_offload = false;  // FSDP only (needs fsdp > 1)
   /// The data-parallel world: ranks that see different data (dp * fsdp; tp ranks share data).
   int64_t dp_world() const { return static_cast<int64_t>(dp) * fsdp; }
   bool operator==(const ParallelismConfig&) const = default;
 };
 
 struct CheckpointConfig {
-  std::string dir;             // empty: no checkpoints
-  int64_t interval = 0;        // steps between saves; 0: only at the end / on SIGTERM
-  int keep_last = 3;           // >= 1
+  std::string dir;       // empty: no checkpoints
+  int64_t interval = 0;  // steps between saves; 0: only at the end / on SIGTERM
+  int keep_last = 3;     // >= 1
   bool async = false;
-  std::string resume = "auto"; // "auto" (latest if any), "never", or a step_NNNNNNNN directory
-  bool fall_back = false;      // on a damaged latest, resume from the previous complete one
+  std::string resume = "auto";  // "auto" (latest if any), "never", or a step_NNNNNNNN directory
+  bool fall_back = false;       // on a damaged latest, resume from the previous complete one
   bool operator==(const CheckpointConfig&) const = default;
 };
 
 struct LoggingConfig {
-  int64_t interval = 10;          // steps between console lines (metrics file gets every step)
-  std::string metrics_file;       // JSONL; empty: <checkpoint.dir>/metrics.jsonl or none
-  int64_t eval_interval = 0;      // 0: no eval
+  int64_t interval = 10;      // steps between console lines (metrics file gets every step)
+  std::string metrics_file;   // JSONL; empty: <checkpoint.dir>/metrics.jsonl or none
+  int64_t eval_interval = 0;  // 0: no eval
   int64_t eval_batches = 4;
-  bool progress = true;           // a progress bar when stdout is a terminal
+  bool progress = true;  // a progress bar when stdout is a terminal
   bool operator==(const LoggingConfig&) const = default;
 };
 

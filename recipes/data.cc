@@ -405,8 +405,8 @@ std::shared_ptr<TokenSource> open_tokens(const DataConfig& cfg, const std::strin
                                                : open_files(cfg, "data.train_path", cfg.train_path, vocab_size);
   const int64_t n = all->size();
   // At least one token each side; the loader checks that a split holds a whole sequence.
-  int64_t n_val = std::clamp<int64_t>(
-      static_cast<int64_t>(std::llround(static_cast<double>(n) * cfg.val_fraction)), 1, std::max<int64_t>(1, n - 1));
+  int64_t n_val = std::clamp<int64_t>(static_cast<int64_t>(std::llround(static_cast<double>(n) * cfg.val_fraction)), 1,
+                                      std::max<int64_t>(1, n - 1));
   // The synthetic corpus starts a topic every kBlockLen tokens (n is a multiple of it): the held-out part starts on a
   // block boundary too, so its windows are aligned like the training windows and eval measures the same task.
   if (synthetic) n_val = (n_val + kBlockLen - 1) / kBlockLen * kBlockLen;

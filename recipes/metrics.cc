@@ -39,7 +39,7 @@ std::optional<double> gpu_peak_flops(const std::string& name, const std::string&
   };
   static const Row kTable[] = {
       {"h200", 989.0, 494.0}, {"h100 pcie", 756.0, 378.0}, {"h100", 989.0, 494.0}, {"a100", 312.0, 156.0},
-      {"l40s", 362.0, 183.0}, {"a10g", 70.0, 35.0},         {"v100", 125.0, 15.7},
+      {"l40s", 362.0, 183.0}, {"a10g", 70.0, 35.0},        {"v100", 125.0, 15.7},
   };
   const std::string n = lower(name);
   const std::string p = lower(precision);
@@ -134,8 +134,8 @@ std::string format_count(double v) {
 std::string console_line(const StepMetrics& m, int64_t total_steps, double eta_s) {
   char buf[512];
   int n = std::snprintf(buf, sizeof(buf), "step %lld/%lld | loss %.4f | lr %.2e | grad norm %.3f | %s tok/s",
-                        static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.lr,
-                        m.grad_norm, format_count(m.tokens_per_s).c_str());
+                        static_cast<long long>(m.step), static_cast<long long>(total_steps), m.loss, m.lr, m.grad_norm,
+                        format_count(m.tokens_per_s).c_str());
   std::string s(buf, static_cast<size_t>(std::max(0, n)));
   if (m.mfu > 0) {
     std::snprintf(buf, sizeof(buf), " | MFU %.1f%%", 100.0 * m.mfu);

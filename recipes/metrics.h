@@ -26,14 +26,14 @@ double measure_cpu_peak_flops();
 
 /// One optimizer step as logged.
 struct StepMetrics {
-  int64_t step = 0;          // steps completed (1-based: the first step logged is 1)
-  double loss = 0;           // mean training loss of the step over micro-batches and data-parallel ranks
-  double lr = 0;             // learning rate the step used
-  double grad_norm = 0;      // total gradient norm before clipping
-  double tokens_per_s = 0;   // global tokens of the step / wall time of the step
-  double mfu = 0;            // model FLOPs utilisation in [0, 1]; 0 when the peak is unknown
-  int64_t mem_bytes = 0;     // tensor memory in use on rank 0 after the step
-  double step_time_s = 0;    // rank 0's wall time of the step
+  int64_t step = 0;                      // steps completed (1-based: the first step logged is 1)
+  double loss = 0;                       // mean training loss of the step over micro-batches and data-parallel ranks
+  double lr = 0;                         // learning rate the step used
+  double grad_norm = 0;                  // total gradient norm before clipping
+  double tokens_per_s = 0;               // global tokens of the step / wall time of the step
+  double mfu = 0;                        // model FLOPs utilisation in [0, 1]; 0 when the peak is unknown
+  int64_t mem_bytes = 0;                 // tensor memory in use on rank 0 after the step
+  double step_time_s = 0;                // rank 0's wall time of the step
   std::vector<double> rank_step_time_s;  // every rank's own step time (DDP: without waiting on the all-reduce)
   std::optional<double> eval_loss;       // when the step ran an evaluation
 };

@@ -145,8 +145,9 @@ Args parse_args(int argc, char** argv) {
     std::exit(2);
   }
   if (a.world_size && !a.validate) {
-    std::fprintf(stderr, "pretrain: --world-size is only for --validate; a training run takes its world size from "
-                         "the launcher (trainlaunch, mpirun, srun)\n");
+    std::fprintf(stderr,
+                 "pretrain: --world-size is only for --validate; a training run takes its world size from "
+                 "the launcher (trainlaunch, mpirun, srun)\n");
     std::exit(2);
   }
   return a;
@@ -170,8 +171,8 @@ void check_supported(const RecipeConfig& cfg) {
     throw ConfigError(where("parallelism.fsdp") + ": parallelism.dp=" + std::to_string(p.dp) +
                       " with parallelism.fsdp=" + std::to_string(p.fsdp) +
                       ": hybrid sharding (data-parallel replicas of an FSDP group) is not supported by pretrain; "
-                      "set parallelism.fsdp to the whole data-parallel size (fsdp: " + std::to_string(p.dp * p.fsdp) +
-                      ", dp: 1) or use dp alone (fsdp: 1)");
+                      "set parallelism.fsdp to the whole data-parallel size (fsdp: " +
+                      std::to_string(p.dp * p.fsdp) + ", dp: 1) or use dp alone (fsdp: 1)");
   }
 }
 
@@ -231,8 +232,8 @@ int run_validate(const RecipeConfig& cfg, int world) {
   const int64_t n = parameter_count(cfg.model);
   MemoryEstimate mem = estimate_memory_per_rank(cfg, world);
   const auto& p = cfg.parallelism;
-  std::printf("\nlayout: dp=%d fsdp=%d tp=%d on %d ranks; grad accumulation %lld micro-steps of %lld sequences\n",
-              p.dp, p.fsdp, p.tp, world,
+  std::printf("\nlayout: dp=%d fsdp=%d tp=%d on %d ranks; grad accumulation %lld micro-steps of %lld sequences\n", p.dp,
+              p.fsdp, p.tp, world,
               static_cast<long long>(cfg.training.grad_accum_steps(cfg.model.seq_len, p.dp_world())),
               static_cast<long long>(cfg.training.micro_batch));
   std::printf("parameters: %lld (%s)\n", static_cast<long long>(n), format_count(static_cast<double>(n)).c_str());
@@ -350,8 +351,9 @@ int run_training(const RecipeConfig& cfg_in) {
   // Initial weights from a safetensors file (every rank reads it, before the model is split), unless a checkpoint
   // will be loaded over them anyway.
   const std::string& init_from = cfg.model.init_from;
-  const bool will_resume = !cfg.checkpoint.dir.empty() && cfg.checkpoint.resume != "never" &&
-                           (cfg.checkpoint.resume != "auto" || !checkpoint::latest_checkpoint(cfg.checkpoint.dir).empty());
+  const bool will_resume =
+      !cfg.checkpoint.dir.empty() && cfg.checkpoint.resume != "never" &&
+      (cfg.checkpoint.resume != "auto" || !checkpoint::latest_checkpoint(cfg.checkpoint.dir).empty());
   if (!init_from.empty() && !will_resume) {
     checkpoint::import_safetensors(init_from, *r.model);
     if (r.rank0) std::printf("initial weights: %s\n", init_from.c_str());
@@ -449,18 +451,20 @@ int run_training(const RecipeConfig& cfg_in) {
                     static_cast<long long>(start_step), from.c_str(), st.saved_dp_size,
                     st.saved_dp_size == 1 ? "" : "s");
         if (!st.config.empty() && st.config != cfg.to_yaml())
-          std::printf("note: the config differs from the checkpoint's (kept in its metadata.json) in %s; training "
-                      "goes on with the config above\n",
-                      changed_sections(st.config, cfg).c_str());
+          std::printf(
+              "note: the config differs from the checkpoint's (kept in its metadata.json) in %s; training "
+              "goes on with the config above\n",
+              changed_sections(st.config, cfg).c_str());
       }
     }
   }
   if (start_step >= T.steps) {
     if (r.rank0)
-      std::printf("all %lld steps are done (the checkpoint in %s is at step %lld); nothing to train. To train "
-                  "longer: --set training.steps=N with N > %lld\n",
-                  static_cast<long long>(T.steps), ck_dir.c_str(), static_cast<long long>(start_step),
-                  static_cast<long long>(start_step));
+      std::printf(
+          "all %lld steps are done (the checkpoint in %s is at step %lld); nothing to train. To train "
+          "longer: --set training.steps=N with N > %lld\n",
+          static_cast<long long>(T.steps), ck_dir.c_str(), static_cast<long long>(start_step),
+          static_cast<long long>(start_step));
     return 0;
   }
 
@@ -481,24 +485,28 @@ int run_training(const RecipeConfig& cfg_in) {
   const bool tty = r.rank0 && cfg.logging.progress && ::isatty(STDOUT_FILENO);
   if (r.rank0) {
     std::printf("model: %s, %lld parameters (%s), %.3g FLOPs/token; data: %s\n", cfg.model.family.c_str(),
-                static_cast<long long>(n_params), format_count(static_cast<double>(n_params)).c_str(),
-                flops_per_token, train_src->describe().c_str());
+                static_cast<long long>(n_params), format_count(static_cast<double>(n_params)).c_str(), flops_per_token,
+                train_src->describe().c_str());
     if (cfg.data.source == "synthetic")
       std::printf("synthetic corpus: entropy floor %.3f nats/token, uniform guess %.3f\n",
                   synthetic_entropy_floor(cfg.data.seed, cfg.model.vocab_size),
                   std::log(static_cast<double>(cfg.model.vocab_size)));
-    std::printf("steps %lld..%lld, %lld tokens/step (%lld micro-step%s of %lld x %lld per data-parallel rank), "
-                "precision %s, peak %s FLOP/s over %d rank%s (measured sgemm)\n",
-                static_cast<long long>(start_step + 1), static_cast<long long>(T.steps),
-                static_cast<long long>(tokens_per_step), static_cast<long long>(accum), accum == 1 ? "" : "s",
-                static_cast<long long>(T.micro_batch), static_cast<long long>(cfg.model.seq_len), T.precision.c_str(),
-                format_count(peak).c_str(), r.world->size(), r.world->size() == 1 ? "" : "s");
+    std::printf(
+        "steps %lld..%lld, %lld tokens/step (%lld micro-step%s of %lld x %lld per data-parallel rank), "
+        "precision %s, peak %s FLOP/s over %d rank%s (measured sgemm)\n",
+        static_cast<long long>(start_step + 1), static_cast<long long>(T.steps),
+        static_cast<long long>(tokens_per_step), static_cast<long long>(accum), accum == 1 ? "" : "s",
+        static_cast<long long>(T.micro_batch), static_cast<long long>(cfg.model.seq_len), T.precision.c_str(),
+        format_count(peak).c_str(), r.world->size(), r.world->size() == 1 ? "" : "s");
     if (bf16 && P.fsdp == 1)
-      std::printf("precision bf16: FullyShard mixed precision over the %d data-parallel rank%s (in place of DDP; "
-                  "bf16 compute, f32 master weights)\n", data_size, data_size == 1 ? "" : "s");
+      std::printf(
+          "precision bf16: FullyShard mixed precision over the %d data-parallel rank%s (in place of DDP; "
+          "bf16 compute, f32 master weights)\n",
+          data_size, data_size == 1 ? "" : "s");
     if (metrics) std::printf("metrics: %s\n", metrics->path().c_str());
-    if (ck) std::printf("checkpoints: %s (every %lld steps, keep %d)\n", ck_dir.c_str(),
-                        static_cast<long long>(cfg.checkpoint.interval), cfg.checkpoint.keep_last);
+    if (ck)
+      std::printf("checkpoints: %s (every %lld steps, keep %d)\n", ck_dir.c_str(),
+                  static_cast<long long>(cfg.checkpoint.interval), cfg.checkpoint.keep_last);
     std::fflush(stdout);
   }
 
@@ -587,8 +595,9 @@ int run_training(const RecipeConfig& cfg_in) {
     }
     if (!std::isfinite(sm.loss)) {
       if (r.rank0)
-        std::fprintf(stderr, "pretrain: the loss is %f at step %lld; stopping without a checkpoint (lower "
-                             "training.lr, set training.grad_clip, or check the data)\n",
+        std::fprintf(stderr,
+                     "pretrain: the loss is %f at step %lld; stopping without a checkpoint (lower "
+                     "training.lr, set training.grad_clip, or check the data)\n",
                      sm.loss, static_cast<long long>(step_done));
       return 1;
     }

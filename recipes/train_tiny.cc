@@ -17,11 +17,11 @@
 #include <omp.h>
 
 #include "autograd/functions.h"
+#include "collectives/init.h"
 #include "nn/clip_grad.h"
 #include "nn/gpt2.h"
 #include "nn/lr_scheduler.h"
 #include "nn/optim.h"
-#include "collectives/init.h"
 #include "parallel/ddp.h"
 #include "parallel/device_mesh.h"
 #include "parallel/fully_shard.h"
@@ -37,8 +37,8 @@ constexpr int64_t kSuccessors = 3;  // each token is followed by one of 3 tokens
 /// A Markov chain over kVocab tokens with kSuccessors successors each, and its
 /// conditional entropy (nats/token), the loss a perfect model reaches.
 struct MarkovStream {
-  std::vector<int64_t> next;   // (V, kSuccessors)
-  std::vector<double> prob;    // (V, kSuccessors)
+  std::vector<int64_t> next;  // (V, kSuccessors)
+  std::vector<double> prob;   // (V, kSuccessors)
   std::vector<int64_t> tokens;
   double entropy = 0;
 
@@ -104,11 +104,12 @@ int main(int argc, char** argv) {
       (a == "--steps" ? steps : a == "--seed" ? seed : threads) = v;
       ++i;
     } else if (a == "--help" || a == "-h") {
-      std::printf("usage: train_tiny [--steps N] [--seed S] [--threads N] [--parallel none|ddp|fsdp|tp|fsdp_tp]\n"
-                  "                  [--backend gloo|mpi]\n"
-                  "Trains a tiny GPT-2 on a synthetic Markov-chain token stream on the CPU; under trainlaunch,\n"
-                  "mpirun or srun with --parallel it trains data-parallel (ddp), fully sharded (fsdp),\n"
-                  "tensor-parallel (tp) or fsdp x tp across the ranks.\n");
+      std::printf(
+          "usage: train_tiny [--steps N] [--seed S] [--threads N] [--parallel none|ddp|fsdp|tp|fsdp_tp]\n"
+          "                  [--backend gloo|mpi]\n"
+          "Trains a tiny GPT-2 on a synthetic Markov-chain token stream on the CPU; under trainlaunch,\n"
+          "mpirun or srun with --parallel it trains data-parallel (ddp), fully sharded (fsdp),\n"
+          "tensor-parallel (tp) or fsdp x tp across the ranks.\n");
       return 0;
     } else {
       std::fprintf(stderr, "train_tiny: unknown option '%s' (try --help)\n", argv[i]);
@@ -173,10 +174,11 @@ int main(int argc, char** argv) {
     if (chatty) std::printf("%s\n", model->summary().c_str());
     if (chatty && mesh) std::printf("layout: %s, backend %s\n", mesh->str().c_str(), backend.c_str());
     if (chatty)
-      std::printf("data: Markov chain over %lld tokens, %lld successors each; entropy floor %.4f nats/token "
-                  "(uniform guess %.4f)\n",
-                  static_cast<long long>(kVocab), static_cast<long long>(kSuccessors), data.entropy,
-                  std::log(static_cast<double>(kVocab)));
+      std::printf(
+          "data: Markov chain over %lld tokens, %lld successors each; entropy floor %.4f nats/token "
+          "(uniform guess %.4f)\n",
+          static_cast<long long>(kVocab), static_cast<long long>(kSuccessors), data.entropy,
+          std::log(static_cast<double>(kVocab)));
 
     nn::AdamWOptions opts;
     opts.beta1 = 0.9;
@@ -224,8 +226,8 @@ int main(int argc, char** argv) {
       last_loss = smoothed;
       if (chatty && (step % 25 == 0 || step == steps - 1)) {
         double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-        std::printf("step %4lld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tokens/s\n",
-                    static_cast<long long>(step), l, lr, gnorm, static_cast<double>((step + 1) * B * T) / secs);
+        std::printf("step %4lld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tokens/s\n", static_cast<long long>(step),
+                    l, lr, gnorm, static_cast<double>((step + 1) * B * T) / secs);
         std::fflush(stdout);
       }
     }

@@ -72,10 +72,9 @@ Tensor empty_like(const Tensor& t) { return empty(t.sizes(), t.dtype(), t.device
 
 Tensor arange(double start, double end, double step, DType dtype, Device device) {
   LOOM_CHECK(step != 0, "arange: step must be nonzero");
-  LOOM_CHECK(std::isfinite(start) && std::isfinite(end), "arange: start ", start, " and end ", end,
-             " must be finite");
-  LOOM_CHECK((end - start) * step >= 0, "arange: end ", end, " is not reachable from start ", start,
-             " with step ", step);
+  LOOM_CHECK(std::isfinite(start) && std::isfinite(end), "arange: start ", start, " and end ", end, " must be finite");
+  LOOM_CHECK((end - start) * step >= 0, "arange: end ", end, " is not reachable from start ", start, " with step ",
+             step);
   const int64_t n = static_cast<int64_t>(std::ceil((end - start) / step));
   Tensor host = empty({n}, dtype, kCPU);
   LOOM_DISPATCH_ALL(dtype, "arange", [&] {
@@ -85,7 +84,9 @@ Tensor arange(double start, double end, double step, DType dtype, Device device)
   return to(host, device);
 }
 
-Tensor arange(int64_t end, DType dtype, Device device) { return arange(0.0, static_cast<double>(end), 1.0, dtype, device); }
+Tensor arange(int64_t end, DType dtype, Device device) {
+  return arange(0.0, static_cast<double>(end), 1.0, dtype, device);
+}
 
 Tensor scalar_tensor(double value, DType dtype, Device device) {
   Tensor host = full({}, value, dtype, kCPU);

@@ -17,7 +17,7 @@ struct BFloat16 {
   uint16_t bits = 0;
   BFloat16() = default;
   BFloat16(float f) : bits(from_float(f)) {}  // NOLINT: implicit like a float
-  operator float() const {                   // NOLINT
+  operator float() const {                    // NOLINT
     uint32_t u = static_cast<uint32_t>(bits) << 16;
     float f;
     std::memcpy(&f, &u, 4);
@@ -36,7 +36,7 @@ struct BFloat16 {
 struct Half {
   uint16_t bits = 0;
   Half() = default;
-  Half(float f) : bits(from_float(f)) {}  // NOLINT
+  Half(float f) : bits(from_float(f)) {}             // NOLINT
   operator float() const { return to_float(bits); }  // NOLINT
   static uint16_t from_float(float f);
   static float to_float(uint16_t h);
@@ -51,7 +51,7 @@ inline uint16_t Half::from_float(float f) {
     return static_cast<uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u : 0u));
   }
   if (absx >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
-  if (absx < 0x38800000u) {  // subnormal or zero in half
+  if (absx < 0x38800000u) {                                               // subnormal or zero in half
     if (absx < 0x33000000u) return static_cast<uint16_t>(sign);
     uint32_t mant = (absx & 0x007fffffu) | 0x00800000u;
     int shift = 126 - static_cast<int>(absx >> 23);  // 14..24
@@ -99,26 +99,40 @@ inline float Half::to_float(uint16_t h) {
 /// Bytes per element.
 inline size_t element_size(DType t) {
   switch (t) {
-    case DType::f32: return 4;
-    case DType::f64: return 8;
-    case DType::f16: return 2;
-    case DType::bf16: return 2;
-    case DType::i32: return 4;
-    case DType::i64: return 8;
-    case DType::u8: return 1;
+    case DType::f32:
+      return 4;
+    case DType::f64:
+      return 8;
+    case DType::f16:
+      return 2;
+    case DType::bf16:
+      return 2;
+    case DType::i32:
+      return 4;
+    case DType::i64:
+      return 8;
+    case DType::u8:
+      return 1;
   }
   return 0;
 }
 
 inline const char* dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "float32";
-    case DType::f64: return "float64";
-    case DType::f16: return "float16";
-    case DType::bf16: return "bfloat16";
-    case DType::i32: return "int32";
-    case DType::i64: return "int64";
-    case DType::u8: return "uint8";
+    case DType::f32:
+      return "float32";
+    case DType::f64:
+      return "float64";
+    case DType::f16:
+      return "float16";
+    case DType::bf16:
+      return "bfloat16";
+    case DType::i32:
+      return "int32";
+    case DType::i64:
+      return "int64";
+    case DType::u8:
+      return "uint8";
   }
   return "?";
 }
@@ -127,28 +141,57 @@ inline std::ostream& operator<<(std::ostream& os, DType t) { return os << dtype_
 /// Parses "float32"/"f32"/"fp32", "bfloat16"/"bf16", … ; throws InvalidArgument.
 DType parse_dtype(const std::string& name);
 
-inline bool is_floating(DType t) {
-  return t == DType::f32 || t == DType::f64 || t == DType::f16 || t == DType::bf16;
-}
+inline bool is_floating(DType t) { return t == DType::f32 || t == DType::f64 || t == DType::f16 || t == DType::bf16; }
 
 /// The dtype two operands compute in (PyTorch's promotion for our dtypes).
 DType promote_types(DType a, DType b);
 
 template <typename T>
 struct DTypeOf;
-template <> struct DTypeOf<float> { static constexpr DType value = DType::f32; };
-template <> struct DTypeOf<double> { static constexpr DType value = DType::f64; };
-template <> struct DTypeOf<Half> { static constexpr DType value = DType::f16; };
-template <> struct DTypeOf<BFloat16> { static constexpr DType value = DType::bf16; };
-template <> struct DTypeOf<int32_t> { static constexpr DType value = DType::i32; };
-template <> struct DTypeOf<int64_t> { static constexpr DType value = DType::i64; };
-template <> struct DTypeOf<uint8_t> { static constexpr DType value = DType::u8; };
+template <>
+struct DTypeOf<float> {
+  static constexpr DType value = DType::f32;
+};
+template <>
+struct DTypeOf<double> {
+  static constexpr DType value = DType::f64;
+};
+template <>
+struct DTypeOf<Half> {
+  static constexpr DType value = DType::f16;
+};
+template <>
+struct DTypeOf<BFloat16> {
+  static constexpr DType value = DType::bf16;
+};
+template <>
+struct DTypeOf<int32_t> {
+  static constexpr DType value = DType::i32;
+};
+template <>
+struct DTypeOf<int64_t> {
+  static constexpr DType value = DType::i64;
+};
+template <>
+struct DTypeOf<uint8_t> {
+  static constexpr DType value = DType::u8;
+};
 
 /// Type used for arithmetic on T: f32 for the 16-bit floats, T otherwise.
-template <typename T> struct AccType { using type = T; };
-template <> struct AccType<Half> { using type = float; };
-template <> struct AccType<BFloat16> { using type = float; };
-template <typename T> using acc_t = typename AccType<T>::type;
+template <typename T>
+struct AccType {
+  using type = T;
+};
+template <>
+struct AccType<Half> {
+  using type = float;
+};
+template <>
+struct AccType<BFloat16> {
+  using type = float;
+};
+template <typename T>
+using acc_t = typename AccType<T>::type;
 
 }  // namespace loom
 
@@ -159,27 +202,26 @@ template <typename T> using acc_t = typename AccType<T>::type;
     __VA_ARGS__();                        \
     break;                                \
   }
-#define LOOM_DISPATCH_ALL(dtype, opname, ...)                                          \
-  [&] {                                                                                \
-    switch (dtype) {                                                                   \
-      LOOM_DISPATCH_CASE(::loom::DType::f32, float, __VA_ARGS__)                       \
-      LOOM_DISPATCH_CASE(::loom::DType::f64, double, __VA_ARGS__)                      \
-      LOOM_DISPATCH_CASE(::loom::DType::f16, ::loom::Half, __VA_ARGS__)                \
-      LOOM_DISPATCH_CASE(::loom::DType::bf16, ::loom::BFloat16, __VA_ARGS__)           \
-      LOOM_DISPATCH_CASE(::loom::DType::i32, int32_t, __VA_ARGS__)                     \
-      LOOM_DISPATCH_CASE(::loom::DType::i64, int64_t, __VA_ARGS__)                     \
-      LOOM_DISPATCH_CASE(::loom::DType::u8, uint8_t, __VA_ARGS__)                      \
-    }                                                                                  \
+#define LOOM_DISPATCH_ALL(dtype, opname, ...)                                \
+  [&] {                                                                      \
+    switch (dtype) {                                                         \
+      LOOM_DISPATCH_CASE(::loom::DType::f32, float, __VA_ARGS__)             \
+      LOOM_DISPATCH_CASE(::loom::DType::f64, double, __VA_ARGS__)            \
+      LOOM_DISPATCH_CASE(::loom::DType::f16, ::loom::Half, __VA_ARGS__)      \
+      LOOM_DISPATCH_CASE(::loom::DType::bf16, ::loom::BFloat16, __VA_ARGS__) \
+      LOOM_DISPATCH_CASE(::loom::DType::i32, int32_t, __VA_ARGS__)           \
+      LOOM_DISPATCH_CASE(::loom::DType::i64, int64_t, __VA_ARGS__)           \
+      LOOM_DISPATCH_CASE(::loom::DType::u8, uint8_t, __VA_ARGS__)            \
+    }                                                                        \
   }()
-#define LOOM_DISPATCH_FLOATING(dtype, opname, ...)                                     \
-  [&] {                                                                                \
-    switch (dtype) {                                                                   \
-      LOOM_DISPATCH_CASE(::loom::DType::f32, float, __VA_ARGS__)                       \
-      LOOM_DISPATCH_CASE(::loom::DType::f64, double, __VA_ARGS__)                      \
-      LOOM_DISPATCH_CASE(::loom::DType::f16, ::loom::Half, __VA_ARGS__)                \
-      LOOM_DISPATCH_CASE(::loom::DType::bf16, ::loom::BFloat16, __VA_ARGS__)           \
-      default:                                                                         \
-        LOOM_THROW(::loom::InvalidArgument, opname, ": expected a floating dtype, got ", \
-                   ::loom::dtype_name(dtype));                                         \
-    }                                                                                  \
+#define LOOM_DISPATCH_FLOATING(dtype, opname, ...)                                                                   \
+  [&] {                                                                                                              \
+    switch (dtype) {                                                                                                 \
+      LOOM_DISPATCH_CASE(::loom::DType::f32, float, __VA_ARGS__)                                                     \
+      LOOM_DISPATCH_CASE(::loom::DType::f64, double, __VA_ARGS__)                                                    \
+      LOOM_DISPATCH_CASE(::loom::DType::f16, ::loom::Half, __VA_ARGS__)                                              \
+      LOOM_DISPATCH_CASE(::loom::DType::bf16, ::loom::BFloat16, __VA_ARGS__)                                         \
+      default:                                                                                                       \
+        LOOM_THROW(::loom::InvalidArgument, opname, ": expected a floating dtype, got ", ::loom::dtype_name(dtype)); \
+    }                                                                                                                \
   }()

@@ -56,12 +56,11 @@ std::string str_cat(const Args&... args) {
 }  // namespace loom
 
 /// Throws ExcType with "[file:line] message" when cond is false.
-#define LOOM_CHECK_T(ExcType, cond, ...)                                                    \
-  do {                                                                                      \
-    if (!(cond)) {                                                                          \
+#define LOOM_CHECK_T(ExcType, cond, ...)                                                       \
+  do {                                                                                         \
+    if (!(cond)) {                                                                             \
       throw ExcType(::loom::detail::str_cat("[", __FILE__, ":", __LINE__, "] ", __VA_ARGS__)); \
-    }                                                                                       \
+    }                                                                                          \
   } while (0)
 #define LOOM_CHECK(cond, ...) LOOM_CHECK_T(::loom::InvalidArgument, cond, __VA_ARGS__)
-#define LOOM_THROW(ExcType, ...) \
-  throw ExcType(::loom::detail::str_cat("[", __FILE__, ":", __LINE__, "] ", __VA_ARGS__))
+#define LOOM_THROW(ExcType, ...) throw ExcType(::loom::detail::str_cat("[", __FILE__, ":", __LINE__, "] ", __VA_ARGS__))

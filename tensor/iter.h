@@ -189,17 +189,18 @@ void elementwise_kernel(const Tensor& out, const std::array<Tensor, sizeof...(In
   if (dense) {
     O* o = static_cast<O*>(out.data_ptr());
     std::tuple<const In*...> x;
-    [&]<size_t... I>(std::index_sequence<I...>) {
-      ((std::get<I>(x) = static_cast<const In*>(ins[I].data_ptr())), ...);
-    }(seq);
+    [&]<size_t... I>(std::index_sequence<I...>) { ((std::get<I>(x) = static_cast<const In*>(ins[I].data_ptr())), ...); }
+    (seq);
     parallel_for(0, n, kElementwiseGrain, [&](int64_t b, int64_t e) {
       [&]<size_t... I>(std::index_sequence<I...> s) {
         detail::dense_run<0u>(o + b, e - b, f, s, (std::get<I>(x) + b)...);
-      }(seq);
+      }
+      (seq);
     });
     return;
   }
-  static constexpr std::array<int64_t, N> kSizes = {static_cast<int64_t>(sizeof(O)), static_cast<int64_t>(sizeof(In))...};
+  static constexpr std::array<int64_t, N> kSizes = {static_cast<int64_t>(sizeof(O)),
+                                                    static_cast<int64_t>(sizeof(In))...};
   TensorIter<N> it(all, out.sizes());
   it.for_each([&](const std::array<char*, N>& p, const std::array<int64_t, N>& s, int64_t cnt) {
     bool out_dense = s[0] == kSizes[0];
@@ -220,10 +221,17 @@ void elementwise_kernel(const Tensor& out, const std::array<Tensor, sizeof...(In
         };
         if constexpr (kIn <= 2) {
           switch (scalar_mask) {
-            case 0: run(std::integral_constant<unsigned, 0>{}); return;
-            case 1: run(std::integral_constant<unsigned, 1>{}); return;
-            case 2: run(std::integral_constant<unsigned, 2>{}); return;
-            default: break;
+            case 0:
+              run(std::integral_constant<unsigned, 0>{});
+              return;
+            case 1:
+              run(std::integral_constant<unsigned, 1>{});
+              return;
+            case 2:
+              run(std::integral_constant<unsigned, 2>{});
+              return;
+            default:
+              break;
           }
         } else {
           if (scalar_mask == 0) {
@@ -233,14 +241,16 @@ void elementwise_kernel(const Tensor& out, const std::array<Tensor, sizeof...(In
         }
         for (int64_t i = 0; i < cnt; ++i)
           o[i] = detail::store<O>(f(detail::load(*reinterpret_cast<const In*>(p[I + 1] + i * s[I + 1]))...));
-      }(seq);
+      }
+      (seq);
       return;
     }
     [&]<size_t... I>(std::index_sequence<I...>) {
       for (int64_t i = 0; i < cnt; ++i)
         *reinterpret_cast<O*>(p[0] + i * s[0]) =
             detail::store<O>(f(detail::load(*reinterpret_cast<const In*>(p[I + 1] + i * s[I + 1]))...));
-    }(seq);
+    }
+    (seq);
   });
 }
 
@@ -248,8 +258,8 @@ namespace detail {
 /// Throws Unsupported naming op when t is not on the cpu (no CUDA kernels in this build).
 inline void check_cpu(const char* op, const Tensor& t) {
   if (!t.device().is_cpu())
-    LOOM_THROW(Unsupported, op, ": no kernel for a tensor on ", t.device().str(), " of shape ",
-               shape_str(t.sizes()), " in this build (only cpu kernels are built)");
+    LOOM_THROW(Unsupported, op, ": no kernel for a tensor on ", t.device().str(), " of shape ", shape_str(t.sizes()),
+               " in this build (only cpu kernels are built)");
 }
 }  // namespace detail
 

@@ -19,10 +19,10 @@ void log_line(LogLevel level, const std::string& message);
 
 }  // namespace loom
 
-#define LOOM_LOG(level, ...)                                                   \
-  do {                                                                         \
-    if (static_cast<int>(level) >= static_cast<int>(::loom::log_level()))      \
-      ::loom::log_line(level, ::loom::detail::str_cat(__VA_ARGS__));          \
+#define LOOM_LOG(level, ...)                                              \
+  do {                                                                    \
+    if (static_cast<int>(level) >= static_cast<int>(::loom::log_level())) \
+      ::loom::log_line(level, ::loom::detail::str_cat(__VA_ARGS__));      \
   } while (0)
 #define LOOM_DEBUG(...) LOOM_LOG(::loom::LogLevel::kDebug, __VA_ARGS__)
 #define LOOM_INFO(...) LOOM_LOG(::loom::LogLevel::kInfo, __VA_ARGS__)

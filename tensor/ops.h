@@ -207,16 +207,16 @@ Tensor embedding(const Tensor& weight, const Tensor& indices);
 Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights);
 
 struct CrossEntropyResult {
-  Tensor loss;  // 0-dim, mean over rows whose target != ignore_index
-  Tensor lse;   // (N) f32 log-sum-exp per row, saved for backward
+  Tensor loss;        // 0-dim, mean over rows whose target != ignore_index
+  Tensor lse;         // (N) f32 log-sum-exp per row, saved for backward
   int64_t count = 0;  // rows that counted
 };
 /// Fused log_softmax + nll: logits (N, V), target (N) i64. Rows with
 /// target == ignore_index add nothing. Targets outside [0, V) throw naming them.
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index = -100);
 /// dlogits = grad_loss * (softmax - onehot) / count for counted rows, 0 for ignored.
-Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
-                              const Tensor& lse, int64_t count, int64_t ignore_index = -100);
+Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& target, const Tensor& lse,
+                              int64_t count, int64_t ignore_index = -100);
 
 /// Inverted dropout: y = x * mask / (1-p); mask (u8) returned for backward.
 std::pair<Tensor, Tensor> dropout(const Tensor& x, double p, Generator& gen = default_generator());

@@ -36,7 +36,7 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, F&& fn) {
   const int64_t want = std::min<int64_t>(max_threads, (n + grain - 1) / grain);
   std::exception_ptr error;
   std::mutex error_mutex;
-#pragma omp parallel num_threads(static_cast<int>(want))
+#pragma omp parallel num_threads(static_cast <int>(want))
   {
     const int64_t nt = omp_get_num_threads();
     const int64_t tid = omp_get_thread_num();

@@ -30,8 +30,7 @@ std::string nonfinite_str(double v) {
 
 class Formatter {
  public:
-  Formatter(const std::vector<double>& fvals, const std::vector<int64_t>& ivals, bool floating)
-      : floating_(floating) {
+  Formatter(const std::vector<double>& fvals, const std::vector<int64_t>& ivals, bool floating) : floating_(floating) {
     if (!floating_) {
       for (int64_t v : ivals) max_width_ = std::max<size_t>(max_width_, std::to_string(v).size());
       return;

@@ -123,8 +123,8 @@ Tensor index_select(const Tensor& t, int64_t dim, const Tensor& index) {
   parallel_for(0, outer * n, grain, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       const int64_t oi = r / n, k = r % n;
-      std::memcpy(o + static_cast<size_t>(r) * row_bytes,
-                  s + static_cast<size_t>(oi * size + idx[k]) * row_bytes, row_bytes);
+      std::memcpy(o + static_cast<size_t>(r) * row_bytes, s + static_cast<size_t>(oi * size + idx[k]) * row_bytes,
+                  row_bytes);
     }
   });
   return out;

@@ -98,8 +98,8 @@ Tensor from_vector(const std::vector<T>& values, const Shape& sizes, Device devi
   return ops::to(host, device);
 }
 
-#define LOOM_INSTANTIATE(T)                                                      \
-  template std::vector<T> Tensor::to_vector<T>() const;                          \
+#define LOOM_INSTANTIATE(T)                             \
+  template std::vector<T> Tensor::to_vector<T>() const; \
   template Tensor from_vector<T>(const std::vector<T>&, const Shape&, Device);
 LOOM_INSTANTIATE(float)
 LOOM_INSTANTIATE(double)
@@ -115,8 +115,8 @@ void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
              shape_str(a.sizes()), " and ", b.device().str(), " ", shape_str(b.sizes()));
 }
 void check_same_dtype(const char* op, const Tensor& a, const Tensor& b) {
-  LOOM_CHECK(a.dtype() == b.dtype(), op, ": dtypes differ: ", dtype_name(a.dtype()), " ", shape_str(a.sizes()),
-             " and ", dtype_name(b.dtype()), " ", shape_str(b.sizes()));
+  LOOM_CHECK(a.dtype() == b.dtype(), op, ": dtypes differ: ", dtype_name(a.dtype()), " ", shape_str(a.sizes()), " and ",
+             dtype_name(b.dtype()), " ", shape_str(b.sizes()));
 }
 
 DType parse_dtype(const std::string& n) {
@@ -127,20 +127,28 @@ DType parse_dtype(const std::string& n) {
   if (n == "int32" || n == "i32") return DType::i32;
   if (n == "int64" || n == "i64" || n == "long") return DType::i64;
   if (n == "uint8" || n == "u8" || n == "bool") return DType::u8;
-  LOOM_THROW(InvalidArgument, "unknown dtype '", n, "' (expected float32, float64, float16, bfloat16, int32, int64 or uint8)");
+  LOOM_THROW(InvalidArgument, "unknown dtype '", n,
+             "' (expected float32, float64, float16, bfloat16, int32, int64 or uint8)");
 }
 
 DType promote_types(DType a, DType b) {
   if (a == b) return a;
   auto rank = [](DType t) {
     switch (t) {
-      case DType::u8: return 0;
-      case DType::i32: return 1;
-      case DType::i64: return 2;
-      case DType::f16: return 3;
-      case DType::bf16: return 3;
-      case DType::f32: return 4;
-      case DType::f64: return 5;
+      case DType::u8:
+        return 0;
+      case DType::i32:
+        return 1;
+      case DType::i64:
+        return 2;
+      case DType::f16:
+        return 3;
+      case DType::bf16:
+        return 3;
+      case DType::f32:
+        return 4;
+      case DType::f64:
+        return 5;
     }
     return 0;
   };

@@ -70,8 +70,8 @@ class Tensor {
   void* data_ptr() const;
   template <typename T>
   T* data() const {
-    LOOM_CHECK(DTypeOf<T>::value == dtype(), "Tensor::data<", dtype_name(DTypeOf<T>::value),
-               ">: tensor has dtype ", dtype_name(dtype()));
+    LOOM_CHECK(DTypeOf<T>::value == dtype(), "Tensor::data<", dtype_name(DTypeOf<T>::value), ">: tensor has dtype ",
+               dtype_name(dtype()));
     return static_cast<T*>(data_ptr());
   }
   /// Value of a one-element tensor as double (copies from device if needed).

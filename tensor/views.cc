@@ -36,8 +36,8 @@ Shape infer_size(const Shape& sizes, int64_t numel, const char* op, const Shape&
     }
   }
   if (infer >= 0) {
-    LOOM_CHECK(known != 0 && numel % known == 0, op, ": shape ", shape_str(sizes),
-               " is invalid for a tensor of shape ", shape_str(from), " (", numel, " elements)");
+    LOOM_CHECK(known != 0 && numel % known == 0, op, ": shape ", shape_str(sizes), " is invalid for a tensor of shape ",
+               shape_str(from), " (", numel, " elements)");
     out[infer] = numel / known;
   }
   LOOM_CHECK(shape_numel(out) == numel, op, ": shape ", shape_str(sizes), " is invalid for a tensor of shape ",
@@ -61,8 +61,7 @@ std::optional<Shape> view_strides(const Shape& oldshape, const Shape& oldstride,
   int64_t view_numel = 1;
   for (int64_t tensor_d = static_cast<int64_t>(oldshape.size()) - 1; tensor_d >= 0; --tensor_d) {
     tensor_numel *= oldshape[tensor_d];
-    if (tensor_d == 0 ||
-        (oldshape[tensor_d - 1] != 1 && oldstride[tensor_d - 1] != tensor_numel * chunk_base_stride)) {
+    if (tensor_d == 0 || (oldshape[tensor_d - 1] != 1 && oldstride[tensor_d - 1] != tensor_numel * chunk_base_stride)) {
       while (view_d >= 0 && (view_numel < tensor_numel || newshape[view_d] == 1)) {
         newstride[view_d] = view_numel * chunk_base_stride;
         view_numel *= newshape[view_d];
@@ -168,8 +167,7 @@ Tensor select(const Tensor& t, int64_t dim, int64_t index) {
 Tensor expand(const Tensor& t, const Shape& sizes) {
   const int64_t nd = static_cast<int64_t>(sizes.size());
   const int64_t td = t.dim();
-  LOOM_CHECK(nd >= td, "expand: cannot expand shape ", shape_str(t.sizes()), " to ", shape_str(sizes),
-             " (fewer dims)");
+  LOOM_CHECK(nd >= td, "expand: cannot expand shape ", shape_str(t.sizes()), " to ", shape_str(sizes), " (fewer dims)");
   Shape out_sizes(nd), out_strides(nd);
   for (int64_t i = nd - 1; i >= 0; --i) {
     int64_t ti = i - (nd - td);
@@ -258,8 +256,8 @@ std::vector<Tensor> split_with_sizes(const Tensor& t, const std::vector<int64_t>
     LOOM_CHECK(s >= 0, "split_with_sizes: negative size in ", shape_str(sizes));
     total += s;
   }
-  LOOM_CHECK(total == t.sizes()[d], "split_with_sizes: sizes ", shape_str(sizes), " sum to ", total,
-             " but dim ", d, " of shape ", shape_str(t.sizes()), " has size ", t.sizes()[d]);
+  LOOM_CHECK(total == t.sizes()[d], "split_with_sizes: sizes ", shape_str(sizes), " sum to ", total, " but dim ", d,
+             " of shape ", shape_str(t.sizes()), " has size ", t.sizes()[d]);
   std::vector<Tensor> out;
   int64_t start = 0;
   for (int64_t s : sizes) {

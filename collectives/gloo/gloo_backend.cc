@@ -63,10 +63,14 @@ template <typename T>
 ReduceFn reduce_fn(ReduceOp op) {
   switch (op) {
     case ReduceOp::kSum:
-    case ReduceOp::kAvg: return &gloo::sum<T>;
-    case ReduceOp::kProduct: return &gloo::product<T>;
-    case ReduceOp::kMin: return &gloo::min<T>;
-    case ReduceOp::kMax: return &gloo::max<T>;
+    case ReduceOp::kAvg:
+      return &gloo::sum<T>;
+    case ReduceOp::kProduct:
+      return &gloo::product<T>;
+    case ReduceOp::kMin:
+      return &gloo::min<T>;
+    case ReduceOp::kMax:
+      return &gloo::max<T>;
   }
   return nullptr;
 }
@@ -201,11 +205,16 @@ class GlooBackend : public Backend {
   template <typename F>
   static void dispatch_reduce(DType d, const char* op, F&& f) {
     switch (d) {
-      case DType::f32: return f(float{});
-      case DType::f64: return f(double{});
-      case DType::i32: return f(int32_t{});
-      case DType::i64: return f(int64_t{});
-      default: LOOM_THROW(InvalidArgument, "gloo ", op, ": dtype ", dtype_name(d), " reaches the backend unconverted");
+      case DType::f32:
+        return f(float{});
+      case DType::f64:
+        return f(double{});
+      case DType::i32:
+        return f(int32_t{});
+      case DType::i64:
+        return f(int64_t{});
+      default:
+        LOOM_THROW(InvalidArgument, "gloo ", op, ": dtype ", dtype_name(d), " reaches the backend unconverted");
     }
   }
   uint32_t next_tag() { return tag_++ & 0xffffffu; }

@@ -60,15 +60,20 @@ std::mutex& serial_mutex() {
 
 MPI_Datatype mpi_type(DType d, bool reducing) {
   switch (d) {
-    case DType::f32: return MPI_FLOAT;
-    case DType::f64: return MPI_DOUBLE;
-    case DType::i32: return MPI_INT32_T;
-    case DType::i64: return MPI_INT64_T;
+    case DType::f32:
+      return MPI_FLOAT;
+    case DType::f64:
+      return MPI_DOUBLE;
+    case DType::i32:
+      return MPI_INT32_T;
+    case DType::i64:
+      return MPI_INT64_T;
     case DType::f16:
     case DType::bf16:
       LOOM_CHECK(!reducing, "mpi backend: 16-bit floats reach reductions unconverted");
       return MPI_UINT16_T;
-    case DType::u8: return MPI_UINT8_T;
+    case DType::u8:
+      return MPI_UINT8_T;
   }
   return MPI_BYTE;
 }
@@ -76,10 +81,14 @@ MPI_Datatype mpi_type(DType d, bool reducing) {
 MPI_Op mpi_op(ReduceOp op) {
   switch (op) {
     case ReduceOp::kSum:
-    case ReduceOp::kAvg: return MPI_SUM;
-    case ReduceOp::kProduct: return MPI_PROD;
-    case ReduceOp::kMin: return MPI_MIN;
-    case ReduceOp::kMax: return MPI_MAX;
+    case ReduceOp::kAvg:
+      return MPI_SUM;
+    case ReduceOp::kProduct:
+      return MPI_PROD;
+    case ReduceOp::kMin:
+      return MPI_MIN;
+    case ReduceOp::kMax:
+      return MPI_MAX;
   }
   return MPI_SUM;
 }
@@ -102,8 +111,8 @@ class MpiBackend : public Backend {
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     MPI_Comm_rank(MPI_COMM_WORLD, &wrank);
     const int my_global = ctx.global_ranks[static_cast<size_t>(ctx.rank)];
-    LOOM_CHECK_T(CommError, my_global == wrank && ctx.global_ranks.back() < world, "mpi backend: group rank ",
-                 ctx.rank, " is world rank ", my_global, " but MPI says this process is rank ", wrank, " of ", world,
+    LOOM_CHECK_T(CommError, my_global == wrank && ctx.global_ranks.back() < world, "mpi backend: group rank ", ctx.rank,
+                 " is world rank ", my_global, " but MPI says this process is rank ", wrank, " of ", world,
                  "; with the mpi backend the world group must be MPI_COMM_WORLD (start with mpirun -np N)");
     if (ctx.size == world) {
       check_rc(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "comm_dup");
@@ -137,7 +146,8 @@ class MpiBackend : public Backend {
     // buffers on few ranks, which moves twice the bytes of the ring that the
     // blocking MPI_Allreduce uses: about half raw MPI's bus bandwidth. Large
     // buffers therefore go through our own non-blocking ring.
-    if (size_ > 1 && static_cast<int64_t>(t.nbytes()) >= ring_min_bytes_ && t.numel() >= size_) return ring_allreduce(t, op, timeout);
+    if (size_ > 1 && static_cast<int64_t>(t.nbytes()) >= ring_min_bytes_ && t.numel() >= size_)
+      return ring_allreduce(t, op, timeout);
     run("allreduce", timeout, [&](MPI_Request* r) {
       return MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), static_cast<int>(t.numel()), mpi_type(t.dtype(), true),
                             mpi_op(op), comm_, r);
@@ -146,7 +156,8 @@ class MpiBackend : public Backend {
   void reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, Millis timeout) override {
     // Same reason as allreduce: libnbc's MPI_Ireduce_scatter_block is far
     // below a ring on large buffers.
-    if (size_ > 1 && static_cast<int64_t>(in.nbytes()) >= ring_min_bytes_) return ring_reduce_scatter(out, in, op, timeout);
+    if (size_ > 1 && static_cast<int64_t>(in.nbytes()) >= ring_min_bytes_)
+      return ring_reduce_scatter(out, in, op, timeout);
     run("reduce_scatter", timeout, [&](MPI_Request* r) {
       return MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), static_cast<int>(out.numel()),
                                        mpi_type(in.dtype(), true), mpi_op(op), comm_, r);

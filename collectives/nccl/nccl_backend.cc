@@ -21,24 +21,36 @@ void nccl_check(ncclResult_t r, const char* what) {
 
 ncclDataType_t nccl_type(DType d) {
   switch (d) {
-    case DType::f32: return ncclFloat32;
-    case DType::f64: return ncclFloat64;
-    case DType::f16: return ncclFloat16;
-    case DType::bf16: return ncclBfloat16;
-    case DType::i32: return ncclInt32;
-    case DType::i64: return ncclInt64;
-    case DType::u8: return ncclUint8;
+    case DType::f32:
+      return ncclFloat32;
+    case DType::f64:
+      return ncclFloat64;
+    case DType::f16:
+      return ncclFloat16;
+    case DType::bf16:
+      return ncclBfloat16;
+    case DType::i32:
+      return ncclInt32;
+    case DType::i64:
+      return ncclInt64;
+    case DType::u8:
+      return ncclUint8;
   }
   return ncclUint8;
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return ncclSum;
-    case ReduceOp::kAvg: return ncclAvg;
-    case ReduceOp::kMin: return ncclMin;
-    case ReduceOp::kMax: return ncclMax;
-    case ReduceOp::kProduct: return ncclProd;
+    case ReduceOp::kSum:
+      return ncclSum;
+    case ReduceOp::kAvg:
+      return ncclAvg;
+    case ReduceOp::kMin:
+      return ncclMin;
+    case ReduceOp::kMax:
+      return ncclMax;
+    case ReduceOp::kProduct:
+      return ncclProd;
   }
   return ncclSum;
 }
@@ -57,7 +69,8 @@ class NcclBackend : public Backend {
     ncclUniqueId id;
     if (ctx.rank == 0) {
       nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-      ctx.store->set("nccl_unique_id", Bytes(reinterpret_cast<uint8_t*>(&id), reinterpret_cast<uint8_t*>(&id) + sizeof(id)));
+      ctx.store->set("nccl_unique_id",
+                     Bytes(reinterpret_cast<uint8_t*>(&id), reinterpret_cast<uint8_t*>(&id) + sizeof(id)));
     } else {
       ctx.store->wait({"nccl_unique_id"}, ctx.timeout);
       Bytes b = ctx.store->get("nccl_unique_id");
@@ -89,8 +102,8 @@ class NcclBackend : public Backend {
   }
   void all_gather(Tensor& out, const Tensor& in, Millis timeout) override {
     run("all_gather", in, timeout, [&] {
-      return ncclAllGather(in.data_ptr(), out.data_ptr(), static_cast<size_t>(in.numel()), nccl_type(in.dtype()),
-                           comm_, stream_);
+      return ncclAllGather(in.data_ptr(), out.data_ptr(), static_cast<size_t>(in.numel()), nccl_type(in.dtype()), comm_,
+                           stream_);
     });
   }
   void broadcast(Tensor& t, int root, Millis timeout) override {

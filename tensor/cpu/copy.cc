@@ -107,9 +107,8 @@ void zero_(const Tensor& t) {
     t.bump_version();
     char* p = static_cast<char*>(t.data_ptr());
     const int64_t es = static_cast<int64_t>(t.element_size());
-    parallel_for(0, t.numel(), kElementwiseGrain * 4, [&](int64_t b, int64_t e) {
-      std::memset(p + b * es, 0, static_cast<size_t>((e - b) * es));
-    });
+    parallel_for(0, t.numel(), kElementwiseGrain * 4,
+                 [&](int64_t b, int64_t e) { std::memset(p + b * es, 0, static_cast<size_t>((e - b) * es)); });
     return;
   }
   fill_(t, 0.0);

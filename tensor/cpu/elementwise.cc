@@ -49,9 +49,9 @@ inline V vsigmoid(V x) {
   return V(1) / (V(1) + vexp(-x));
 }
 
-constexpr double kSqrt1_2 = 0.70710678118654752440;   // 1/sqrt(2)
-constexpr double kInvSqrt2Pi = 0.39894228040143267794;  // 1/sqrt(2*pi)
-constexpr double kSqrt2OverPi = 0.79788456080286535588; // sqrt(2/pi)
+constexpr double kSqrt1_2 = 0.70710678118654752440;      // 1/sqrt(2)
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;   // 1/sqrt(2*pi)
+constexpr double kSqrt2OverPi = 0.79788456080286535588;  // sqrt(2/pi)
 constexpr double kGeluKappa = 0.044715;
 
 // ---------------------------------------------------------------- helpers
@@ -124,7 +124,8 @@ Tensor scalar_compare(const char* op, const Tensor& a, double s, F fn) {
     using A = acc_t<scalar_t>;
     if constexpr (std::is_integral_v<A>) {
       // Compare exactly in double so 2 > 1.5 holds for an integer tensor.
-      elementwise_kernel<uint8_t, scalar_t>(out, {a}, [s, &fn](A v) -> uint8_t { return fn(static_cast<double>(v), s); });
+      elementwise_kernel<uint8_t, scalar_t>(out, {a},
+                                            [s, &fn](A v) -> uint8_t { return fn(static_cast<double>(v), s); });
     } else {
       const A c = static_cast<A>(s);
       elementwise_kernel<uint8_t, scalar_t>(out, {a}, [c, &fn](A v) -> uint8_t { return fn(v, c); });
@@ -199,7 +200,8 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 }
 Tensor div(const Tensor& a, const Tensor& b) {
   // True division: integer inputs give f32, like torch.div.
-  return binary_op("div", a, b, [](auto x, auto y) { return x / y; }, /*int_to_float=*/true);
+  return binary_op(
+      "div", a, b, [](auto x, auto y) { return x / y; }, /*int_to_float=*/true);
 }
 Tensor pow(const Tensor& a, const Tensor& b) {
   return binary_op("pow", a, b, [](auto x, auto y) { return ipow(x, y); });
@@ -229,18 +231,35 @@ Tensor rsub(const Tensor& a, double b) {
   return scalar_op("rsub", a, b, [](auto x, auto c) { return static_cast<decltype(x)>(c - x); });
 }
 Tensor rdiv(const Tensor& a, double b) {
-  return scalar_op("rdiv", a, b, [](auto x, auto c) { return c / x; }, /*int_to_float=*/true);
+  return scalar_op(
+      "rdiv", a, b, [](auto x, auto c) { return c / x; }, /*int_to_float=*/true);
 }
 
 // ---------------------------------------------------------------- comparisons
-Tensor eq(const Tensor& a, const Tensor& b) { return compare_op("eq", a, b, [](auto x, auto y) { return x == y; }); }
-Tensor ne(const Tensor& a, const Tensor& b) { return compare_op("ne", a, b, [](auto x, auto y) { return x != y; }); }
-Tensor lt(const Tensor& a, const Tensor& b) { return compare_op("lt", a, b, [](auto x, auto y) { return x < y; }); }
-Tensor le(const Tensor& a, const Tensor& b) { return compare_op("le", a, b, [](auto x, auto y) { return x <= y; }); }
-Tensor gt(const Tensor& a, const Tensor& b) { return compare_op("gt", a, b, [](auto x, auto y) { return x > y; }); }
-Tensor ge(const Tensor& a, const Tensor& b) { return compare_op("ge", a, b, [](auto x, auto y) { return x >= y; }); }
-Tensor gt(const Tensor& a, double b) { return scalar_compare("gt", a, b, [](auto x, auto c) { return x > c; }); }
-Tensor lt(const Tensor& a, double b) { return scalar_compare("lt", a, b, [](auto x, auto c) { return x < c; }); }
+Tensor eq(const Tensor& a, const Tensor& b) {
+  return compare_op("eq", a, b, [](auto x, auto y) { return x == y; });
+}
+Tensor ne(const Tensor& a, const Tensor& b) {
+  return compare_op("ne", a, b, [](auto x, auto y) { return x != y; });
+}
+Tensor lt(const Tensor& a, const Tensor& b) {
+  return compare_op("lt", a, b, [](auto x, auto y) { return x < y; });
+}
+Tensor le(const Tensor& a, const Tensor& b) {
+  return compare_op("le", a, b, [](auto x, auto y) { return x <= y; });
+}
+Tensor gt(const Tensor& a, const Tensor& b) {
+  return compare_op("gt", a, b, [](auto x, auto y) { return x > y; });
+}
+Tensor ge(const Tensor& a, const Tensor& b) {
+  return compare_op("ge", a, b, [](auto x, auto y) { return x >= y; });
+}
+Tensor gt(const Tensor& a, double b) {
+  return scalar_compare("gt", a, b, [](auto x, auto c) { return x > c; });
+}
+Tensor lt(const Tensor& a, double b) {
+  return scalar_compare("lt", a, b, [](auto x, auto c) { return x < c; });
+}
 
 // ---------------------------------------------------------------- in place
 void add_(const Tensor& a, const Tensor& b, double alpha) {
@@ -252,7 +271,8 @@ void add_(const Tensor& a, const Tensor& b, double alpha) {
       elementwise_kernel<scalar_t, scalar_t, scalar_t>(a, {a, y}, [](A u, A v) { return static_cast<A>(u + v); });
     } else {
       const A al = scalar_as<A>(alpha);
-      elementwise_kernel<scalar_t, scalar_t, scalar_t>(a, {a, y}, [al](A u, A v) { return static_cast<A>(u + al * v); });
+      elementwise_kernel<scalar_t, scalar_t, scalar_t>(a, {a, y},
+                                                       [al](A u, A v) { return static_cast<A>(u + al * v); });
     }
   });
 }
@@ -332,19 +352,33 @@ Tensor abs(const Tensor& t) {
     }
   });
 }
-Tensor exp(const Tensor& t) { return unary_op<true>("exp", t, [](auto x) { return std::exp(x); }); }
-Tensor log(const Tensor& t) { return unary_op<true>("log", t, [](auto x) { return std::log(x); }); }
-Tensor sqrt(const Tensor& t) { return unary_op<true>("sqrt", t, [](auto x) { return std::sqrt(x); }); }
+Tensor exp(const Tensor& t) {
+  return unary_op<true>("exp", t, [](auto x) { return std::exp(x); });
+}
+Tensor log(const Tensor& t) {
+  return unary_op<true>("log", t, [](auto x) { return std::log(x); });
+}
+Tensor sqrt(const Tensor& t) {
+  return unary_op<true>("sqrt", t, [](auto x) { return std::sqrt(x); });
+}
 Tensor rsqrt(const Tensor& t) {
   return unary_op<true>("rsqrt", t, [](auto x) { return decltype(x)(1) / std::sqrt(x); });
 }
-Tensor tanh(const Tensor& t) { return unary_op<true>("tanh", t, [](auto x) { return std::tanh(x); }); }
-Tensor sigmoid(const Tensor& t) { return unary_op<true>("sigmoid", t, [](auto x) { return vsigmoid(x); }); }
+Tensor tanh(const Tensor& t) {
+  return unary_op<true>("tanh", t, [](auto x) { return std::tanh(x); });
+}
+Tensor sigmoid(const Tensor& t) {
+  return unary_op<true>("sigmoid", t, [](auto x) { return vsigmoid(x); });
+}
 Tensor relu(const Tensor& t) {
   return unary_op<false>("relu", t, [](auto x) { return x > decltype(x)(0) ? x : decltype(x)(0); });
 }
-Tensor sin(const Tensor& t) { return unary_op<true>("sin", t, [](auto x) { return std::sin(x); }); }
-Tensor cos(const Tensor& t) { return unary_op<true>("cos", t, [](auto x) { return std::cos(x); }); }
+Tensor sin(const Tensor& t) {
+  return unary_op<true>("sin", t, [](auto x) { return std::sin(x); });
+}
+Tensor cos(const Tensor& t) {
+  return unary_op<true>("cos", t, [](auto x) { return std::cos(x); });
+}
 
 Tensor clamp(const Tensor& t, double lo, double hi) {
   LOOM_CHECK(lo <= hi, "clamp: lo ", lo, " exceeds hi ", hi);

@@ -44,8 +44,8 @@ void gemm_raw(MatLayout la, MatLayout lb, int64_t M, int64_t N, int64_t K, doubl
   const auto ta = la.trans ? CblasTrans : CblasNoTrans;
   const auto tb = lb.trans ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, static_cast<float>(alpha), A, la.ld, B, lb.ld,
-                static_cast<float>(beta), C, ldc);
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, static_cast<float>(alpha), A, la.ld, B, lb.ld, static_cast<float>(beta),
+                C, ldc);
   } else if constexpr (std::is_same_v<T, double>) {
     cblas_dgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, la.ld, B, lb.ld, beta, C, ldc);
   } else {  // integers: a plain loop, accumulated in i64
@@ -76,8 +76,8 @@ Shape broadcast_batch(const Shape& a, const Shape& b, const Tensor& ta, const Te
   for (size_t i = 0; i < n; ++i) {
     const int64_t x = i + a.size() >= n ? a[i + a.size() - n] : 1;
     const int64_t y = i + b.size() >= n ? b[i + b.size() - n] : 1;
-    LOOM_CHECK(x == y || x == 1 || y == 1, "matmul: batch dimensions do not broadcast: ", shape_str(ta.sizes()),
-               " @ ", shape_str(tb.sizes()));
+    LOOM_CHECK(x == y || x == 1 || y == 1, "matmul: batch dimensions do not broadcast: ", shape_str(ta.sizes()), " @ ",
+               shape_str(tb.sizes()));
     out[i] = x == 1 ? y : x;
   }
   return out;
@@ -166,8 +166,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const int64_t K = a.size(-1);
   const int64_t Kb = b_vec ? b.size(0) : b.size(-2);
   const int64_t N = b_vec ? 1 : b.size(-1);
-  LOOM_CHECK(K == Kb, "matmul: inner dimensions differ: ", shape_str(a.sizes()), " @ ", shape_str(b.sizes()),
-             " (", K, " vs ", Kb, ")");
+  LOOM_CHECK(K == Kb, "matmul: inner dimensions differ: ", shape_str(a.sizes()), " @ ", shape_str(b.sizes()), " (", K,
+             " vs ", Kb, ")");
   const Shape ba(a.sizes().begin(), a.sizes().end() - (a_vec ? 1 : 2));
   const Shape bb(b.sizes().begin(), b.sizes().end() - (b_vec ? 1 : 2));
   const Shape batch = broadcast_batch(ba, bb, a, b);
@@ -217,8 +217,8 @@ void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha, do
   LOOM_DISPATCH_ALL(a.dtype(), op, [&] {
     if constexpr (!std::is_same_v<scalar_t, Half> && !std::is_same_v<scalar_t, BFloat16> &&
                   !std::is_same_v<scalar_t, uint8_t>) {
-      gemm_raw<scalar_t>(*la, *lb, M, N, K, alpha, ac.data<scalar_t>(), bc.data<scalar_t>(), beta,
-                         out.data<scalar_t>(), ldc);
+      gemm_raw<scalar_t>(*la, *lb, M, N, K, alpha, ac.data<scalar_t>(), bc.data<scalar_t>(), beta, out.data<scalar_t>(),
+                         ldc);
     }
   });
   out.bump_version();

@@ -174,14 +174,14 @@ Tensor softmax_backward_impl(const Tensor& grad, const Tensor& y, int64_t dim, S
   check_same_device(op, grad, y);
   check_cpu(op, y);
   check_same_dtype(op, grad, y);
-  LOOM_CHECK(grad.sizes() == y.sizes(), op, ": grad ", shape_str(grad.sizes()), " and output ",
-             shape_str(y.sizes()), " shapes differ");
+  LOOM_CHECK(grad.sizes() == y.sizes(), op, ": grad ", shape_str(grad.sizes()), " and output ", shape_str(y.sizes()),
+             " shapes differ");
   LOOM_CHECK(is_floating(y.dtype()), op, ": expected a floating dtype, got ", dtype_name(y.dtype()));
   const int64_t nd = y.dim();
   dim = wrap_dim(dim, nd, op);
   if (nd > 0 && dim != nd - 1) {
-    Tensor dx = softmax_backward_impl(contiguous(move_dim(grad, dim, true)), contiguous(move_dim(y, dim, true)), -1,
-                                      kind, op);
+    Tensor dx =
+        softmax_backward_impl(contiguous(move_dim(grad, dim, true)), contiguous(move_dim(y, dim, true)), -1, kind, op);
     return contiguous(move_dim(dx, dim, false));
   }
   Tensor g = contiguous(grad), yc = contiguous(y);
@@ -210,8 +210,8 @@ template <typename A>
 std::vector<A> param_vector(const Tensor& p, int64_t C, const char* op, const char* what, const Tensor& x) {
   if (!p.defined()) return {};
   check_same_device(op, x, p);
-  LOOM_CHECK(p.dim() == 1 && p.size(0) == C, op, ": ", what, " has shape ", shape_str(p.sizes()),
-             " but the input ", shape_str(x.sizes()), " needs [", C, "]");
+  LOOM_CHECK(p.dim() == 1 && p.size(0) == C, op, ": ", what, " has shape ", shape_str(p.sizes()), " but the input ",
+             shape_str(x.sizes()), " needs [", C, "]");
   Tensor c = contiguous(to(p, DTypeOf<A>::value));
   const A* d = c.data<A>();
   return std::vector<A>(d, d + C);
@@ -282,7 +282,6 @@ Tensor log_softmax_backward(const Tensor& grad, const Tensor& y, int64_t dim) {
   return softmax_backward_impl(grad, y, dim, SoftmaxKind::kLogSoftmax, "log_softmax_backward");
 }
 
-
 // ---------------------------------------------------------------- layer norm / rms norm
 
 namespace {
@@ -303,28 +302,27 @@ NormResult norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, doubl
     const std::vector<A> bv = param_vector<A>(b, C, op, "bias", x);
     A* mean_out = rms ? nullptr : res.mean.data<A>();
     A* rstd_out = res.rstd.data<A>();
-    rowwise<scalar_t, 1>({xc.data<scalar_t>()}, res.y.data<scalar_t>(), rows, C,
-                         [&](int64_t row, auto in, A* y, int64_t n) {
-                           const A* xr = in[0];
-                           const A mu = rms ? A(0) : row_sum(xr, n) / static_cast<A>(n);
-                           A v[8] = {};
-                           int64_t i = 0;
-                           for (; i + 8 <= n; i += 8)
-                             for (int k = 0; k < 8; ++k) v[k] += (xr[i + k] - mu) * (xr[i + k] - mu);
-                           for (; i < n; ++i) v[0] += (xr[i] - mu) * (xr[i] - mu);
-                           const A ms = (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) /
-                                        static_cast<A>(n);
-                           const A rs = A(1) / std::sqrt(ms + static_cast<A>(eps));
-                           if (!wv.empty()) {
-                             for (int64_t j = 0; j < n; ++j) y[j] = (xr[j] - mu) * rs * wv[j];
-                           } else {
-                             for (int64_t j = 0; j < n; ++j) y[j] = (xr[j] - mu) * rs;
-                           }
-                           if (!bv.empty())
-                             for (int64_t j = 0; j < n; ++j) y[j] += bv[j];
-                           if (mean_out) mean_out[row] = mu;
-                           rstd_out[row] = rs;
-                         });
+    rowwise<scalar_t, 1>(
+        {xc.data<scalar_t>()}, res.y.data<scalar_t>(), rows, C, [&](int64_t row, auto in, A* y, int64_t n) {
+          const A* xr = in[0];
+          const A mu = rms ? A(0) : row_sum(xr, n) / static_cast<A>(n);
+          A v[8] = {};
+          int64_t i = 0;
+          for (; i + 8 <= n; i += 8)
+            for (int k = 0; k < 8; ++k) v[k] += (xr[i + k] - mu) * (xr[i + k] - mu);
+          for (; i < n; ++i) v[0] += (xr[i] - mu) * (xr[i] - mu);
+          const A ms = (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]))) / static_cast<A>(n);
+          const A rs = A(1) / std::sqrt(ms + static_cast<A>(eps));
+          if (!wv.empty()) {
+            for (int64_t j = 0; j < n; ++j) y[j] = (xr[j] - mu) * rs * wv[j];
+          } else {
+            for (int64_t j = 0; j < n; ++j) y[j] = (xr[j] - mu) * rs;
+          }
+          if (!bv.empty())
+            for (int64_t j = 0; j < n; ++j) y[j] += bv[j];
+          if (mean_out) mean_out[row] = mu;
+          rstd_out[row] = rs;
+        });
   });
   return res;
 }
@@ -361,10 +359,10 @@ NormGrads norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
     scalar_t* dxp = g.dx.data<scalar_t>();
     for_row_chunks(rows, chunks, [&](int64_t c, int64_t lo, int64_t hi) {
       std::vector<A> buf(4 * static_cast<size_t>(C));
-      A* xh = buf.data();       // normalised x
-      A* wdy = xh + C;          // w * dy
-      A* dxb = wdy + C;         // dx in A (16-bit types)
-      A* dyb = dxb + C;         // dy in A (16-bit types)
+      A* xh = buf.data();  // normalised x
+      A* wdy = xh + C;     // w * dy
+      A* dxb = wdy + C;    // dx in A (16-bit types)
+      A* dyb = dxb + C;    // dy in A (16-bit types)
       A* dw = want_dw ? dw_part.data() + c * C : nullptr;
       A* db = has_bias ? db_part.data() + c * C : nullptr;
       for (int64_t r = lo; r < hi; ++r) {
@@ -520,8 +518,8 @@ std::vector<int64_t> checked_targets(const char* op, const Tensor& target, int64
   std::vector<int64_t> t = target.to_vector<int64_t>();
   for (size_t i = 0; i < t.size(); ++i)
     LOOM_CHECK(t[i] == ignore_index || (t[i] >= 0 && t[i] < V), op, ": target ", t[i], " at row ", i,
-               " is out of range for ", V, " classes (expected 0 <= target < ", V, ", or ignore_index ",
-               ignore_index, ")");
+               " is out of range for ", V, " classes (expected 0 <= target < ", V, ", or ignore_index ", ignore_index,
+               ")");
   return t;
 }
 

@@ -38,9 +38,9 @@ inline bool is_nan(A v) {
 /// Which dims are reduced, and the result shapes with and without kept dims.
 struct ReducePlan {
   std::vector<bool> reduced;
-  Shape out_sizes;   // keepdim = false
-  Shape keep_sizes;  // keepdim = true
-  int64_t count = 1; // input elements per output element
+  Shape out_sizes;    // keepdim = false
+  Shape keep_sizes;   // keepdim = true
+  int64_t count = 1;  // input elements per output element
 };
 
 ReducePlan plan_reduce(const Tensor& t, const std::vector<int64_t>& dims, const char* op) {
@@ -267,8 +267,8 @@ Tensor mean(const Tensor& t, const std::vector<int64_t>& dims, bool keepdim) {
 Tensor var(const Tensor& t, const std::vector<int64_t>& dims, int64_t correction, bool keepdim) {
   const char* op = "var";
   detail::check_cpu(op, t);
-  LOOM_CHECK(is_floating(t.dtype()), "var: input of shape ", shape_str(t.sizes()), " has dtype ",
-             dtype_name(t.dtype()), "; var needs a floating dtype");
+  LOOM_CHECK(is_floating(t.dtype()), "var: input of shape ", shape_str(t.sizes()), " has dtype ", dtype_name(t.dtype()),
+             "; var needs a floating dtype");
   ReducePlan p = plan_reduce(t, dims, op);
   Tensor rows = contiguous(move_dims_last(t, p.reduced));  // (outputs, count)
   Tensor out = empty(keepdim ? p.keep_sizes : p.out_sizes, t.dtype());
@@ -368,9 +368,7 @@ std::pair<Tensor, Tensor> max(const Tensor& t, int64_t dim, bool keepdim) {
   return {values, indices};
 }
 
-Tensor argmax(const Tensor& t, int64_t dim, bool keepdim) {
-  return max(t, dim, keepdim).second;
-}
+Tensor argmax(const Tensor& t, int64_t dim, bool keepdim) { return max(t, dim, keepdim).second; }
 
 Tensor sum_to(const Tensor& t, const Shape& sizes) {
   detail::check_cpu("sum_to", t);
@@ -383,9 +381,8 @@ Tensor sum_to(const Tensor& t, const Shape& sizes) {
   for (int64_t d = 0; d < lead; ++d) dims.push_back(d);
   for (int64_t i = 0; i < ns; ++i) {
     const int64_t ts = t.size(lead + i);
-    LOOM_CHECK(sizes[i] == ts || sizes[i] == 1, "sum_to: shape ", shape_str(t.sizes()),
-               " does not broadcast from ", shape_str(sizes), " (dim ", i, " is ", sizes[i], ", expected ", ts,
-               " or 1)");
+    LOOM_CHECK(sizes[i] == ts || sizes[i] == 1, "sum_to: shape ", shape_str(t.sizes()), " does not broadcast from ",
+               shape_str(sizes), " (dim ", i, " is ", sizes[i], ", expected ", ts, " or 1)");
     if (sizes[i] == 1 && ts != 1) dims.push_back(lead + i);
   }
   Tensor s = dims.empty() ? clone(t) : sum(t, dims, /*keepdim=*/true);

@@ -175,16 +175,16 @@ TEST(Gradcheck, MaxAllAndAlongDim) {
 
 TEST(Gradcheck, MatmulAllRankCombinations) {
   auto mm = [](const In& x) { return matmul(x[0], x[1]); };
-  CHECK_GRAD(mm, leaf({4}, 80), leaf({4}, 81));                // 1-D . 1-D
-  CHECK_GRAD(mm, leaf({4}, 82), leaf({4, 3}, 83));             // 1-D . 2-D
-  CHECK_GRAD(mm, leaf({3, 4}, 84), leaf({4}, 85));             // 2-D . 1-D
-  CHECK_GRAD(mm, leaf({3, 4}, 86), leaf({4, 2}, 87));          // 2-D . 2-D
-  CHECK_GRAD(mm, leaf({2, 3, 4}, 88), leaf({4, 2}, 89));       // batched . 2-D
-  CHECK_GRAD(mm, leaf({3, 4}, 90), leaf({2, 4, 2}, 91));       // 2-D . batched
-  CHECK_GRAD(mm, leaf({2, 3, 4}, 92), leaf({2, 4, 2}, 93));    // batched . batched
-  CHECK_GRAD(mm, leaf({2, 1, 3, 4}, 94), leaf({3, 4, 2}, 95)); // broadcast batch dims
-  CHECK_GRAD(mm, leaf({4}, 96), leaf({2, 4, 3}, 97));          // 1-D . batched
-  CHECK_GRAD(mm, leaf({2, 3, 4}, 98), leaf({4}, 99));          // batched . 1-D
+  CHECK_GRAD(mm, leaf({4}, 80), leaf({4}, 81));                 // 1-D . 1-D
+  CHECK_GRAD(mm, leaf({4}, 82), leaf({4, 3}, 83));              // 1-D . 2-D
+  CHECK_GRAD(mm, leaf({3, 4}, 84), leaf({4}, 85));              // 2-D . 1-D
+  CHECK_GRAD(mm, leaf({3, 4}, 86), leaf({4, 2}, 87));           // 2-D . 2-D
+  CHECK_GRAD(mm, leaf({2, 3, 4}, 88), leaf({4, 2}, 89));        // batched . 2-D
+  CHECK_GRAD(mm, leaf({3, 4}, 90), leaf({2, 4, 2}, 91));        // 2-D . batched
+  CHECK_GRAD(mm, leaf({2, 3, 4}, 92), leaf({2, 4, 2}, 93));     // batched . batched
+  CHECK_GRAD(mm, leaf({2, 1, 3, 4}, 94), leaf({3, 4, 2}, 95));  // broadcast batch dims
+  CHECK_GRAD(mm, leaf({4}, 96), leaf({2, 4, 3}, 97));           // 1-D . batched
+  CHECK_GRAD(mm, leaf({2, 3, 4}, 98), leaf({4}, 99));           // batched . 1-D
   CHECK_GRAD([](const In& x) { return matmul(transpose(x[0], 0, 1), x[1]); }, leaf({4, 3}, 100), leaf({4, 2}, 101));
 }
 

@@ -96,16 +96,21 @@ int main(int argc, char** argv) {
       std::memset(full.data_ptr(), 0, full.nbytes());
       const size_t gathered = static_cast<size_t>(full.nbytes());
       std::vector<Variant> vs;
-      vs.push_back({"allreduce", "raw", bytes, ar, [&] {
+      vs.push_back({"allreduce",
+                    "raw",
+                    bytes,
+                    ar,
+                    [&] {
                       MPI_Allreduce(MPI_IN_PLACE, buf.data_ptr(), static_cast<int>(count), MPI_FLOAT, MPI_SUM,
                                     MPI_COMM_WORLD);
-                    }, {}});
+                    },
+                    {}});
       for (ProcessGroup* pg : groups) {
         const char* b = pg == &mpi ? "mpi" : "gloo";
         vs.push_back({"allreduce", b, bytes, ar, [&buf, pg] { pg->allreduce(buf)->wait(); }, {}});
         vs.push_back({"all_gather", b, gathered, ag, [&full, &chunk, pg] { pg->all_gather(full, chunk)->wait(); }, {}});
-        vs.push_back({"reduce_scatter", b, gathered, ag,
-                      [&full, &chunk, pg] { pg->reduce_scatter(chunk, full)->wait(); }, {}});
+        vs.push_back(
+            {"reduce_scatter", b, gathered, ag, [&full, &chunk, pg] { pg->reduce_scatter(chunk, full)->wait(); }, {}});
       }
       for (auto& v : vs) v.f();  // warm-up
       for (int r = 0; r < reps; ++r)

@@ -53,14 +53,16 @@ int main(int argc, char** argv) {
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2];
   const double ours = static_cast<double>(B * T) / med;
-  std::printf("model: GPT-2 %lld layers, width %lld, %lld heads, seq %lld, batch %lld, vocab %lld, %.1fM params, "
-              "%d threads\n",
-              (long long)L, (long long)C, (long long)H, (long long)T, (long long)B, (long long)V,
-              static_cast<double>(model.num_parameters()) / 1e6, threads);
+  std::printf(
+      "model: GPT-2 %lld layers, width %lld, %lld heads, seq %lld, batch %lld, vocab %lld, %.1fM params, "
+      "%d threads\n",
+      (long long)L, (long long)C, (long long)H, (long long)T, (long long)B, (long long)V,
+      static_cast<double>(model.num_parameters()) / 1e6, threads);
   std::printf("loom  tokens_per_s=%.1f step_ms=%.2f\n", ours, med * 1e3);
 
   char cmd[512];
-  std::snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/tests/bench/torch_gpt2_step.py %lld %lld %lld %lld %lld %lld %lld %d",
+  std::snprintf(cmd, sizeof cmd,
+                "/usr/bin/python3 %s/tests/bench/torch_gpt2_step.py %lld %lld %lld %lld %lld %lld %lld %d",
                 LOOM_SOURCE_DIR, (long long)L, (long long)C, (long long)H, (long long)T, (long long)B, (long long)V,
                 (long long)steps, threads);
   FILE* p = popen(cmd, "r");

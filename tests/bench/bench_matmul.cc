@@ -56,8 +56,8 @@ int main() {
     report("matmul " + std::to_string(n) + "^3", flops, tl, tb);
     const double tlt = best_seconds([&] { ops::matmul(a, ops::transpose(b, 0, 1)); });
     const double tbt = best_seconds([&] {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n,
-                  0.0f, c.data<float>(), n);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0f, a.data<float>(), n, b.data<float>(), n, 0.0f,
+                  c.data<float>(), n);
     });
     report("matmul " + std::to_string(n) + "^3, b transposed view", flops, tlt, tbt);
   }
@@ -71,13 +71,12 @@ int main() {
   {
     const double tl = best_seconds([&] { ops::linear(x, w, bias); });
     const double tb = best_seconds([&] {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x.data<float>(), K, w.data<float>(), K,
-                  0.0f, out.data<float>(), N);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x.data<float>(), K, w.data<float>(), K, 0.0f,
+                  out.data<float>(), N);
     });
     report("linear fwd (2048x384)@(1536x384)^T + b", flops, tl, tb);
     const double tn = best_seconds([&] { ops::linear(x, w, Tensor()); });
     report("linear fwd (2048x384)@(1536x384)^T, no bias", flops, tn, tb);
-
   }
   {
     Tensor dx = loom::empty({M, K});

@@ -55,11 +55,16 @@ double closed_form(ReduceOp op, int n, int64_t i) {
     hi = std::max(hi, v);
   }
   switch (op) {
-    case ReduceOp::kSum: return s;
-    case ReduceOp::kAvg: return s / n;
-    case ReduceOp::kProduct: return p;
-    case ReduceOp::kMin: return lo;
-    case ReduceOp::kMax: return hi;
+    case ReduceOp::kSum:
+      return s;
+    case ReduceOp::kAvg:
+      return s / n;
+    case ReduceOp::kProduct:
+      return p;
+    case ReduceOp::kMin:
+      return lo;
+    case ReduceOp::kMax:
+      return hi;
   }
   return 0;
 }
@@ -286,60 +291,66 @@ TEST(ProcessGroupGloo, SkippedCollectiveTimesOutWithDiagnosisAndTrace) {
   opts.trace_dir = std::filesystem::temp_directory_path() / ("loom_trace_test_" + std::to_string(::getpid()));
   std::filesystem::create_directories(opts.trace_dir);
   std::atomic<int> done{0};
-  run_ranks(3, [&](ProcessGroup& pg) {
-    pg.barrier()->wait();
-    if (pg.rank() == 2) {  // skips the allreduce, stays alive until the others gave up
-      while (done.load() < 2) std::this_thread::sleep_for(10ms);
-      return;
-    }
-    Tensor t = make(DType::f32, std::vector<double>(8, 1));
-    auto t0 = std::chrono::steady_clock::now();
-    auto w = pg.allreduce(t);
-    try {
-      w->wait();
-      ADD_FAILURE() << "allreduce should time out";
-    } catch (const Timeout& e) {
-      auto took = std::chrono::steady_clock::now() - t0;
-      EXPECT_GE(took, 900ms);
-      EXPECT_LT(took, 4000ms);
-      std::string m = e.what();
-      EXPECT_NE(m.find("allreduce(float32, 8 elements, sum) #1"), std::string::npos) << m;
-      EXPECT_NE(m.find("group 'world'") == std::string::npos ? m.find("'world'") : 0, std::string::npos) << m;
-      EXPECT_NE(m.find("rank 2 never entered allreduce #1"), std::string::npos) << m;
-      EXPECT_NE(m.find("never arrived: [2]"), std::string::npos) << m;
-      size_t at = m.find("written to ");
-      ASSERT_NE(at, std::string::npos) << m;
-      std::string path = m.substr(at + 11, m.find('\n', at) - at - 11);
-      std::ifstream f(path);
-      std::stringstream ss;
-      ss << f.rdbuf();
-      EXPECT_NE(ss.str().find("allreduce"), std::string::npos) << path;
-    }
-    // The group refuses further calls instead of hanging.
-    EXPECT_THROW(pg.barrier()->wait(), CommError);
-    ++done;
-  }, opts);
+  run_ranks(
+      3,
+      [&](ProcessGroup& pg) {
+        pg.barrier()->wait();
+        if (pg.rank() == 2) {  // skips the allreduce, stays alive until the others gave up
+          while (done.load() < 2) std::this_thread::sleep_for(10ms);
+          return;
+        }
+        Tensor t = make(DType::f32, std::vector<double>(8, 1));
+        auto t0 = std::chrono::steady_clock::now();
+        auto w = pg.allreduce(t);
+        try {
+          w->wait();
+          ADD_FAILURE() << "allreduce should time out";
+        } catch (const Timeout& e) {
+          auto took = std::chrono::steady_clock::now() - t0;
+          EXPECT_GE(took, 900ms);
+          EXPECT_LT(took, 4000ms);
+          std::string m = e.what();
+          EXPECT_NE(m.find("allreduce(float32, 8 elements, sum) #1"), std::string::npos) << m;
+          EXPECT_NE(m.find("group 'world'") == std::string::npos ? m.find("'world'") : 0, std::string::npos) << m;
+          EXPECT_NE(m.find("rank 2 never entered allreduce #1"), std::string::npos) << m;
+          EXPECT_NE(m.find("never arrived: [2]"), std::string::npos) << m;
+          size_t at = m.find("written to ");
+          ASSERT_NE(at, std::string::npos) << m;
+          std::string path = m.substr(at + 11, m.find('\n', at) - at - 11);
+          std::ifstream f(path);
+          std::stringstream ss;
+          ss << f.rdbuf();
+          EXPECT_NE(ss.str().find("allreduce"), std::string::npos) << path;
+        }
+        // The group refuses further calls instead of hanging.
+        EXPECT_THROW(pg.barrier()->wait(), CommError);
+        ++done;
+      },
+      opts);
   std::filesystem::remove_all(opts.trace_dir);
 }
 
 TEST(ProcessGroupGloo, CollectiveCheckReportsMismatchedOps) {
   auto opts = fast_options();
   opts.check = true;
-  run_ranks(2, [&](ProcessGroup& pg) {
-    Tensor t = make(DType::f32, std::vector<double>(4, 1));
-    pg.allreduce(t)->wait();  // agreeing call passes the check
-    std::shared_ptr<Work> w = pg.rank() == 0 ? pg.allreduce(t) : pg.broadcast(t);
-    try {
-      w->wait();
-      ADD_FAILURE() << "mismatch not detected";
-    } catch (const InvalidArgument& e) {
-      std::string m = e.what();
-      EXPECT_NE(m.find("broadcast(float32, 4 elements, root 0)"), std::string::npos) << m;
-      EXPECT_NE(m.find("allreduce(float32, 4 elements, sum)"), std::string::npos) << m;
-    }
-    Tensor d = make(pg.rank() == 0 ? DType::f32 : DType::f64, {1});
-    EXPECT_THROW(pg.allreduce(d)->wait(), InvalidArgument);
-  }, opts);
+  run_ranks(
+      2,
+      [&](ProcessGroup& pg) {
+        Tensor t = make(DType::f32, std::vector<double>(4, 1));
+        pg.allreduce(t)->wait();  // agreeing call passes the check
+        std::shared_ptr<Work> w = pg.rank() == 0 ? pg.allreduce(t) : pg.broadcast(t);
+        try {
+          w->wait();
+          ADD_FAILURE() << "mismatch not detected";
+        } catch (const InvalidArgument& e) {
+          std::string m = e.what();
+          EXPECT_NE(m.find("broadcast(float32, 4 elements, root 0)"), std::string::npos) << m;
+          EXPECT_NE(m.find("allreduce(float32, 4 elements, sum)"), std::string::npos) << m;
+        }
+        Tensor d = make(pg.rank() == 0 ? DType::f32 : DType::f64, {1});
+        EXPECT_THROW(pg.allreduce(d)->wait(), InvalidArgument);
+      },
+      opts);
 }
 
 TEST(ProcessGroupGloo, BadArgumentsThrowAtTheCall) {

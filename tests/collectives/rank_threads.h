@@ -22,8 +22,8 @@ inline ProcessGroupOptions fast_options() {
 }
 
 /// Calls body(pg) on `n` threads, one ProcessGroup per rank.
-inline void run_ranks(int n, const std::function<void(ProcessGroup&)>& body,
-                      ProcessGroupOptions opts = fast_options(), const std::string& backend = "gloo") {
+inline void run_ranks(int n, const std::function<void(ProcessGroup&)>& body, ProcessGroupOptions opts = fast_options(),
+                      const std::string& backend = "gloo") {
   auto store = std::make_shared<HashStore>(Millis(20000));
   std::vector<std::thread> threads;
   std::exception_ptr first;

@@ -43,9 +43,9 @@ void check_semantics(Store& s, Store& other_client) {
   EXPECT_EQ(other_client.get_string("a"), "1");
   EXPECT_EQ(s.add("ctr", 5), 5);
   EXPECT_EQ(other_client.add("ctr", -2), 3);
-  EXPECT_EQ(to_string(s.compare_set("cas", to_bytes(""), to_bytes("x"))), "x");         // absent + empty expected
-  EXPECT_EQ(to_string(s.compare_set("cas", to_bytes("wrong"), to_bytes("y"))), "x");    // mismatch keeps
-  EXPECT_EQ(to_string(s.compare_set("cas", to_bytes("x"), to_bytes("z"))), "z");        // match swaps
+  EXPECT_EQ(to_string(s.compare_set("cas", to_bytes(""), to_bytes("x"))), "x");       // absent + empty expected
+  EXPECT_EQ(to_string(s.compare_set("cas", to_bytes("wrong"), to_bytes("y"))), "x");  // mismatch keeps
+  EXPECT_EQ(to_string(s.compare_set("cas", to_bytes("x"), to_bytes("z"))), "z");      // match swaps
   EXPECT_TRUE(s.check({"a", "ctr"}));
   EXPECT_FALSE(s.check({"a", "nope"}));
   int64_t n = s.num_keys();
@@ -230,8 +230,7 @@ TEST(TCPStore, FourClientsSetAndReadThousandKeysConcurrently) {
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_EQ(server.add("done", 0), kClients);
   EXPECT_EQ(server.num_keys(), kClients * kKeys + 1);
-  for (int c = 0; c < kClients; ++c)
-    EXPECT_EQ(server.get_string(key_of(c, 999)), std::to_string(999 * 7 + c));
+  for (int c = 0; c < kClients; ++c) EXPECT_EQ(server.get_string(key_of(c, 999)), std::to_string(999 * 7 + c));
 }
 
 TEST(TCPStore, ConnectTimeoutNamesTheAddress) {

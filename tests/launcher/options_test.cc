@@ -28,8 +28,8 @@ std::string parse_error(const std::vector<std::string>& args) {
 
 TEST(LaunchOptions, GnuSpellingSeparateAndEqualsValues) {
   auto o = parse_options({"--nproc-per-node", "4", "--nnodes=3", "--node-rank", "2", "--master-addr", "n01",
-                          "--master-port=1234", "--max-restarts", "5", "--log-dir", "/tmp/x",
-                          "--monitor-interval", "0.25", "--", "prog", "--flag", "a"});
+                          "--master-port=1234", "--max-restarts", "5", "--log-dir", "/tmp/x", "--monitor-interval",
+                          "0.25", "--", "prog", "--flag", "a"});
   EXPECT_EQ(o.nproc_per_node, 4);
   EXPECT_EQ(o.nnodes, 3);
   EXPECT_EQ(o.node_rank, 2);
@@ -42,8 +42,8 @@ TEST(LaunchOptions, GnuSpellingSeparateAndEqualsValues) {
 }
 
 TEST(LaunchOptions, UnderscoreAliasesAreAccepted) {
-  auto o = parse_options({"--nproc_per_node=2", "--node_rank", "1", "--nnodes", "2", "--master_addr", "h",
-                          "--max_restarts", "1", "prog"});
+  auto o = parse_options(
+      {"--nproc_per_node=2", "--node_rank", "1", "--nnodes", "2", "--master_addr", "h", "--max_restarts", "1", "prog"});
   EXPECT_EQ(o.nproc_per_node, 2);
   EXPECT_EQ(o.node_rank, 1);
   EXPECT_EQ(o.master_addr, "h");
@@ -126,8 +126,11 @@ TEST(SlurmEnv, OptionsGivenByTheUserWin) {
 TEST(SlurmEnv, SeveralLaunchersPerNodeIsAnError) {
   auto o = parse_options({"p"});
   try {
-    apply_slurm_env(o, {{"SLURM_NODEID", "0"}, {"SLURM_NNODES", "2"}, {"SLURM_JOB_NODELIST", "a[1-2]"},
-                        {"SLURM_STEP_NUM_TASKS", "8"}, {"SLURM_STEP_NUM_NODES", "2"}});
+    apply_slurm_env(o, {{"SLURM_NODEID", "0"},
+                        {"SLURM_NNODES", "2"},
+                        {"SLURM_JOB_NODELIST", "a[1-2]"},
+                        {"SLURM_STEP_NUM_TASKS", "8"},
+                        {"SLURM_STEP_NUM_NODES", "2"}});
     FAIL() << "no error";
   } catch (const InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("duplicate ranks"), std::string::npos) << e.what();

@@ -10,7 +10,9 @@
 namespace loom::nn {
 namespace {
 
-Tensor param(const std::vector<float>& v) { return from_vector<float>(v, {static_cast<int64_t>(v.size())}).set_requires_grad(); }
+Tensor param(const std::vector<float>& v) {
+  return from_vector<float>(v, {static_cast<int64_t>(v.size())}).set_requires_grad();
+}
 
 void set_grad(const Tensor& p, const std::vector<float>& g) { p.set_grad(from_vector<float>(g, p.sizes())); }
 
@@ -61,21 +63,26 @@ TEST(Optimizer, SkipsParametersWithoutGradient) {
 // Runs 3 steps in torch.optim with gradients g_t = grads[t] and returns the final parameters.
 std::vector<double> torch_three_steps(const std::string& ctor, const std::vector<float>& p0,
                                       const std::vector<std::vector<float>>& grads) {
-  std::string script = "import torch\n"
-                       "p = torch.nn.Parameter(torch.tensor(" + testing::py_list(p0) + ", dtype=torch.float32))\n"
-                       "opt = " + ctor + "\n"
-                       "for g in [" + testing::py_list(grads[0]) + ", " + testing::py_list(grads[1]) + ", " +
-                       testing::py_list(grads[2]) + "]:\n"
-                       "    p.grad = torch.tensor(g, dtype=torch.float32)\n"
-                       "    opt.step()\n"
-                       "print(' '.join(repr(float(x)) for x in p.detach()))\n";
+  std::string script =
+      "import torch\n"
+      "p = torch.nn.Parameter(torch.tensor(" +
+      testing::py_list(p0) +
+      ", dtype=torch.float32))\n"
+      "opt = " +
+      ctor +
+      "\n"
+      "for g in [" +
+      testing::py_list(grads[0]) + ", " + testing::py_list(grads[1]) + ", " + testing::py_list(grads[2]) +
+      "]:\n"
+      "    p.grad = torch.tensor(g, dtype=torch.float32)\n"
+      "    opt.step()\n"
+      "print(' '.join(repr(float(x)) for x in p.detach()))\n";
   return testing::run_python(script);
 }
 
 const std::vector<float> kP0{0.5f, -1.25f, 2.0f, 0.0f, 3.5f};
-const std::vector<std::vector<float>> kGrads{{0.1f, -0.2f, 0.3f, 1.5f, -0.05f},
-                                             {-0.4f, 0.25f, 0.3f, -1.0f, 0.01f},
-                                             {0.2f, 0.2f, -0.7f, 0.5f, 0.0f}};
+const std::vector<std::vector<float>> kGrads{
+    {0.1f, -0.2f, 0.3f, 1.5f, -0.05f}, {-0.4f, 0.25f, 0.3f, -1.0f, 0.01f}, {0.2f, 0.2f, -0.7f, 0.5f, 0.0f}};
 
 std::vector<float> loom_three_steps(Optimizer& opt, const Tensor& p) {
   for (const auto& g : kGrads) {
@@ -86,8 +93,8 @@ std::vector<float> loom_three_steps(Optimizer& opt, const Tensor& p) {
 }
 
 TEST(AdamW, ThreeStepsMatchTorch) {
-  auto want = torch_three_steps("torch.optim.AdamW([p], lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.2)", kP0,
-                                kGrads);
+  auto want =
+      torch_three_steps("torch.optim.AdamW([p], lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.2)", kP0, kGrads);
   if (want.empty()) GTEST_SKIP() << "/usr/bin/python3 with torch not available";
   Tensor p = param(kP0);
   AdamW opt({p}, AdamWOptions{0.05, 0.8, 0.95, 1e-6, 0.2});
@@ -97,8 +104,8 @@ TEST(AdamW, ThreeStepsMatchTorch) {
 }
 
 TEST(SGD, ThreeStepsWithNesterovMatchTorch) {
-  auto want = torch_three_steps("torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05)", kP0,
-                                kGrads);
+  auto want =
+      torch_three_steps("torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05)", kP0, kGrads);
   if (want.empty()) GTEST_SKIP() << "/usr/bin/python3 with torch not available";
   Tensor p = param(kP0);
   SGD opt({p}, SGDOptions{0.1, 0.9, 0.0, true, 0.05});

@@ -22,8 +22,8 @@ TEST(WarmupCosineLR, ValuesAtChosenStepsMatchClosedForm) {
   EXPECT_DOUBLE_EQ(opt.param_groups()[0].lr, max_lr * 1 / 10);  // step 0
   EXPECT_DOUBLE_EQ(s.lr_at(4), max_lr * 5 / 10);
   EXPECT_DOUBLE_EQ(s.lr_at(9), max_lr);
-  EXPECT_DOUBLE_EQ(s.lr_at(10), max_lr);                                 // cos(0)
-  EXPECT_NEAR(s.lr_at(60), min_lr + 0.5 * (max_lr - min_lr), 1e-15);     // halfway: cos(pi/2) = 0
+  EXPECT_DOUBLE_EQ(s.lr_at(10), max_lr);                              // cos(0)
+  EXPECT_NEAR(s.lr_at(60), min_lr + 0.5 * (max_lr - min_lr), 1e-15);  // halfway: cos(pi/2) = 0
   EXPECT_NEAR(s.lr_at(35), min_lr + 0.5 * (1 + std::cos(std::numbers::pi * 0.25)) * (max_lr - min_lr), 1e-15);
   EXPECT_DOUBLE_EQ(s.lr_at(110), min_lr);
   EXPECT_DOUBLE_EQ(s.lr_at(1000), min_lr);

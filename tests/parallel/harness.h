@@ -52,9 +52,9 @@ struct TrainConfig {
 };
 
 struct Reference {
-  std::vector<double> losses;  // per step, before the update
+  std::vector<double> losses;      // per step, before the update
   std::vector<double> grad_norms;  // per step, before clipping
-  nn::StateDict params;        // after the last step, by Hugging Face name
+  nn::StateDict params;            // after the last step, by Hugging Face name
 };
 /// Single-rank training on the global batches (computed once per family/config/blocks).
 /// blocks > 1: each step's gradient is accumulated over `blocks` row blocks in

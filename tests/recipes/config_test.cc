@@ -135,7 +135,8 @@ TEST(RecipeConfig, UnknownKeyFarFromAnyListsTheKeys) {
 
 TEST(RecipeConfig, FlowMappingsKeepTheirLineNumbers) {
   std::string text = kGpt2;
-  text.replace(0, text.find("data:"), "# a comment line\nmodel: {family: gpt2, n_layer: 2, n_embd: 64,\n  n_haed: 4}\n");
+  text.replace(0, text.find("data:"),
+               "# a comment line\nmodel: {family: gpt2, n_layer: 2, n_embd: 64,\n  n_haed: 4}\n");
   EXPECT_HAS(parse_error(text), "cfg.yaml:3: model.n_haed: unknown key; did you mean 'n_head'?");
 }
 
@@ -148,7 +149,8 @@ TEST(RecipeConfig, WrongTypesNameTheExpectedType) {
   EXPECT_HAS(parse_error(with_line(3, "  n_layer: abc")), "cfg.yaml:3: model.n_layer: expected an integer, got 'abc'");
   EXPECT_HAS(parse_error(with_line(3, "  n_layer: 2.5")), "cfg.yaml:3: model.n_layer: expected an integer, got '2.5'");
   EXPECT_HAS(parse_error(with_line(3, "  n_layer: \"2\"")), "expected an integer, got the quoted string '2'");
-  EXPECT_HAS(parse_error(with_line(3, "  n_layer: [1, 2]")), "cfg.yaml:3: model.n_layer: expected an integer, got a list");
+  EXPECT_HAS(parse_error(with_line(3, "  n_layer: [1, 2]")),
+             "cfg.yaml:3: model.n_layer: expected an integer, got a list");
   EXPECT_HAS(parse_error(with_line(3, "  n_layer:")), "cfg.yaml:3: model.n_layer: expected an integer, got no value");
   EXPECT_HAS(parse_error(with_line(14, "  lr: fast")), "cfg.yaml:14: training.lr: expected a number, got 'fast'");
   EXPECT_HAS(parse_error(with_line(14, "  lr: nan")), "cfg.yaml:14: training.lr: expected a number, got 'nan'");
@@ -182,7 +184,8 @@ TEST(RecipeConfig, MissingRequiredKeyNamesTheSection) {
   // A whole section missing.
   std::string no_training = kGpt2;
   no_training.erase(no_training.find("training:"), no_training.find("parallelism:") - no_training.find("training:"));
-  EXPECT_HAS(parse_error(no_training), "training.global_batch_tokens: missing required key training.global_batch_tokens");
+  EXPECT_HAS(parse_error(no_training),
+             "training.global_batch_tokens: missing required key training.global_batch_tokens");
   EXPECT_HAS(parse_error(no_training), "no 'training:' section");
 }
 
@@ -198,10 +201,12 @@ TEST(RecipeConfig, InconsistentValuesNameKeyAndNumbers) {
   EXPECT_HAS(parse_error(with_line(11, "  global_batch_tokens: 1000")),
              "cfg.yaml:11: training.global_batch_tokens: must be a multiple of model.seq_len * training.micro_batch = "
              "32 * 4 = 128, got 1000; nearest that fit: 896 or 1024");
-  EXPECT_HAS(parse_error(with_line(14, "  lr: 1.0e-3\n  min_lr: 0.01")), "cfg.yaml:15: training.min_lr: must be <= training.lr");
+  EXPECT_HAS(parse_error(with_line(14, "  lr: 1.0e-3\n  min_lr: 0.01")),
+             "cfg.yaml:15: training.min_lr: must be <= training.lr");
   EXPECT_HAS(parse_error(with_line(16, "  backend: gloo\n  cpu_offload: true")),
              "cfg.yaml:17: parallelism.cpu_offload: offloads FSDP shards: it needs parallelism.fsdp > 1");
-  EXPECT_HAS(parse_error(with_line(18, "  resume: latest")), "cfg.yaml:18: checkpoint.resume: must be 'auto', 'never' or");
+  EXPECT_HAS(parse_error(with_line(18, "  resume: latest")),
+             "cfg.yaml:18: checkpoint.resume: must be 'auto', 'never' or");
   EXPECT_EQ(parse_config(with_line(18, "  resume: /ckpt/step_00000100"), "x").checkpoint.resume, "/ckpt/step_00000100");
 }
 
@@ -221,8 +226,8 @@ TEST(RecipeConfig, DuplicateKeysAndSyntaxErrorsNameTheLine) {
 
 TEST(RecipeConfig, OverridesReplaceFileValuesAndNameTheSet) {
   RecipeConfig c = parse_config(kGpt2, "cfg.yaml",
-                                {"training.lr=0.01", "model.n_layer=6", "checkpoint.dir=/data/run 1", "logging.progress=false",
-                                 "parallelism.tp=2"});
+                                {"training.lr=0.01", "model.n_layer=6", "checkpoint.dir=/data/run 1",
+                                 "logging.progress=false", "parallelism.tp=2"});
   EXPECT_DOUBLE_EQ(c.training.lr, 0.01);
   EXPECT_EQ(c.model.n_layer, 6);
   EXPECT_EQ(c.checkpoint.dir, "/data/run 1");
@@ -232,27 +237,32 @@ TEST(RecipeConfig, OverridesReplaceFileValuesAndNameTheSet) {
   // A required key may come from --set alone.
   EXPECT_EQ(parse_config(with_line(13, ""), "cfg.yaml", {"training.steps=7"}).training.steps, 7);
 
-  EXPECT_HAS(parse_error(kGpt2, {"model.n_layr=2"}), "--set model.n_layr=2: model.n_layr: unknown key; did you mean 'n_layer'?");
-  EXPECT_HAS(parse_error(kGpt2, {"modle.n_layer=2"}), "--set modle.n_layer=2: modle: unknown section; did you mean 'model'?");
-  EXPECT_HAS(parse_error(kGpt2, {"model.n_layer=abc"}), "--set model.n_layer=abc: model.n_layer: expected an integer, got 'abc'");
+  EXPECT_HAS(parse_error(kGpt2, {"model.n_layr=2"}),
+             "--set model.n_layr=2: model.n_layr: unknown key; did you mean 'n_layer'?");
+  EXPECT_HAS(parse_error(kGpt2, {"modle.n_layer=2"}),
+             "--set modle.n_layer=2: modle: unknown section; did you mean 'model'?");
+  EXPECT_HAS(parse_error(kGpt2, {"model.n_layer=abc"}),
+             "--set model.n_layer=abc: model.n_layer: expected an integer, got 'abc'");
   EXPECT_HAS(parse_error(kGpt2, {"model.n_layer=0"}), "--set model.n_layer=0: model.n_layer: must be >= 1, got 0");
   EXPECT_HAS(parse_error(kGpt2, {"model.n_layer"}), "--set model.n_layer: expected section.key=value");
   EXPECT_HAS(parse_error(kGpt2, {"n_layer=3"}), "--set n_layer=3: n_layer: expected section.key");
 }
 
 TEST(RecipeConfig, ToYamlRoundTripsToAnEqualConfig) {
-  RecipeConfig a = parse_config(kGpt2, "cfg.yaml",
-                                {"data.train_path=dir/a: b #c \"q\" \\x", "data.source=text", "training.lr=0.000123456789",
-                                 "data.seed=18446744073709551615", "training.precision=bf16", "checkpoint.async=true",
-                                 "parallelism.bucket_mb=12.5", "logging.metrics_file=m.jsonl"});
+  RecipeConfig a =
+      parse_config(kGpt2, "cfg.yaml",
+                   {"data.train_path=dir/a: b #c \"q\" \\x", "data.source=text", "training.lr=0.000123456789",
+                    "data.seed=18446744073709551615", "training.precision=bf16", "checkpoint.async=true",
+                    "parallelism.bucket_mb=12.5", "logging.metrics_file=m.jsonl"});
   const std::string yaml = a.to_yaml();
   RecipeConfig b = parse_config(yaml, "resolved.yaml");
   EXPECT_TRUE(a == b) << yaml;
   EXPECT_EQ(b.data.train_path, "dir/a: b #c \"q\" \\x");
   EXPECT_EQ(b.data.seed, 18446744073709551615ull);
   // Every key of every section is printed.
-  for (const char* key : {"family:", "n_kv_head:", "intermediate_size:", "rope_theta:", "val_fraction:", "warmup_steps:",
-                          "grad_clip:", "reshard_after_forward:", "cpu_offload:", "fall_back:", "eval_batches:"})
+  for (const char* key :
+       {"family:", "n_kv_head:", "intermediate_size:", "rope_theta:", "val_fraction:", "warmup_steps:", "grad_clip:",
+        "reshard_after_forward:", "cpu_offload:", "fall_back:", "eval_batches:"})
     EXPECT_HAS(yaml, key);
   // Floats always look like floats, so YAML 1.1 readers (PyYAML) read them as numbers too.
   EXPECT_HAS(yaml, "  eps: 1.0e-08\n");
@@ -293,7 +303,8 @@ TEST(RecipeConfig, ResolveLayoutFillsDpAndChecksTheWorld) {
 
   EXPECT_HAS(layout_error(parse_config(kGpt2, "cfg.yaml", {"parallelism.fsdp=3"}), 4),
              "--set parallelism.fsdp=3: parallelism: fsdp (3) * tp (1) = 3 does not divide the world size 4");
-  const std::string mismatch = layout_error(parse_config(with_line(16, "  dp: 2"), "cfg.yaml", {"parallelism.tp=2"}), 8);
+  const std::string mismatch =
+      layout_error(parse_config(with_line(16, "  dp: 2"), "cfg.yaml", {"parallelism.tp=2"}), 8);
   EXPECT_HAS(mismatch, "cfg.yaml:16: parallelism: dp (2) * fsdp (1) * tp (2) = 4 but the world has 8 ranks");
   EXPECT_HAS(mismatch, "set parallelism.dp to 4");
   // 1024 tokens over 16 data-parallel ranks of 4 x 32-token sequences: 2048 per micro-step does not divide 1024.
@@ -307,12 +318,15 @@ TEST(RecipeConfig, TensorParallelSizeMustDivideTheSplitDimensions) {
   // n_head 4: tp 8 does not divide it; parse (world-independent) and resolve both say so.
   EXPECT_HAS(parse_error(kGpt2, {"parallelism.tp=8"}),
              "--set parallelism.tp=8: parallelism.tp: tp = 8 does not divide model.n_head = 4 (cfg.yaml:5)");
-  EXPECT_HAS(parse_error(kGpt2, {"parallelism.tp=8"}), "tp sizes that divide n_head, n_kv_head, vocab_size and the MLP hidden size: 1, 2, 4");
+  EXPECT_HAS(parse_error(kGpt2, {"parallelism.tp=8"}),
+             "tp sizes that divide n_head, n_kv_head, vocab_size and the MLP hidden size: 1, 2, 4");
   EXPECT_HAS(parse_error(with_line(6, "  vocab_size: 255"), {"parallelism.tp=2"}),
              "tp = 2 does not divide model.vocab_size = 255 (cfg.yaml:6)");
-  EXPECT_HAS(parse_error(with_line(6, "  vocab_size: 255"), {"parallelism.tp=2"}), "pad vocab_size to a multiple of 2, e.g. 256");
+  EXPECT_HAS(parse_error(with_line(6, "  vocab_size: 255"), {"parallelism.tp=2"}),
+             "pad vocab_size to a multiple of 2, e.g. 256");
   std::string llama = with_line(2, "  family: llama");
-  EXPECT_HAS(parse_error(llama, {"model.n_kv_head=1", "parallelism.tp=2"}), "tp = 2 does not divide model.n_kv_head = 1");
+  EXPECT_HAS(parse_error(llama, {"model.n_kv_head=1", "parallelism.tp=2"}),
+             "tp = 2 does not divide model.n_kv_head = 1");
   EXPECT_HAS(parse_error(llama, {"model.intermediate_size=171", "parallelism.tp=2"}),
              "tp = 2 does not divide model.intermediate_size = 171");
 }
@@ -347,8 +361,8 @@ TEST(RecipeConfig, ParameterCountMatchesTheModels) {
     int64_t n_kv_head, intermediate;
     bool tied;
   };
-  for (const Case& k : {Case{"gpt2", 0, 0, true}, Case{"gpt2", 0, 0, false}, Case{"llama", 2, 96, false},
-                        Case{"llama", 4, 0, true}}) {
+  for (const Case& k :
+       {Case{"gpt2", 0, 0, true}, Case{"gpt2", 0, 0, false}, Case{"llama", 2, 96, false}, Case{"llama", 4, 0, true}}) {
     ModelConfig m;
     m.family = k.family;
     m.n_layer = 3;
@@ -455,7 +469,7 @@ TEST(RecipeConfig, ShippedConfigsParseAndFitTheirWorlds) {
   namespace fs = std::filesystem;
   // The world size each config's comment block names; a config not listed must at least parse.
   const std::map<std::string, std::vector<int>> worlds = {
-      {"tiny_cpu.yaml", {1, 2}},          {"gpt2_124m_1gpu.yaml", {1}},          {"gpt2_124m_8gpu_ddp.yaml", {8}},
+      {"tiny_cpu.yaml", {1, 2}},         {"gpt2_124m_1gpu.yaml", {1}},          {"gpt2_124m_8gpu_ddp.yaml", {8}},
       {"gpt2_124m_8gpu_fsdp.yaml", {8}}, {"llama_1b_2node_fsdp_tp.yaml", {16}}, {"llama3_8b_4node.yaml", {32}}};
   int seen = 0;
   for (const auto& e : fs::directory_iterator(fs::path(LOOM_SOURCE_DIR) / "configs")) {

@@ -104,8 +104,8 @@ void run_reference(const std::string& family, DType dtype) {
   Tensor targets = ops::randint(0, V, {B, T}, data_gen);
 
   // Exchange: named_parameters lists a tied head once, so PyTorch ties it too.
-  fs::path dir = fs::temp_directory_path() / ("loom_ref_" + family + "_" + dtype_name(dtype) + "_" +
-                                              std::to_string(::getpid()));
+  fs::path dir =
+      fs::temp_directory_path() / ("loom_ref_" + family + "_" + dtype_name(dtype) + "_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   checkpoint::NamedTensors exchange;
   for (const auto& [name, p] : model->named_parameters()) exchange.emplace_back(name, detach(p));

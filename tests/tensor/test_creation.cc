@@ -2,9 +2,9 @@
 // reproducibility and moments.
 #include <gtest/gtest.h>
 
+#include <omp.h>
 #include <cmath>
 #include <cstring>
-#include <omp.h>
 
 #include "tensor/ops.h"
 
@@ -57,7 +57,7 @@ TEST(Conversion, F16RoundsToNearestEvenAndSaturates) {
   auto back = O::to(O::to(from_vector<float>(in, {5}), DType::f16), DType::f64).to_vector<double>();
   EXPECT_EQ(back[0], 1.0);
   EXPECT_EQ(back[1], 1.0 + 2 * ulp);
-  EXPECT_TRUE(std::isinf(back[2]));     // rounds past the max (65504) to inf
+  EXPECT_TRUE(std::isinf(back[2]));  // rounds past the max (65504) to inf
   EXPECT_EQ(back[3], 65504.0);
   EXPECT_EQ(back[4], std::ldexp(1.0, -24));  // smallest subnormal survives
 }

@@ -85,7 +85,7 @@ TEST(Elementwise, IncompatibleShapesErrorNamesOpAndBothShapes) {
 TEST(Elementwise, NonContiguousInputsMatchContiguous) {
   Generator g(2);
   Tensor base = O::randn({6, 40, 50}, g);
-  Tensor a = O::transpose(base, 1, 2);                  // (6, 50, 40) strided
+  Tensor a = O::transpose(base, 1, 2);                         // (6, 50, 40) strided
   Tensor b = O::slice(O::randn({6, 50, 80}, g), 2, 0, 80, 2);  // step 2
   Tensor ac = O::contiguous(a), bc = O::contiguous(b);
   EXPECT_FALSE(a.is_contiguous());
@@ -157,7 +157,7 @@ TEST(Elementwise, InPlaceOpsAndVersionBumps) {
   int64_t v = a.version();
   O::add_(a, b, 0.5);  // 3, 4.5, 6
   EXPECT_EQ(vals(a), (std::vector<double>{3, 4.5, 6}));
-  O::mul_(a, 2.0);  // 6, 9, 12
+  O::mul_(a, 2.0);   // 6, 9, 12
   O::add_(a, -1.0);  // 5, 8, 11
   O::mul_(a, c);     // 10, 16, 44
   EXPECT_EQ(vals(a), (std::vector<double>{10, 16, 44}));

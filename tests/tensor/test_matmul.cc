@@ -76,10 +76,10 @@ TEST(Matmul, BatchDimsBroadcast) {
 
 TEST(Matmul, SlicedAndStridedOperandsMatchPyTorch) {
   LOOM_REQUIRE_TORCH_REF();
-  Tensor a = ops::narrow(gen({6, 10}, 14), 1, 2, 7);          // row stride 10
-  Tensor b = ops::slice(gen({14, 3}, 15), 0, 0, 14, 2);       // every other row
+  Tensor a = ops::narrow(gen({6, 10}, 14), 1, 2, 7);     // row stride 10
+  Tensor b = ops::slice(gen({14, 3}, 15), 0, 0, 14, 2);  // every other row
   expect_matches_ref(ops::matmul(a, b), "mm_sliced", kTol, kTol);
-  Tensor s = ops::slice(gen({5, 14}, 16), 1, 0, 14, 2);       // column stride 2: copied once
+  Tensor s = ops::slice(gen({5, 14}, 16), 1, 0, 14, 2);  // column stride 2: copied once
   expect_matches_ref(ops::matmul(s, gen({7, 3}, 17)), "mm_strided", kTol, kTol);
 }
 
@@ -102,20 +102,38 @@ TEST(Matmul, EveryDtypeMatchesPyTorch) {
 }
 
 TEST(Matmul, ShapeErrorsNameBothShapes) {
-  expect_error_mentions([] { ops::matmul(ops::zeros({2, 3}), ops::zeros({4, 5})); },
-                        {"matmul: inner dimensions differ: [2, 3] @ [4, 5]"});
-  expect_error_mentions([] { ops::matmul(ops::zeros({2, 2, 3}), ops::zeros({3, 3, 1})); },
-                        {"matmul", "[2, 2, 3]", "[3, 3, 1]"});
+  expect_error_mentions(
+      [] {
+        ops::matmul(ops::zeros({2, 3}), ops::zeros({4, 5}));
+      },
+      {"matmul: inner dimensions differ: [2, 3] @ [4, 5]"});
+  expect_error_mentions(
+      [] {
+        ops::matmul(ops::zeros({2, 2, 3}), ops::zeros({3, 3, 1}));
+      },
+      {"matmul", "[2, 2, 3]", "[3, 3, 1]"});
   expect_error_mentions([] { ops::matmul(ops::zeros({}), ops::zeros({3})); }, {"matmul", "[]", "[3]"});
-  expect_error_mentions([] { ops::matmul(ops::zeros({2, 3}), ops::zeros({3, 2}, DType::f64)); },
-                        {"matmul", "float32", "float64"});
-  expect_error_mentions([] { ops::linear(ops::zeros({2, 3}), ops::zeros({4, 5}), Tensor()); },
-                        {"linear", "[2, 3]", "[4, 5]"});
-  expect_error_mentions([] { ops::linear(ops::zeros({2, 3}), ops::zeros({4, 3}), ops::zeros({5})); },
-                        {"linear", "[5]", "[4, 3]"});
+  expect_error_mentions(
+      [] {
+        ops::matmul(ops::zeros({2, 3}), ops::zeros({3, 2}, DType::f64));
+      },
+      {"matmul", "float32", "float64"});
+  expect_error_mentions(
+      [] {
+        ops::linear(ops::zeros({2, 3}), ops::zeros({4, 5}), Tensor());
+      },
+      {"linear", "[2, 3]", "[4, 5]"});
+  expect_error_mentions(
+      [] {
+        ops::linear(ops::zeros({2, 3}), ops::zeros({4, 3}), ops::zeros({5}));
+      },
+      {"linear", "[5]", "[4, 3]"});
   Tensor out = ops::zeros({2, 2});
-  expect_error_mentions([&] { ops::gemm_(out, ops::zeros({2, 3}), ops::zeros({3, 4})); },
-                        {"gemm_", "[2, 2]", "[2, 3]", "[3, 4]"});
+  expect_error_mentions(
+      [&] {
+        ops::gemm_(out, ops::zeros({2, 3}), ops::zeros({3, 4}));
+      },
+      {"gemm_", "[2, 2]", "[2, 3]", "[3, 4]"});
 }
 
 TEST(Matmul, ManySmallBatchesMatchPerBatchProducts) {
@@ -150,8 +168,8 @@ TEST(Linear, MatchesPyTorchForEveryLayout) {
   Tensor v = ops::linear(gen({8}, 35), gen({5, 8}, 36), gen({5}, 37));
   EXPECT_EQ(v.sizes(), Shape({5}));
   expect_matches_ref(v, "linear_vec", kTol, kTol);
-  Tensor bf = ops::linear(gen({4, 8}, 38, 2.0, DType::bf16), gen({5, 8}, 39, 2.0, DType::bf16),
-                          gen({5}, 40, 2.0, DType::bf16));
+  Tensor bf =
+      ops::linear(gen({4, 8}, 38, 2.0, DType::bf16), gen({5, 8}, 39, 2.0, DType::bf16), gen({5}, 40, 2.0, DType::bf16));
   EXPECT_EQ(bf.dtype(), DType::bf16);
   expect_matches_ref(bf, "linear_bf16", 1e-2, 2e-2);
 }

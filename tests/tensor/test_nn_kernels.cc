@@ -86,8 +86,7 @@ TEST(LayerNorm, WithoutAffineAndInBf16MatchPyTorch) {
   EXPECT_FALSE(g.db.defined());
   expect_matches_ref(g.dx, "ln_noaffine_dx", 1e-4, 1e-5);
   Tensor w = ops::add(gen({16}, 10, 1.0), 1.0), b = gen({16}, 11, 0.5);
-  auto rb = ops::layer_norm(gen({4, 16}, 15, 2.0, DType::bf16), ops::to(w, DType::bf16), ops::to(b, DType::bf16),
-                            1e-5);
+  auto rb = ops::layer_norm(gen({4, 16}, 15, 2.0, DType::bf16), ops::to(w, DType::bf16), ops::to(b, DType::bf16), 1e-5);
   EXPECT_EQ(rb.y.dtype(), DType::bf16);
   EXPECT_EQ(rb.rstd.dtype(), DType::f32);
   expect_matches_ref(rb.y, "ln_bf16_y", 2e-2, 3e-2);
@@ -135,8 +134,11 @@ TEST(Embedding, OutOfRangeIndexNamesIndexPositionAndBound) {
   expect_error_mentions([&] { ops::embedding(w, idx); }, {"embedding", "index 12", "[1, 1]", "10"});
   Tensor neg = from_vector<int32_t>({-1}, {1});
   expect_error_mentions([&] { ops::embedding(w, neg); }, {"embedding", "index -1", "10"});
-  expect_error_mentions([&] { ops::embedding_backward(ops::zeros({2, 2, 4}), idx, 10); },
-                        {"embedding_backward", "index 12"});
+  expect_error_mentions(
+      [&] {
+        ops::embedding_backward(ops::zeros({2, 2, 4}), idx, 10);
+      },
+      {"embedding_backward", "index 12"});
 }
 
 TEST(CrossEntropy, LossLseAndGradientMatchPyTorchWithIgnoreIndex) {
@@ -184,10 +186,16 @@ TEST(CrossEntropy, AllRowsIgnoredGivesNaNLikePyTorch) {
 
 TEST(CrossEntropy, OutOfRangeTargetIsNamed) {
   Tensor lg = ops::zeros({3, 5});
-  expect_error_mentions([&] { ops::cross_entropy(lg, from_vector<int64_t>({0, 5, 1}, {3})); },
-                        {"cross_entropy", "target 5", "row 1", "5 classes"});
-  expect_error_mentions([&] { ops::cross_entropy(lg, from_vector<int64_t>({0, 1}, {2})); },
-                        {"cross_entropy", "[2]", "[3, 5]"});
+  expect_error_mentions(
+      [&] {
+        ops::cross_entropy(lg, from_vector<int64_t>({0, 5, 1}, {3}));
+      },
+      {"cross_entropy", "target 5", "row 1", "5 classes"});
+  expect_error_mentions(
+      [&] {
+        ops::cross_entropy(lg, from_vector<int64_t>({0, 1}, {2}));
+      },
+      {"cross_entropy", "[2]", "[3, 5]"});
 }
 
 TEST(Dropout, IsReproducibleFromTheSeed) {

@@ -67,8 +67,7 @@ std::vector<std::string> torch_reprs(const std::vector<std::string>& exprs) {
 TEST(Print, MatchesPyTorchForWrappedAndSummarisedTensors) {
   // Our dtype suffix spells dtypes without the "torch." prefix, so it is stripped from PyTorch's.
   auto want = torch_reprs({"torch.arange(0,30,dtype=torch.float32)/7",
-                           "torch.arange(0,2000,dtype=torch.float64).reshape(10,20,10)",
-                           "torch.arange(5000)",
+                           "torch.arange(0,2000,dtype=torch.float64).reshape(10,20,10)", "torch.arange(5000)",
                            "(torch.arange(0,12,dtype=torch.float32)/3-2).to(torch.bfloat16)"});
   if (want.size() != 4) GTEST_SKIP() << "/usr/bin/python3 has no torch; cannot compare against PyTorch";
   // 1-D wrapping across lines, fixed mode.

@@ -33,11 +33,18 @@ TEST(Views, WriteThroughViewIsSeenInBase) {
 TEST(Views, EveryViewOpSharesStorage) {
   Tensor t = iota({2, 3, 4});
   const Storage* s = t.storage().get();
-  std::vector<Tensor> vs = {O::view(t, {6, 4}),        O::reshape(t, {4, -1}),   O::permute(t, {2, 0, 1}),
-                            O::transpose(t, 0, 2),     O::narrow(t, 2, 1, 2),    O::slice(t, 1, 0, 3, 2),
-                            O::select(t, 1, -1),       O::expand(O::select(t, 0, 0), {5, 3, 4}),
-                            O::unsqueeze(t, 1),        O::squeeze(O::unsqueeze(t, 0), 0),
-                            O::flatten(t, 1),          O::split(t, 2, 2)[1],
+  std::vector<Tensor> vs = {O::view(t, {6, 4}),
+                            O::reshape(t, {4, -1}),
+                            O::permute(t, {2, 0, 1}),
+                            O::transpose(t, 0, 2),
+                            O::narrow(t, 2, 1, 2),
+                            O::slice(t, 1, 0, 3, 2),
+                            O::select(t, 1, -1),
+                            O::expand(O::select(t, 0, 0), {5, 3, 4}),
+                            O::unsqueeze(t, 1),
+                            O::squeeze(O::unsqueeze(t, 0), 0),
+                            O::flatten(t, 1),
+                            O::split(t, 2, 2)[1],
                             O::split_with_sizes(t, {1, 2}, 1)[1]};
   for (const auto& v : vs) EXPECT_EQ(v.storage().get(), s);
 }

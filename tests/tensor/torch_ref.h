@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -12,7 +13,6 @@
 #include <map>
 #include <sstream>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "tensor/ops.h"
@@ -84,9 +84,9 @@ class TorchRef {
   std::string why_;
 };
 
-#define LOOM_REQUIRE_TORCH_REF()                                           \
-  do {                                                                     \
-    if (!::loom::testing::TorchRef::get().available())                     \
+#define LOOM_REQUIRE_TORCH_REF()                                          \
+  do {                                                                    \
+    if (!::loom::testing::TorchRef::get().available())                    \
       GTEST_SKIP() << ::loom::testing::TorchRef::get().why_unavailable(); \
   } while (0)
 
@@ -120,8 +120,8 @@ void expect_error_mentions(F&& fn, const std::vector<std::string>& parts) {
 /// that CPU-only builds refuse it with Unsupported rather than touching it.
 inline Tensor fake_cuda_tensor(const Shape& sizes, DType dt = DType::f32) {
   static std::vector<char> backing(1 << 16);
-  auto storage = std::make_shared<Storage>(backing.data(), backing.size(), Device(DeviceType::kCUDA, 0), nullptr,
-                                           nullptr);
+  auto storage =
+      std::make_shared<Storage>(backing.data(), backing.size(), Device(DeviceType::kCUDA, 0), nullptr, nullptr);
   return Tensor(storage, sizes, contiguous_strides(sizes), 0, dt);
 }
 
