@@ -1,4 +1,4 @@
-// gtest main of test_parallel: every rank runs the same tests in the same
+// gtest main of test_parallel and test_checkpoint_mp: every rank runs the same tests in the same
 // order (they make collective calls), then the world group is torn down.
 #include <gtest/gtest.h>
 
