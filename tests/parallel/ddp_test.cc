@@ -20,12 +20,8 @@ namespace loom::parallel {
 namespace {
 
 using ptest::Family;
+using ptest::Run;
 using ptest::world;
-
-struct Run {
-  std::vector<double> losses, grad_norms;
-  nn::StateDict params;
-};
 
 /// Three AdamW steps with DDP over the world, each rank on rows(rank, W) of the global batch, split into `micro`
 /// micro-batches (loss / micro each) of which all but the last run under no_sync().
@@ -110,25 +106,17 @@ const ptest::Reference& replica_reference(Family f, int W, int micro, const ptes
 }
 
 /// Losses and gradient norms agree with whole-batch single-rank training, and the parameters with replica_reference,
-/// all within 1e-5. On more than two ranks the backend's ring all-reduce adds the ranks' gradients in an order that
-/// differs per chunk; the parameter check then runs again with rank_ordered_reduce, which adds them in the reference's
-/// order.
-void expect_matches_single_rank(Family f, DDPOptions opts, int micro = 1) {
+/// all within 1e-5 (ptest::expect_matches_single_rank; on more than two ranks again with rank_ordered_reduce).
+void expect_matches_single_rank(Family f, const DDPOptions& opts, int micro = 1) {
   SCOPED_TRACE(std::string(ptest::family_name(f)) + (opts.overlap ? "" : ", no overlap") +
                (micro > 1 ? ", " + std::to_string(micro) + " micro-batches" : ""));
-  const int W = world()->size();
-  const auto& whole = ptest::single_rank_reference(f);
-  const auto& replica = replica_reference(f, W, micro);
-  Run got = train_ddp(f, opts, micro);
-  ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss");
-  ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm");
-  if (W > 2 && !opts.rank_ordered_reduce) {
-    opts.rank_ordered_reduce = true;
-    got = train_ddp(f, opts, micro);
-    ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss (rank-ordered reduction)");
-    ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm (rank-ordered reduction)");
-  }
-  ptest::expect_state_near(got.params, replica.params, 1e-5);
+  auto train = [&](bool rank_ordered) {
+    DDPOptions o = opts;
+    o.rank_ordered_reduce = rank_ordered;
+    return train_ddp(f, o, micro);
+  };
+  ptest::expect_matches_single_rank(train, opts.rank_ordered_reduce, ptest::single_rank_reference(f),
+                                    replica_reference(f, world()->size(), micro));
 }
 
 TEST(DDP, GPT2MatchesSingleRankAfterThreeSteps) { expect_matches_single_rank(Family::kGPT2, {}); }

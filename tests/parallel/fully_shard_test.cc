@@ -20,12 +20,8 @@ namespace loom::parallel {
 namespace {
 
 using ptest::Family;
+using ptest::Run;
 using ptest::world;
-
-struct Run {
-  std::vector<double> losses, grad_norms;
-  nn::StateDict params;
-};
 
 /// Three AdamW steps with FSDP over `group`, each rank on rows(part, parts) of the global batch.
 Run train_fsdp(Family f, const FullyShardOptions& opts, std::shared_ptr<collectives::ProcessGroup> group = nullptr,
@@ -49,23 +45,18 @@ Run train_fsdp(Family f, const FullyShardOptions& opts, std::shared_ptr<collecti
 }
 
 /// Losses and gradient norms agree with whole-batch single-rank training and the parameters with block-wise single-rank
-/// training, all within 1e-5. On more than two ranks the backend's ring reduce-scatter adds the ranks' gradients in an
-/// order that differs per chunk (two terms commute, so two ranks are exact); the parameter check then runs again with
-/// GradReduce::kRankOrdered, which adds them in the reference's order.
-void expect_matches_single_rank(Family f, FullyShardOptions opts) {
+/// training, all within 1e-5 (ptest::expect_matches_single_rank; on more than two ranks again with
+/// GradReduce::kRankOrdered — two terms commute, so two ranks are exact).
+void expect_matches_single_rank(Family f, const FullyShardOptions& opts) {
   SCOPED_TRACE(ptest::family_name(f));
-  const auto& whole = ptest::single_rank_reference(f);
-  const auto& blockwise = ptest::single_rank_reference(f, {}, world()->size());
-  Run got = train_fsdp(f, opts);
-  ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss");
-  ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm");
-  if (world()->size() > 2 && opts.grad_reduce != GradReduce::kRankOrdered) {
-    opts.grad_reduce = GradReduce::kRankOrdered;
-    got = train_fsdp(f, opts);
-    ptest::expect_values_near(got.losses, whole.losses, 1e-5, "loss (rank-ordered reduction)");
-    ptest::expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm (rank-ordered reduction)");
-  }
-  ptest::expect_state_near(got.params, blockwise.params, 1e-5);
+  auto train = [&](bool rank_ordered) {
+    FullyShardOptions o = opts;
+    if (rank_ordered) o.grad_reduce = GradReduce::kRankOrdered;
+    return train_fsdp(f, o);
+  };
+  ptest::expect_matches_single_rank(train, opts.grad_reduce == GradReduce::kRankOrdered,
+                                    ptest::single_rank_reference(f),
+                                    ptest::single_rank_reference(f, {}, world()->size()));
 }
 
 TEST(FullyShard, GPT2MatchesSingleRankAfterThreeSteps) { expect_matches_single_rank(Family::kGPT2, {}); }

@@ -158,6 +158,19 @@ void expect_values_near(const std::vector<double>& got, const std::vector<double
     EXPECT_NEAR(got[i], want[i], rtol * std::abs(want[i])) << what << " at step " << i;
 }
 
+void expect_matches_single_rank(const std::function<Run(bool rank_ordered)>& train, bool already_rank_ordered,
+                                const Reference& whole, const Reference& params_ref) {
+  Run got = train(already_rank_ordered);
+  expect_values_near(got.losses, whole.losses, 1e-5, "loss");
+  expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm");
+  if (world()->size() > 2 && !already_rank_ordered) {
+    got = train(true);
+    expect_values_near(got.losses, whole.losses, 1e-5, "loss (rank-ordered reduction)");
+    expect_values_near(got.grad_norms, whole.grad_norms, 1e-5, "grad norm (rank-ordered reduction)");
+  }
+  expect_state_near(got.params, params_ref.params, 1e-5);
+}
+
 double group_mean(collectives::ProcessGroup& g, double v) {
   Tensor t = ops::full({1}, v, DType::f64);
   g.allreduce(t, {collectives::ReduceOp::kAvg})->wait();

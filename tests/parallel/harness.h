@@ -5,6 +5,7 @@
 // every parallel layout must reproduce.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,11 +52,13 @@ struct TrainConfig {
   double clip_norm = 0.5;  // small enough that clipping is active on these models
 };
 
-struct Reference {
+/// What a training run yields: the single-rank references and the runs under test alike.
+struct Run {
   std::vector<double> losses;      // per step, before the update
   std::vector<double> grad_norms;  // per step, before clipping
   nn::StateDict params;            // after the last step, by Hugging Face name
 };
+using Reference = Run;
 /// Single-rank training on the global batches (computed once per family/config/blocks).
 /// blocks > 1: each step's gradient is accumulated over `blocks` row blocks in
 /// order (loss of block r scaled by 1/blocks) instead of one pass over the whole
@@ -76,6 +79,14 @@ void expect_state_near(const nn::StateDict& got, const nn::StateDict& want, doub
 /// Step-by-step |got - want| <= rtol * |want|.
 void expect_values_near(const std::vector<double>& got, const std::vector<double>& want, double rtol,
                         const std::string& what);
+
+/// The data-parallel check of DDP and FSDP: train(false) — or train(true) when already_rank_ordered — gives losses
+/// and gradient norms of `whole` (whole-batch single-rank training) within 1e-5. On more than two ranks the backend's
+/// ring reduction adds the ranks' gradients in an order that differs per chunk, so the run is repeated with the
+/// wrapper's rank-ordered reduction (train(true)) and checked the same way; the parameters of the last run must equal
+/// `params_ref` (single-rank training that adds in that order) within 1e-5.
+void expect_matches_single_rank(const std::function<Run(bool rank_ordered)>& train, bool already_rank_ordered,
+                                const Reference& whole, const Reference& params_ref);
 
 /// Average of a scalar over a group (e.g. the loss of each data-parallel rank).
 double group_mean(collectives::ProcessGroup& g, double v);

@@ -210,21 +210,17 @@ void expect_placements_and_gather(Family f) {
   }
 }
 
-struct TpRun {
-  std::vector<double> losses, grad_norms;
-  nn::StateDict params;
-};
-
 /// The reduction the exact comparisons use: on two ranks the plain all-reduce already adds in a fixed order (a + b =
 /// b + a), on four the rank-ordered sum makes every backend add as the one-rank replay does.
 TpReduce exact_reduce(int tp_size) { return tp_size <= 2 ? TpReduce::kAllreduce : TpReduce::kRankOrdered; }
 
 /// Three AdamW steps of the converted model on the full global batch (every tp rank sees the same rows).
-TpRun train_tp(Family f, const std::shared_ptr<collectives::ProcessGroup>& tp, const ptest::TrainConfig& cfg = {}) {
+ptest::Run train_tp(Family f, const std::shared_ptr<collectives::ProcessGroup>& tp,
+                    const ptest::TrainConfig& cfg = {}) {
   auto model = ptest::tiny_model(f);
   tensor_parallelize(*model, tp, {exact_reduce(tp->size())});
   nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), cfg.lr, cfg.weight_decay), nn::AdamWOptions{});
-  TpRun out;
+  ptest::Run out;
   for (int step = 0; step < cfg.steps; ++step) {
     ptest::Batch b = ptest::global_batch(step);
     opt.zero_grad();
@@ -241,7 +237,7 @@ TpRun train_tp(Family f, const std::shared_ptr<collectives::ProcessGroup>& tp, c
 void expect_training_matches_single_rank(Family f) {
   const int W = world()->size();
   const auto& ref = ptest::single_rank_reference(f);
-  TpRun run = train_tp(f, world());
+  ptest::Run run = train_tp(f, world());
   ptest::expect_values_near(run.losses, ref.losses, 1e-5, "loss");
   ptest::expect_values_near(run.grad_norms, ref.grad_norms, 1e-5, "grad norm");
   // The parameters against single-rank training that adds in the order W tp ranks do (see tp_order_reference); on
