@@ -12,6 +12,7 @@
 
 #include "collectives/reduce.h"
 #include "tensor/logging.h"
+#include "tensor/ops.h"
 
 namespace loom::collectives {
 
@@ -320,6 +321,19 @@ std::shared_ptr<Work> ProcessGroup::allreduce(Tensor t, const AllreduceOptions& 
   check_tensor("allreduce", t);
   check_reduce("allreduce", t, o.op);
   const ReduceOp op = o.op;
+  if (o.rank_ordered && size_ > 1) {
+    LOOM_CHECK(op == ReduceOp::kSum || op == ReduceOp::kAvg, "allreduce: rank_ordered supports sum and avg, not ",
+               reduce_op_name(op));
+    return enqueue(
+        "allreduce", t, -1, true, o.timeout,
+        [this, t, op](Millis to) mutable {
+          Tensor flat = ops::reshape(t, {t.numel()});
+          Tensor parts = empty({size_ * t.numel()}, t.dtype());
+          backend_->all_gather(parts, flat, to);
+          detail::ordered_sum(flat, parts, size_, op == ReduceOp::kAvg ? 1.0 / size_ : 1.0);
+        },
+        std::string(", ") + reduce_op_name(op) + ", rank-ordered");
+  }
   const bool native = backend_->handles_half_and_avg();
   return enqueue(
       "allreduce", t, -1, true, o.timeout,
@@ -343,6 +357,18 @@ std::shared_ptr<Work> ProcessGroup::reduce_scatter(Tensor out, Tensor in, const 
   LOOM_CHECK(in.numel() == out.numel() * size_, "reduce_scatter: in has ", in.numel(), " elements, expected size ",
              size_, " x out ", out.numel(), " = ", out.numel() * size_);
   const ReduceOp op = o.op;
+  if (o.rank_ordered && size_ > 1) {
+    LOOM_CHECK(op == ReduceOp::kSum || op == ReduceOp::kAvg, "reduce_scatter: rank_ordered supports sum and avg, not ",
+               reduce_op_name(op));
+    return enqueue(
+        "reduce_scatter", in, -1, true, o.timeout,
+        [this, out, in, op](Millis to) mutable {
+          Tensor parts = empty({in.numel()}, in.dtype());  // chunk r: rank r's contribution to this rank's chunk
+          backend_->all_to_all(parts, in, to);
+          detail::ordered_sum(out, parts, size_, op == ReduceOp::kAvg ? 1.0 / size_ : 1.0);
+        },
+        std::string(", ") + reduce_op_name(op) + ", rank-ordered");
+  }
   const bool native = backend_->handles_half_and_avg();
   return enqueue(
       "reduce_scatter", in, -1, true, o.timeout,

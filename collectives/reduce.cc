@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+
+#include "tensor/ops.h"
 
 namespace loom::collectives::detail {
 
@@ -42,6 +45,27 @@ void scale_inplace(Tensor& t, double s) {
     float* p = static_cast<float*>(t.data_ptr());
     const float fs = static_cast<float>(s);
     for (int64_t i = 0; i < n; ++i) p[i] *= fs;
+  }
+}
+
+void ordered_sum(Tensor& out, const Tensor& parts, int w, double scale) {
+  const int64_t n = out.numel();
+  LOOM_CHECK(parts.numel() == w * n && parts.dtype() == out.dtype(), "ordered_sum: ", parts.numel(), " ",
+             dtype_name(parts.dtype()), " elements for ", w, " parts of ", n, " ", dtype_name(out.dtype()));
+  LOOM_CHECK_T(Unsupported, out.device().is_cpu() && parts.device().is_cpu(),
+               "rank-ordered reductions run on host tensors; got a tensor on ", out.device().str());
+  const bool half = out.dtype() == DType::f16 || out.dtype() == DType::bf16;
+  Tensor acc = half ? half_to_f32(ops::narrow(parts, 0, 0, n)) : ops::clone(ops::narrow(parts, 0, 0, n));
+  for (int r = 1; r < w; ++r) {
+    Tensor part = ops::narrow(parts, 0, r * n, n);
+    if (half) part = half_to_f32(part);
+    reduce_into(acc.data_ptr(), part.data_ptr(), static_cast<size_t>(n), acc.dtype(), ReduceOp::kSum);
+  }
+  if (scale != 1.0) scale_inplace(acc, scale);
+  if (half) {
+    f32_to_half(acc, out);
+  } else {
+    std::memcpy(out.data_ptr(), acc.data_ptr(), out.nbytes());
   }
 }
 

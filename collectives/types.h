@@ -18,10 +18,16 @@ const char* reduce_op_name(ReduceOp op);
 struct AllreduceOptions {
   ReduceOp op = ReduceOp::kSum;
   Millis timeout{0};
+  /// kSum/kAvg only: add the ranks' contributions in rank order (gather them all, then add 0, 1, 2, … on every
+  /// rank), so the result is the same bits on every backend, algorithm and rank — what comparisons with single-rank
+  /// training need. Costs a W-times buffer and W-1 times the traffic of a ring; host tensors only.
+  bool rank_ordered = false;
 };
 struct ReduceScatterOptions {
   ReduceOp op = ReduceOp::kSum;
   Millis timeout{0};
+  /// As AllreduceOptions::rank_ordered (an all_to_all, then the chunks added in rank order).
+  bool rank_ordered = false;
 };
 struct AllGatherOptions {
   Millis timeout{0};

@@ -30,8 +30,7 @@ struct DdpBucket {
   DType dtype = DType::f32;
   std::vector<size_t> slots;  // indices into DdpState::slots, in buffer order
   int64_t numel = 0;
-  Tensor flat;      // (numel,) the gradients in transit
-  Tensor gathered;  // (W * numel,) rank_ordered_reduce only
+  Tensor flat;  // (numel,) the gradients in transit
   std::shared_ptr<collectives::Work> work;
   size_t pending = 0;  // slots not ready in the current pass
 };
@@ -103,11 +102,10 @@ void DdpState::fill_slot(DdpSlot& s, const Tensor& grad) {
 void DdpState::launch_ready() {
   while (next_launch < buckets.size() && buckets[next_launch].pending == 0) {
     DdpBucket& b = buckets[next_launch++];
-    if (opts.rank_ordered_reduce) {
-      b.work = group->all_gather(b.gathered, b.flat);
-    } else {
-      b.work = group->allreduce(b.flat, {collectives::ReduceOp::kAvg});
-    }
+    collectives::AllreduceOptions ao;
+    ao.op = collectives::ReduceOp::kAvg;
+    ao.rank_ordered = opts.rank_ordered_reduce;
+    b.work = group->allreduce(b.flat, ao);
     if (!opts.overlap) timed_wait(*b.work);
   }
 }
@@ -181,16 +179,9 @@ void DdpState::finalize() {
       used_work = group->allreduce(used, {collectives::ReduceOp::kMax});
     }
 
-    const int W = group->size();
     for (DdpBucket& b : buckets) {
       timed_wait(*b.work);
       b.work.reset();
-      if (opts.rank_ordered_reduce) {
-        // Rank order, then one division: the order single-rank accumulation of the ranks' micro-batches adds in.
-        ops::copy_(b.flat, ops::narrow(b.gathered, 0, 0, b.numel));
-        for (int r = 1; r < W; ++r) ops::add_(b.flat, ops::narrow(b.gathered, 0, r * b.numel, b.numel));
-        if (W > 1) ops::mul_(b.flat, 1.0 / W);
-      }
     }
     if (used_work) timed_wait(*used_work);
 
@@ -324,10 +315,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
     b.slots.push_back(k);
     open_bytes[dt] += bytes;
   }
-  const int W = st->group->size();
   for (auto& b : st->buckets) {
     b.flat = ops::zeros({b.numel}, b.dtype);
-    if (opts.rank_ordered_reduce) b.gathered = ops::zeros({W * b.numel}, b.dtype);
     b.pending = b.slots.size();
   }
 

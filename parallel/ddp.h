@@ -27,10 +27,11 @@ struct DDPOptions {
   /// false: wait on each bucket's all-reduce right after launching it (no overlap; the benchmark baseline).
   bool overlap = true;
   /// false: each bucket is averaged by the group's allreduce (the backend's algorithm; on more than two ranks a ring
-  /// adds the ranks' gradients in an order that differs per chunk). true: each bucket is all-gathered and the ranks'
-  /// gradients added in rank order, then divided by the group size: the result does not depend on the backend and, for
-  /// power-of-two groups, equals bit for bit accumulating the ranks' micro-batches in rank order on one rank. Costs W
-  /// times the bucket's memory while it reduces. For reproducibility tests.
+  /// adds the ranks' gradients in an order that differs per chunk). true: each bucket is all-reduced with
+  /// AllreduceOptions::rank_ordered (the ranks' gradients added in rank order, then divided by the group size): the
+  /// result does not depend on the backend and, for power-of-two groups, equals bit for bit accumulating the ranks'
+  /// micro-batches in rank order on one rank. Costs W times the bucket's memory while it reduces. For reproducibility
+  /// tests.
   bool rank_ordered_reduce = false;
   /// true: after a synced pass each parameter's .grad is a view into its bucket's flat buffer (PyTorch's
   /// gradient_as_bucket_view): the all-reduce averages .grad in place, saving one copy of every gradient per step, and

@@ -141,13 +141,11 @@ void FsdpState::reduce(size_t gi) {
   }
   if (g.padded > g.numel) ops::zero_(ops::narrow(flat, 0, g.numel, g.padded - g.numel));
   g.rs_in = flat;
-  if (opts.grad_reduce == GradReduce::kRankOrdered) {
-    g.rs_out = empty({g.padded}, rdt, compute);  // chunk k: rank k's gradient for this rank's shard
-    g.rs_work = pg->all_to_all(g.rs_out, g.rs_in);
-  } else {
-    g.rs_out = empty({g.shard_numel}, rdt, compute);
-    g.rs_work = pg->reduce_scatter(g.rs_out, g.rs_in, {collectives::ReduceOp::kAvg});
-  }
+  g.rs_out = empty({g.shard_numel}, rdt, compute);
+  collectives::ReduceScatterOptions ro;
+  ro.op = collectives::ReduceOp::kAvg;
+  ro.rank_ordered = opts.grad_reduce == GradReduce::kRankOrdered;
+  g.rs_work = pg->reduce_scatter(g.rs_out, g.rs_in, ro);
   g.reduced = true;
   if (!opts.overlap) g.rs_work->wait();
   drain_completed();
@@ -167,7 +165,7 @@ void FsdpState::finish_backward() {
 void FsdpState::accumulate(FlatGroup& g) {
   autograd::NoGradGuard no_grad;
   g.rs_work->wait();
-  Tensor r = ops::to(ops::to(reduced_shard(g), DType::f32), shard_device);
+  Tensor r = ops::to(ops::to(g.rs_out, DType::f32), shard_device);
   Tensor cur = g.shard.grad();
   if (!cur.defined()) {
     g.shard.set_grad(r);
@@ -183,16 +181,6 @@ void FsdpState::accumulate(FlatGroup& g) {
 void FsdpState::drain_completed() {
   for (auto& g : groups)
     if (g.rs_work && g.rs_work->is_completed()) accumulate(g);
-}
-
-Tensor FsdpState::reduced_shard(const FlatGroup& g) const {
-  if (opts.grad_reduce != GradReduce::kRankOrdered) return g.rs_out;
-  const DType acc = g.rs_out.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor sum = ops::clone(ops::to(ops::narrow(g.rs_out, 0, 0, g.shard_numel), acc));
-  for (int k = 1; k < world; ++k)
-    ops::add_(sum, ops::to(ops::narrow(g.rs_out, 0, k * g.shard_numel, g.shard_numel), acc));
-  ops::mul_(sum, 1.0 / world);
-  return sum;
 }
 
 void FsdpState::abandon_backward() {

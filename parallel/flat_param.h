@@ -143,10 +143,6 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   /// reductions in flight only, not of every unit.
   void drain_completed();
 
-  /// The averaged gradient shard of g once its collective finished: the reduce-scatter's output, or for kRankOrdered
-  /// the sum of the W received chunks in rank order (f32 accumulation for half dtypes) over W.
-  Tensor reduced_shard(const FlatGroup& g) const;
-
   /// A backward pass that failed midway: drop its partial state.
   void abandon_backward();
 

@@ -30,8 +30,9 @@ enum class GradReduce {
   /// The group's reduce_scatter (average): the backend's algorithm (a ring on gloo and MPI), whose order of addition
   /// differs from chunk to chunk.
   kReduceScatter,
-  /// An all_to_all of the chunks (the same bytes on the wire as a ring reduce-scatter, a full-size receive buffer),
-  /// then each rank adds the W chunks in rank order and divides by W. The result does not depend on the backend and,
+  /// The reduce_scatter with ReduceScatterOptions::rank_ordered: an all_to_all of the chunks (the same bytes on the
+  /// wire as a ring reduce-scatter, a full-size receive buffer), then each rank adds the W chunks in rank order and
+  /// divides by W. The result does not depend on the backend and,
   /// for W a power of two, equals bit for bit accumulating the ranks' micro-batch gradients in rank order on one rank
   /// (loss / W per micro-batch) — what exact comparisons with single-rank training need, since AdamW turns last-bit
   /// differences of near-zero gradients into visible parameter differences.

@@ -74,16 +74,9 @@ std::shared_ptr<ProcessGroup> checked_group(std::shared_ptr<ProcessGroup> tp, co
 void tp_sum_(const Tensor& t, ProcessGroup& tp, TpReduce reduce) {
   LOOM_CHECK(t.is_contiguous(), "tp_sum_: expected a contiguous tensor, got shape ", shape_str(t.sizes()));
   if (tp.size() == 1) return;
-  if (reduce == TpReduce::kAllreduce) {
-    tp.allreduce(t)->wait();
-    return;
-  }
-  std::vector<Tensor> parts;
-  for (int r = 0; r < tp.size(); ++r) parts.push_back(ops::empty_like(t));
-  tp.all_gather(parts, t)->wait();
-  Tensor acc = parts[0];
-  for (int r = 1; r < tp.size(); ++r) acc = ops::add(acc, parts[r]);
-  ops::copy_(t, acc);
+  collectives::AllreduceOptions o;
+  o.rank_ordered = reduce == TpReduce::kRankOrdered;
+  tp.allreduce(t, o)->wait();
 }
 
 Tensor copy_to_tp(const Tensor& x, ProcessGroup& tp, TpReduce reduce) {

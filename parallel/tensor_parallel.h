@@ -26,7 +26,8 @@ namespace loom::parallel {
 enum class TpReduce {
   /// The group's all-reduce: the backend's algorithm, whose order of addition can differ by element and by backend.
   kAllreduce,
-  /// All-gather, then every rank adds the parts in rank order, ((p0 + p1) + p2) + ...: the same bits on every backend
+  /// AllreduceOptions::rank_ordered: all-gather, then every rank adds the parts in rank order, ((p0 + p1) + p2) + ...,
+  /// in f32 for 16-bit dtypes: the same bits on every backend
   /// and reproducible on one rank, at tp times the receive volume. On two ranks both give the same bits (a + b = b +
   /// a).
   kRankOrdered,

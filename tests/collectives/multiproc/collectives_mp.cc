@@ -87,6 +87,33 @@ int main(int argc, char** argv) {
     bool rsok = true;
     for (int64_t j = 0; j < c; ++j) rsok &= rs[j] == n * static_cast<double>(rank * c + j) + n * (n - 1) / 2.0;
     expect(rsok, "reduce_scatter f64", rank);
+    // Rank-ordered allreduce (avg) and reduce_scatter (sum), f32 values that cancel so the order of addition shows in
+    // the bits (on 3+ ranks a ring adds in another order): every rank must get ((v0 + v1) + v2) + ... exactly.
+    {
+      const int64_t m = 257;
+      auto value = [](int r, int64_t i) {  // +big, small, -big, small, …: big + small rounds to big in f32
+        if (r % 2) return static_cast<float>(1 + i % 3);
+        return static_cast<float>((r % 4 == 0 ? 1.0e8 : -1.0e8) * static_cast<double>(1 + i % 7));
+      };
+      std::vector<float> mine(m * n), want_ar(m * n), want_rs(m);
+      for (int64_t i = 0; i < m * n; ++i) {
+        mine[i] = value(rank, i);
+        float acc = value(0, i);
+        for (int r = 1; r < n; ++r) acc += value(r, i);
+        want_ar[i] = acc * (1.0f / static_cast<float>(n));
+      }
+      for (int64_t j = 0; j < m; ++j) {
+        float acc = value(0, rank * m + j);
+        for (int r = 1; r < n; ++r) acc += value(r, rank * m + j);
+        want_rs[j] = acc;
+      }
+      Tensor ar = from_vector(mine, {m * n});
+      pg->allreduce(ar, {.op = ReduceOp::kAvg, .rank_ordered = true})->wait();
+      expect(ar.to_vector<float>() == want_ar, "rank-ordered allreduce avg f32, bit for bit", rank);
+      Tensor rso = from_vector(std::vector<float>(m, 0.f), {m});
+      pg->reduce_scatter(rso, from_vector(mine, {m * n}), {.op = ReduceOp::kSum, .rank_ordered = true})->wait();
+      expect(rso.to_vector<float>() == want_rs, "rank-ordered reduce_scatter sum f32, bit for bit", rank);
+    }
     // broadcast from the last rank, then a barrier.
     Tensor b = from_vector(std::vector<float>(9, static_cast<float>(rank)), {9});
     pg->broadcast(b, {.root = n - 1})->wait();
