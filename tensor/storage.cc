@@ -42,13 +42,6 @@ void reset_peak_memory_stats(Device device) {
   c.peak.store(c.allocated.load());
 }
 
-namespace detail {
-CudaAllocatorHooks& cuda_hooks() {
-  static CudaAllocatorHooks h;
-  return h;
-}
-}  // namespace detail
-
 Storage::Storage(size_t nbytes, Device device) : device_(device) { allocate(nbytes); }
 
 void Storage::allocate(size_t nbytes) {

