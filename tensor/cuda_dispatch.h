@@ -30,17 +30,17 @@ enum class UnaryOp : uint8_t {
   kRelu,
   kSin,
   kCos,
-  kGelu,         // exact (erf)
-  kGeluTanh,     // tanh approximation
+  kGelu,      // exact (erf)
+  kGeluTanh,  // tanh approximation
   kSilu,
-  kAddScalar,    // x + s0
-  kMulScalar,    // x * s0
-  kPowScalar,    // x ^ s0
-  kRsubScalar,   // s0 - x
-  kRdivScalar,   // s0 / x
-  kClamp,        // min(max(x, s0), s1)
-  kGtScalar,     // x > s0 (u8)
-  kLtScalar,     // x < s0 (u8)
+  kAddScalar,   // x + s0
+  kMulScalar,   // x * s0
+  kPowScalar,   // x ^ s0
+  kRsubScalar,  // s0 - x
+  kRdivScalar,  // s0 / x
+  kClamp,       // min(max(x, s0), s1)
+  kGtScalar,    // x > s0 (u8)
+  kLtScalar,    // x < s0 (u8)
 };
 
 /// In-place updates of `a` (optimizers, gradient accumulation).
@@ -53,8 +53,8 @@ enum class TernaryOp : uint8_t {
 
 /// Reductions over the middle dim of a contiguous (O, R, I) input into a contiguous (O, I) output.
 enum class ReduceOp : uint8_t {
-  kSum,   // floating: accumulated in f32 (f64 for f64), times `scale` (mean passes 1/R); integers: i64 out
-  kMax,   // NaN propagates
+  kSum,  // floating: accumulated in f32 (f64 for f64), times `scale` (mean passes 1/R); integers: i64 out
+  kMax,  // NaN propagates
 };
 
 /// The CUDA kernels. Every tensor argument lives on one CUDA device (the op has
@@ -103,7 +103,8 @@ struct CudaKernels {
   void (*linear)(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias,
                  const Tensor& gelu_pre) = nullptr;
 
-  // ---------------------------------------------------------------- neural-network kernels (rows of a contiguous (N, D))
+  // ---------------------------------------------------------------- neural-network kernels (rows of a contiguous (N,
+  // D))
   /// y = softmax(x) or log_softmax(x) along D.
   void (*softmax)(const Tensor& y, const Tensor& x, bool log) = nullptr;
   /// dx from dy and the forward output y.
@@ -132,7 +133,8 @@ struct CudaKernels {
   /// dlogits (N, V) = scale * (softmax - onehot) for counted rows, 0 for ignored; scale = grad_loss / count
   /// read from the 0-dim grad_loss on the device (no host sync).
   void (*cross_entropy_backward)(const Tensor& dlogits, const Tensor& grad_loss, const Tensor& logits,
-                                 const Tensor& target, const Tensor& lse, int64_t count, int64_t ignore_index) = nullptr;
+                                 const Tensor& target, const Tensor& lse, int64_t count,
+                                 int64_t ignore_index) = nullptr;
   /// y = x * mask / (1-p), mask u8 drawn from the Philox stream (seed, offset) exactly as the CPU
   /// kernel draws it, so a seed gives the same mask on either device.
   void (*dropout)(const Tensor& y, const Tensor& mask, const Tensor& x, double p, uint64_t seed,

@@ -23,20 +23,19 @@ namespace loom::cuda_detail {
 }  // namespace loom::cuda_detail
 
 /// Throws loom::Error naming the call and the CUDA error when `expr` fails.
-#define LOOM_CUDA_CHECK(expr)                                                          \
-  do {                                                                                 \
-    cudaError_t loom_cuda_err_ = (expr);                                               \
-    if (loom_cuda_err_ != cudaSuccess)                                                 \
+#define LOOM_CUDA_CHECK(expr)                                                           \
+  do {                                                                                  \
+    cudaError_t loom_cuda_err_ = (expr);                                                \
+    if (loom_cuda_err_ != cudaSuccess)                                                  \
       ::loom::cuda_detail::throw_cuda_error(loom_cuda_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 /// After a <<<...>>> launch: throws naming the kernel when the launch failed.
-#define LOOM_CUDA_LAUNCH_CHECK(kernel_name)                                                   \
-  do {                                                                                        \
-    cudaError_t loom_cuda_err_ = cudaGetLastError();                                          \
-    if (loom_cuda_err_ != cudaSuccess)                                                        \
-      ::loom::cuda_detail::throw_cuda_error(loom_cuda_err_, "launch of " kernel_name, __FILE__, \
-                                            __LINE__);                                        \
+#define LOOM_CUDA_LAUNCH_CHECK(kernel_name)                                                                \
+  do {                                                                                                     \
+    cudaError_t loom_cuda_err_ = cudaGetLastError();                                                       \
+    if (loom_cuda_err_ != cudaSuccess)                                                                     \
+      ::loom::cuda_detail::throw_cuda_error(loom_cuda_err_, "launch of " kernel_name, __FILE__, __LINE__); \
   } while (0)
 
 namespace loom::cuda_detail {
