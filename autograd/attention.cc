@@ -1,7 +1,11 @@
 // Fused causal / grouped-query scaled-dot-product attention on CPU: one
 // FunctionNode whose forward runs per (batch, head) S = q k^T * scale, mask,
 // softmax, P v with BLAS, and saves only q, k, v, out and the per-row
-// log-sum-exp; backward recomputes P from them (flash-attention style).
+// log-sum-exp; backward recomputes P from them (flash-attention style). CUDA
+// tensors go to the kernel table's flash-attention entries the same way
+// (sdpa_route in autograd/attention.h says which path runs).
+#include "autograd/attention.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -9,6 +13,8 @@
 #include <limits>
 
 #include "autograd/functions.h"
+#include "tensor/cuda/attention_plan.h"
+#include "tensor/cuda_dispatch.h"
 #include "tensor/parallel.h"
 
 namespace loom {
@@ -232,7 +238,51 @@ Tensor sdpa_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool is_
   return matmul(probs, vv);
 }
 
+/// The CUDA flash-attention entries as one FunctionNode: forward saves q, k, v
+/// (in the compute dtype ct), out and lse (B, H, T) f32; backward recomputes P by tiles.
+Tensor sdpa_cuda_fused(const Tensor& q, const Tensor& k, const Tensor& v, const SdpaShape& sh, DType ct) {
+  const char* op = "scaled_dot_product_attention";
+  const detail::CudaKernels& kernels = detail::cuda_kernels(op, q);
+  auto forward = detail::need(kernels.sdpa_forward, op, q);
+  auto backward = detail::need(kernels.sdpa_backward, op, q);
+  Tensor qc = ops::contiguous(ops::to(q, ct)), kc = ops::contiguous(ops::to(k, ct)),
+         vc = ops::contiguous(ops::to(v, ct));
+  Tensor oc = empty({sh.B, sh.H, sh.T, sh.D}, ct, q.device());
+  Tensor lse = empty({sh.B, sh.H, sh.T}, DType::f32, q.device());
+  {
+    NoGradGuard no_grad;
+    forward(oc, lse, qc, kc, vc, sh.scale, sh.causal);
+  }
+  Tensor out = ops::to(oc, q.dtype());
+  if (autograd::any_requires_grad({q, k, v})) {
+    SavedTensor Q(qc), K(kc), V(vc), O(oc), L(lse);
+    autograd::record("ScaledDotProductAttentionBackward", {q, k, v}, {out}, [=](const std::vector<Tensor>& g) {
+      Tensor qq = Q.unpack(op), kk = K.unpack(op), vv = V.unpack(op), oo = O.unpack(op), ll = L.unpack(op);
+      Tensor dout = ops::contiguous(ops::to(g[0], ct));
+      Tensor dq = empty(qq.sizes(), ct, qq.device()), dk = empty(kk.sizes(), ct, kk.device()),
+             dv = empty(vv.sizes(), ct, vv.device());
+      backward(dq, dk, dv, dout, qq, kk, vv, oo, ll, sh.scale, sh.causal);
+      return std::vector<Tensor>{dq, dk, dv};
+    });
+  }
+  return out;
+}
+
 }  // namespace
+
+namespace detail {
+
+SdpaRoute sdpa_route(Device device, DType q, DType k, DType v, int64_t head_dim, double dropout_p) {
+  const bool any_f64 = q == DType::f64 || k == DType::f64 || v == DType::f64;
+  if (device.is_cpu()) return {SdpaPath::kCpuFused, any_f64 ? DType::f64 : DType::f32};
+  const DType ct = q == k && q == v ? q : DType::f32;
+  if (device.is_cuda() && dropout_p == 0.0 && !any_f64 && cuda_detail::sdpa_head_dim_supported(head_dim) &&
+      cuda_detail::sdpa_dtype_supported(ct))
+    return {SdpaPath::kCudaFused, ct};
+  return {SdpaPath::kComposed, ct};
+}
+
+}  // namespace detail
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal, double dropout_p,
                                     bool training, Generator& gen) {
@@ -263,15 +313,17 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                1.0 / std::sqrt(static_cast<double>(q.size(3))),
                is_causal,
                training ? dropout_p : 0.0};
-  if (!q.device().is_cpu()) return sdpa_composed(q, k, v, is_causal, dropout_p, training, gen, sh);
+  const detail::SdpaRoute route = detail::sdpa_route(q.device(), q.dtype(), k.dtype(), v.dtype(), sh.D, sh.p);
+  if (route.path == detail::SdpaPath::kComposed) return sdpa_composed(q, k, v, is_causal, dropout_p, training, gen, sh);
+  if (route.path == detail::SdpaPath::kCudaFused) return sdpa_cuda_fused(q, k, v, sh, route.compute);
   if (sh.p > 0) {
     sh.seed = gen.seed();
     sh.offset = gen.advance(static_cast<uint64_t>((sh.B * sh.H * sh.T * sh.S + 3) / 4));
   }
 
   // Compute in f64 when any input is f64, else in f32 (bf16/f16 are converted).
-  const bool f64 = q.dtype() == DType::f64 || k.dtype() == DType::f64 || v.dtype() == DType::f64;
-  const DType ct = f64 ? DType::f64 : DType::f32;
+  const DType ct = route.compute;
+  const bool f64 = ct == DType::f64;
   Tensor qc = ops::contiguous(ops::to(q, ct)), kc = ops::contiguous(ops::to(k, ct)),
          vc = ops::contiguous(ops::to(v, ct));
   Tensor oc = empty({sh.B, sh.H, sh.T, sh.D}, ct);

@@ -5,9 +5,12 @@
 
 namespace loom::detail {
 
+void register_attention(CudaKernels& kernels);
+
 void register_cuda_backend(CudaAllocatorHooks& hooks, CudaKernels& kernels) {
   (void)hooks;
   (void)kernels;
+  register_attention(kernels);
 }
 
 }  // namespace loom::detail
