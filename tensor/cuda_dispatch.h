@@ -109,12 +109,13 @@ struct CudaKernels {
   void (*softmax)(const Tensor& y, const Tensor& x, bool log) = nullptr;
   /// dx from dy and the forward output y.
   void (*softmax_backward)(const Tensor& dx, const Tensor& dy, const Tensor& y, bool log) = nullptr;
-  /// Layer norm (rms = false; b may be undefined) or RMS norm (mean undefined); mean, rstd (N) f32;
-  /// w may be undefined. When `residual` is defined, x is first replaced by x + residual and that
-  /// sum is written to `sum_out` (fused residual add + norm).
+  /// Layer norm (rms = false; b may be undefined) or RMS norm (mean undefined); mean, rstd (N) f32
+  /// (f64 for f64 x); w may be undefined; w and b both of x's dtype or both of the statistics'.
+  /// When `residual` is defined, x is first replaced by x + residual and that sum is written to
+  /// `sum_out` (fused residual add + norm).
   void (*norm_forward)(const Tensor& y, const Tensor& mean, const Tensor& rstd, const Tensor& x, const Tensor& w,
                        const Tensor& b, double eps, bool rms, const Tensor& residual, const Tensor& sum_out) = nullptr;
-  /// dx (N, D); dw, db (D) f32 or undefined when not wanted.
+  /// dx (N, D); dw, db (D) f32 (f64 for f64 x) or undefined when not wanted.
   void (*norm_backward)(const Tensor& dx, const Tensor& dw, const Tensor& db, const Tensor& dy, const Tensor& x,
                         const Tensor& w, const Tensor& mean, const Tensor& rstd, bool rms) = nullptr;
   /// out (N, C) = weight (V, C) rows at idx (N) i64/i32. Out-of-range indices are reported by
@@ -126,8 +127,8 @@ struct CudaKernels {
   /// Returns the first i with idx[i] outside [0, limit) and != skip, or -1 (synchronises: reads one
   /// value on the host). Used by embedding, index_select and cross_entropy for their errors.
   int64_t (*index_check)(const Tensor& idx, int64_t limit, int64_t skip) = nullptr;
-  /// Fused log-softmax + NLL over logits (N, V): lse (N) f32, row_loss (N) f32 (0 where target ==
-  /// ignore_index); never materialises the probabilities.
+  /// Fused log-softmax + NLL over logits (N, V): lse (N) f32, row_loss (N) f32 (f64 for f64 logits;
+  /// 0 where target == ignore_index); never materialises the probabilities.
   void (*cross_entropy)(const Tensor& row_loss, const Tensor& lse, const Tensor& logits, const Tensor& target,
                         int64_t ignore_index) = nullptr;
   /// dlogits (N, V) = scale * (softmax - onehot) for counted rows, 0 for ignored; scale = grad_loss / count
@@ -139,7 +140,7 @@ struct CudaKernels {
   /// kernel draws it, so a seed gives the same mask on either device.
   void (*dropout)(const Tensor& y, const Tensor& mask, const Tensor& x, double p, uint64_t seed,
                   uint64_t offset) = nullptr;
-  /// Rotary embedding of x (B, H, T, D) with cos/sin (T, D/2); see ops::rope.
+  /// Rotary embedding of x (B, H, T, D) with cos/sin (T, D/2) f32 (f64 for f64 x); see ops::rope.
   void (*rope)(const Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) = nullptr;
   /// out = t gathered along dim at index (i64, 1-D); out contiguous with t's dims, dim resized.
   void (*index_select)(const Tensor& out, const Tensor& t, int64_t dim, const Tensor& index) = nullptr;

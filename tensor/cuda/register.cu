@@ -6,11 +6,13 @@
 namespace loom::detail {
 
 void register_attention(CudaKernels& kernels);
+void register_nn_kernels(CudaKernels& kernels);
 
 void register_cuda_backend(CudaAllocatorHooks& hooks, CudaKernels& kernels) {
   (void)hooks;
   (void)kernels;
   register_attention(kernels);
+  register_nn_kernels(kernels);
 }
 
 }  // namespace loom::detail
