@@ -1,11 +1,14 @@
 // CPU matrix products on OpenBLAS: matmul (PyTorch semantics), linear and gemm_.
 // A row-major or column-major (transposed-view) operand goes to cblas_?gemm
 // as it lies, with the matching transpose flag; anything else is copied once.
-// bf16/f16 run in f32; integer dtypes use a plain loop.
+// bf16/f16 run in f32; integer dtypes use a plain loop. CUDA tensors go, after
+// the same checks, to the kernel table's bmm / linear (tensor/cuda/matmul.cu):
+// batched and broadcast products as one strided-batched call on 3-D views.
 #include <cblas.h>
 
 #include <type_traits>
 
+#include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -150,17 +153,88 @@ void matmul_typed(const Tensor& a, const Tensor& b, const Tensor& out, const Sha
   }
 }
 
+/// t's trailing (rows, cols) matrices over the broadcast `batch` as a 3-D (nbatch, rows, cols)
+/// view for the CUDA bmm: the batch dims folded into one stride (0 when broadcast) when their
+/// strides allow, else a contiguous copy of t expanded to the batch. A matrix that is neither
+/// row- nor column-major is copied first.
+Tensor batch3(const Tensor& t, const Shape& batch, int64_t rows, int64_t cols) {
+  Tensor m = blas_layout(rows, cols, t.stride(-2), t.stride(-1)) ? t : contiguous(t);
+  const Shape st = batch_strides(m, 2, batch);
+  int64_t s = 0, mult = 1;
+  bool set = false, linear = true;
+  for (int64_t d = static_cast<int64_t>(batch.size()) - 1; d >= 0; --d) {
+    if (batch[d] == 1) continue;
+    if (!set) {
+      s = st[d];
+      set = true;
+    } else if (st[d] != s * mult) {
+      linear = false;
+    }
+    mult *= batch[d];
+  }
+  if (!linear) {
+    Shape full = batch;
+    full.push_back(rows);
+    full.push_back(cols);
+    m = contiguous(expand(m, full));
+    s = rows * cols;
+  }
+  return Tensor(m.storage(), {shape_numel(batch), rows, cols}, {s, m.stride(-2), m.stride(-1)}, m.storage_offset(),
+                m.dtype());
+}
+
+/// A contiguous (rows, cols) tensor as the 3-D (1, rows, cols) view bmm writes.
+Tensor out3(const Tensor& out, int64_t nbatch, int64_t rows, int64_t cols) {
+  return Tensor(out.storage(), {nbatch, rows, cols}, {rows * cols, cols, 1}, out.storage_offset(), out.dtype());
+}
+
+/// matmul on CUDA into the contiguous out: one (nbatch*M, K) @ (K, N) product when b is shared
+/// and a's batch dims fold into its rows (as on the cpu), else a strided-batched product.
+using BmmFn = decltype(detail::CudaKernels::bmm);
+void matmul_cuda(BmmFn bmm, const Tensor& a, const Tensor& b, const Tensor& out, const Shape& batch, int64_t M,
+                 int64_t N, int64_t K) {
+  const Tensor a2 = a.dim() == 1 ? unsqueeze(a, 0) : a;  // (..., M, K)
+  const Tensor b2 = b.dim() == 1 ? unsqueeze(b, 1) : b;  // (..., K, N)
+  const int64_t nbatch = shape_numel(batch);
+  if (nbatch > 1 && b2.dim() == 2 && folds_into(a2, a2.dim() - 2)) {
+    auto la = blas_layout(nbatch * M, K, a2.stride(-2), a2.stride(-1));
+    if (la && !la->trans) {
+      const Tensor af(a2.storage(), {1, nbatch * M, K}, {0, a2.stride(-2), a2.stride(-1)}, a2.storage_offset(),
+                      a2.dtype());
+      bmm(out3(out, 1, nbatch * M, N), af, batch3(b2, {}, K, N), 1.0, 0.0);
+      return;
+    }
+  }
+  bmm(out3(out, nbatch, M, N), batch3(a2, batch, M, K), batch3(b2, batch, K, N), 1.0, 0.0);
+}
+
+/// linear on CUDA: x as a contiguous (rows, in) matrix, the bias in the cuBLASLt epilogue.
+Tensor linear_cuda(const Tensor& x, const Tensor& w, const Tensor& b, const char* op) {
+  const auto lin = detail::need(detail::cuda_kernels(op, x).linear, op, x);
+  const int64_t in = x.size(-1), out_f = w.size(0);
+  Shape out_sizes(x.sizes().begin(), x.sizes().end() - 1);
+  out_sizes.push_back(out_f);
+  Tensor out = empty(out_sizes, x.dtype(), x.device());
+  if (out.numel() == 0) return out;
+  const int64_t rows = out.numel() / out_f;
+  lin(reshape(out, {rows, out_f}), reshape(contiguous(x), {rows, in}), contiguous(w),
+      b.defined() ? contiguous(b) : Tensor(), Tensor());
+  return out;
+}
+
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
   const char* op = "matmul";
   check_same_device(op, a, b);
-  detail::check_cpu(op, a);
   check_same_dtype(op, a, b);
   check_matmul_dtype(op, a.dtype());
   LOOM_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both operands need at least 1 dim, got ", shape_str(a.sizes()),
              " @ ", shape_str(b.sizes()));
-  if (is_half(a.dtype())) return to(matmul(to(a, DType::f32), to(b, DType::f32)), a.dtype());
+  const bool cuda = a.device().is_cuda();
+  // The table first: a CUDA tensor where there is no backend throws before anything is allocated.
+  const BmmFn bmm = cuda ? detail::need(detail::cuda_kernels(op, a).bmm, op, a) : nullptr;
+  if (!cuda && is_half(a.dtype())) return to(matmul(to(a, DType::f32), to(b, DType::f32)), a.dtype());
   const bool a_vec = a.dim() == 1, b_vec = b.dim() == 1;
   const int64_t M = a_vec ? 1 : a.size(-2);
   const int64_t K = a.size(-1);
@@ -174,7 +248,11 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Shape out_sizes = batch;
   if (!a_vec) out_sizes.push_back(M);
   if (!b_vec) out_sizes.push_back(N);
-  Tensor out = empty(out_sizes, a.dtype());
+  Tensor out = empty(out_sizes, a.dtype(), a.device());
+  if (cuda) {
+    if (out.numel() > 0) matmul_cuda(bmm, a, b, out, batch, M, N, K);
+    return out;
+  }
   LOOM_DISPATCH_ALL(a.dtype(), op, [&] {
     if constexpr (!std::is_same_v<scalar_t, Half> && !std::is_same_v<scalar_t, BFloat16> &&
                   !std::is_same_v<scalar_t, uint8_t>) {
@@ -188,7 +266,6 @@ void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha, do
   const char* op = "gemm_";
   check_same_device(op, a, b);
   check_same_device(op, out, a);
-  detail::check_cpu(op, a);
   check_same_dtype(op, a, b);
   check_same_dtype(op, out, a);
   check_matmul_dtype(op, a.dtype());
@@ -198,7 +275,8 @@ void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha, do
   LOOM_CHECK(b.size(0) == K, "gemm_: inner dimensions differ: ", shape_str(a.sizes()), " @ ", shape_str(b.sizes()));
   LOOM_CHECK(out.size(0) == M && out.size(1) == N, "gemm_: out has shape ", shape_str(out.sizes()), " but ",
              shape_str(a.sizes()), " @ ", shape_str(b.sizes()), " is ", shape_str({M, N}));
-  if (is_half(a.dtype())) {
+  const bool cuda = a.device().is_cuda();
+  if (!cuda && is_half(a.dtype())) {
     Tensor o32 = beta == 0 ? empty({M, N}, DType::f32) : to(contiguous(out), DType::f32);
     gemm_(o32, to(a, DType::f32), to(b, DType::f32), alpha, beta);
     copy_(out, o32);
@@ -207,6 +285,15 @@ void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha, do
   const bool out_ok = (N <= 1 || out.stride(1) == 1) && (M <= 1 || out.stride(0) >= std::max<int64_t>(N, 1));
   LOOM_CHECK(out_ok, "gemm_: out of shape ", shape_str(out.sizes()), " must be row-major (strides ",
              shape_str(out.strides()), "); pass a contiguous tensor");
+  if (cuda) {
+    const auto bmm = detail::need(detail::cuda_kernels(op, a).bmm, op, a);
+    // bmm writes a contiguous out; a row-major out with padded rows goes through a copy.
+    Tensor o = out.is_contiguous() ? out : (beta == 0 ? empty({M, N}, out.dtype(), out.device()) : contiguous(out));
+    bmm(out3(o, 1, M, N), batch3(a, {}, M, K), batch3(b, {}, K, N), alpha, beta);
+    if (!o.is_same(out)) copy_(out, o);
+    out.bump_version();
+    return;
+  }
   const int64_t ldc = M <= 1 ? std::max<int64_t>(N, 1) : out.stride(0);
   auto la = blas_layout(M, K, a.stride(0), a.stride(1));
   auto lb = blas_layout(K, N, b.stride(0), b.stride(1));
@@ -227,7 +314,6 @@ void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha, do
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   const char* op = "linear";
   check_same_device(op, x, w);
-  detail::check_cpu(op, x);
   check_same_dtype(op, x, w);
   check_matmul_dtype(op, x.dtype());
   LOOM_CHECK(x.dim() >= 1 && w.dim() == 2, "linear: expected x (..., in) and weight (out, in), got x ",
@@ -241,6 +327,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     LOOM_CHECK(b.dim() == 1 && b.size(0) == out_f, "linear: bias ", shape_str(b.sizes()), " does not match weight ",
                shape_str(w.sizes()), " (expected [", out_f, "])");
   }
+  if (x.device().is_cuda()) return linear_cuda(x, w, b, op);
   if (is_half(x.dtype())) {
     return to(linear(to(x, DType::f32), to(w, DType::f32), b.defined() ? to(b, DType::f32) : Tensor()), x.dtype());
   }

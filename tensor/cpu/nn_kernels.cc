@@ -1,7 +1,9 @@
 // CPU neural-network kernels: softmax / log_softmax and their backward, layer
 // and RMS norm, embedding, fused cross-entropy, dropout and rotary embedding.
 // Each is a row-wise loop parallel over rows; rows of 16-bit floats are
-// widened to f32 in a per-thread buffer, f64 rows are computed in f64.
+// widened to f32 in a per-thread buffer, f64 rows are computed in f64. CUDA
+// tensors go, after the same checks, to the kernel table's entries
+// (tensor/cuda/{softmax,norm,embedding,cross_entropy,dropout_rope}.cu).
 // FP comparisons may then be if-converted into selects, which lets the loops
 // around fast_expf vectorise; loom never reads floating-point exception flags.
 #pragma GCC optimize("no-trapping-math")
@@ -11,6 +13,7 @@
 #include <type_traits>
 
 #include "tensor/cpu/vec_math.h"
+#include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -18,8 +21,10 @@
 namespace loom::ops {
 namespace {
 
-using detail::check_cpu;
 using detail::exp_acc;
+
+/// The CUDA kernel table for op on t (throws Unsupported where there is none).
+const detail::CudaKernels& cuda(const char* op, const Tensor& t) { return detail::cuda_kernels(op, t); }
 
 /// Rows per task so that a task touches about kElementwiseGrain elements.
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kElementwiseGrain / std::max<int64_t>(cols, 1)); }
@@ -150,7 +155,6 @@ void softmax_row(const A* x, A* y, int64_t D, SoftmaxKind kind) {
 }
 
 Tensor softmax_impl(const Tensor& t, int64_t dim, SoftmaxKind kind, const char* op) {
-  check_cpu(op, t);
   LOOM_CHECK(is_floating(t.dtype()), op, ": input of shape ", shape_str(t.sizes()), " has dtype ",
              dtype_name(t.dtype()), "; expected a floating dtype");
   const int64_t nd = t.dim();
@@ -158,6 +162,12 @@ Tensor softmax_impl(const Tensor& t, int64_t dim, SoftmaxKind kind, const char* 
   if (nd > 0 && dim != nd - 1) {
     Tensor y = softmax_impl(contiguous(move_dim(t, dim, true)), -1, kind, op);
     return contiguous(move_dim(y, dim, false));
+  }
+  if (t.device().is_cuda()) {
+    const auto kernel = detail::need(cuda(op, t).softmax, op, t);
+    Tensor y = empty(t.sizes(), t.dtype(), t.device());
+    kernel(y, contiguous(t), kind == SoftmaxKind::kLogSoftmax);
+    return y;
   }
   Tensor x = contiguous(t);
   Tensor y = empty(t.sizes(), t.dtype());
@@ -172,7 +182,6 @@ Tensor softmax_impl(const Tensor& t, int64_t dim, SoftmaxKind kind, const char* 
 
 Tensor softmax_backward_impl(const Tensor& grad, const Tensor& y, int64_t dim, SoftmaxKind kind, const char* op) {
   check_same_device(op, grad, y);
-  check_cpu(op, y);
   check_same_dtype(op, grad, y);
   LOOM_CHECK(grad.sizes() == y.sizes(), op, ": grad ", shape_str(grad.sizes()), " and output ", shape_str(y.sizes()),
              " shapes differ");
@@ -183,6 +192,12 @@ Tensor softmax_backward_impl(const Tensor& grad, const Tensor& y, int64_t dim, S
     Tensor dx =
         softmax_backward_impl(contiguous(move_dim(grad, dim, true)), contiguous(move_dim(y, dim, true)), -1, kind, op);
     return contiguous(move_dim(dx, dim, false));
+  }
+  if (y.device().is_cuda()) {
+    const auto kernel = detail::need(cuda(op, y).softmax_backward, op, y);
+    Tensor dx = empty(y.sizes(), y.dtype(), y.device());
+    kernel(dx, contiguous(grad), contiguous(y), kind == SoftmaxKind::kLogSoftmax);
+    return dx;
   }
   Tensor g = contiguous(grad), yc = contiguous(y);
   Tensor dx = empty(y.sizes(), y.dtype());
@@ -205,16 +220,31 @@ Tensor softmax_backward_impl(const Tensor& grad, const Tensor& y, int64_t dim, S
   return dx;
 }
 
+/// Checks a (C) parameter (weight or bias, may be undefined) against the input x.
+void check_param(const Tensor& p, int64_t C, const char* op, const char* what, const Tensor& x) {
+  if (!p.defined()) return;
+  check_same_device(op, x, p);
+  LOOM_CHECK(p.dim() == 1 && p.size(0) == C, op, ": ", what, " has shape ", shape_str(p.sizes()), " but the input ",
+             shape_str(x.sizes()), " needs [", C, "]");
+}
+
 /// (C) parameter as a contiguous vector in the accumulation type A (empty when undefined).
 template <typename A>
 std::vector<A> param_vector(const Tensor& p, int64_t C, const char* op, const char* what, const Tensor& x) {
   if (!p.defined()) return {};
-  check_same_device(op, x, p);
-  LOOM_CHECK(p.dim() == 1 && p.size(0) == C, op, ": ", what, " has shape ", shape_str(p.sizes()), " but the input ",
-             shape_str(x.sizes()), " needs [", C, "]");
+  check_param(p, C, op, what, x);
   Tensor c = contiguous(to(p, DTypeOf<A>::value));
   const A* d = c.data<A>();
   return std::vector<A>(d, d + C);
+}
+
+/// Weight and bias for the CUDA norm kernels: contiguous, both of x's dtype when they have it,
+/// else both converted to the statistics dtype (the CPU loops compute with them in that dtype).
+std::pair<Tensor, Tensor> cuda_params(const Tensor& w, const Tensor& b, const Tensor& x) {
+  const bool same = (!w.defined() || w.dtype() == x.dtype()) && (!b.defined() || b.dtype() == x.dtype());
+  const DType dt = same ? x.dtype() : stat_dtype(x.dtype());
+  auto prep = [&](const Tensor& p) { return p.defined() ? contiguous(to(p, dt)) : Tensor(); };
+  return {prep(w), prep(b)};
 }
 
 /// Number of row chunks (at most one per thread) for a per-chunk-partials loop.
@@ -241,7 +271,6 @@ Tensor reduce_partials(const std::vector<A>& part, int64_t chunks, int64_t C, DT
 }
 
 void check_norm_input(const char* op, const Tensor& x) {
-  check_cpu(op, x);
   LOOM_CHECK(x.dim() >= 1 && is_floating(x.dtype()), op, ": expected a floating input with at least 1 dim, got ",
              dtype_name(x.dtype()), " ", shape_str(x.sizes()));
 }
@@ -256,16 +285,40 @@ std::string index_position(int64_t flat, const Shape& sizes) {
   return shape_str(pos);
 }
 
-/// Reads indices (i64 or i32) as i64 and checks each is in [0, V).
-std::vector<int64_t> checked_indices(const Tensor& indices, int64_t V, const char* op) {
+void check_index_dtype(const Tensor& indices, const char* op) {
   LOOM_CHECK(indices.dtype() == DType::i64 || indices.dtype() == DType::i32, op, ": indices of shape ",
              shape_str(indices.sizes()), " have dtype ", dtype_name(indices.dtype()), "; expected int64 or int32");
+}
+
+[[noreturn]] void throw_bad_index(const char* op, int64_t value, int64_t flat, const Tensor& indices, int64_t V) {
+  LOOM_THROW(InvalidArgument, op, ": index ", value, " at position ", index_position(flat, indices.sizes()),
+             " of indices ", shape_str(indices.sizes()), " is out of range for a table of ", V,
+             " rows (expected 0 <= index < ", V, ")");
+}
+
+/// Reads indices (i64 or i32) as i64 and checks each is in [0, V).
+std::vector<int64_t> checked_indices(const Tensor& indices, int64_t V, const char* op) {
+  check_index_dtype(indices, op);
   std::vector<int64_t> idx = indices.to_vector<int64_t>();
-  for (size_t i = 0; i < idx.size(); ++i) {
-    LOOM_CHECK(idx[i] >= 0 && idx[i] < V, op, ": index ", idx[i], " at position ",
-               index_position(static_cast<int64_t>(i), indices.sizes()), " of indices ", shape_str(indices.sizes()),
-               " is out of range for a table of ", V, " rows (expected 0 <= index < ", V, ")");
-  }
+  for (size_t i = 0; i < idx.size(); ++i)
+    if (idx[i] < 0 || idx[i] >= V) throw_bad_index(op, idx[i], static_cast<int64_t>(i), indices, V);
+  return idx;
+}
+
+/// Element `flat` of a contiguous index tensor on any device, read on the host (an error path).
+int64_t index_at(const Tensor& idx, int64_t flat) {
+  return narrow(reshape(idx, {-1}), 0, flat, 1).to_vector<int64_t>()[0];
+}
+
+/// CUDA: the indices contiguous on the device, checked to lie in [0, V) by the kernel table's
+/// index_check (one host sync), with the CPU's error naming the first index outside.
+Tensor cuda_checked_indices(const Tensor& indices, int64_t V, const char* op) {
+  check_index_dtype(indices, op);
+  const auto check = detail::need(cuda(op, indices).index_check, op, indices);
+  Tensor idx = contiguous(indices);
+  // With V = 0 every index is out of range; else skip = 0 lies inside [0, V), so none is exempt.
+  const int64_t bad = V == 0 ? (idx.numel() > 0 ? 0 : -1) : check(idx, V, 0);
+  if (bad >= 0) throw_bad_index(op, index_at(idx, bad), bad, indices, V);
   return idx;
 }
 
@@ -291,6 +344,18 @@ NormResult norm_forward(const Tensor& x, const Tensor& w, const Tensor& b, doubl
   check_norm_input(op, x);
   const int64_t C = x.size(-1);
   const int64_t rows = C == 0 ? 0 : x.numel() / C;
+  if (x.device().is_cuda()) {
+    const auto kernel = detail::need(cuda(op, x).norm_forward, op, x);
+    check_param(w, C, op, "weight", x);
+    check_param(b, C, op, "bias", x);
+    const auto [wc, bc] = cuda_params(w, b, x);
+    NormResult res;
+    res.y = empty(x.sizes(), x.dtype(), x.device());
+    if (!rms) res.mean = empty({rows}, stat_dtype(x.dtype()), x.device());
+    res.rstd = empty({rows}, stat_dtype(x.dtype()), x.device());
+    kernel(res.y, res.mean, res.rstd, contiguous(x), wc, bc, eps, rms, Tensor(), Tensor());
+    return res;
+  }
   Tensor xc = contiguous(x);
   NormResult res;
   res.y = empty(x.sizes(), x.dtype());
@@ -343,6 +408,20 @@ NormGrads norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   Tensor xc = contiguous(x), dyc = contiguous(dy);
   Tensor rs_t = contiguous(to(rstd, sd));
   Tensor mu_t = mean.defined() ? contiguous(to(mean, sd)) : Tensor();
+  if (x.device().is_cuda()) {
+    const auto kernel = detail::need(cuda(op, x).norm_backward, op, x);
+    check_param(w, C, op, "weight", x);
+    const Tensor wc = cuda_params(w, Tensor(), x).first;
+    NormGrads g;
+    g.dx = empty(x.sizes(), x.dtype(), x.device());
+    Tensor dw = w.defined() ? empty({C}, sd, x.device()) : Tensor();
+    Tensor db = has_bias ? empty({C}, sd, x.device()) : Tensor();
+    kernel(g.dx, dw, db, dyc, xc, wc, mu_t, rs_t, /*rms=*/!mean.defined());
+    const DType pd = w.defined() ? w.dtype() : x.dtype();
+    if (dw.defined()) g.dw = to(dw, pd);
+    if (db.defined()) g.db = to(db, pd);
+    return g;
+  }
   NormGrads g;
   g.dx = empty(x.sizes(), x.dtype());
   const bool want_dw = w.defined();
@@ -429,9 +508,17 @@ NormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, 
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
   const char* op = "embedding";
   check_same_device(op, weight, indices);
-  check_cpu(op, weight);
   LOOM_CHECK(weight.dim() == 2, "embedding: weight must be (V, C), got ", shape_str(weight.sizes()));
   const int64_t V = weight.size(0), C = weight.size(1);
+  if (weight.device().is_cuda()) {
+    const auto kernel = detail::need(cuda(op, weight).embedding, op, weight);
+    const Tensor idx = cuda_checked_indices(indices, V, op);
+    Shape out_sizes = indices.sizes();
+    out_sizes.push_back(C);
+    Tensor out = empty(out_sizes, weight.dtype(), weight.device());
+    kernel(out, weight.stride(1) == 1 || C <= 1 ? weight : contiguous(weight), idx);
+    return out;
+  }
   const std::vector<int64_t> idx = checked_indices(indices, V, op);
   Shape out_sizes = indices.sizes();
   out_sizes.push_back(C);
@@ -452,13 +539,19 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights) {
   const char* op = "embedding_backward";
   check_same_device(op, grad, indices);
-  check_cpu(op, grad);
   LOOM_CHECK(grad.dim() >= 1 && is_floating(grad.dtype()), op, ": grad must be floating (..., C), got ",
              dtype_name(grad.dtype()), " ", shape_str(grad.sizes()));
   const int64_t C = grad.size(-1);
   LOOM_CHECK(grad.numel() == indices.numel() * C, op, ": grad ", shape_str(grad.sizes()), " does not match indices ",
              shape_str(indices.sizes()), " (expected indices' shape + [C])");
   LOOM_CHECK(num_weights >= 0, op, ": num_weights must be >= 0, got ", num_weights);
+  if (grad.device().is_cuda()) {
+    const auto kernel = detail::need(cuda(op, grad).embedding_backward, op, grad);
+    const Tensor idx = cuda_checked_indices(indices, num_weights, op);
+    Tensor out = zeros({num_weights, C}, grad.dtype(), grad.device());
+    kernel(out, contiguous(grad), idx);
+    return out;
+  }
   const std::vector<int64_t> idx = checked_indices(indices, num_weights, op);
   const int64_t n = static_cast<int64_t>(idx.size());
   Tensor gc = contiguous(grad);
@@ -504,7 +597,6 @@ namespace {
 
 void check_ce_inputs(const char* op, const Tensor& logits, const Tensor& target, int64_t ignore_index) {
   check_same_device(op, logits, target);
-  check_cpu(op, logits);
   LOOM_CHECK(logits.dim() == 2 && is_floating(logits.dtype()), op, ": logits must be floating (N, V), got ",
              dtype_name(logits.dtype()), " ", shape_str(logits.sizes()));
   LOOM_CHECK(target.dim() == 1 && target.size(0) == logits.size(0), op, ": target ", shape_str(target.sizes()),
@@ -514,12 +606,16 @@ void check_ce_inputs(const char* op, const Tensor& logits, const Tensor& target,
   (void)ignore_index;
 }
 
+[[noreturn]] void throw_bad_target(const char* op, int64_t value, int64_t row, int64_t V, int64_t ignore_index) {
+  LOOM_THROW(InvalidArgument, op, ": target ", value, " at row ", row, " is out of range for ", V,
+             " classes (expected 0 <= target < ", V, ", or ignore_index ", ignore_index, ")");
+}
+
 std::vector<int64_t> checked_targets(const char* op, const Tensor& target, int64_t V, int64_t ignore_index) {
   std::vector<int64_t> t = target.to_vector<int64_t>();
   for (size_t i = 0; i < t.size(); ++i)
-    LOOM_CHECK(t[i] == ignore_index || (t[i] >= 0 && t[i] < V), op, ": target ", t[i], " at row ", i,
-               " is out of range for ", V, " classes (expected 0 <= target < ", V, ", or ignore_index ", ignore_index,
-               ")");
+    if (t[i] != ignore_index && (t[i] < 0 || t[i] >= V))
+      throw_bad_target(op, t[i], static_cast<int64_t>(i), V, ignore_index);
   return t;
 }
 
@@ -529,6 +625,27 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& target, int
   const char* op = "cross_entropy";
   check_ce_inputs(op, logits, target, ignore_index);
   const int64_t N = logits.size(0), V = logits.size(1);
+  if (logits.device().is_cuda()) {
+    const detail::CudaKernels& k = cuda(op, logits);
+    const auto kernel = detail::need(k.cross_entropy, op, logits);
+    const auto check = detail::need(k.index_check, op, target);
+    const Tensor tg = contiguous(target);
+    // Host sync 1 of 2: targets outside [0, V) (other than ignore_index) throw the CPU's error.
+    const int64_t bad = check(tg, V, ignore_index);
+    if (bad >= 0) throw_bad_target(op, index_at(tg, bad), bad, V, ignore_index);
+    const DType sd = stat_dtype(logits.dtype());
+    CrossEntropyResult res;
+    res.lse = empty({N}, sd, logits.device());
+    Tensor row_loss = empty({N}, sd, logits.device());
+    kernel(row_loss, res.lse, contiguous(logits), tg, ignore_index);
+    // Host sync 2 of 2: the rows that count, summed on the device and read once (the result
+    // carries the count on the host for the backward's scale).
+    res.count =
+        static_cast<int64_t>(sum(ne(tg, full({}, static_cast<double>(ignore_index), tg.dtype(), tg.device()))).item());
+    // Mean over counted rows; with none counted this is 0 * inf = nan, as PyTorch gives.
+    res.loss = to(mul(sum(row_loss), 1.0 / static_cast<double>(res.count)), logits.dtype());
+    return res;
+  }
   const std::vector<int64_t> tg = checked_targets(op, target, V, ignore_index);
   Tensor lc = contiguous(logits);
   CrossEntropyResult res;
@@ -578,6 +695,15 @@ Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, con
   LOOM_CHECK(grad_loss.numel() == 1, op, ": grad_loss must hold one value, got shape ", shape_str(grad_loss.sizes()));
   const int64_t N = logits.size(0), V = logits.size(1);
   LOOM_CHECK(lse.defined() && lse.numel() == N, op, ": saved lse does not match logits ", shape_str(logits.sizes()));
+  if (logits.device().is_cuda()) {
+    // No target check here (it would cost a host sync per step): the forward checked the same
+    // targets, and the kernel reads nothing outside a row whatever a target holds.
+    const auto kernel = detail::need(cuda(op, logits).cross_entropy_backward, op, logits);
+    Tensor dx = empty(logits.sizes(), logits.dtype(), logits.device());
+    kernel(dx, grad_loss, contiguous(logits), contiguous(target), contiguous(to(lse, stat_dtype(logits.dtype()))),
+           count, ignore_index);
+    return dx;
+  }
   const std::vector<int64_t> tg = checked_targets(op, target, V, ignore_index);
   Tensor lc = contiguous(logits);
   Tensor lse_c = contiguous(to(lse, stat_dtype(logits.dtype())));
@@ -605,15 +731,24 @@ Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, con
 
 std::pair<Tensor, Tensor> dropout(const Tensor& x, double p, Generator& gen) {
   const char* op = "dropout";
-  check_cpu(op, x);
   LOOM_CHECK(p >= 0.0 && p < 1.0, "dropout: p must be in [0, 1), got ", p);
   LOOM_CHECK(is_floating(x.dtype()), "dropout: input of shape ", shape_str(x.sizes()), " has dtype ",
              dtype_name(x.dtype()), "; expected a floating dtype");
+  const int64_t n = x.numel();
+  const int64_t nblocks = (n + 3) / 4;
+  if (x.device().is_cuda()) {
+    const auto kernel = detail::need(cuda(op, x).dropout, op, x);
+    Tensor y = empty(x.sizes(), x.dtype(), x.device());
+    Tensor mask = empty(x.sizes(), DType::u8, x.device());
+    Tensor xc = contiguous(x);
+    // The same draw as below (tensor/philox.h on the device): the same seed gives the same mask.
+    const uint64_t start = gen.advance(static_cast<uint64_t>(nblocks));
+    kernel(y, mask, xc, p, gen.seed(), start);
+    return {y, mask};
+  }
   Tensor xc = contiguous(x);
   Tensor y = empty(x.sizes(), x.dtype());
   Tensor mask = empty(x.sizes(), DType::u8);
-  const int64_t n = x.numel();
-  const int64_t nblocks = (n + 3) / 4;
   // Element i uses word i % 4 of Philox block (start + i / 4): independent of threads.
   const uint64_t start = gen.advance(static_cast<uint64_t>(nblocks));
   const uint64_t seed = gen.seed();
@@ -647,7 +782,6 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse)
   const char* op = "rope";
   check_same_device(op, x, cos);
   check_same_device(op, x, sin);
-  check_cpu(op, x);
   LOOM_CHECK(x.dim() >= 2 && is_floating(x.dtype()), "rope: x must be floating (..., T, D), got ",
              dtype_name(x.dtype()), " ", shape_str(x.sizes()));
   const int64_t T = x.size(-2), D = x.size(-1), H = D / 2;
@@ -655,6 +789,13 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse)
   LOOM_CHECK(cos.sizes() == Shape({T, H}) && sin.sizes() == Shape({T, H}), "rope: cos ", shape_str(cos.sizes()),
              " and sin ", shape_str(sin.sizes()), " must both be (T, D/2) = ", shape_str({T, H}), " for x ",
              shape_str(x.sizes()));
+  if (x.device().is_cuda()) {
+    const auto kernel = detail::need(cuda(op, x).rope, op, x);
+    const DType sd = stat_dtype(x.dtype());
+    Tensor y = empty(x.sizes(), x.dtype(), x.device());
+    kernel(y, contiguous(x), contiguous(to(cos, sd)), contiguous(to(sin, sd)), inverse);
+    return y;
+  }
   Tensor xc = contiguous(x);
   Tensor y = empty(x.sizes(), x.dtype());
   const int64_t rows = T == 0 || D == 0 ? 0 : x.numel() / D;
