@@ -4,6 +4,7 @@
 #include <unordered_set>
 
 #include "autograd/autograd.h"
+#include "tensor/cuda_dispatch.h"
 #include "tensor/ops.h"
 
 namespace loom::nn {
@@ -37,6 +38,32 @@ void adamw_kernel(T* __restrict p, const T* __restrict g, T* __restrict m, T* __
     v[i] = vi;
     const T denom = std::sqrt(vi) / bc2_sqrt + e;
     p[i] = p[i] * decay - step_size * (mi / denom);
+  }
+}
+
+/// Whether a parameter goes to the CUDA backend's fused multi-tensor AdamW
+/// (f32 master weights and moments, contiguous, on one CUDA device).
+bool cuda_fused_adamw(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v) {
+  if (!p.device().is_cuda() || p.dtype() != DType::f32 || !p.is_contiguous()) return false;
+  for (const Tensor* t : {&g, &m, &v})
+    if (t->device() != p.device() || t->dtype() != DType::f32 || !t->is_contiguous()) return false;
+  return true;
+}
+
+/// Runs the collected CUDA updates: one adamw_multi call per device.
+void run_cuda_adamw(const std::vector<detail::AdamWParam>& params, const AdamWOptions& opts) {
+  std::vector<bool> done(params.size(), false);
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (done[i]) continue;
+    const Tensor& p = params[i].p;
+    std::vector<detail::AdamWParam> same_device;
+    for (size_t j = i; j < params.size(); ++j) {
+      if (done[j] || params[j].p.device() != p.device()) continue;
+      same_device.push_back(params[j]);
+      done[j] = true;
+    }
+    detail::need(detail::cuda_kernels("AdamW.step", p).adamw_multi, "AdamW.step", p)(same_device, opts.beta1,
+                                                                                     opts.beta2, opts.eps);
   }
 }
 
@@ -190,6 +217,7 @@ void AdamW::set_hyper_parameters(const std::map<std::string, double>& h) {
 }
 
 void AdamW::step() {
+  std::vector<detail::AdamWParam> cuda_params;  // updated together after the loop, in few launches
   for_each_param_with_grad([&](const ParamGroup& group, const Tensor& p, const Tensor& g, ParamState& st) {
     if (st.tensors.empty()) {
       st.tensors["exp_avg"] = ops::zeros_like(p);
@@ -199,7 +227,9 @@ void AdamW::step() {
     Tensor& v = st.tensors["exp_avg_sq"];
     st.step += 1;
     const double lr = group.lr, wd = group.weight_decay;
-    if (fast_path(p, g) && m.is_contiguous() && v.is_contiguous()) {
+    if (cuda_fused_adamw(p, g, m, v)) {
+      cuda_params.push_back(detail::AdamWParam{p, g, m, v, Tensor(), lr, wd, st.step});
+    } else if (fast_path(p, g) && m.is_contiguous() && v.is_contiguous()) {
       if (p.dtype() == DType::f32) {
         adamw_kernel(p.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(), p.numel(), lr, opts_.beta1,
                      opts_.beta2, opts_.eps, wd, st.step);
@@ -219,6 +249,7 @@ void AdamW::step() {
       ops::addcdiv_(p, m, denom, -lr / bc1);
     }
   });
+  if (!cuda_params.empty()) run_cuda_adamw(cuda_params, opts_);
 }
 
 // ---------------------------------------------------------------- SGD

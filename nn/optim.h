@@ -1,7 +1,8 @@
 // Optimizers with parameter groups, as torch.optim: AdamW (decoupled weight
 // decay) and SGD (momentum, dampening, Nesterov). Updates of contiguous CPU
-// f32/f64 parameters run as one fused OpenMP loop per tensor; other devices and
-// dtypes go through tensor ops.
+// f32/f64 parameters run as one fused OpenMP loop per tensor; AdamW on contiguous
+// CUDA f32 parameters as the CUDA backend's multi-tensor fused kernel; the rest
+// through tensor ops.
 #pragma once
 
 #include <cstdint>

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "tensor/ops.h"
 #include "tensor/storage.h"
@@ -55,6 +56,14 @@ enum class TernaryOp : uint8_t {
 enum class ReduceOp : uint8_t {
   kSum,  // floating: accumulated in f32 (f64 for f64), times `scale` (mean passes 1/R); integers: i64 out
   kMax,  // NaN propagates
+};
+
+/// One parameter of an adamw_multi call: the tensors of the adamw entry, with
+/// its group's lr and weight decay and its own step count.
+struct AdamWParam {
+  Tensor p, grad, exp_avg, exp_avg_sq, p_lowp;  // p_lowp may be undefined
+  double lr = 0.0, weight_decay = 0.0;
+  int64_t step = 1;
 };
 
 /// The CUDA kernels. Every tensor argument lives on one CUDA device (the op has
@@ -162,6 +171,10 @@ struct CudaKernels {
   void (*adamw)(const Tensor& p, const Tensor& grad, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                 const Tensor& p_lowp, double lr, double beta1, double beta2, double eps, double weight_decay,
                 int64_t step) = nullptr;
+  /// adamw over many parameters in a few multi-tensor launches (each bias-corrected at its own step,
+  /// with its own lr and weight decay); all on one device, each under adamw's contract. Same
+  /// arithmetic as adamw, so either gives the same bits.
+  void (*adamw_multi)(const std::vector<AdamWParam>& params, double beta1, double beta2, double eps) = nullptr;
 };
 
 /// The table for an op on `t`: throws Unsupported naming op, t's device and shape

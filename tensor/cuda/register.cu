@@ -6,12 +6,14 @@
 namespace loom::detail {
 
 void register_attention(CudaKernels& kernels);
+void register_adamw(CudaKernels& kernels);
 void register_nn_kernels(CudaKernels& kernels);
 
 void register_cuda_backend(CudaAllocatorHooks& hooks, CudaKernels& kernels) {
   (void)hooks;
   (void)kernels;
   register_attention(kernels);
+  register_adamw(kernels);
   register_nn_kernels(kernels);
 }
 
