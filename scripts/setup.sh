@@ -10,7 +10,7 @@ packages=(
   libssl-dev libgloo-dev libopenmpi-dev openmpi-bin
   libhdf5-dev hdf5-tools libyaml-cpp-dev
   python3 python3-torch python3-h5py python3-numpy
-  slurm-wlm gnuplot-nox ccache clang-format
+  slurm-wlm gnuplot-nox ccache clang-format patchelf
 )
 
 missing=()
