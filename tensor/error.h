@@ -43,6 +43,11 @@ class Unsupported : public Error {
  public:
   using Error::Error;
 };
+/// A device ran out of memory; the message names the request and the usage.
+class OutOfMemory : public Error {
+ public:
+  using Error::Error;
+};
 
 namespace detail {
 template <typename... Args>

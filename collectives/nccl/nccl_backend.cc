@@ -6,7 +6,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <thread>
+
+#include "tensor/cuda_runtime.h"
 
 namespace loom::collectives {
 
@@ -89,25 +92,25 @@ class NcclBackend : public Backend {
   bool handles_half_and_avg() const override { return true; }
 
   void allreduce(Tensor& t, ReduceOp op, Millis timeout) override {
-    run("allreduce", t, timeout, [&] {
+    run("allreduce", {&t}, timeout, [&] {
       return ncclAllReduce(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), nccl_type(t.dtype()),
                            nccl_op(op), comm_, stream_);
     });
   }
   void reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, Millis timeout) override {
-    run("reduce_scatter", in, timeout, [&] {
+    run("reduce_scatter", {&in, &out}, timeout, [&] {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), static_cast<size_t>(out.numel()), nccl_type(in.dtype()),
                                nccl_op(op), comm_, stream_);
     });
   }
   void all_gather(Tensor& out, const Tensor& in, Millis timeout) override {
-    run("all_gather", in, timeout, [&] {
+    run("all_gather", {&in, &out}, timeout, [&] {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), static_cast<size_t>(in.numel()), nccl_type(in.dtype()), comm_,
                            stream_);
     });
   }
   void broadcast(Tensor& t, int root, Millis timeout) override {
-    run("broadcast", t, timeout, [&] {
+    run("broadcast", {&t}, timeout, [&] {
       return ncclBroadcast(t.data_ptr(), t.data_ptr(), static_cast<size_t>(t.numel()), nccl_type(t.dtype()), root,
                            comm_, stream_);
     });
@@ -121,18 +124,18 @@ class NcclBackend : public Backend {
     sync("barrier", timeout);
   }
   void send(const Tensor& t, int dst, int, Millis timeout) override {
-    run("send", t, timeout, [&] {
+    run("send", {&t}, timeout, [&] {
       return ncclSend(t.data_ptr(), static_cast<size_t>(t.numel()), nccl_type(t.dtype()), dst, comm_, stream_);
     });
   }
   void recv(Tensor& t, int src, int, Millis timeout) override {
-    run("recv", t, timeout, [&] {
+    run("recv", {&t}, timeout, [&] {
       return ncclRecv(t.data_ptr(), static_cast<size_t>(t.numel()), nccl_type(t.dtype()), src, comm_, stream_);
     });
   }
   void all_to_all(Tensor& out, const Tensor& in, Millis timeout) override {
     const size_t n = static_cast<size_t>(in.numel() / size_), es = in.element_size();
-    run("all_to_all", in, timeout, [&] {
+    run("all_to_all", {&in, &out}, timeout, [&] {
       ncclGroupStart();
       for (int r = 0; r < size_; ++r) {
         ncclSend(static_cast<uint8_t*>(in.data_ptr()) + r * n * es, n, nccl_type(in.dtype()), r, comm_, stream_);
@@ -143,15 +146,27 @@ class NcclBackend : public Backend {
   }
 
  private:
-  // Orders our stream after the compute (legacy default) stream, launches, and
-  // waits for completion polling so that the timeout holds.
+  // Orders our stream after the work queued so far on the device's current
+  // compute stream (tensor/cuda_runtime.h; on the ProcessGroup's worker thread
+  // that is the device's default compute stream unless a StreamGuard is set
+  // there), launches, marks the tensors as used on our stream so the caching
+  // allocator does not hand their memory to compute before NCCL is done with
+  // it, and waits for completion polling so that the timeout holds.
   template <typename F>
-  void run(const char* op, const Tensor& t, Millis timeout, F&& launch) {
-    LOOM_CHECK(t.device().is_cuda(), "nccl ", op, ": tensor is on the CPU; move it to cuda or use gloo");
+  void run(const char* op, std::initializer_list<const Tensor*> tensors, Millis timeout, F&& launch) {
+    for (const Tensor* t : tensors) {
+      LOOM_CHECK(t->device().is_cuda(), "nccl ", op, ": a tensor of shape ", shape_str(t->sizes()),
+                 " is on the CPU; move it to cuda:", device_, " or use gloo");
+      LOOM_CHECK(t->device().index == device_, "nccl ", op, ": a tensor of shape ", shape_str(t->sizes()), " is on ",
+                 t->device().str(), " but this rank's communicator is on cuda:", device_);
+    }
     cuda_check(cudaSetDevice(device_), "cudaSetDevice");
-    cuda_check(cudaEventRecord(ready_, cudaStreamLegacy), "cudaEventRecord");
+    auto compute = static_cast<cudaStream_t>(loom::cuda::current_stream(device_).handle());
+    cuda_check(cudaEventRecord(ready_, compute), "cudaEventRecord");
     cuda_check(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
     nccl_check(launch(), op);
+    const loom::cuda::Stream ours = loom::cuda::Stream::borrow(stream_, device_);
+    for (const Tensor* t : tensors) loom::cuda::record_stream(*t, ours);
     sync(op, timeout);
   }
   void sync(const char* op, Millis timeout) {

@@ -5,12 +5,13 @@
 
 namespace loom::detail {
 
+void register_runtime(CudaAllocatorHooks& hooks);
 void register_attention(CudaKernels& kernels);
 void register_adamw(CudaKernels& kernels);
 void register_nn_kernels(CudaKernels& kernels);
 
 void register_cuda_backend(CudaAllocatorHooks& hooks, CudaKernels& kernels) {
-  (void)hooks;
+  register_runtime(hooks);
   (void)kernels;
   register_attention(kernels);
   register_adamw(kernels);
