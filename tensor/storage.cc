@@ -45,19 +45,23 @@ void reset_peak_memory_stats(Device device) {
 Storage::Storage(size_t nbytes, Device device) : device_(device) { allocate(nbytes); }
 
 void Storage::allocate(size_t nbytes) {
-  nbytes_ = nbytes;
+  // data_ and nbytes_ change only once the memory is there: a resize() that
+  // throws (out of memory) leaves an empty storage that frees and counts nothing.
+  void* data = nullptr;
   if (device_.is_cpu()) {
     size_t rounded = (nbytes + 63) / 64 * 64;
     if (rounded == 0) rounded = 64;
-    data_ = std::aligned_alloc(64, rounded);
-    if (!data_) LOOM_THROW(Error, "out of host memory allocating ", nbytes, " bytes");
+    data = std::aligned_alloc(64, rounded);
+    if (!data) LOOM_THROW(OutOfMemory, "out of host memory allocating ", nbytes, " bytes");
   } else {
     auto& h = detail::cuda_hooks();
     if (!h.alloc)
       LOOM_THROW(Unsupported, "cannot allocate on ", device_.str(),
                  ": this build of loom has no CUDA backend (configure with -DLOOM_CUDA=ON)");
-    data_ = h.alloc(nbytes, device_.index);
+    data = h.alloc(nbytes, device_.index);
   }
+  data_ = data;
+  nbytes_ = nbytes;
   count_alloc(device_, static_cast<int64_t>(nbytes_));
 }
 

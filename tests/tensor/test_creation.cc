@@ -172,3 +172,17 @@ TEST(Storage, ResizeFreesAndRefillsInPlaceForEverySharer) {
   ops::fill_(t, 3.0);
   EXPECT_EQ(view.to_vector<float>()[5], 3.0f);  // the view sees the new buffer
 }
+
+TEST(Storage, FailedResizeLeavesAnEmptyStorageAndExactCounters) {
+  const int64_t before = memory_stats().allocated_bytes;
+  {
+    Storage s(4096, kCPU);
+    EXPECT_THROW(s.resize(size_t{1} << 62), OutOfMemory);  // 4 EiB: no host has it
+    EXPECT_EQ(s.data(), nullptr);
+    EXPECT_EQ(s.nbytes(), 0u);
+    EXPECT_EQ(memory_stats().allocated_bytes, before);
+    s.resize(64);  // still usable
+    EXPECT_EQ(memory_stats().allocated_bytes, before + 64);
+  }
+  EXPECT_EQ(memory_stats().allocated_bytes, before) << "the destructor released what was counted, no more";
+}
