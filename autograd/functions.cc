@@ -6,6 +6,8 @@
 
 #include "autograd/functions.h"
 
+#include "autograd/autocast.h"
+
 namespace loom {
 namespace {
 
@@ -648,6 +650,11 @@ Grads matmul_backward(const Tensor& g, const Tensor& a, const Tensor& b, const S
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  if (autocast_enabled()) {
+    Tensor la = autograd::detail::autocast_lowp(a), lb = autograd::detail::autocast_lowp(b);
+    autograd::detail::AutocastSuspend off;
+    return matmul(la, lb);
+  }
   Tensor out = ops::matmul(a, b);
   if (recording({a, b})) {
     bool na = needs(a), nb = needs(b);
@@ -661,6 +668,12 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  if (autocast_enabled()) {
+    Tensor lx = autograd::detail::autocast_lowp(x), lw = autograd::detail::autocast_lowp(w),
+           lb = autograd::detail::autocast_lowp(b);
+    autograd::detail::AutocastSuspend off;
+    return linear(lx, lw, lb);
+  }
   Tensor out = ops::linear(x, w, b);
   if (recording({x, w, b})) {
     bool nx = needs(x), nw = needs(w), nbias = needs(b);
@@ -691,6 +704,11 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 // ---------------------------------------------------------------- nn kernels
 
 Tensor softmax(const Tensor& t, int64_t dim) {
+  if (autocast_enabled()) {
+    Tensor ft = autograd::detail::autocast_f32(t);
+    autograd::detail::AutocastSuspend off;
+    return softmax(ft, dim);
+  }
   Tensor out = ops::softmax(t, dim);
   if (recording({t})) {
     SavedTensor Y(out);
@@ -701,6 +719,11 @@ Tensor softmax(const Tensor& t, int64_t dim) {
 }
 
 Tensor log_softmax(const Tensor& t, int64_t dim) {
+  if (autocast_enabled()) {
+    Tensor ft = autograd::detail::autocast_f32(t);
+    autograd::detail::AutocastSuspend off;
+    return log_softmax(ft, dim);
+  }
   Tensor out = ops::log_softmax(t, dim);
   if (recording({t})) {
     SavedTensor Y(out);
@@ -711,6 +734,12 @@ Tensor log_softmax(const Tensor& t, int64_t dim) {
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  if (autocast_enabled()) {
+    Tensor fx = autograd::detail::autocast_f32(x), fw = autograd::detail::autocast_f32(w),
+           fb = autograd::detail::autocast_f32(b);
+    autograd::detail::AutocastSuspend off;
+    return layer_norm(fx, fw, fb, eps);
+  }
   ops::NormResult r = ops::layer_norm(x, w, b, eps);
   if (recording({x, w, b})) {
     SavedTensor X(x), W(w), M(r.mean), R(r.rstd);
@@ -726,6 +755,11 @@ Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps)
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
+  if (autocast_enabled()) {
+    Tensor fx = autograd::detail::autocast_f32(x), fw = autograd::detail::autocast_f32(w);
+    autograd::detail::AutocastSuspend off;
+    return rms_norm(fx, fw, eps);
+  }
   ops::NormResult r = ops::rms_norm(x, w, eps);
   if (recording({x, w})) {
     SavedTensor X(x), W(w), R(r.rstd);
@@ -750,6 +784,11 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 }
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index) {
+  if (autocast_enabled()) {
+    Tensor fl = autograd::detail::autocast_f32(logits);
+    autograd::detail::AutocastSuspend off;
+    return cross_entropy(fl, target, ignore_index);
+  }
   ops::CrossEntropyResult r = ops::cross_entropy(logits, target, ignore_index);
   if (recording({logits})) {
     SavedTensor L(logits), LSE(r.lse);

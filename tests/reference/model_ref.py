@@ -54,7 +54,33 @@ def write_safetensors(path, tensors):
             f.write(b)
 
 
+# Autocast mirror (config "autocast": true): loom's AutocastGuard policy written
+# out as casts. Matrix products take bf16 operands (computed with f32
+# accumulation, rounded once); layer norm and the loss run in f32; attention
+# takes bf16 q, k, v, computes in f32 and rounds its output to bf16 (as loom's
+# fused attention and flash attention do); elementwise ops promote.
+AUTOCAST = False
+
+
+def lo(t):
+    return t.bfloat16() if AUTOCAST and t is not None and t.dtype == torch.float32 else t
+
+
+def hi(t):
+    return t.float() if AUTOCAST and t is not None and t.dtype == torch.bfloat16 else t
+
+
+def linear(x, w, b=None):
+    return F.linear(lo(x), lo(w), lo(b))
+
+
 def attention(q, k, v, n_head, n_kv_head):
+    if AUTOCAST:
+        return attention_f(hi(q), hi(k), hi(v), n_head, n_kv_head).to(q.dtype)
+    return attention_f(q, k, v, n_head, n_kv_head)
+
+
+def attention_f(q, k, v, n_head, n_kv_head):
     # q (B, H, T, D), k/v (B, Hkv, T, D): repeat kv heads as HF's repeat_kv does.
     rep = n_head // n_kv_head
     if rep > 1:
@@ -74,18 +100,18 @@ def gpt2_forward(p, cfg, idx):
     x = p["transformer.wte.weight"][idx] + p["transformer.wpe.weight"][:T]
     for i in range(L):
         pre = f"transformer.h.{i}."
-        h = F.layer_norm(x, (C,), p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
-        qkv = F.linear(h, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"])
+        h = F.layer_norm(hi(x), (C,), p[pre + "ln_1.weight"], p[pre + "ln_1.bias"], eps)
+        qkv = linear(h, p[pre + "attn.c_attn.weight"], p[pre + "attn.c_attn.bias"])
         q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))
         y = attention(q, k, v, H, H).transpose(1, 2).reshape(B, T, C)
-        x = x + F.linear(y, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"])
-        h = F.layer_norm(x, (C,), p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
-        h = F.gelu(F.linear(h, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"]), approximate="tanh")
-        x = x + F.linear(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
-    x = F.layer_norm(x, (C,), p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
+        x = x + linear(y, p[pre + "attn.c_proj.weight"], p[pre + "attn.c_proj.bias"])
+        h = F.layer_norm(hi(x), (C,), p[pre + "ln_2.weight"], p[pre + "ln_2.bias"], eps)
+        h = F.gelu(linear(h, p[pre + "mlp.c_fc.weight"], p[pre + "mlp.c_fc.bias"]), approximate="tanh")
+        x = x + linear(h, p[pre + "mlp.c_proj.weight"], p[pre + "mlp.c_proj.bias"])
+    x = F.layer_norm(hi(x), (C,), p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps)
     head = p["lm_head.weight"] if "lm_head.weight" in p else p["transformer.wte.weight"]
-    return F.linear(x, head)
+    return linear(x, head)
 
 
 def rms_norm(x, w, eps):
@@ -129,6 +155,10 @@ def llama_forward(p, cfg, idx):
 def main():
     tensors, meta = read_safetensors(sys.argv[1])
     cfg = json.loads(meta["config"])
+    global AUTOCAST
+    AUTOCAST = bool(cfg.get("autocast", False))
+    if AUTOCAST and cfg["family"] != "gpt2":
+        sys.exit("model_ref.py: the autocast mirror is written for gpt2 only")
     torch.set_num_threads(int(cfg.get("threads", 1)))
     idx = tensors.pop("__input_ids")
     targets = tensors.pop("__targets")
@@ -136,12 +166,12 @@ def main():
     forward = gpt2_forward if cfg["family"] == "gpt2" else llama_forward
 
     def loss_of(logits):
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return F.cross_entropy(hi(logits).reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
     logits = forward(params, cfg, idx)
     loss = loss_of(logits)
     loss.backward()
-    out = {"logits": logits.detach(), "loss": loss.detach().reshape(())}
+    out = {"logits": hi(logits.detach()), "loss": loss.detach().reshape(())}
     for k, v in params.items():
         out["grad." + k] = v.grad.detach().clone()
 
