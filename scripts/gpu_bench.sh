@@ -4,8 +4,9 @@
 # writes each run's output and a summary into OUT_DIR.
 #
 # Usage: scripts/gpu_bench.sh OUT_DIR [BENCH_BINARY] [-- extra bench_gpt2_gpu options for every run]
-#   BENCH_BINARY  default: $LOOM_BENCH_BIN, else the first of build-sm90/, build-sm90a/, build/ (tests/bench/
-#                 bench_gpt2_gpu) and bundle/bin/bench_gpt2_gpu that exists (scripts/build_cuda.sh builds it)
+#   BENCH_BINARY  the bench_gpt2_gpu program, or a bundle folder (scripts/bundle.sh; run through its run.sh);
+#                 default: $LOOM_BENCH_BIN, else the first of build-sm90/, build-sm90a/, build/ (tests/bench/
+#                 bench_gpt2_gpu) that exists (scripts/build_cuda.sh --target bench_gpt2_gpu builds it)
 #   LOOM_PYTHON   the python whose PyTorch is the peer (default: python3, else /usr/bin/python3)
 #   GPU_BENCH_RUNS     runs to do, in order (default: "gpt2_autocast gpt2_bf16 llama1b_autocast"); each is
 #                      MODEL_PRECISION with MODEL gpt2 or llama1b and PRECISION bf16, autocast or f32
@@ -28,11 +29,14 @@ extra=("$@")
 
 if [ -z "$bin" ]; then
   for c in "${LOOM_BENCH_BIN:-}" build-sm90/tests/bench/bench_gpt2_gpu build-sm90a/tests/bench/bench_gpt2_gpu \
-           build/tests/bench/bench_gpt2_gpu bundle/bin/bench_gpt2_gpu; do
+           build/tests/bench/bench_gpt2_gpu; do
     if [ -n "$c" ] && [ -x "$c" ]; then bin="$c"; break; fi
   done
 fi
-if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+launch=("$bin")
+if [ -n "$bin" ] && [ -d "$bin" ] && [ -x "$bin/run.sh" ]; then
+  launch=("$bin/run.sh" bench_gpt2_gpu)
+elif [ -z "$bin" ] || [ ! -x "$bin" ] || [ -d "$bin" ]; then
   echo "gpu_bench.sh: no bench_gpt2_gpu binary (give its path, set LOOM_BENCH_BIN, or build it with" \
        "scripts/build_cuda.sh --target bench_gpt2_gpu)" >&2
   exit 2
@@ -50,7 +54,7 @@ fi
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host: $(hostname)"
   echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-  echo "binary: $bin"
+  echo "binary: ${launch[*]}"
   echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv,noheader -i 0 2>&1)"
   if [ -n "$py" ]; then
     echo "python: $py"
@@ -81,10 +85,11 @@ for run in $runs; do
   precision="${run##*_}"
   case "$model" in gpt2|llama1b) ;; *) echo "gpu_bench.sh: run '$run': model must be gpt2 or llama1b" >&2; exit 2 ;; esac
   case "$precision" in bf16|autocast|f32) ;; *) echo "gpu_bench.sh: run '$run': bad precision" >&2; exit 2 ;; esac
-  echo "=== $run: $bin --model $model --device cuda:0 --precision $precision ${extra[*]}"
-  py_args=(--torch-script tests/bench/torch_gpt2_gpu.py)
+  echo "=== $run: ${launch[*]} --model $model --device cuda:0 --precision $precision ${extra[*]}"
+  py_args=()
+  [ -f tests/bench/torch_gpt2_gpu.py ] && py_args+=(--torch-script "$PWD/tests/bench/torch_gpt2_gpu.py")
   [ -n "$py" ] && py_args+=(--python "$py")
-  timeout --kill-after=20 "$limit" "$bin" --model "$model" --device cuda:0 --precision "$precision" "${py_args[@]}" \
+  timeout --kill-after=20 "$limit" "${launch[@]}" --model "$model" --device cuda:0 --precision "$precision" "${py_args[@]}" \
     "${extra[@]}" 2>&1 | tee "$out/$run.txt"
   rc=${PIPESTATUS[0]}
   if [ "$rc" -ne 0 ]; then

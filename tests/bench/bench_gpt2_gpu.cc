@@ -150,12 +150,15 @@ std::string find_python(const std::string& given) {
   return "";
 }
 
-/// The PyTorch peer script: `given`, else $LOOM_TORCH_BENCH, else the one in the source tree this was built from, else
-/// tests/bench/ under the working directory (a copy of the repository on a GPU node); empty when none exists.
+/// The PyTorch peer script: `given`, else $LOOM_TORCH_BENCH, else the bundle's ($LOOM_BUNDLE), else the one in the
+/// source tree this was built from, else tests/bench/ under the working directory (a copy of the repository on a GPU
+/// node); empty when none exists.
 std::string find_script(const std::string& given) {
   if (!given.empty()) return given;
   std::vector<std::string> cands = {std::string(LOOM_SOURCE_DIR) + "/tests/bench/torch_gpt2_gpu.py",
                                     "tests/bench/torch_gpt2_gpu.py"};
+  if (const char* b = std::getenv("LOOM_BUNDLE"); b && *b)  // set by a bundle's run.sh (scripts/bundle.sh)
+    cands.insert(cands.begin(), std::string(b) + "/tests/bench/torch_gpt2_gpu.py");
   if (const char* e = std::getenv("LOOM_TORCH_BENCH"); e && *e) cands.insert(cands.begin(), e);
   for (const auto& c : cands)
     if (FILE* f = std::fopen(c.c_str(), "r")) {
