@@ -2,10 +2,13 @@
 // tensors drawn from the counter-based Philox generator. Element i of a draw of
 // n elements uses Philox block (start + i/4), lane i%4, where start =
 // gen.advance(ceil(n/4)); so values depend only on (seed, offset, i), never on
-// the number of threads.
+// the number of threads. Random values for a CUDA tensor are generated on the
+// host and copied, so a seed gives identical values on either device; constant
+// fills run on the device (fill_).
 #include <cmath>
 #include <numbers>
 
+#include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
 #include "tensor/ops.h"
 
@@ -42,6 +45,22 @@ void write_back(const Tensor& t, const Tensor& src) {
 
 /// A contiguous tensor of t's shape/dtype to generate into (t itself if possible).
 Tensor scratch_for(const Tensor& t) { return t.is_contiguous() ? t : empty(t.sizes(), t.dtype(), t.device()); }
+
+/// For a CUDA tensor t: fills a host tensor of its shape and dtype with gen_host (the cpu op,
+/// drawing from the same generator), then copies it into t. Returns false for a cpu tensor.
+template <typename F>
+bool generate_on_host(const char* op, const Tensor& t, F&& gen_host) {
+  if (!detail::cuda_kernels_for(op, t)) return false;
+  Tensor host = empty(t.sizes(), t.dtype(), kCPU);
+  gen_host(host);
+  if (t.is_contiguous()) {
+    t.bump_version();
+    if (t.nbytes() > 0) detail::cuda_hooks().copy(t.data_ptr(), t.device(), host.data_ptr(), kCPU, t.nbytes());
+  } else {
+    copy_(t, to(host, t.device()));
+  }
+  return true;
+}
 
 template <typename T>
 T cast_from_double(double v) {
@@ -94,7 +113,7 @@ Tensor scalar_tensor(double value, DType dtype, Device device) {
 }
 
 void uniform_(const Tensor& t, double low, double high, Generator& gen) {
-  detail::check_cpu("uniform_", t);
+  if (generate_on_host("uniform_", t, [&](const Tensor& h) { uniform_(h, low, high, gen); })) return;
   LOOM_CHECK(is_floating(t.dtype()), "uniform_: expected a floating tensor, got ", dtype_name(t.dtype()));
   LOOM_CHECK(low <= high, "uniform_: low ", low, " must not exceed high ", high);
   const int64_t n = t.numel();
@@ -120,7 +139,7 @@ void uniform_(const Tensor& t, double low, double high, Generator& gen) {
 }
 
 void normal_(const Tensor& t, double mean, double std, Generator& gen) {
-  detail::check_cpu("normal_", t);
+  if (generate_on_host("normal_", t, [&](const Tensor& h) { normal_(h, mean, std, gen); })) return;
   LOOM_CHECK(is_floating(t.dtype()), "normal_: expected a floating tensor, got ", dtype_name(t.dtype()));
   LOOM_CHECK(std >= 0, "normal_: std must be non-negative, got ", std);
   const int64_t n = t.numel();

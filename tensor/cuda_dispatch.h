@@ -54,7 +54,7 @@ enum class TernaryOp : uint8_t {
 
 /// Reductions over the middle dim of a contiguous (O, R, I) input into a contiguous (O, I) output.
 enum class ReduceOp : uint8_t {
-  kSum,  // floating: accumulated in f32 (f64 for f64), times `scale` (mean passes 1/R); integers: i64 out
+  kSum,  // floating: accumulated in f64 (as on the cpu), times `scale` (mean passes 1/R); integers: i64 out
   kMax,  // NaN propagates
 };
 
@@ -181,6 +181,12 @@ struct CudaKernels {
 /// when this build has no CUDA backend or no CUDA device is present (a missing
 /// entry is caught by `need`).
 const CudaKernels& cuda_kernels(const char* op, const Tensor& t);
+
+/// nullptr for a cpu tensor, else cuda_kernels(op, t) (so a CUDA tensor without a device
+/// throws before any of its memory is touched): `if (auto* k = cuda_kernels_for(op, t)) {...}`.
+inline const CudaKernels* cuda_kernels_for(const char* op, const Tensor& t) {
+  return t.device().is_cpu() ? nullptr : &cuda_kernels(op, t);
+}
 
 [[noreturn]] void throw_missing_cuda_kernel(const char* op, const Tensor& t);
 

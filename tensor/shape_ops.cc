@@ -1,7 +1,9 @@
 // Selection and joining ops: where, masked_fill, causal_mask, cat, stack,
-// index_select. Results are new contiguous tensors.
+// index_select. Results are new contiguous tensors. CUDA tensors go to the
+// kernel table's where and index_select entries; cat and stack copy into views.
 #include <cstring>
 
+#include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
 #include "tensor/ops.h"
 
@@ -10,12 +12,16 @@ namespace loom::ops {
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   check_same_device("where", cond, a);
   check_same_device("where", a, b);
-  detail::check_cpu("where", a);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for("where", a);
   const Shape shape = broadcast_shapes(broadcast_shapes(cond.sizes(), a.sizes(), "where"), b.sizes(), "where");
   const DType ct = promote_types(a.dtype(), b.dtype());
-  Tensor c = expand(cond.dtype() == DType::u8 ? cond : ne(cond, zeros({}, cond.dtype())), shape);
+  Tensor c = expand(cond.dtype() == DType::u8 ? cond : ne(cond, zeros({}, cond.dtype(), cond.device())), shape);
   Tensor x = expand(to(a, ct), shape), y = expand(to(b, ct), shape);
   Tensor out = empty(shape, ct, a.device());
+  if (ck) {
+    detail::need(ck->where, "where", a)(out, c, x, y);
+    return out;
+  }
   LOOM_DISPATCH_ALL(ct, "where", [&] {
     using A = acc_t<scalar_t>;
     elementwise_kernel<scalar_t, uint8_t, scalar_t, scalar_t>(out, {c, x, y},
@@ -26,12 +32,18 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 
 Tensor masked_fill(const Tensor& t, const Tensor& mask, double value) {
   check_same_device("masked_fill", t, mask);
-  detail::check_cpu("masked_fill", t);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for("masked_fill", t);
   const Shape shape = broadcast_shapes(t.sizes(), mask.sizes(), "masked_fill");
   LOOM_CHECK(shape == t.sizes(), "masked_fill: mask of shape ", shape_str(mask.sizes()),
              " does not broadcast to the input shape ", shape_str(t.sizes()));
-  Tensor m = expand(mask.dtype() == DType::u8 ? mask : ne(mask, zeros({}, mask.dtype())), shape);
+  Tensor m = expand(mask.dtype() == DType::u8 ? mask : ne(mask, zeros({}, mask.dtype(), mask.device())), shape);
   Tensor out = empty(shape, t.dtype(), t.device());
+  if (ck) {
+    // value converted to t's dtype as the cpu loop converts it (fill_ writes the same bits)
+    Tensor v = expand(full({}, value, t.dtype(), t.device()), shape);
+    detail::need(ck->where, "masked_fill", t)(out, m, v, t);
+    return out;
+  }
   LOOM_DISPATCH_ALL(t.dtype(), "masked_fill", [&] {
     using A = acc_t<scalar_t>;
     const A v = static_cast<A>(value);
@@ -42,6 +54,10 @@ Tensor masked_fill(const Tensor& t, const Tensor& mask, double value) {
 
 Tensor causal_mask(int64_t T, Device device) {
   LOOM_CHECK(T >= 0, "causal_mask: T must be non-negative, got ", T);
+  if (!device.is_cpu()) {  // built on the device: position j > i, from one arange of T
+    Tensor r = arange(T, DType::i64, device);
+    return gt(view(r, {1, T}), view(r, {T, 1}));
+  }
   Tensor m = empty({T, T}, DType::u8, kCPU);
   uint8_t* p = m.data<uint8_t>();
   for (int64_t i = 0; i < T; ++i)
@@ -60,7 +76,7 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
   for (size_t k = 0; k < tensors.size(); ++k) {
     const Tensor& t = tensors[k];
     check_same_device("cat", first, t);
-    detail::check_cpu("cat", t);
+    detail::cuda_kernels_for("cat", t);  // a CUDA tensor without a device throws here, naming cat
     LOOM_CHECK(t.dim() == first.dim(), "cat: tensor ", k, " has shape ", shape_str(t.sizes()),
                " but tensor 0 has shape ", shape_str(first.sizes()), " (different number of dims)");
     for (int64_t i = 0; i < first.dim(); ++i)
@@ -95,7 +111,7 @@ Tensor stack(const std::vector<Tensor>& tensors, int64_t dim) {
 
 Tensor index_select(const Tensor& t, int64_t dim, const Tensor& index) {
   check_same_device("index_select", t, index);
-  detail::check_cpu("index_select", t);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for("index_select", t);
   LOOM_CHECK(index.dim() <= 1, "index_select: index must be 1-D, got shape ", shape_str(index.sizes()));
   LOOM_CHECK(index.dtype() == DType::i64 || index.dtype() == DType::i32,
              "index_select: index must be int64 or int32, got ", dtype_name(index.dtype()));
@@ -108,10 +124,14 @@ Tensor index_select(const Tensor& t, int64_t dim, const Tensor& index) {
     if (i < 0) i += size;
   }
   if (t.dim() == 0) return clone(t);
-  Tensor src = contiguous(t);
   Shape out_shape = t.sizes();
   out_shape[d] = static_cast<int64_t>(idx.size());
   Tensor out = empty(out_shape, t.dtype(), t.device());
+  if (ck) {  // the indices were checked on the host above; the kernel wraps negative ones
+    detail::need(ck->index_select, "index_select", t)(out, t, d, to(index, DType::i64));
+    return out;
+  }
+  Tensor src = contiguous(t);
   int64_t outer = 1, inner = 1;
   for (int64_t i = 0; i < d; ++i) outer *= t.sizes()[i];
   for (int64_t i = d + 1; i < t.dim(); ++i) inner *= t.sizes()[i];

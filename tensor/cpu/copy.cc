@@ -1,9 +1,11 @@
-// Copies and conversions on the cpu: copy_ (broadcasting, dtype-converting,
-// into strided views), fill_, zero_, clone, contiguous, to(dtype), to(device).
+// Copies and conversions: copy_ (broadcasting, dtype-converting, into strided
+// views), fill_, zero_, clone, contiguous, to(dtype), to(device). The cpu loops
+// are here; CUDA tensors go to the kernel table's copy and fill entries.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
 
+#include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
 #include "tensor/ops.h"
 
@@ -52,7 +54,7 @@ namespace ops {
 
 void copy_(const Tensor& dst, const Tensor& src) {
   check_same_device("copy_", dst, src);
-  detail::check_cpu("copy_", dst);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for("copy_", dst);
   Tensor s = src;
   if (s.sizes() != dst.sizes()) {
     Shape b = broadcast_shapes(dst.sizes(), src.sizes(), "copy_");
@@ -62,6 +64,10 @@ void copy_(const Tensor& dst, const Tensor& src) {
   }
   dst.bump_version();
   if (dst.numel() == 0) return;
+  if (ck) {
+    detail::need(ck->copy, "copy_", dst)(dst, s);
+    return;
+  }
   // Fast path: both dense in the same layout and same dtype.
   if (dst.dtype() == s.dtype() && dst.is_contiguous() && s.is_contiguous()) {
     if (dst.data_ptr() == s.data_ptr()) return;
@@ -84,9 +90,13 @@ void copy_(const Tensor& dst, const Tensor& src) {
 }
 
 void fill_(const Tensor& t, double value) {
-  detail::check_cpu("fill_", t);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for("fill_", t);
   t.bump_version();
   if (t.numel() == 0) return;
+  if (ck) {
+    detail::need(ck->fill, "fill_", t)(t, value);
+    return;
+  }
   LOOM_DISPATCH_ALL(t.dtype(), "fill_", [&] {
     const scalar_t v = convert<scalar_t>(value);
     if (t.is_contiguous()) {
@@ -102,7 +112,7 @@ void fill_(const Tensor& t, double value) {
 }
 
 void zero_(const Tensor& t) {
-  detail::check_cpu("zero_", t);
+  if (detail::cuda_kernels_for("zero_", t)) return fill_(t, 0.0);  // the CUDA fill memsets zero bits
   if (t.is_contiguous()) {
     t.bump_version();
     char* p = static_cast<char*>(t.data_ptr());

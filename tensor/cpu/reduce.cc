@@ -1,11 +1,14 @@
-// CPU reductions: sum, mean, var, max/argmax, sum_to, norm. Sums accumulate in
+// Reductions: sum, mean, var, max/argmax, sum_to, norm. Sums accumulate in
 // double for floating inputs (so a 1e6-element f32 sum is exact to f32) and in
-// i64 for integers; the reduction runs as a chain of (outer, reduced, inner)
-// passes over a contiguous input, each pass a vectorisable loop.
+// i64 for integers; on the cpu the reduction runs as a chain of (outer, reduced,
+// inner) passes over a contiguous input, each pass a vectorisable loop. CUDA
+// tensors go to the kernel table as one (O, R, I) reduction: the input as it
+// lies when the reduced dims are adjacent, else with them moved last.
 #include <cmath>
 #include <limits>
 #include <type_traits>
 
+#include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
@@ -234,12 +237,56 @@ Tensor move_dims_last(const Tensor& t, const std::vector<bool>& last) {
   return Tensor(t.storage(), sz, st, t.storage_offset(), t.dtype());
 }
 
+/// A contiguous (O, R, I) form of t for reducing the dims marked in `reduced`:
+/// t itself (made contiguous) when the reduced dims (size-1 dims aside) are
+/// adjacent, else a copy with them moved last (I = 1).
+struct OriInput {
+  Tensor in;
+  int64_t O = 1, R = 1, I = 1;
+};
+OriInput ori_input(const Tensor& t, const std::vector<bool>& reduced) {
+  int64_t first = -1, last = -1, groups = 0;
+  bool prev = false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) == 1) continue;
+    if (reduced[d]) {
+      if (!prev) ++groups;
+      if (first < 0) first = d;
+      last = d;
+    }
+    prev = reduced[d];
+  }
+  OriInput r;
+  if (groups <= 1) {
+    r.in = contiguous(t);
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      if (first >= 0 && d >= first && d <= last) {
+        r.R *= t.size(d);
+      } else if (first < 0 || d < first) {
+        r.O *= t.size(d);
+      } else {
+        r.I *= t.size(d);
+      }
+    }
+    return r;
+  }
+  r.in = contiguous(move_dims_last(t, reduced));
+  for (int64_t d = 0; d < t.dim(); ++d) (reduced[d] ? r.R : r.O) *= t.size(d);
+  return r;
+}
+
 Tensor sum_impl(const Tensor& t, const std::vector<int64_t>& dims, bool keepdim, bool mean, const char* op) {
-  detail::check_cpu(op, t);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for(op, t);
   ReducePlan p = plan_reduce(t, dims, op);
-  Tensor c = contiguous(t);
   const DType out_dtype = is_floating(t.dtype()) ? t.dtype() : DType::i64;
-  Tensor out = empty(keepdim ? p.keep_sizes : p.out_sizes, out_dtype);
+  Tensor out = empty(keepdim ? p.keep_sizes : p.out_sizes, out_dtype, t.device());
+  if (ck) {
+    const OriInput x = ori_input(t, p.reduced);
+    const double scale = mean ? 1.0 / static_cast<double>(p.count) : 1.0;
+    detail::need(ck->reduce, op, t)(detail::ReduceOp::kSum, out, x.in, x.O, x.R, x.I, scale);
+    return out;
+  }
+  Tensor c = contiguous(t);
   LOOM_DISPATCH_ALL(t.dtype(), op, [&] {
     auto acc = sum_to_acc<scalar_t>(c, p.reduced);
     const double scale = mean ? 1.0 / static_cast<double>(p.count) : 1.0;
@@ -266,10 +313,16 @@ Tensor mean(const Tensor& t, const std::vector<int64_t>& dims, bool keepdim) {
 
 Tensor var(const Tensor& t, const std::vector<int64_t>& dims, int64_t correction, bool keepdim) {
   const char* op = "var";
-  detail::check_cpu(op, t);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for(op, t);
   LOOM_CHECK(is_floating(t.dtype()), "var: input of shape ", shape_str(t.sizes()), " has dtype ", dtype_name(t.dtype()),
              "; var needs a floating dtype");
   ReducePlan p = plan_reduce(t, dims, op);
+  if (ck) {
+    Tensor out = empty(keepdim ? p.keep_sizes : p.out_sizes, t.dtype(), t.device());
+    const OriInput x = ori_input(t, p.reduced);
+    detail::need(ck->var, op, t)(out, x.in, x.O, x.R, x.I, correction);
+    return out;
+  }
   Tensor rows = contiguous(move_dims_last(t, p.reduced));  // (outputs, count)
   Tensor out = empty(keepdim ? p.keep_sizes : p.out_sizes, t.dtype());
   const int64_t R = p.count, O = out.numel();
@@ -296,11 +349,15 @@ Tensor var(const Tensor& t, const std::vector<int64_t>& dims, int64_t correction
 }
 
 Tensor max(const Tensor& t) {
-  detail::check_cpu("max", t);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for("max", t);
   LOOM_CHECK(t.numel() > 0, "max: input of shape ", shape_str(t.sizes()),
              " is empty; the max of no elements is undefined (use max(t, dim) on a non-empty dim)");
   Tensor c = contiguous(t);
-  Tensor out = empty({}, t.dtype());
+  Tensor out = empty({}, t.dtype(), t.device());
+  if (ck) {
+    detail::need(ck->reduce, "max", t)(detail::ReduceOp::kMax, out, c, 1, c.numel(), 1, 1.0);
+    return out;
+  }
   LOOM_DISPATCH_ALL(t.dtype(), "max", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* x = c.data<scalar_t>();
@@ -331,11 +388,18 @@ Tensor max(const Tensor& t) {
 
 std::pair<Tensor, Tensor> max(const Tensor& t, int64_t dim, bool keepdim) {
   const char* op = "max";
-  detail::check_cpu(op, t);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for(op, t);
   ReducePlan p = plan_reduce(t, {dim}, op);
   const int64_t R = p.count;
   LOOM_CHECK(R > 0, "max: dim ", dim, " of the input of shape ", shape_str(t.sizes()),
              " is empty; the max of no elements is undefined");
+  if (ck) {
+    Tensor values = empty(keepdim ? p.keep_sizes : p.out_sizes, t.dtype(), t.device());
+    Tensor indices = empty(keepdim ? p.keep_sizes : p.out_sizes, DType::i64, t.device());
+    const OriInput x = ori_input(t, p.reduced);
+    detail::need(ck->max_dim, op, t)(values, indices, x.in, x.O, x.R, x.I);
+    return {values, indices};
+  }
   Tensor rows = contiguous(move_dims_last(t, p.reduced));
   Tensor values = empty(keepdim ? p.keep_sizes : p.out_sizes, t.dtype());
   Tensor indices = empty(keepdim ? p.keep_sizes : p.out_sizes, DType::i64);
@@ -371,7 +435,7 @@ std::pair<Tensor, Tensor> max(const Tensor& t, int64_t dim, bool keepdim) {
 Tensor argmax(const Tensor& t, int64_t dim, bool keepdim) { return max(t, dim, keepdim).second; }
 
 Tensor sum_to(const Tensor& t, const Shape& sizes) {
-  detail::check_cpu("sum_to", t);
+  detail::cuda_kernels_for("sum_to", t);  // a CUDA tensor without a device throws here, naming sum_to
   const int64_t nd = t.dim(), ns = static_cast<int64_t>(sizes.size());
   LOOM_CHECK(ns <= nd, "sum_to: cannot sum a tensor of shape ", shape_str(t.sizes()), " to the larger rank shape ",
              shape_str(sizes));
@@ -391,8 +455,13 @@ Tensor sum_to(const Tensor& t, const Shape& sizes) {
 }
 
 Tensor norm(const Tensor& t) {
-  detail::check_cpu("norm", t);
+  const detail::CudaKernels* ck = detail::cuda_kernels_for("norm", t);
   Tensor c = contiguous(t);
+  if (ck) {
+    Tensor out = empty({}, DType::f32, t.device());
+    detail::need(ck->norm, "norm", t)(out, c);
+    return out;
+  }
   const int64_t n = c.numel();
   double total = 0;
   LOOM_DISPATCH_ALL(t.dtype(), "norm", [&] {

@@ -8,6 +8,9 @@ namespace loom::detail {
 void register_runtime(CudaAllocatorHooks& hooks);
 void register_attention(CudaKernels& kernels);
 void register_adamw(CudaKernels& kernels);
+void register_elementwise(CudaKernels& kernels);
+void register_copy(CudaKernels& kernels);
+void register_reduce(CudaKernels& kernels);
 void register_nn_kernels(CudaKernels& kernels);
 
 void register_cuda_backend(CudaAllocatorHooks& hooks, CudaKernels& kernels) {
@@ -15,6 +18,9 @@ void register_cuda_backend(CudaAllocatorHooks& hooks, CudaKernels& kernels) {
   (void)kernels;
   register_attention(kernels);
   register_adamw(kernels);
+  register_elementwise(kernels);
+  register_copy(kernels);
+  register_reduce(kernels);
   register_nn_kernels(kernels);
 }
 

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "tensor/ops.h"
+#include "tests/tensor/torch_ref.h"
 
 using namespace loom;
 namespace O = loom::ops;
@@ -310,4 +311,58 @@ TEST(Elementwise, MatchesPyTorchForMixedOps) {
       EXPECT_NEAR(v, want[k], 2e-6 * (1 + std::fabs(want[k]))) << "value " << k;
       ++k;
     }
+}
+
+// Ops on a CUDA tensor validate and broadcast here, then call the CUDA kernel
+// table; with no device present (this machine) each must throw Unsupported
+// naming the op before anything reads or writes the tensor's memory (host
+// memory labelled cuda:0 here, which no cpu loop may touch either).
+TEST(Elementwise, CudaTensorsWithoutADeviceAreUnsupportedAndUntouched) {
+  if (cuda_is_available()) GTEST_SKIP() << "a CUDA device is present";
+  Tensor c = loom::testing::fake_cuda_tensor({4, 4});
+  Tensor m = loom::testing::fake_cuda_tensor({4, 4}, DType::u8);
+  Tensor ix = loom::testing::fake_cuda_tensor({2}, DType::i64);
+  Tensor row = O::narrow(c, 1, 1, 2);  // a strided view
+  unsigned char* bytes = static_cast<unsigned char*>(c.data_ptr());
+  std::fill(bytes, bytes + 64, 0x5a);
+  using loom::testing::expect_unsupported;
+  expect_unsupported([&] { O::add(c, c); }, "add");
+  expect_unsupported([&] { O::div(c, c); }, "div");
+  expect_unsupported([&] { O::pow(c, 3.0); }, "pow");
+  expect_unsupported([&] { O::add(c, 1.5); }, "add");
+  expect_unsupported([&] { O::rdiv(c, 1.0); }, "rdiv");
+  expect_unsupported([&] { O::eq(c, c); }, "eq");
+  expect_unsupported([&] { O::gt(c, 0.5); }, "gt");
+  expect_unsupported([&] { O::exp(c); }, "exp");
+  expect_unsupported([&] { O::relu(row); }, "relu");
+  expect_unsupported([&] { O::clamp(c, -1, 1); }, "clamp");
+  expect_unsupported([&] { O::gelu(c, O::GeluApprox::kTanh); }, "gelu");
+  expect_unsupported([&] { O::gelu_backward(c, c); }, "gelu_backward");
+  expect_unsupported([&] { O::silu_backward(c, c); }, "silu_backward");
+  expect_unsupported([&] { O::add_(c, c, 0.5); }, "add_");
+  expect_unsupported([&] { O::add_(c, 1.0); }, "add_");
+  expect_unsupported([&] { O::mul_(c, c); }, "mul_");
+  expect_unsupported([&] { O::mul_(row, 2.0); }, "mul_");
+  expect_unsupported([&] { O::addcmul_(c, c, c); }, "addcmul_");
+  expect_unsupported([&] { O::addcdiv_(c, c, c); }, "addcdiv_");
+  expect_unsupported([&] { O::lerp_(c, c, 0.1); }, "lerp_");
+  expect_unsupported([&] { O::where(m, c, c); }, "where");
+  expect_unsupported([&] { O::masked_fill(c, m, -1.0); }, "masked_fill");
+  expect_unsupported([&] { O::copy_(row, c); }, "copy_");
+  expect_unsupported([&] { O::to(c, DType::bf16); }, "cuda:0");  // refused when allocating the result
+  expect_unsupported([&] { O::fill_(c, 2.0); }, "fill_");
+  expect_unsupported([&] { O::zero_(row); }, "zero_");
+  expect_unsupported([&] { O::cat({c, c}, 0); }, "cat");
+  expect_unsupported([&] { O::stack({c, c}, 0); }, "cat");
+  expect_unsupported([&] { O::index_select(c, 0, ix); }, "index_select");
+  expect_unsupported([&] { O::uniform_(c, 0, 1); }, "uniform_");
+  expect_unsupported([&] { O::normal_(row, 0, 1); }, "normal_");
+  expect_unsupported([&] { O::sum(c, {0}); }, "sum");
+  expect_unsupported([&] { O::mean(c); }, "mean");
+  expect_unsupported([&] { O::sum_to(c, {4}); }, "sum_to");
+  expect_unsupported([&] { O::max(c); }, "max");
+  expect_unsupported([&] { O::argmax(c, 1); }, "max");
+  for (int i = 0; i < 64; ++i) ASSERT_EQ(bytes[i], 0x5a) << "byte " << i << " of the fake cuda tensor was written";
+  // A device mismatch is still an InvalidArgument naming both devices.
+  loom::testing::expect_error_mentions([&] { O::add(O::zeros({4, 4}), c); }, {"add", "cpu", "cuda:0"});
 }
