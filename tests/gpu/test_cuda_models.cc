@@ -20,7 +20,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/functions.h"
@@ -237,13 +239,32 @@ TEST(CudaModels, LlamaBf16MatchesCpuF32) {
 // ---------------------------------------------------------------- DDP and FullyShard, world size 1
 
 /// The world group of one rank from the torchrun variables: nccl on CUDA, gloo in the CPU self-check.
+/// The variables are set only while the group is made, then restored, so later tests in the process see the old ones.
 std::shared_ptr<collectives::ProcessGroup> world_of_one(int port) {
-  ::setenv("RANK", "0", 1);
-  ::setenv("WORLD_SIZE", "1", 1);
-  ::setenv("LOCAL_RANK", "0", 1);
-  ::setenv("LOCAL_WORLD_SIZE", "1", 1);
-  ::setenv("MASTER_ADDR", "127.0.0.1", 1);
-  ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+  const std::vector<std::pair<std::string, std::string>> vars = {{"RANK", "0"},
+                                                                 {"WORLD_SIZE", "1"},
+                                                                 {"LOCAL_RANK", "0"},
+                                                                 {"LOCAL_WORLD_SIZE", "1"},
+                                                                 {"MASTER_ADDR", "127.0.0.1"},
+                                                                 {"MASTER_PORT", std::to_string(port)}};
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved;
+  for (const auto& [k, v] : vars) {
+    const char* old = std::getenv(k.c_str());
+    saved.emplace_back(k, old ? std::optional<std::string>(old) : std::nullopt);
+    ::setenv(k.c_str(), v.c_str(), 1);
+  }
+  struct Restore {
+    std::vector<std::pair<std::string, std::optional<std::string>>>& saved;
+    ~Restore() {
+      for (const auto& [k, v] : saved) {
+        if (v) {
+          ::setenv(k.c_str(), v->c_str(), 1);
+        } else {
+          ::unsetenv(k.c_str());
+        }
+      }
+    }
+  } restore{saved};
   collectives::InitOptions o;
   o.secret = "loom-cuda-models-test";
   return collectives::init_process_group(mode().self_check ? "gloo" : "nccl", o);
