@@ -1024,6 +1024,11 @@ std::vector<OpCase> gradient_cases() {
       kNn, {DType::f16, DType::f64});
   add("rms_norm", norm_inputs, [](const Tensors& in, Device) { return loom::rms_norm(in[0], in[1], 1e-6) * in[2]; },
       kNn, {DType::f16, DType::f64});
+  add("norms_without_weights", norm_inputs,
+      [](const Tensors& in, Device) {
+        return loom::layer_norm(in[0], Tensor(), Tensor(), 1e-5) + loom::rms_norm(in[0], Tensor(), 1e-6) * in[2];
+      },
+      kNn, {DType::f16, DType::f64}, {0, 2});
   add(
       "embedding",
       [](DType dt, Generator& g) {
