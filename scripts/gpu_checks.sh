@@ -22,6 +22,8 @@
 #                         /usr/local/cuda*/bin, pip's nvidia/cuda_sanitizer_api, BUNDLE/tools)
 # Files in LOG_DIR: env.txt, nvidia-smi.txt, gpu_tests.log (+ gpu_test_logs/ for a bundle),
 # conformance.log, memcheck.log, summary.txt (one line per step: passed / FAILED / NOT RUN and why).
+# memcheck sees allocations as CUDA made them: an overrun inside a segment of loom's caching allocator (2 MiB and
+# up, shared by many tensors) is invisible to it until the allocator can be told to hand out one cudaMalloc per block.
 # A device call allows 600 s: where the steps together may take longer, run them in two calls, e.g.
 #   GPU_CHECKS_STEPS="smi tests conformance" scripts/gpu_checks.sh $OUT/a BUILD
 #   GPU_CHECKS_STEPS=memcheck scripts/gpu_checks.sh $OUT/b BUILD
