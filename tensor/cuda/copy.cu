@@ -28,6 +28,11 @@ struct ConvertF {
   }
 };
 
+template <typename U>
+struct SameBitsF {
+  __device__ U operator()(U v) const { return v; }
+};
+
 /// Writes `bits` (one element's bytes) into every element of a dense or strided tensor.
 template <typename U>
 __global__ void fill_dense_kernel(U* p, int64_t n, U bits) {
@@ -78,6 +83,20 @@ void copy(const Tensor& dst, const Tensor& src) {
     return;
   }
   const std::array<const Tensor*, 1> in{&src};
+  if (dst.dtype() == src.dtype()) {  // the bits as they are (NaN payloads included), by element size
+    switch (dst.element_size()) {
+      case 1:
+        return launch_loop<uint8_t, uint8_t>("copy_", dst, in, SameBitsF<uint8_t>{}, s);
+      case 2:
+        return launch_loop<uint16_t, uint16_t>("copy_", dst, in, SameBitsF<uint16_t>{}, s);
+      case 4:
+        return launch_loop<uint32_t, uint32_t>("copy_", dst, in, SameBitsF<uint32_t>{}, s);
+      case 8:
+        return launch_loop<uint64_t, uint64_t>("copy_", dst, in, SameBitsF<uint64_t>{}, s);
+      default:
+        break;
+    }
+  }
   dispatch_all(dst.dtype(), "copy_", [&](auto dtag) {
     using D = decltype(dtag);
     dispatch_all(src.dtype(), "copy_", [&](auto stag) {

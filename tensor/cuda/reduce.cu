@@ -216,7 +216,7 @@ void run_reduce(const Tensor& out, const Tensor& in, int64_t O, int64_t R, int64
   if (rows && R > kLongRow) {
     P = clamp64(ceil_div(kRowBlocks, O), 1, ceil_div(R, kMinRowChunk));
   } else if (!rows) {
-    P = clamp64(ceil_div(kColThreads, OI), 1, std::min(kMaxColChunks, ceil_div(R, kMinColChunk)));
+    P = clamp64(ceil_div(kColThreads, OI), 1, std::max<int64_t>(1, std::min(kMaxColChunks, ceil_div(R, kMinColChunk))));
   }
   const int64_t chunk = P == 1 ? R : ceil_div(R, P);
   Tensor workspace;
