@@ -183,7 +183,7 @@ Tensor batch3(const Tensor& t, const Shape& batch, int64_t rows, int64_t cols) {
                 m.dtype());
 }
 
-/// A contiguous (rows, cols) tensor as the 3-D (1, rows, cols) view bmm writes.
+/// A contiguous out of nbatch * rows * cols elements as the 3-D (nbatch, rows, cols) view bmm writes.
 Tensor out3(const Tensor& out, int64_t nbatch, int64_t rows, int64_t cols) {
   return Tensor(out.storage(), {nbatch, rows, cols}, {rows * cols, cols, 1}, out.storage_offset(), out.dtype());
 }
