@@ -155,7 +155,8 @@ for t in tests:
     for p in t.get("properties", []):
         if p["name"] == "ENVIRONMENT":
             env += p["value"]
-    words = [t["name"], ",".join(env) or "-", os.path.basename(cmd[0])] + cmd[1:]
+    # A parameterised gtest case's CTest name ends in " # GetParam() = ...": keep the part before.
+    words = [t["name"].split()[0], ",".join(env) or "-", os.path.basename(cmd[0])] + cmd[1:]
     if any(not w or any(c.isspace() for c in w) for w in words):
         sys.exit("bundle.sh: gpu test %s has an argument with white space, which gpu_tests.txt cannot hold" % t["name"])
     print(" ".join(words))
