@@ -12,6 +12,7 @@
 #include <cmath>
 #include <limits>
 
+#include "autograd/autocast.h"
 #include "autograd/functions.h"
 #include "tensor/cuda/attention_plan.h"
 #include "tensor/cuda_dispatch.h"
@@ -286,6 +287,12 @@ SdpaRoute sdpa_route(Device device, DType q, DType k, DType v, int64_t head_dim,
 
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool is_causal, double dropout_p,
                                     bool training, Generator& gen) {
+  if (autocast_enabled()) {  // a matrix product: low precision under autocast (softmax stays f32 inside)
+    Tensor lq = autograd::detail::autocast_lowp(q), lk = autograd::detail::autocast_lowp(k),
+           lv = autograd::detail::autocast_lowp(v);
+    autograd::detail::AutocastSuspend off;
+    return scaled_dot_product_attention(lq, lk, lv, is_causal, dropout_p, training, gen);
+  }
   const char* op = "scaled_dot_product_attention";
   LOOM_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, op,
              ": expected q (B, H, T, D) and k, v (B, Hkv, S, D), got ", shape_str(q.sizes()), ", ",

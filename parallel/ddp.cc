@@ -176,6 +176,8 @@ void DdpState::finalize() {
       used = ops::zeros({static_cast<int64_t>(slots.size())}, DType::i32);
       int32_t* u = used.data<int32_t>();
       for (size_t i = 0; i < slots.size(); ++i) u[i] = std::find(unused.begin(), unused.end(), i) == unused.end();
+      // The flags travel on the parameters' device (NCCL takes CUDA tensors only) and come back to the host below.
+      used = ops::to(used, slots.front().param.device());
       used_work = group->allreduce(used, {collectives::ReduceOp::kMax});
     }
 
@@ -183,7 +185,10 @@ void DdpState::finalize() {
       timed_wait(*b.work);
       b.work.reset();
     }
-    if (used_work) timed_wait(*used_work);
+    if (used_work) {
+      timed_wait(*used_work);
+      used = ops::to(used, kCPU);
+    }
 
     for (size_t i = 0; i < slots.size(); ++i) {
       DdpSlot& s = slots[i];
@@ -249,7 +254,7 @@ void broadcast_state(nn::Module& m, collectives::ProcessGroup& g) {
     int64_t total = 0;
     for (const auto& t : tensors) total += t.numel();
     if (total == 0) continue;
-    Tensor flat = ops::zeros({total}, dtype);
+    Tensor flat = ops::zeros({total}, dtype, tensors.front().device());
     int64_t off = 0;
     for (const auto& t : tensors) {
       ops::copy_(ops::view(ops::narrow(flat, 0, off, t.numel()), t.sizes()), t);
@@ -316,7 +321,8 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
     open_bytes[dt] += bytes;
   }
   for (auto& b : st->buckets) {
-    b.flat = ops::zeros({b.numel}, b.dtype);
+    // On the parameters' device: gradients become views of it, and NCCL reduces it in place.
+    b.flat = ops::zeros({b.numel}, b.dtype, st->slots[b.slots.front()].param.device());
     b.pending = b.slots.size();
   }
 

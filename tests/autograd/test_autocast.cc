@@ -39,6 +39,8 @@ TEST(Autocast, MatrixProductsRunInBf16AndNormsSoftmaxLossInF32) {
   // Elementwise ops promote as always: bf16 + f32 is f32.
   EXPECT_EQ(add(y, ops::zeros({4, 6})).dtype(), DType::f32);
   EXPECT_EQ(gelu(y).dtype(), DType::bf16);
+  Tensor q = leaf({1, 2, 3, 4}, 6), k = leaf({1, 2, 3, 4}, 7), v = leaf({1, 2, 3, 4}, 8);
+  EXPECT_EQ(scaled_dot_product_attention(q, k, v).dtype(), DType::bf16);
 }
 
 TEST(Autocast, OffOutsideTheGuardAndWhenDisabledInside) {

@@ -141,7 +141,9 @@ void run_reference(const std::string& family, DType dtype, bool autocast = false
   expect_close(loss, ref.at("loss"), 0, tol.loss_rel, "loss");
   // Where each cast goes is checked exactly by tests/autograd/test_autocast.cc;
   // here bf16 training is checked against PyTorch's bf16 to bf16 precision.
-  if (autocast) EXPECT_EQ(logits.dtype(), DType::bf16);
+  if (autocast) {
+    EXPECT_EQ(logits.dtype(), DType::bf16);
+  }
   auto named = model->named_parameters();
   for (const auto& [name, p] : named) {
     ASSERT_TRUE(p.grad().defined()) << name << " received no gradient";
