@@ -258,6 +258,7 @@ struct Run {
   std::unique_ptr<nn::Optimizer> opt;
   std::unique_ptr<nn::LRScheduler> sched;
   bool rank0 = true;
+  Device device = kCPU;  // where the model and batches live: cuda:LOCAL_RANK under nccl, else cpu
 
   /// Mean over the world of one number per rank (tp ranks hold equal values, so this is the data-parallel mean).
   double world_mean(double v) {
@@ -276,7 +277,7 @@ struct Run {
       autograd::NoGradGuard ng;
       for (int64_t i = 0; i < cfg.logging.eval_batches; ++i) {
         Batch b = vl.next();
-        sum += model->loss(b.idx, b.targets).item();
+        sum += model->loss(ops::to(b.idx, device), ops::to(b.targets, device)).item();
       }
     }
     model->train();
@@ -359,6 +360,12 @@ int run_training(const RecipeConfig& cfg_in) {
     if (r.rank0) std::printf("initial weights: %s\n", init_from.c_str());
   } else if (!init_from.empty() && r.rank0) {
     std::printf("model.init_from (%s) not used: the run resumes from a checkpoint\n", init_from.c_str());
+  }
+  // Under nccl each rank computes on its local GPU (cuda:LOCAL_RANK; cuda:0 for one process without a launcher).
+  if (P.backend == "nccl") {
+    r.device = Device(DeviceType::kCUDA, launched() ? collectives::rank_info_from_env().local_rank : 0);
+    r.model->to(r.device);
+    if (r.rank0) std::printf("device: %s per rank (local rank)\n", r.device.str().c_str());
   }
   if (r.tp_group) parallel::tensor_parallelize(*r.model, r.tp_group);
   const bool bf16 = cfg.training.precision == "bf16";
@@ -537,7 +544,7 @@ int run_training(const RecipeConfig& cfg_in) {
     for (int64_t m = 0; m < accum; ++m) {
       Batch b = loader.next();
       auto fwd_bwd = [&] {
-        Tensor loss = r.model->loss(b.idx, b.targets);
+        Tensor loss = r.model->loss(ops::to(b.idx, r.device), ops::to(b.targets, r.device));
         loss_sum += loss.item();
         // The mean over the micro-steps: each backward adds 1/accum of its gradient.
         (accum > 1 ? loss / static_cast<double>(accum) : loss).backward();
