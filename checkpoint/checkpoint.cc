@@ -687,9 +687,10 @@ void load_tensor(Readers& readers, const Metadata& md, const TensorInfo& ti, con
   if (ti.dtype != lt.data.dtype())
     throw InvalidArgument(loom::detail::str_cat("checkpoint: tensor ", ti.name, " is ", dtype_name(ti.dtype), " in ",
                                                 md.dir, ", the model's is ", dtype_name(lt.data.dtype())));
-  LOOM_CHECK_T(Unsupported, lt.data.device().is_cpu(), "checkpoint: loading into ", lt.data.device().str(),
-               " tensors is not supported yet; load on the cpu, then move the model");
-  char* base = static_cast<char*>(lt.data.data_ptr());
+  // A tensor on a GPU is filled through a host copy of the same (contiguous) layout, moved over once complete.
+  const bool on_host = lt.data.device().is_cpu();
+  Tensor host = on_host ? lt.data : empty(lt.data.sizes(), lt.data.dtype(), kCPU);
+  char* base = static_cast<char*>(host.data_ptr());
   const size_t es = lt.data.element_size();
   for (const BoxPiece& w : detail::to_boxes(lt, 0, lt.flat_end - lt.flat_begin)) {
     int64_t covered = 0;
@@ -705,6 +706,7 @@ void load_tensor(Readers& readers, const Metadata& md, const TensorInfo& ti, con
           w.end - w.begin, " elements this rank needs (box offset ", shape_str(w.box_offset), " size ",
           shape_str(w.box_size), ", range [", w.begin, ", ", w.end, ")); the checkpoint is incomplete"));
   }
+  if (!on_host) ops::copy_(lt.data, ops::to(host, lt.data.device()));
 }
 
 // The names (and, where known here, global shapes) of the model tensors the target expects.
