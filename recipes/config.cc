@@ -861,7 +861,11 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   const double b = static_cast<double>(cfg.training.micro_batch), sl = static_cast<double>(m.seq_len);
   const double h = static_cast<double>(m.n_embd), a = static_cast<double>(m.n_head), t = static_cast<double>(tp);
   const double el = static_cast<double>(elt);
-  const bool fused_attention = !on_cuda.value_or(p.backend == "nccl");
+  // The CPU's attention is always fused; on CUDA the flash kernel (tensor/cuda/attention.cu) takes head dims 32, 64,
+  // 96, 128 without dropout, anything else goes through composed ops that keep the (B, H, T, T) scores.
+  const int64_t head_dim = m.n_head > 0 ? m.n_embd / m.n_head : 0;
+  const bool flash_head = head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
+  const bool fused_attention = !on_cuda.value_or(p.backend == "nccl") || (flash_head && m.dropout == 0.0);
   const double linear = sl * b * h * (10.0 + 24.0 / t) * el / 2.0;
   const double scores = fused_attention ? 0.0 : a * sl * sl * b * (el + (m.dropout > 0.0 ? el + 1.0 : 0.0)) / t;
   const double layers = (linear + scores) * static_cast<double>(m.n_layer);

@@ -137,8 +137,8 @@ struct MemoryEstimate {
   int64_t host_offloaded = 0;
 };
 /// Resolves the layout for `world_size` (throws ConfigError as resolve_layout) and estimates memory per rank.
-/// `on_cuda` picks the attention's memory model (CPU: fused, no T x T matrices kept; CUDA: composed ops keep
-/// them); left out, backend "nccl" means CUDA.
+/// `on_cuda` picks the attention's memory model (CPU, and CUDA's flash kernel for head dims 32/64/96/128 without
+/// dropout: no T x T matrices kept; other CUDA cases: composed ops keep them); left out, backend "nccl" means CUDA.
 MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg, int world_size,
                                         std::optional<bool> on_cuda = std::nullopt);
 

@@ -461,6 +461,12 @@ TEST(RecipeConfig, MemoryEstimateShardsStatesByLayout) {
   EXPECT_EQ(estimate_memory_per_rank(drop, 1, true).activations - one.activations, static_cast<int64_t>(8 * sq * 9));
   EXPECT_EQ(estimate_memory_per_rank(cfg({"parallelism.backend=nccl"}), 1).activations,
             estimate_memory_per_rank(c, 1, true).activations);
+  // Head dim 64 without dropout runs CUDA's flash kernel: no scores kept, as on the CPU; with dropout, composed.
+  RecipeConfig d64 = cfg({"model.n_embd=256"});
+  EXPECT_EQ(estimate_memory_per_rank(d64, 1, true).activations, estimate_memory_per_rank(d64, 1, false).activations);
+  RecipeConfig d64_drop = cfg({"model.n_embd=256", "model.dropout=0.1"});
+  EXPECT_GT(estimate_memory_per_rank(d64_drop, 1, true).activations,
+            estimate_memory_per_rank(d64_drop, 1, false).activations);
   // A layout that does not fit is the same error as resolve_layout's.
   EXPECT_THROW(estimate_memory_per_rank(f, 6), ConfigError);
 }
