@@ -2,7 +2,7 @@
 # The GPU checks of the CUDA backend, in one command for a machine with a GPU:
 # the GPU (nvidia-smi), the gpu-labelled tests, one run of the conformance tests
 # in a single process (it ends with the per-op summary table), and
-# compute-sanitizer's memcheck over test_gpu. Works from a build folder (CMake,
+# compute-sanitizer's memcheck over test_gpu (with LOOM_CUDA_NO_CACHING=1). Works from a build folder (CMake,
 # `ctest -L gpu`) or from a bundle written by scripts/bundle.sh (run_gpu_tests.sh
 # and run.sh).
 #
@@ -22,8 +22,9 @@
 #                         /usr/local/cuda*/bin, pip's nvidia/cuda_sanitizer_api, BUNDLE/tools)
 # Files in LOG_DIR: env.txt, nvidia-smi.txt, gpu_tests.log (+ gpu_test_logs/ for a bundle),
 # conformance.log, memcheck.log, summary.txt (one line per step: passed / FAILED / NOT RUN and why).
-# memcheck sees allocations as CUDA made them: an overrun inside a segment of loom's caching allocator (2 MiB and
-# up, shared by many tensors) is invisible to it until the allocator can be told to hand out one cudaMalloc per block.
+# The memcheck step alone runs with LOOM_CUDA_NO_CACHING=1: the allocator then gives every tensor its own cudaMalloc
+# of exactly its bytes, so memcheck sees an overrun past any tensor's end (in a 2 MiB caching segment shared by many
+# tensors it could not); test_gpu's tests of the caching itself skip there.
 # A device call allows 600 s: where the steps together may take longer, run them in two calls, e.g.
 #   GPU_CHECKS_STEPS="smi tests conformance" scripts/gpu_checks.sh $OUT/a BUILD
 #   GPU_CHECKS_STEPS=memcheck scripts/gpu_checks.sh $OUT/b BUILD
@@ -168,14 +169,14 @@ for step in $steps; do
       fi
       log="$out/memcheck.log"
       filter="${MEMCHECK_FILTER:-*}"
-      echo "memcheck: $san --tool memcheck on test_gpu --gtest_filter=$filter"
+      echo "memcheck: LOOM_CUDA_NO_CACHING=1 (one cudaMalloc per tensor) $san --tool memcheck on test_gpu --gtest_filter=$filter"
       # Errors go to memcheck.log with the program's output; --error-exitcode separates them from test failures.
       if [ "$kind" = bundle ]; then
-        timeout "${MEMCHECK_TIMEOUT:-480}" "$san" --tool memcheck --target-processes all --error-exitcode 97 \
+        LOOM_CUDA_NO_CACHING=1 timeout "${MEMCHECK_TIMEOUT:-480}" "$san" --tool memcheck --target-processes all --error-exitcode 97 \
           --print-limit 200 "${tg[@]}" --gtest_filter="$filter" --gtest_brief=1 >"$log" 2>&1
       else
-        timeout "${MEMCHECK_TIMEOUT:-480}" "$san" --tool memcheck --error-exitcode 97 --print-limit 200 \
-          "${tg[@]}" --gtest_filter="$filter" --gtest_brief=1 >"$log" 2>&1
+        LOOM_CUDA_NO_CACHING=1 timeout "${MEMCHECK_TIMEOUT:-480}" "$san" --tool memcheck --error-exitcode 97 \
+          --print-limit 200 "${tg[@]}" --gtest_filter="$filter" --gtest_brief=1 >"$log" 2>&1
       fi
       rc=$?
       tail -n 30 "$log"
@@ -191,7 +192,7 @@ for step in $steps; do
       elif grep -q 'no CUDA device' "$log"; then
         record memcheck "NOT RUN" "no CUDA device: test_gpu skipped everything under the sanitizer"
       else
-        record memcheck passed "$errs"
+        record memcheck passed "$errs (LOOM_CUDA_NO_CACHING=1: one cudaMalloc per tensor)"
       fi
       ;;
     *)

@@ -1,8 +1,10 @@
 #include "tensor/caching_allocator.h"
 
+#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <thread>
 
 #include "tensor/error.h"
 
@@ -27,14 +29,28 @@ std::string format_bytes(size_t n) {
 
 }  // namespace
 
+void AllocatorBackend::wait_streams(const std::vector<StreamHandle>& streams) {
+  for (StreamHandle s : streams) {
+    void* event = event_create();
+    try {
+      event_record(event, s);
+      while (!event_query(event)) std::this_thread::sleep_for(std::chrono::microseconds(20));
+    } catch (...) {
+      event_destroy(event);
+      throw;
+    }
+    event_destroy(event);
+  }
+}
+
 bool CachingAllocator::ByStreamSize::operator()(const Block* a, const Block* b) const {
   if (a->stream != b->stream) return std::less<StreamHandle>()(a->stream, b->stream);
   if (a->size != b->size) return a->size < b->size;
   return std::less<char*>()(a->ptr, b->ptr);
 }
 
-CachingAllocator::CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string device_name)
-    : backend_(std::move(backend)), device_name_(std::move(device_name)) {
+CachingAllocator::CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string device_name, bool caching)
+    : backend_(std::move(backend)), device_name_(std::move(device_name)), caching_(caching) {
   LOOM_CHECK(backend_ != nullptr, "CachingAllocator for ", device_name_, ": no backend");
 }
 
@@ -69,12 +85,17 @@ void* CachingAllocator::allocate(size_t bytes, StreamHandle stream) {
     ++stats_.num_ooms;
     throw_oom(bytes, bytes);
   }
-  process_events();
-  const size_t size = round_up(bytes, kMinBlockSize);
-  const bool small = size <= kSmallSize;
-  Block* b = find_free(small, stream, size);
-  if (!b) b = new_segment(small, stream, size, bytes);
-  split(b, size);
+  Block* b = nullptr;
+  if (caching_) {
+    process_events();
+    const size_t size = round_up(bytes, kMinBlockSize);
+    const bool small = size <= kSmallSize;
+    b = find_free(small, stream, size);
+    if (!b) b = new_segment(small, stream, small ? kSmallSegment : round_up(size, kLargeSegmentRound), bytes);
+    split(b, size);
+  } else {
+    b = new_segment(false, stream, bytes, bytes);  // exactly the request, never split
+  }
   b->allocated = true;
   b->requested = bytes;
   stats_.allocated_bytes += static_cast<int64_t>(b->size);
@@ -95,10 +116,10 @@ CachingAllocator::Block* CachingAllocator::find_free(bool small, StreamHandle st
   return b;
 }
 
-CachingAllocator::Block* CachingAllocator::new_segment(bool small, StreamHandle stream, size_t size, size_t requested) {
-  const size_t segment = small ? kSmallSegment : round_up(size, kLargeSegmentRound);
+CachingAllocator::Block* CachingAllocator::new_segment(bool small, StreamHandle stream, size_t segment,
+                                                       size_t requested) {
   void* p = backend_->alloc(segment);
-  if (!p) {
+  if (!p && caching_) {
     // Cached segments of other sizes or streams may be what stands in the way.
     ++stats_.num_alloc_retries;
     release_cached();
@@ -141,14 +162,22 @@ void CachingAllocator::split(Block* b, size_t size) {
   blocks_[r->ptr] = std::move(r);
 }
 
-void CachingAllocator::free(void* ptr) {
-  if (!ptr) return;
-  std::lock_guard<std::mutex> lock(mutex_);
+CachingAllocator::Block* CachingAllocator::allocated_block(void* ptr, const char* what) {
   auto it = blocks_.find(static_cast<char*>(ptr));
   if (it == blocks_.end() || !it->second->allocated)
-    LOOM_THROW(InvalidArgument, "CachingAllocator::free on ", device_name_, ": pointer ", ptr,
+    LOOM_THROW(InvalidArgument, what, " on ", device_name_, ": pointer ", ptr,
                " was not returned by allocate() or was freed already");
-  Block* b = it->second.get();
+  return it->second.get();
+}
+
+void CachingAllocator::free(void* ptr) {
+  if (!ptr) return;
+  if (!caching_) {
+    free_uncached(ptr);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  Block* b = allocated_block(ptr, "CachingAllocator::free");
   b->allocated = false;
   b->requested = 0;
   stats_.allocated_bytes -= static_cast<int64_t>(b->size);
@@ -178,6 +207,29 @@ void CachingAllocator::free(void* ptr) {
     pending_.emplace_back(event, b);
     ++b->pending_events;
   }
+}
+
+void CachingAllocator::free_uncached(void* ptr) {
+  // The memory goes back to the backend now, where anything may reuse it: first
+  // the stream it was allocated on and every stream that used it must be done.
+  std::vector<StreamHandle> streams;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Block* b = allocated_block(ptr, "CachingAllocator::free");
+    streams.push_back(b->stream);
+    streams.insert(streams.end(), b->stream_uses.begin(), b->stream_uses.end());
+  }
+  // Without the lock, so that other threads allocate and free meanwhile; a throw
+  // leaves the block allocated.
+  backend_->wait_streams(streams);
+  std::lock_guard<std::mutex> lock(mutex_);
+  Block* b = allocated_block(ptr, "CachingAllocator::free");  // a racing second free of ptr throws here
+  backend_->free(b->ptr);
+  stats_.allocated_bytes -= static_cast<int64_t>(b->size);
+  stats_.reserved_bytes -= static_cast<int64_t>(b->size);
+  ++stats_.num_frees;
+  ++stats_.num_backend_frees;
+  blocks_.erase(b->ptr);  // destroys b
 }
 
 void CachingAllocator::free_block(Block* b) {
@@ -276,10 +328,11 @@ void CachingAllocator::update_peaks() {
 void CachingAllocator::throw_oom(size_t requested, size_t segment) {
   std::string device = backend_->describe_memory();
   LOOM_THROW(OutOfMemory, "out of memory on ", device_name_, ": tried to allocate ", format_bytes(requested),
-             " (a new segment of ", format_bytes(segment), "); loom's caching allocator has ",
-             format_bytes(static_cast<size_t>(stats_.allocated_bytes)), " allocated to tensors and ",
-             format_bytes(static_cast<size_t>(stats_.reserved_bytes)), " reserved (peak allocated ",
-             format_bytes(static_cast<size_t>(stats_.peak_allocated_bytes)), ")", device.empty() ? "" : "; ", device,
+             caching_ ? " (a new segment of " : " (caching off: one backend allocation of ", format_bytes(segment),
+             "); loom's caching allocator has ", format_bytes(static_cast<size_t>(stats_.allocated_bytes)),
+             " allocated to tensors and ", format_bytes(static_cast<size_t>(stats_.reserved_bytes)),
+             " reserved (peak allocated ", format_bytes(static_cast<size_t>(stats_.peak_allocated_bytes)), ")",
+             device.empty() ? "" : "; ", device,
              ". To fit: lower the batch size or sequence length, use bf16, activation checkpointing or FSDP "
              "sharding, and drop references to tensors you no longer need; memory held by other processes on the "
              "device is not the allocator's to free");

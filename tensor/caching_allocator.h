@@ -37,13 +37,19 @@ class AllocatorBackend {
   /// True once the stream passed the recorded point.
   virtual bool event_query(void* event) = 0;
   virtual void event_destroy(void* event) = 0;
+  /// Returns once the work queued so far on each of `streams` has finished (a
+  /// backend may wait for more, e.g. the whole device). Used only by an
+  /// allocator with caching off, before it frees a block. The default records
+  /// an event on each stream and polls it.
+  virtual void wait_streams(const std::vector<StreamHandle>& streams);
   /// Extra words for an out-of-memory message (the device's free and total memory); may be empty.
   virtual std::string describe_memory() { return {}; }
 };
 
 /// Counters of one CachingAllocator. Byte counts are of blocks (requests rounded
 /// up to kMinBlockSize, or a whole cached block when splitting it would leave a
-/// useless sliver), not of the bytes asked for.
+/// useless sliver), not of the bytes asked for; with caching off a block is
+/// exactly the request and each block is its own segment.
 struct AllocatorStats {
   int64_t allocated_bytes = 0;       // in blocks handed out and not yet freed
   int64_t reserved_bytes = 0;        // in segments held from the backend (allocated + cached)
@@ -67,6 +73,12 @@ struct AllocatorStats {
 /// streams at free() have completed. When the backend is out of memory, the
 /// allocator returns its fully free segments to the backend and retries once,
 /// then throws OutOfMemory. All methods are thread-safe.
+///
+/// With caching off (a debugging mode, PyTorch's PYTORCH_NO_CUDA_MEMORY_CACHING)
+/// each allocate() takes exactly the bytes asked for from the backend, and
+/// free() waits for the block's stream and the streams record_stream() named
+/// (AllocatorBackend::wait_streams) and returns the memory to the backend at
+/// once, so that a memory checker sees every block as its own allocation.
 class CachingAllocator {
  public:
   static constexpr size_t kMinBlockSize = 512;           // every request is rounded up to a multiple
@@ -74,8 +86,10 @@ class CachingAllocator {
   static constexpr size_t kSmallSegment = 2 << 20;       // segment size of the small pool (2 MiB)
   static constexpr size_t kLargeSegmentRound = 2 << 20;  // large segments are multiples of this (2 MiB)
 
-  /// device_name (e.g. "cuda:0") appears in error messages.
-  CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string device_name);
+  /// device_name (e.g. "cuda:0") appears in error messages. caching: false
+  /// for one backend allocation per block (see the class comment); fixed for
+  /// the allocator's lifetime.
+  CachingAllocator(std::unique_ptr<AllocatorBackend> backend, std::string device_name, bool caching = true);
   /// Returns every segment to the backend (errors are swallowed: this runs in
   /// destructors); pointers still handed out become invalid.
   ~CachingAllocator();
@@ -102,6 +116,8 @@ class CachingAllocator {
   /// Sets the peaks to the current values.
   void reset_peak();
   const std::string& device_name() const { return device_name_; }
+  /// False when every block is its own backend allocation.
+  bool caching() const { return caching_; }
 
  private:
   struct Block {
@@ -123,9 +139,11 @@ class CachingAllocator {
 
   FreeList& pool(bool small) { return small ? small_free_ : large_free_; }
   Block* find_free(bool small, StreamHandle stream, size_t size);
-  Block* new_segment(bool small, StreamHandle stream, size_t size, size_t requested);
+  Block* new_segment(bool small, StreamHandle stream, size_t segment, size_t requested);
   void split(Block* b, size_t size);
   void free_block(Block* b);  // merges and puts it on its free list
+  void free_uncached(void* ptr);
+  Block* allocated_block(void* ptr, const char* what);  // the block allocate() returned as ptr, else throws
   void process_events();
   void release_cached();
   Block* live_block_containing(void* ptr);
@@ -135,6 +153,7 @@ class CachingAllocator {
   mutable std::mutex mutex_;
   std::unique_ptr<AllocatorBackend> backend_;
   std::string device_name_;
+  bool caching_ = true;
   std::map<char*, std::unique_ptr<Block>> blocks_;  // every block, free or not, by address
   FreeList small_free_;
   FreeList large_free_;

@@ -111,6 +111,17 @@ class StreamGuard {
 /// Blocks the host until all work on `device` has finished (cudaDeviceSynchronize).
 void synchronize(int device);
 
+/// False when the environment variable LOOM_CUDA_NO_CACHING is set (to anything
+/// but "" or "0"; like PyTorch's PYTORCH_NO_CUDA_MEMORY_CACHING): then every
+/// tensor's memory is its own cudaMalloc of exactly its bytes, cudaFree'd when
+/// the tensor goes, after a cudaDeviceSynchronize (so record_stream holds), with
+/// the statistics counted as usual. Slow; meant for compute-sanitizer's memcheck,
+/// which cannot see an overrun inside a caching segment. The variable is read
+/// once per process, at the first CUDA allocation or the first call of this
+/// function, whichever comes first; setting it later changes nothing (a test
+/// sets it in a child process). Needs no device.
+bool caching_allocator_enabled();
+
 /// The caching allocator's counters for `device` (num_backend_allocs counts cudaMalloc calls).
 AllocatorStats allocator_stats(int device);
 /// Sets the peaks of `device`'s allocator to the current values.

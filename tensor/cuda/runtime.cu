@@ -13,8 +13,15 @@
 // per-stream free lists. The price: work on it is not ordered against the
 // legacy stream, so loom code must not use synchronous cudaMemcpy / cudaMemset
 // (legacy stream) on tensor memory; it uses the *Async calls on current_stream().
+//
+// LOOM_CUDA_NO_CACHING=1 (read once, at the first allocation or the first
+// caching_allocator_enabled() call) turns the caching off: each block is its own
+// cudaMalloc of exactly the bytes asked for, cudaFree'd at free() after
+// cudaDeviceSynchronize, so that compute-sanitizer's memcheck sees an overrun of
+// one tensor into the next (inside a shared 2 MiB segment it cannot).
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -100,6 +107,12 @@ class CudaMemory : public AllocatorBackend {
     throw_cuda_error(e, "cudaEventQuery", __FILE__, __LINE__);
   }
   void event_destroy(void* event) override { LOOM_CUDA_CHECK(cudaEventDestroy(static_cast<cudaEvent_t>(event))); }
+  /// The whole device: the allocating stream may be a side stream destroyed
+  /// since (StreamGuard over a temporary Stream), so its handle is not used.
+  void wait_streams(const std::vector<StreamHandle>&) override {
+    DeviceScope scope(device_);
+    LOOM_CUDA_CHECK(cudaDeviceSynchronize());
+  }
   std::string describe_memory() override {
     size_t free_b = 0, total_b = 0;
     DeviceScope scope(device_);
@@ -130,11 +143,20 @@ DeviceRuntime& runtime(int device) {
   return all[static_cast<size_t>(device)];
 }
 
+/// False when LOOM_CUDA_NO_CACHING is set to anything but "" or "0"; read once per process.
+bool caching_from_env() {
+  static const bool caching = [] {
+    const char* v = std::getenv("LOOM_CUDA_NO_CACHING");
+    return v == nullptr || v[0] == '\0' || std::strcmp(v, "0") == 0;
+  }();
+  return caching;
+}
+
 CachingAllocator& allocator(int device) {
   DeviceRuntime& r = runtime(device);
   std::call_once(r.allocator_once, [&] {
-    r.allocator =
-        std::make_unique<CachingAllocator>(std::make_unique<CudaMemory>(device), "cuda:" + std::to_string(device));
+    r.allocator = std::make_unique<CachingAllocator>(std::make_unique<CudaMemory>(device),
+                                                     "cuda:" + std::to_string(device), caching_from_env());
   });
   return *r.allocator;
 }
@@ -405,6 +427,8 @@ void reset_peak_allocator_stats(int device) {
   check_device(device, "reset_peak_allocator_stats");
   cuda_detail::allocator(device).reset_peak();
 }
+
+bool caching_allocator_enabled() { return cuda_detail::caching_from_env(); }
 
 void empty_cache(int device) {
   check_device(device, "empty_cache");

@@ -2,6 +2,9 @@
 // the caching allocator in front of cudaMalloc, current streams, StreamGuard,
 // event ordering, record_stream and the out-of-memory error. Streams are held
 // back deterministically by a host function that waits for the test's signal.
+// Tests of the caching itself skip when LOOM_CUDA_NO_CACHING turned it off for
+// the process (scripts/gpu_checks.sh's memcheck step); the switch's own test
+// runs in a child process that sets the variable before its first allocation.
 #include <gtest/gtest.h>
 
 #include "tensor/device.h"
@@ -12,6 +15,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -29,6 +34,10 @@ const Device kCuda0(DeviceType::kCUDA, 0);
 
 #define SKIP_WITHOUT_GPU() \
   if (!cuda_is_available()) GTEST_SKIP() << "no CUDA device (cuda_is_available() is false): this test needs a GPU"
+
+#define SKIP_WITHOUT_CACHING()            \
+  if (!cuda::caching_allocator_enabled()) \
+  GTEST_SKIP() << "LOOM_CUDA_NO_CACHING is set: the caching allocator is off in this process"
 
 /// Holds a stream at a host function until release() (or destruction).
 class Gate {
@@ -76,6 +85,7 @@ TEST(CudaRuntime, CopyBetweenTwoDevices) {
 
 TEST(CudaRuntime, SteadyStateAllocFreeLoopCallsNoCudaMalloc) {
   SKIP_WITHOUT_GPU();
+  SKIP_WITHOUT_CACHING();
   auto step = [] {
     std::vector<Tensor> live;
     for (int layer = 0; layer < 4; ++layer) {
@@ -158,7 +168,8 @@ TEST(CudaRuntime, EventMakesOneStreamWaitForAnother) {
 
 TEST(CudaRuntime, RecordStreamKeepsMemoryFromReuseUntilTheStreamPassed) {
   SKIP_WITHOUT_GPU();
-  cuda::empty_cache(0);  // no cached block from earlier tests competes in the best fit below
+  SKIP_WITHOUT_CACHING();  // uncached, the free would wait for the held stream: a deadlock by design of the test
+  cuda::empty_cache(0);    // no cached block from earlier tests competes in the best fit below
   cuda::Stream side = cuda::Stream::create(0);
   Gate gate(side);
   void* old = nullptr;
@@ -191,6 +202,57 @@ TEST(CudaRuntime, AbsurdRequestThrowsOutOfMemoryNamingSizeAndUsage) {
   EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "the failed cudaMalloc left an error behind";
   Tensor ok = O::to(O::ones({16}), kCuda0);  // still usable
   EXPECT_EQ(O::to(ok, kCPU).to_vector<float>(), std::vector<float>(16, 1.0f));
+}
+
+/// With caching off, a steady loop calls cudaMalloc (and cudaFree) for every
+/// tensor, of exactly its bytes. "" when it does, else what went wrong.
+std::string uncached_loop_failures() {
+  if (cuda::caching_allocator_enabled()) return "LOOM_CUDA_NO_CACHING was set but the caching allocator is on";
+  std::string failures;
+  auto expect = [&](bool ok, const std::string& what) {
+    if (!ok) failures += what + "; ";
+  };
+  const cuda::AllocatorStats before = cuda::allocator_stats(0);
+  for (int i = 0; i < 5; ++i) {
+    Tensor a = loom::empty({1000}, DType::f32, kCuda0);        // 4000 B: not rounded to 512 B nor cut from 2 MiB
+    Tensor b = loom::empty({1024, 1536}, DType::f32, kCuda0);  // 6 MiB
+    Tensor c = O::to(O::full({7}, 2.5), kCuda0);               // 28 B, written and read back
+    expect(O::to(c, kCPU).to_vector<float>() == std::vector<float>(7, 2.5f), "the 7 floats did not round-trip");
+    const cuda::AllocatorStats live = cuda::allocator_stats(0);
+    expect(live.num_backend_allocs == before.num_backend_allocs + 3 * (i + 1),
+           "step " + std::to_string(i) + ": " + std::to_string(live.num_backend_allocs - before.num_backend_allocs) +
+               " cudaMalloc calls in all, want " + std::to_string(3 * (i + 1)));
+    expect(live.reserved_bytes == before.reserved_bytes + 4000 + 6 * 1024 * 1024 + 28,
+           "reserved bytes are not exactly the three tensors' bytes");
+  }
+  const cuda::AllocatorStats after = cuda::allocator_stats(0);
+  expect(after.num_backend_frees == before.num_backend_frees + 15, "not every tensor was cudaFree'd at once");
+  expect(after.num_allocs == before.num_allocs + 15 && after.num_frees == before.num_frees + 15,
+         "allocs and frees are not counted");
+  expect(after.reserved_bytes == before.reserved_bytes && after.allocated_bytes == before.allocated_bytes,
+         "memory left reserved or allocated after the loop");
+  return failures;
+}
+
+TEST(CudaRuntime, NoCachingSwitchMakesEverySteadyLoopAllocationACudaMalloc) {
+  SKIP_WITHOUT_GPU();
+  const char* env = std::getenv("LOOM_CUDA_NO_CACHING");
+  if (env && env[0] != '\0' && std::strcmp(env, "0") != 0) {  // the whole process runs uncached
+    EXPECT_EQ(uncached_loop_failures(), "");
+    return;
+  }
+  // The switch is read once per process, and this one has allocated already: a
+  // child process (gtest re-executes this binary for this test alone) sets it
+  // before its first allocation.
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        setenv("LOOM_CUDA_NO_CACHING", "1", 1);
+        const std::string failures = uncached_loop_failures();
+        std::fprintf(stderr, "uncached loop: %s\n", failures.empty() ? "ok" : failures.c_str());
+        std::exit(failures.empty() ? 0 : 1);
+      },
+      ::testing::ExitedWithCode(0), "uncached loop: ok");
 }
 
 TEST(CudaRuntime, BadDeviceIndexIsAnInvalidArgument) {

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
@@ -33,6 +34,8 @@ struct HostState {
   std::map<char*, size_t> live;  // segments handed out
   int64_t events_created = 0, events_destroyed = 0, events_recorded = 0;
   std::map<StreamHandle, int64_t> queued, finished;  // per stream: tickets recorded, tickets passed
+  std::vector<std::vector<StreamHandle>> waits;      // the streams of each wait_streams call
+  bool default_wait = false;                         // wait_streams: AllocatorBackend's (polls events)
   std::mutex mutex;
 
   /// The stream passes every event recorded on it so far.
@@ -92,6 +95,12 @@ class HostBackend : public AllocatorBackend {
     return e->ticket < 0 || st_->finished[e->stream] >= e->ticket;
   }
   void event_destroy(void*) override { ++st_->events_destroyed; }
+  /// A host wait that the streams finish at once (a synchronise), unless default_wait.
+  void wait_streams(const std::vector<StreamHandle>& streams) override {
+    if (st_->default_wait) return AllocatorBackend::wait_streams(streams);
+    st_->waits.push_back(streams);
+    for (StreamHandle s : streams) st_->finish(s);
+  }
   std::string describe_memory() override { return "the host test device has 8 MiB in all"; }
 
  private:
@@ -430,6 +439,85 @@ TEST(CachingAllocator, RandomTrafficNeverHandsOutOverlappingMemory) {
   f.a->empty_cache();
   EXPECT_EQ(f.a->stats().reserved_bytes, 0) << "everything coalesced back into whole segments";
   EXPECT_TRUE(f.st->live.empty());
+}
+
+TEST(CachingAllocator, CachingOffGivesEveryBlockItsOwnExactBackendAllocationFreedAfterItsStreams) {
+  auto st = std::make_shared<HostState>();
+  CachingAllocator a(std::make_unique<HostBackend>(st), "cuda:3", /*caching=*/false);
+  EXPECT_FALSE(a.caching());
+  for (int step = 0; step < 3; ++step) {  // a steady loop calls the backend every time
+    void* p = a.allocate(1000, s1);
+    void* q = a.allocate(3 * MiB + 1, s1);
+    EXPECT_EQ(st->live.at(cp(p)), 1000u) << "exactly the request, not rounded to 512 B or a 2 MiB segment";
+    EXPECT_EQ(st->live.at(cp(q)), 3 * MiB + 1);
+    a.free(p);
+    a.free(q);
+    EXPECT_EQ(st->allocs, 2 * (step + 1));
+    EXPECT_EQ(st->frees, 2 * (step + 1)) << "freed at once, nothing cached";
+  }
+  EXPECT_EQ(st->waits.size(), 6u);
+  EXPECT_EQ(st->waits.back(), std::vector<StreamHandle>{s1}) << "waits for the allocating stream before freeing";
+  AllocatorStats s = a.stats();
+  EXPECT_EQ(s.num_allocs, 6);
+  EXPECT_EQ(s.num_frees, 6);
+  EXPECT_EQ(s.num_backend_allocs, 6);
+  EXPECT_EQ(s.num_backend_frees, 6);
+  EXPECT_EQ(s.allocated_bytes, 0);
+  EXPECT_EQ(s.reserved_bytes, 0);
+  EXPECT_EQ(s.peak_allocated_bytes, static_cast<int64_t>(3 * MiB + 1 + 1000));
+
+  // record_stream: the freeing waits for every stream that used the block.
+  void* r = a.allocate(4096, s1);
+  EXPECT_TRUE(a.record_stream(cp(r) + 100, s2));
+  EXPECT_TRUE(a.record_stream(r, s3));
+  EXPECT_EQ(a.stats().allocated_bytes, 4096);
+  a.free(r);
+  ASSERT_EQ(st->waits.size(), 7u);
+  EXPECT_EQ(std::set<StreamHandle>(st->waits.back().begin(), st->waits.back().end()),
+            (std::set<StreamHandle>{s1, s2, s3}));
+  EXPECT_EQ(st->events_recorded, 0) << "nothing deferred through events";
+  EXPECT_TRUE(st->live.empty());
+  EXPECT_THROW(a.free(r), InvalidArgument);
+
+  // The backend's default wait polls an event per stream: free returns only once s2 passed it.
+  st->default_wait = true;
+  void* u = a.allocate(512, s1);
+  a.record_stream(u, s2);
+  std::thread finisher([&] {
+    // The default wait records on one stream at a time: each stream passes its event a little after it appears.
+    for (StreamHandle h : {s1, s2}) {
+      for (bool recorded = false; !recorded;) {
+        {
+          std::lock_guard<std::mutex> lock(st->mutex);
+          recorded = st->queued[h] > 0;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(recorded ? 10 : 1));
+      }
+      st->finish(h);
+    }
+  });
+  a.free(u);
+  {
+    std::lock_guard<std::mutex> lock(st->mutex);
+    for (StreamHandle h : {s1, s2}) {
+      EXPECT_EQ(st->queued[h], 1) << "one event per stream";
+      EXPECT_EQ(st->finished[h], 1) << "freed before the stream passed the free";
+    }
+  }
+  finisher.join();
+  EXPECT_TRUE(st->live.empty());
+  EXPECT_EQ(st->events_destroyed, st->events_created);
+
+  // Out of memory: nothing cached to return, so no retry; the message says caching is off.
+  st->capacity = 1 * MiB;
+  try {
+    a.allocate(2 * MiB, s1);
+    FAIL() << "expected OutOfMemory";
+  } catch (const OutOfMemory& e) {
+    EXPECT_NE(std::string(e.what()).find("caching off"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(a.stats().num_alloc_retries, 0);
+  EXPECT_EQ(a.stats().num_ooms, 1);
 }
 
 TEST(CachingAllocator, ThreadsAllocatingAtOnceGetDisjointMemory) {
