@@ -667,6 +667,30 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   return out;
 }
 
+namespace {
+bool is_low_precision(DType dt) { return dt == DType::bf16 || dt == DType::f16; }
+
+/// LinearBackward's formulas for grad g (..., out): {dx, dw, db}, each only when wanted.
+Grads linear_grads(const Tensor& g, const SavedTensor& X, const SavedTensor& W, const Shape& xs, int64_t in,
+                   int64_t outf, bool nx, bool nw, bool nbias, const char* op) {
+  Tensor g2 = ops::contiguous(ops::reshape(g, {-1, outf}));  // (N, out)
+  Tensor dx, dw, db;
+  if (nx) {
+    Tensor wt = W.unpack(op);
+    dx = empty({g2.size(0), in}, wt.dtype(), wt.device());
+    ops::gemm_(dx, g2, wt);  // (N, out) @ (out, in)
+    dx = ops::view(dx, xs);
+  }
+  if (nw) {
+    Tensor x2 = ops::reshape(X.unpack(op), {-1, in});
+    dw = empty({outf, in}, x2.dtype(), x2.device());
+    ops::gemm_(dw, ops::transpose(g2, 0, 1), x2);  // (out, N) @ (N, in), transpose as a view
+  }
+  if (nbias) db = ops::sum(g2, {0});
+  return Grads{dx, dw, db};
+}
+}  // namespace
+
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   if (autocast_enabled()) {
     Tensor lx = autograd::detail::autocast_lowp(x), lw = autograd::detail::autocast_lowp(w),
@@ -680,25 +704,32 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     SavedTensor X(nw ? x : Tensor()), W(nx ? w : Tensor());
     Shape xs = x.sizes();
     const int64_t in = w.size(1), outf = w.size(0);
-    record("LinearBackward", {x, w, b}, {out}, [=](const Grads& g) {
-      Tensor g2 = ops::contiguous(ops::reshape(g[0], {-1, outf}));  // (N, out)
-      Tensor dx, dw, db;
-      if (nx) {
-        Tensor wt = W.unpack("linear");
-        dx = empty({g2.size(0), in}, wt.dtype(), wt.device());
-        ops::gemm_(dx, g2, wt);  // (N, out) @ (out, in)
-        dx = ops::view(dx, xs);
-      }
-      if (nw) {
-        Tensor x2 = ops::reshape(X.unpack("linear"), {-1, in});
-        dw = empty({outf, in}, x2.dtype(), x2.device());
-        ops::gemm_(dw, ops::transpose(g2, 0, 1), x2);  // (out, N) @ (N, in), transpose as a view
-      }
-      if (nbias) db = ops::sum(g2, {0});
-      return Grads{dx, dw, db};
-    });
+    record("LinearBackward", {x, w, b}, {out},
+           [=](const Grads& g) { return linear_grads(g[0], X, W, xs, in, outf, nx, nw, nbias, "linear"); });
   }
   return out;
+}
+
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
+  if (autocast_enabled()) {
+    Tensor lx = autograd::detail::autocast_lowp(x), lw = autograd::detail::autocast_lowp(w),
+           lb = autograd::detail::autocast_lowp(b);
+    autograd::detail::AutocastSuspend off;
+    return linear_gelu(lx, lw, lb);
+  }
+  ops::LinearGeluResult r = ops::linear_gelu(x, w, b);
+  if (recording({x, w, b})) {
+    bool nx = needs(x), nw = needs(w), nbias = needs(b);
+    SavedTensor X(nw ? x : Tensor()), W(nx ? w : Tensor()), P(r.pre);
+    Shape xs = x.sizes();
+    const int64_t in = w.size(1), outf = w.size(0);
+    record("LinearGeluBackward", {x, w, b}, {r.out}, [=](const Grads& g) {
+      // The unfused graph's GeluBackward, then its LinearBackward.
+      Tensor gpre = ops::gelu_backward(g[0], P.unpack("linear_gelu"), GeluApprox::kTanh);
+      return linear_grads(gpre, X, W, xs, in, outf, nx, nw, nbias, "linear_gelu");
+    });
+  }
+  return r.out;
 }
 
 // ---------------------------------------------------------------- nn kernels
@@ -770,6 +801,60 @@ Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
     });
   }
   return r.y;
+}
+
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b,
+                                         double eps) {
+  if (autocast_enabled()) {
+    if (is_low_precision(promote_types(x.dtype(), residual.dtype()))) {
+      // layer_norm would normalise an f32 copy of the sum: not one fused op.
+      Tensor sum = add(x, residual);
+      return {sum, layer_norm(sum, w, b, eps)};
+    }
+    Tensor fw = autograd::detail::autocast_f32(w), fb = autograd::detail::autocast_f32(b);
+    autograd::detail::AutocastSuspend off;
+    return add_layer_norm(x, residual, fw, fb, eps);
+  }
+  ops::AddNormResult r = ops::add_layer_norm(x, residual, w, b, eps);
+  if (recording({x, residual, w, b})) {
+    SavedTensor S(r.sum), W(w), M(r.mean), R(r.rstd);
+    const bool has_bias = b.defined(), nx = needs(x), nr = needs(residual);
+    Shape xs = x.sizes(), rs = residual.sizes();
+    record("AddLayerNormBackward", {x, residual, w, b}, {r.sum, r.y}, [=](const Grads& g) {
+      ops::NormGrads ng =
+          ops::layer_norm_backward(ops::contiguous(g[1]), S.unpack("add_layer_norm"), W.unpack("add_layer_norm"),
+                                   M.unpack("add_layer_norm"), R.unpack("add_layer_norm"), has_bias);
+      // The sum's two consumers' gradients, added as the engine adds them in the unfused graph.
+      Tensor ds = ops::add(g[0], ng.dx);
+      return Grads{nx ? ops::sum_to(ds, xs) : Tensor(), nr ? ops::sum_to(ds, rs) : Tensor(), ng.dw, ng.db};
+    });
+  }
+  return {r.sum, r.y};
+}
+
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& w, double eps) {
+  if (autocast_enabled()) {
+    if (is_low_precision(promote_types(x.dtype(), residual.dtype()))) {
+      Tensor sum = add(x, residual);
+      return {sum, rms_norm(sum, w, eps)};
+    }
+    Tensor fw = autograd::detail::autocast_f32(w);
+    autograd::detail::AutocastSuspend off;
+    return add_rms_norm(x, residual, fw, eps);
+  }
+  ops::AddNormResult r = ops::add_rms_norm(x, residual, w, eps);
+  if (recording({x, residual, w})) {
+    SavedTensor S(r.sum), W(w), R(r.rstd);
+    const bool nx = needs(x), nr = needs(residual);
+    Shape xs = x.sizes(), rs = residual.sizes();
+    record("AddRmsNormBackward", {x, residual, w}, {r.sum, r.y}, [=](const Grads& g) {
+      ops::NormGrads ng = ops::rms_norm_backward(ops::contiguous(g[1]), S.unpack("add_rms_norm"),
+                                                 W.unpack("add_rms_norm"), R.unpack("add_rms_norm"));
+      Tensor ds = ops::add(g[0], ng.dx);
+      return Grads{nx ? ops::sum_to(ds, xs) : Tensor(), nr ? ops::sum_to(ds, rs) : Tensor(), ng.dw};
+    });
+  }
+  return {r.sum, r.y};
 }
 
 Tensor embedding(const Tensor& weight, const Tensor& indices) {

@@ -113,9 +113,21 @@ using ops::argmax;
 // linear algebra and nn kernels
 Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
+/// gelu(linear(x, w, b), GeluApprox::kTanh) as one op (GPT-2's c_fc + GELU): on CPU
+/// bit-identical to the two ops, forward and gradients; on CUDA the bias and GELU run
+/// in the cuBLASLt epilogue. A low-precision op under autocast, like linear.
+Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b = Tensor());
 Tensor softmax(const Tensor& t, int64_t dim);
 Tensor log_softmax(const Tensor& t, int64_t dim);
 Tensor layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps = 1e-5);
+/// Fused residual add + layer norm: returns {sum = x + residual, layer_norm(sum, w, b, eps)}.
+/// On CPU bit-identical to add() then layer_norm(), forward and gradients (when both
+/// outputs are used, as in a pre-norm block); on CUDA one kernel. Under autocast the
+/// norm runs in f32 as layer_norm does; a bf16/f16 sum falls back to the two ops.
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b,
+                                         double eps = 1e-5);
+/// Fused residual add + RMS norm, as add_layer_norm: {x + residual, rms_norm(x + residual, w, eps)}.
+std::pair<Tensor, Tensor> add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& w, double eps = 1e-6);
 Tensor rms_norm(const Tensor& x, const Tensor& w, double eps = 1e-6);
 Tensor embedding(const Tensor& weight, const Tensor& indices);
 /// Mean cross-entropy of logits (N, V) against target (N); rows equal to ignore_index excluded.

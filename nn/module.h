@@ -116,6 +116,12 @@ class Module {
   HookHandle register_backward_pre_hook(ModuleHook fn);
   /// Removes a hook of either kind; unknown handles are ignored.
   void remove_hook(HookHandle handle);
+  /// Whether any forward, forward-pre or backward-pre hook is registered. Fused paths
+  /// that compute a submodule's output without its call() (TransformerBlock's residual
+  /// add + norm, GeluMLP's c_fc + GELU) take the unfused path when it has hooks.
+  bool has_hooks() const {
+    return !forward_pre_hooks_.empty() || !forward_hooks_.empty() || !backward_pre_hooks_.empty();
+  }
 
  protected:
   /// The call path every layer's operator() uses: forward pre-hooks, then

@@ -4,6 +4,14 @@
 
 namespace loom::nn {
 
+namespace {
+/// The input check LayerNorm/RMSNorm.forward make, for the fused path that bypasses them.
+void check_norm_input(const char* op, const Tensor& x, int64_t C) {
+  LOOM_CHECK(x.dim() >= 1 && x.size(-1) == C, op, ": input of shape ", shape_str(x.sizes()),
+             " does not end in normalized_shape=", C);
+}
+}  // namespace
+
 TransformerBlock::TransformerBlock(const BlockOptions& o, Generator& gen)
     : Module(o.style == BlockStyle::kGPT2 ? "GPT2Block" : "LlamaDecoderLayer"), style_(o.style) {
   const int64_t C = o.attn.n_embd;
@@ -29,10 +37,28 @@ Tensor TransformerBlock::apply_norm(Module& norm, const Tensor& x) {
   return static_cast<RMSNorm&>(norm)(x);
 }
 
+std::pair<Tensor, Tensor> TransformerBlock::add_and_norm(Module& norm, const Tensor& x, const Tensor& residual) {
+  if (norm.has_hooks()) {  // the fused op would skip the norm's hooks
+    Tensor h = loom::add(x, residual);
+    return {h, apply_norm(norm, h)};
+  }
+  if (style_ == BlockStyle::kGPT2) {
+    auto& ln = static_cast<LayerNorm&>(norm);
+    check_norm_input("LayerNorm.forward", x, ln.normalized_shape);
+    return add_layer_norm(x, residual, ln.weight, ln.bias, ln.eps);
+  }
+  auto& rms = static_cast<RMSNorm&>(norm);
+  check_norm_input("RMSNorm.forward", x, rms.normalized_shape);
+  return add_rms_norm(x, residual, rms.weight, rms.eps);
+}
+
 Tensor TransformerBlock::forward(const Tensor& x) {
-  Tensor h = loom::add(x, (*attn)(apply_norm(*norm_1, x)));
-  Tensor m = style_ == BlockStyle::kGPT2 ? (*std::static_pointer_cast<GeluMLP>(mlp))(apply_norm(*norm_2, h))
-                                         : (*std::static_pointer_cast<SwiGLUMLP>(mlp))(apply_norm(*norm_2, h));
+  // The attention residual add and ln_2 / post_attention_layernorm as one op (one kernel
+  // on CUDA, the same bits on CPU). The MLP's residual add is left to the next block or
+  // the final norm, which sit behind a module (and FSDP unit) boundary.
+  auto [h, n] = add_and_norm(*norm_2, x, (*attn)(apply_norm(*norm_1, x)));
+  Tensor m = style_ == BlockStyle::kGPT2 ? (*std::static_pointer_cast<GeluMLP>(mlp))(n)
+                                         : (*std::static_pointer_cast<SwiGLUMLP>(mlp))(n);
   return loom::add(h, m);
 }
 

@@ -4,6 +4,8 @@
 // post_attention_layernorm/mlp), with Hugging Face's child names.
 #pragma once
 
+#include <utility>
+
 #include "nn/attention.h"
 #include "nn/mlp.h"
 #include "nn/module.h"
@@ -36,6 +38,8 @@ class TransformerBlock : public Module {
 
  private:
   Tensor apply_norm(Module& norm, const Tensor& x);
+  /// {x + residual, norm(x + residual)}: fused unless the norm has hooks.
+  std::pair<Tensor, Tensor> add_and_norm(Module& norm, const Tensor& x, const Tensor& residual);
   BlockStyle style_;
 };
 

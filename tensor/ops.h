@@ -175,6 +175,14 @@ Tensor norm(const Tensor& t);
 Tensor matmul(const Tensor& a, const Tensor& b);
 /// x @ w^T + b for x (..., in), w (out, in), b (out) or undefined.
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
+struct LinearGeluResult {
+  Tensor out;  // gelu_tanh(pre), same shape and dtype as pre
+  Tensor pre;  // x @ w^T + b (..., out), the pre-activation saved for gelu_backward
+};
+/// gelu(linear(x, w, b), GeluApprox::kTanh), keeping the pre-activation (GPT-2's
+/// c_fc + GELU). On CPU it is exactly linear() then gelu() (same kernels, same
+/// bits); on CUDA one cuBLASLt matmul with the bias and GELU in its epilogue.
+LinearGeluResult linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b);
 /// out = beta*out + alpha * op(a) @ op(b) for 2-D a, b (views allowed), out contiguous 2-D.
 void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha = 1.0, double beta = 0.0);
 
@@ -200,6 +208,20 @@ NormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w
                               const Tensor& rstd, bool has_bias);
 NormResult rms_norm(const Tensor& x, const Tensor& w, double eps);
 NormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd);
+
+struct AddNormResult {
+  Tensor sum;   // x + residual, the residual stream that goes on
+  Tensor y;     // norm(sum)
+  Tensor mean;  // (rows) f32; undefined for add_rms_norm
+  Tensor rstd;  // (rows) f32
+};
+/// Fused residual add + layer norm: sum = x + residual, y = layer_norm(sum, w, b, eps).
+/// On CPU exactly add() then layer_norm() (same bits); on CUDA one kernel when x and
+/// residual have one shape and dtype (otherwise the same two ops). The backward is
+/// layer_norm_backward on `sum`.
+AddNormResult add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b, double eps);
+/// Fused residual add + RMS norm, as add_layer_norm.
+AddNormResult add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& w, double eps);
 
 /// weight (V, C), indices i64/i32 (...) -> (..., C). Out-of-range index names it and V.
 Tensor embedding(const Tensor& weight, const Tensor& indices);

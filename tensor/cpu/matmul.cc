@@ -1,8 +1,8 @@
-// CPU matrix products on OpenBLAS: matmul (PyTorch semantics), linear and gemm_.
+// CPU matrix products on OpenBLAS: matmul (PyTorch semantics), linear, linear_gelu and gemm_.
 // A row-major or column-major (transposed-view) operand goes to cblas_?gemm
 // as it lies, with the matching transpose flag; anything else is copied once.
 // bf16/f16 run in f32; integer dtypes use a plain loop. CUDA tensors go, after
-// the same checks, to the kernel table's bmm / linear (tensor/cuda/matmul.cu):
+// the same checks, to the kernel table's bmm / linear (tensor/cuda/matmul.cu; linear_gelu with its GELU epilogue):
 // batched and broadcast products as one strided-batched call on 3-D views.
 #include <cblas.h>
 
@@ -208,17 +208,19 @@ void matmul_cuda(BmmFn bmm, const Tensor& a, const Tensor& b, const Tensor& out,
   bmm(out3(out, nbatch, M, N), batch3(a2, batch, M, K), batch3(b2, batch, K, N), 1.0, 0.0);
 }
 
-/// linear on CUDA: x as a contiguous (rows, in) matrix, the bias in the cuBLASLt epilogue.
-Tensor linear_cuda(const Tensor& x, const Tensor& w, const Tensor& b, const char* op) {
+/// linear on CUDA: x as a contiguous (rows, in) matrix, the bias (and, when `gelu_pre` is
+/// given, the tanh GELU whose pre-activation it receives) in the cuBLASLt epilogue.
+Tensor linear_cuda(const Tensor& x, const Tensor& w, const Tensor& b, const char* op, Tensor* gelu_pre = nullptr) {
   const auto lin = detail::need(detail::cuda_kernels(op, x).linear, op, x);
   const int64_t in = x.size(-1), out_f = w.size(0);
   Shape out_sizes(x.sizes().begin(), x.sizes().end() - 1);
   out_sizes.push_back(out_f);
   Tensor out = empty(out_sizes, x.dtype(), x.device());
+  if (gelu_pre) *gelu_pre = empty(out_sizes, x.dtype(), x.device());
   if (out.numel() == 0) return out;
   const int64_t rows = out.numel() / out_f;
   lin(reshape(out, {rows, out_f}), reshape(contiguous(x), {rows, in}), contiguous(w),
-      b.defined() ? contiguous(b) : Tensor(), Tensor());
+      b.defined() ? contiguous(b) : Tensor(), gelu_pre ? reshape(*gelu_pre, {rows, out_f}) : Tensor());
   return out;
 }
 
@@ -311,22 +313,31 @@ void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha, do
   out.bump_version();
 }
 
-Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
-  const char* op = "linear";
+namespace {
+
+void check_linear_args(const char* op, const Tensor& x, const Tensor& w, const Tensor& b) {
   check_same_device(op, x, w);
   check_same_dtype(op, x, w);
   check_matmul_dtype(op, x.dtype());
-  LOOM_CHECK(x.dim() >= 1 && w.dim() == 2, "linear: expected x (..., in) and weight (out, in), got x ",
+  LOOM_CHECK(x.dim() >= 1 && w.dim() == 2, op, ": expected x (..., in) and weight (out, in), got x ",
              shape_str(x.sizes()), " and weight ", shape_str(w.sizes()));
   const int64_t in = x.size(-1), out_f = w.size(0);
-  LOOM_CHECK(w.size(1) == in, "linear: x ", shape_str(x.sizes()), " has ", in, " features but weight ",
+  LOOM_CHECK(w.size(1) == in, op, ": x ", shape_str(x.sizes()), " has ", in, " features but weight ",
              shape_str(w.sizes()), " expects ", w.size(1));
   if (b.defined()) {
     check_same_device(op, x, b);
     check_same_dtype(op, x, b);
-    LOOM_CHECK(b.dim() == 1 && b.size(0) == out_f, "linear: bias ", shape_str(b.sizes()), " does not match weight ",
+    LOOM_CHECK(b.dim() == 1 && b.size(0) == out_f, op, ": bias ", shape_str(b.sizes()), " does not match weight ",
                shape_str(w.sizes()), " (expected [", out_f, "])");
   }
+}
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  const char* op = "linear";
+  check_linear_args(op, x, w, b);
+  const int64_t in = x.size(-1), out_f = w.size(0);
   if (x.device().is_cuda()) return linear_cuda(x, w, b, op);
   if (is_half(x.dtype())) {
     return to(linear(to(x, DType::f32), to(w, DType::f32), b.defined() ? to(b, DType::f32) : Tensor()), x.dtype());
@@ -371,6 +382,18 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     }
   });
   return out;
+}
+
+LinearGeluResult linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_linear_args("linear_gelu", x, w, b);
+  LinearGeluResult res;
+  if (x.device().is_cuda()) {
+    res.out = linear_cuda(x, w, b, "linear_gelu", &res.pre);
+    return res;
+  }
+  res.pre = linear(x, w, b);
+  res.out = gelu(res.pre, GeluApprox::kTanh);
+  return res;
 }
 
 }  // namespace loom::ops

@@ -483,7 +483,48 @@ NormGrads norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   return g;
 }
 
+/// Shared forward of add_layer_norm and add_rms_norm. On CPU (and on CUDA when the
+/// operands' shapes or dtypes differ) it is add() then norm_forward(), so the bits are
+/// those of the unfused ops; on CUDA the kernel table's norm_forward with a residual.
+AddNormResult add_norm_forward(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b, double eps,
+                               bool rms, const char* op) {
+  LOOM_CHECK(x.defined() && residual.defined(), op, ": x and residual must be defined");
+  check_same_device(op, x, residual);
+  AddNormResult res;
+  if (x.device().is_cuda() && residual.dtype() == x.dtype() && residual.sizes() == x.sizes()) {
+    check_norm_input(op, x);
+    const auto kernel = detail::need(cuda(op, x).norm_forward, op, x);
+    const int64_t C = x.size(-1);
+    const int64_t rows = C == 0 ? 0 : x.numel() / C;
+    check_param(w, C, op, "weight", x);
+    check_param(b, C, op, "bias", x);
+    const auto [wc, bc] = cuda_params(w, b, x);
+    res.sum = empty(x.sizes(), x.dtype(), x.device());
+    res.y = empty(x.sizes(), x.dtype(), x.device());
+    if (!rms) res.mean = empty({rows}, stat_dtype(x.dtype()), x.device());
+    res.rstd = empty({rows}, stat_dtype(x.dtype()), x.device());
+    if (x.numel() > 0) {
+      kernel(res.y, res.mean, res.rstd, contiguous(x), wc, bc, eps, rms, contiguous(residual), res.sum);
+    }
+    return res;
+  }
+  res.sum = add(x, residual);
+  NormResult n = norm_forward(res.sum, w, b, eps, rms, op);
+  res.y = n.y;
+  res.mean = n.mean;
+  res.rstd = n.rstd;
+  return res;
+}
+
 }  // namespace
+
+AddNormResult add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b, double eps) {
+  return add_norm_forward(x, residual, w, b, eps, /*rms=*/false, "add_layer_norm");
+}
+
+AddNormResult add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& w, double eps) {
+  return add_norm_forward(x, residual, w, Tensor(), eps, /*rms=*/true, "add_rms_norm");
+}
 
 NormResult layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
   return norm_forward(x, w, b, eps, /*rms=*/false, "layer_norm");
