@@ -491,20 +491,24 @@ AddNormResult add_norm_forward(const Tensor& x, const Tensor& residual, const Te
   LOOM_CHECK(x.defined() && residual.defined(), op, ": x and residual must be defined");
   check_same_device(op, x, residual);
   AddNormResult res;
-  if (x.device().is_cuda() && residual.dtype() == x.dtype() && residual.sizes() == x.sizes()) {
-    check_norm_input(op, x);
-    const auto kernel = detail::need(cuda(op, x).norm_forward, op, x);
-    const int64_t C = x.size(-1);
-    const int64_t rows = C == 0 ? 0 : x.numel() / C;
-    check_param(w, C, op, "weight", x);
-    check_param(b, C, op, "bias", x);
-    const auto [wc, bc] = cuda_params(w, b, x);
-    res.sum = empty(x.sizes(), x.dtype(), x.device());
-    res.y = empty(x.sizes(), x.dtype(), x.device());
-    if (!rms) res.mean = empty({rows}, stat_dtype(x.dtype()), x.device());
-    res.rstd = empty({rows}, stat_dtype(x.dtype()), x.device());
-    if (x.numel() > 0) {
-      kernel(res.y, res.mean, res.rstd, contiguous(x), wc, bc, eps, rms, contiguous(residual), res.sum);
+  // The kernel adds operands of one dtype: under autocast a bf16 branch output joins an
+  // f32 residual stream, so the narrower one is widened first (exactly, as add() would).
+  const DType dt = promote_types(x.dtype(), residual.dtype());
+  if (x.device().is_cuda() && residual.sizes() == x.sizes() && (x.dtype() == dt || residual.dtype() == dt)) {
+    const Tensor xw = to(x, dt), rw = to(residual, dt);
+    check_norm_input(op, xw);
+    const auto kernel = detail::need(cuda(op, xw).norm_forward, op, xw);
+    const int64_t C = xw.size(-1);
+    const int64_t rows = C == 0 ? 0 : xw.numel() / C;
+    check_param(w, C, op, "weight", xw);
+    check_param(b, C, op, "bias", xw);
+    const auto [wc, bc] = cuda_params(w, b, xw);
+    res.sum = empty(xw.sizes(), xw.dtype(), xw.device());
+    res.y = empty(xw.sizes(), xw.dtype(), xw.device());
+    if (!rms) res.mean = empty({rows}, stat_dtype(xw.dtype()), xw.device());
+    res.rstd = empty({rows}, stat_dtype(xw.dtype()), xw.device());
+    if (xw.numel() > 0) {
+      kernel(res.y, res.mean, res.rstd, contiguous(xw), wc, bc, eps, rms, contiguous(rw), res.sum);
     }
     return res;
   }

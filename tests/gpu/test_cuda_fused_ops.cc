@@ -75,5 +75,21 @@ TEST(CudaFusedOps, AddNormsMatchCpuWithGradients) {
   }
 }
 
+TEST(CudaFusedOps, AddNormWidensABf16BranchLikeAdd) {
+  LOOM_REQUIRE_GPU();
+  // Autocast's case: an f32 residual stream plus a bf16 branch output, in either order.
+  Tensor x = randn({6, 256}, 20), r = ops::to(randn({6, 256}, 21), DType::bf16), w = randn({256}, 22);
+  for (bool swap : {false, true}) {
+    const Tensor& a = swap ? r : x;
+    const Tensor& c = swap ? x : r;
+    ops::AddNormResult cpu = ops::add_rms_norm(a, c, w, 1e-6);
+    ops::AddNormResult gpu = ops::add_rms_norm(ops::to(a, kGpu), ops::to(c, kGpu), ops::to(w, kGpu), 1e-6);
+    ASSERT_EQ(gpu.sum.dtype(), DType::f32);
+    expect_close(gpu.sum, cpu.sum, 0.0, 0.0, "sum");
+    expect_close(gpu.y, cpu.y, 1e-5, 1e-5, "y");
+    expect_close(gpu.rstd, cpu.rstd, 1e-5, 1e-5, "rstd");
+  }
+}
+
 }  // namespace
 }  // namespace loom
