@@ -345,8 +345,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   Shape out_sizes(x.sizes().begin(), x.sizes().end() - 1);
   out_sizes.push_back(out_f);
   Tensor out = empty(out_sizes, x.dtype());
-  const int64_t rows = x.numel() / std::max<int64_t>(in, 1);
   if (out.numel() == 0) return out;
+  const int64_t rows = out.numel() / out_f;  // from the output: with in == 0, x has no elements to count rows by
   // x as a (rows, in) matrix: fold the batch dims when the strides allow.
   Tensor xm = x;
   if (x.dim() > 1 && !folds_into(x, x.dim() - 2)) xm = contiguous(x);

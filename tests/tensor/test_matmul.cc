@@ -174,6 +174,20 @@ TEST(Linear, MatchesPyTorchForEveryLayout) {
   expect_matches_ref(bf, "linear_bf16", 1e-2, 2e-2);
 }
 
+TEST(Linear, EmptyInputFeaturesGiveTheBiasOrZeros) {
+  // x (3, 0) @ w (4, 0)^T sums nothing: every output element is its bias (or 0), as in PyTorch.
+  Tensor x = ops::zeros({3, 0}), w = ops::zeros({4, 0});
+  Tensor b = from_vector<float>({1, -2, 3, 0.5f}, {4});
+  std::vector<float> with_bias = ops::linear(x, w, b).to_vector<float>();
+  std::vector<float> no_bias = ops::linear(x, w, Tensor()).to_vector<float>();
+  ASSERT_EQ(with_bias.size(), 12u);
+  ASSERT_EQ(no_bias.size(), 12u);
+  for (size_t i = 0; i < 12; ++i) {
+    EXPECT_EQ(with_bias[i], b.to_vector<float>()[i % 4]) << "element " << i;
+    EXPECT_EQ(no_bias[i], 0.0f) << "element " << i;
+  }
+}
+
 TEST(Linear, AgreesWithMatmulPlusBias) {
   Tensor x = gen({6, 16}, 1), w = gen({9, 16}, 2), b = gen({9}, 3);
   Tensor ref = ops::add(ops::matmul(x, t2(w)), b);
