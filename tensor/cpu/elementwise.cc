@@ -433,7 +433,8 @@ Tensor sigmoid(const Tensor& t) {
   return unary_op<true>("sigmoid", UnaryOp::kSigmoid, t, [](auto x) { return vsigmoid(x); });
 }
 Tensor relu(const Tensor& t) {
-  return unary_op<false>("relu", UnaryOp::kRelu, t, [](auto x) { return x > decltype(x)(0) ? x : decltype(x)(0); });
+  // x < 0 ? 0 : x keeps NaN (a NaN compares false), as PyTorch's relu does.
+  return unary_op<false>("relu", UnaryOp::kRelu, t, [](auto x) { return x < decltype(x)(0) ? decltype(x)(0) : x; });
 }
 Tensor sin(const Tensor& t) {
   return unary_op<true>("sin", UnaryOp::kSin, t, [](auto x) { return std::sin(x); });

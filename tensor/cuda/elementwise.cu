@@ -200,8 +200,14 @@ struct SigmoidF {
   __device__ A operator()(A x) const { return m_sigmoid(x); }
 };
 template <typename A>
-struct ReluF {  // NaN gives 0, as the CPU kernel's comparison does
-  __device__ A operator()(A x) const { return x > A(0) ? x : A(0); }
+struct ReluF {  // NaN stays NaN (PyTorch's relu), as in the CPU kernel
+  __device__ A operator()(A x) const {
+    if constexpr (std::is_unsigned_v<A>) {
+      return x;
+    } else {
+      return x < A(0) ? A(0) : x;
+    }
+  }
 };
 template <typename A>
 struct SinF {

@@ -148,6 +148,11 @@ TEST(Elementwise, ScalarOverloadsAndIntegerOps) {
   EXPECT_EQ(vals(O::abs(from_vector<int32_t>({-3, 4}, {2}))), (std::vector<double>{3, 4}));
   EXPECT_EQ(vals(O::clamp(from_vector<float>({-2, 0.5, 3}, {3}), -1, 1)), (std::vector<double>{-1, 0.5, 1}));
   EXPECT_EQ(vals(O::relu(from_vector<int64_t>({-2, 5}, {2}))), (std::vector<double>{0, 5}));
+  // NaN passes through relu, as in PyTorch (torch.relu(nan) is nan), instead of becoming 0.
+  std::vector<double> r = vals(O::relu(from_vector<float>({-1.5f, NAN, 2.0f}, {3})));
+  EXPECT_EQ(r[0], 0.0);
+  EXPECT_TRUE(std::isnan(r[1]));
+  EXPECT_EQ(r[2], 2.0);
   EXPECT_EQ(O::exp(O::arange(2, DType::i64)).dtype(), DType::f32);
 }
 
