@@ -48,6 +48,24 @@ __device__ __forceinline__ bool visible(int64_t t, int64_t s, int64_t Tq, int64_
   return t < Tq && s < S && (!causal || s <= t);
 }
 
+/// acc[r][i] += coef_j(r) * tile[j][lane + 32 i] over the kSdpaCols rows j of a shared tile (row stride LD), where
+/// lane j holds row r's coefficient for tile row j: P V in the forward, dS K for dQ in the backward.
+template <int R, int NT, int LD>
+__device__ __forceinline__ void accumulate_tile(float (&acc)[R][NT], const float (&coef)[R], const float* tile,
+                                                int lane) {
+  for (int j = 0; j < kSdpaCols; ++j) {
+    float tj[NT];
+#pragma unroll
+    for (int i = 0; i < NT; ++i) tj[i] = tile[j * LD + lane + 32 * i];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float cj = __shfl_sync(kFullMask, coef[r], j);
+#pragma unroll
+      for (int i = 0; i < NT; ++i) acc[r][i] = fmaf(cj, tj[i], acc[r][i]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- forward
 /// One block per kSdpaRows query rows of one (b, h); warp w owns rows
 /// w * kRowsPerWarp + r, lane j key s0 + j of each K/V tile.
@@ -109,17 +127,7 @@ __global__ void __launch_bounds__(kSdpaThreads)
 #pragma unroll
       for (int i = 0; i < NT; ++i) o[r][i] *= alpha;
     }
-    for (int j = 0; j < kSdpaCols; ++j) {
-      float vj[NT];
-#pragma unroll
-      for (int i = 0; i < NT; ++i) vj[i] = sv[j * LD + lane + 32 * i];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float pj = __shfl_sync(kFullMask, p[r], j);
-#pragma unroll
-        for (int i = 0; i < NT; ++i) o[r][i] = fmaf(pj, vj[i], o[r][i]);
-      }
-    }
+    accumulate_tile<R, NT, LD>(o, p, sv, lane);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {
@@ -208,17 +216,7 @@ __global__ void __launch_bounds__(kSdpaThreads)
       const float p = visible(t, s, Tq, S, causal) ? expf(sc[r] - lse_r[r]) : 0.f;
       ds[r] = p * (dp[r] - di_r[r]);
     }
-    for (int j = 0; j < kSdpaCols; ++j) {
-      float kj[NT];
-#pragma unroll
-      for (int i = 0; i < NT; ++i) kj[i] = sk[j * LD + lane + 32 * i];
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float dsj = __shfl_sync(kFullMask, ds[r], j);
-#pragma unroll
-        for (int i = 0; i < NT; ++i) acc[r][i] = fmaf(dsj, kj[i], acc[r][i]);
-      }
-    }
+    accumulate_tile<R, NT, LD>(acc, ds, sk, lane);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) {

@@ -117,29 +117,8 @@ __device__ __forceinline__ T from_acc(A v) {
   }
 }
 
-/// Calls f with a value of the device element type of dt (f32, f64, bf16, f16, i32, i64, u8);
+/// Calls f with a value of the device element type of dt for the floating dtypes only (f32, f64, bf16, f16);
 /// other dtypes throw Unsupported naming op.
-template <typename F>
-void dispatch_all(DType dt, const char* op, F&& f) {
-  switch (dt) {
-    case DType::f32:
-      return f(float{});
-    case DType::f64:
-      return f(double{});
-    case DType::bf16:
-      return f(__nv_bfloat16{});
-    case DType::f16:
-      return f(__half{});
-    case DType::i32:
-      return f(int32_t{});
-    case DType::i64:
-      return f(int64_t{});
-    case DType::u8:
-      return f(uint8_t{});
-  }
-  LOOM_THROW(Unsupported, op, ": no CUDA kernel for dtype ", dtype_name(dt));
-}
-/// As dispatch_all for the floating dtypes only (f32, f64, bf16, f16).
 template <typename F>
 void dispatch_floating(DType dt, const char* op, F&& f) {
   switch (dt) {
@@ -155,6 +134,20 @@ void dispatch_floating(DType dt, const char* op, F&& f) {
       break;
   }
   LOOM_THROW(Unsupported, op, ": no CUDA kernel for dtype ", dtype_name(dt), " (floating dtypes only)");
+}
+/// As dispatch_floating, and also i32, i64, u8.
+template <typename F>
+void dispatch_all(DType dt, const char* op, F&& f) {
+  switch (dt) {
+    case DType::i32:
+      return f(int32_t{});
+    case DType::i64:
+      return f(int64_t{});
+    case DType::u8:
+      return f(uint8_t{});
+    default:
+      return dispatch_floating(dt, op, f);
+  }
 }
 
 // ---------------------------------------------------------------- strided indexing
