@@ -9,8 +9,8 @@
 #include "checkpoint/checkpoint.h"
 #include "collectives/process_group.h"
 #include "collectives/store.h"
-#include "nn/gpt2.h"
 #include "nn/optim.h"
+#include "tests/reference/tiny_models.h"
 
 namespace loom {
 namespace {
@@ -18,17 +18,11 @@ namespace {
 namespace fs = std::filesystem;
 
 struct Trainer {
-  std::unique_ptr<nn::GPT2> model;
+  std::unique_ptr<nn::CausalLM> model;
   std::unique_ptr<nn::AdamW> opt;
   Trainer(uint64_t seed, Device dev) {
-    nn::GPT2Config c;
-    c.vocab_size = 61;
-    c.n_positions = 16;
-    c.n_embd = 32;
-    c.n_layer = 2;
-    c.n_head = 4;
     Generator gen(seed);
-    model = std::make_unique<nn::GPT2>(c, gen);
+    model = testing::make_tiny_model("gpt2", gen);
     model->to(dev);
     nn::AdamWOptions o;
     o.lr = 1e-2;

@@ -33,6 +33,7 @@
 #include "parallel/ddp.h"
 #include "parallel/fully_shard.h"
 #include "tests/gpu/conformance.h"
+#include "tests/reference/tiny_models.h"
 
 using namespace loom;
 using namespace loom::conformance;
@@ -47,25 +48,7 @@ constexpr int64_t kB = 2, kT = 12;
 
 std::shared_ptr<nn::CausalLM> make_model(const std::string& family) {
   Generator gen(1234);
-  if (family == "gpt2") {
-    nn::GPT2Config c;
-    c.vocab_size = 61;
-    c.n_positions = 16;
-    c.n_embd = 32;
-    c.n_layer = 2;
-    c.n_head = 4;
-    return std::make_shared<nn::GPT2>(c, gen);
-  }
-  nn::LlamaConfig c;
-  c.vocab_size = 61;
-  c.max_seq_len = 16;
-  c.n_embd = 32;
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_kv_head = 2;
-  c.intermediate_size = 48;
-  c.rope_theta = 10000.0;
-  return std::make_shared<nn::Llama>(c, gen);
+  return loom::testing::make_tiny_model(family, gen);
 }
 
 struct Batch {

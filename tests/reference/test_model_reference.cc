@@ -23,6 +23,7 @@
 #include "nn/gpt2.h"
 #include "nn/llama.h"
 #include "nn/optim.h"
+#include "tests/reference/tiny_models.h"
 
 namespace fs = std::filesystem;
 using namespace loom;
@@ -67,25 +68,7 @@ void expect_close(const Tensor& ours, const Tensor& ref, double abs_tol, double 
 }
 
 std::unique_ptr<nn::CausalLM> make_model(const std::string& family, Generator& gen) {
-  if (family == "gpt2") {
-    nn::GPT2Config c;
-    c.vocab_size = 61;
-    c.n_positions = 16;
-    c.n_embd = 32;
-    c.n_layer = 2;
-    c.n_head = 4;
-    return std::make_unique<nn::GPT2>(c, gen);
-  }
-  nn::LlamaConfig c;
-  c.vocab_size = 61;
-  c.max_seq_len = 16;
-  c.n_embd = 32;
-  c.n_layer = 2;
-  c.n_head = 4;
-  c.n_kv_head = 2;
-  c.intermediate_size = 48;
-  c.rope_theta = 10000.0;
-  return std::make_unique<nn::Llama>(c, gen);
+  return loom::testing::make_tiny_model(family, gen);
 }
 
 std::string config_json(const std::string& family, bool autocast) {
