@@ -21,9 +21,11 @@ struct BackendContext {
   std::vector<int> global_ranks;  // group rank -> world rank
   std::shared_ptr<Store> store;   // already prefixed for this group
   std::string group_name;
-  Millis timeout{300000};  // connect/rendezvous timeout
-  std::string hostname;    // address to listen on (gloo); empty: auto
-  std::string iface;       // network interface (gloo); wins over hostname
+  Millis timeout{300000};   // connect/rendezvous timeout
+  std::string hostname;     // address to listen on (gloo); empty: auto
+  std::string iface;        // network interface (gloo); wins over hostname
+  std::string master_addr;  // rank 0's store; gloo listens on the route there
+  int master_port = 0;
 };
 
 /// Every op blocks until done or until timeout, then throws Timeout (or

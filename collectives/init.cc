@@ -129,6 +129,9 @@ RankInfo rank_info_from_env() {
 std::shared_ptr<ProcessGroup> init_process_group(const std::string& backend, InitOptions options) {
   RankInfo info = rank_info_from_env();
   set_log_prefix("rank " + std::to_string(info.rank));
+  // The transport listens on the address that routes to the store's host.
+  if (options.group.master_addr.empty()) options.group.master_addr = info.master_addr;
+  if (options.group.master_port == 0) options.group.master_port = info.master_port;
   std::shared_ptr<Store> store = options.store;
   if (!store) {
     TCPStoreOptions so;

@@ -25,6 +25,8 @@ ProcessGroupOptions default_process_group_options() {
   const char* ifn = std::getenv("LOOM_GLOO_IFNAME");
   if (ifn == nullptr) ifn = std::getenv("GLOO_SOCKET_IFNAME");
   if (ifn != nullptr) o.iface = ifn;
+  if (const char* m = std::getenv("MASTER_ADDR")) o.master_addr = m;
+  if (const char* p = std::getenv("MASTER_PORT")) o.master_port = std::atoi(p);
   return o;
 }
 
@@ -68,6 +70,8 @@ ProcessGroup::ProcessGroup(std::shared_ptr<Store> store, int rank, int size, con
   ctx.timeout = store->timeout();
   ctx.hostname = opts_.hostname;
   ctx.iface = opts_.iface;
+  ctx.master_addr = opts_.master_addr;
+  ctx.master_port = opts_.master_port;
   backend_ = create_backend(backend, ctx);
   worker_ = std::thread([this] { worker_loop(); });
   watchdog_ = std::thread([this] { watchdog_loop(); });

@@ -40,9 +40,15 @@ struct ProcessGroupOptions {
   Millis watchdog_grace{2000};
   /// Where gloo listens (address or interface); empty: automatic.
   std::string hostname, iface;
+  /// Where rank 0's store lives. With neither hostname nor iface, gloo
+  /// listens on the local address of the route there (empty: 127.0.0.1).
+  std::string master_addr;
+  int master_port = 0;
 };
 
-/// Fills check/trace_dir from the environment (LOOM_COLLECTIVE_CHECK, LOOM_TRACE_DIR).
+/// Fills check/trace_dir/iface/master_addr from the environment
+/// (LOOM_COLLECTIVE_CHECK, LOOM_TRACE_DIR, LOOM_GLOO_IFNAME or
+/// GLOO_SOCKET_IFNAME, MASTER_ADDR, MASTER_PORT).
 ProcessGroupOptions default_process_group_options();
 
 class ProcessGroup {

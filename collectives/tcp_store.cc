@@ -237,6 +237,10 @@ class TCPStoreServer {
   }
 
   int port() const { return port_; }
+  TCPStore::AuthFailures auth_failures() const {
+    std::lock_guard<std::mutex> g(stats_mu_);
+    return auth_failures_;
+  }
 
  private:
   struct Conn {
@@ -402,6 +406,11 @@ class TCPStoreServer {
       if (c.in.size() < kMac) return;
       Bytes expect = hmac_sha256(secret_, handshake_payload(c.nonce).data(), 8 + kNonce);
       if (CRYPTO_memcmp(expect.data(), c.in.data(), kMac) != 0) {
+        {
+          std::lock_guard<std::mutex> g(stats_mu_);
+          ++auth_failures_.count;
+          auth_failures_.last_peer = c.peer;
+        }
         drop(fd, "failed authentication (wrong secret or not a loom client)");
         return;
       }
@@ -552,6 +561,8 @@ class TCPStoreServer {
   std::map<int, Conn> conns_;
   std::list<Waiter> waiters_;
   std::map<std::string, Bytes> map_;
+  mutable std::mutex stats_mu_;
+  TCPStore::AuthFailures auth_failures_;
 };
 
 }  // namespace detail
@@ -573,6 +584,19 @@ TCPStore::TCPStore(std::string host, int port, TCPStoreOptions options)
 TCPStore::~TCPStore() {
   if (fd_ >= 0) ::close(fd_);
 }
+
+std::string TCPStore::local_address() {
+  std::lock_guard<std::mutex> g(mu_);
+  if (fd_ < 0) return "";
+  sockaddr_storage ss{};
+  socklen_t sl = sizeof(ss);
+  if (::getsockname(fd_, reinterpret_cast<sockaddr*>(&ss), &sl) != 0) return "";
+  char host[NI_MAXHOST] = {0};
+  if (getnameinfo(reinterpret_cast<sockaddr*>(&ss), sl, host, sizeof(host), nullptr, 0, NI_NUMERICHOST) != 0) return "";
+  return host;
+}
+
+TCPStore::AuthFailures TCPStore::auth_failures() const { return server_ ? server_->auth_failures() : AuthFailures{}; }
 
 void TCPStore::connect_locked() {
   if (fd_ >= 0) return;

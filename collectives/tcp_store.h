@@ -62,6 +62,19 @@ class TCPStore : public Store {
   int port() const { return port_; }
   const std::string& host() const { return host_; }
 
+  /// This client's own address on its connection to the server (numeric, no
+  /// port): the address by which the server's node sees this one. "" when
+  /// not connected.
+  std::string local_address();
+
+  /// Connections the server dropped because they failed the secret handshake.
+  struct AuthFailures {
+    int64_t count = 0;
+    std::string last_peer;  // "10.0.0.2:41234" of the latest one
+  };
+  /// The server's count of failed handshakes (zero when not the server).
+  AuthFailures auth_failures() const;
+
  private:
   void connect_locked();
   Bytes request(const Bytes& payload, Millis reply_timeout, const std::vector<std::string>& keys);

@@ -117,6 +117,8 @@ class Launcher {
   /// has not changed for --heartbeat-timeout seconds, or -1.
   int stale_node();
   void barrier(const std::string& key);
+  /// "host gpu-b, address 10.0.0.2": where node n is, for reports.
+  std::string node_where(int n) const;
   int linger(int rc);
   void print_report(const std::vector<Rank>& ranks, const Rank* first, const std::string& remote);
   std::string describe(const Rank& r) const;
@@ -137,6 +139,7 @@ class Launcher {
   int64_t hb_count_ = 0;
   std::vector<std::string> hb_seen_;
   std::vector<Clock::time_point> hb_changed_;
+  std::vector<std::string> node_host_, node_addr_;  // per node, from the rendezvous
   bool store_lost_ = false;
   int stop_signal_ = 0;
   int dead_nodes_ = 0;
@@ -161,6 +164,11 @@ void Launcher::setup_store() {
   collectives::TCPStoreOptions so;
   so.secret = secret_;
   so.is_server = o_.node_rank == 0;
+  // The launchers' requests are short; one not answered within the heartbeat
+  // timeout means node 0 is gone or unreachable (the rendezvous waits longer).
+  if (o_.nnodes > 1)
+    so.timeout =
+        std::max(collectives::Millis(1000), collectives::Millis(static_cast<int64_t>(o_.heartbeat_timeout_s * 1000)));
   std::string host;
   int port = 0;
   if (!o_.rdzv_host.empty()) {
@@ -186,7 +194,7 @@ void Launcher::heartbeat() {
 bool Launcher::remote_trouble(std::string* why) {
   if (o_.nnodes == 1) return false;
   if (store_lost_) {
-    *why = "lost the launchers' store at " + store_addr_ + " (node 0's launcher gone)";
+    *why = "lost the launchers' store at " + store_addr_ + " (node 0's launcher gone or unreachable)";
     return true;
   }
   try {
@@ -198,7 +206,8 @@ bool Launcher::remote_trouble(std::string* why) {
     }
     if (int n = stale_node(); n >= 0) {
       *why = "node " + std::to_string(n) + "'s launcher sent no heartbeat for " +
-             std::to_string(static_cast<int>(seconds_since(hb_changed_[n]))) + " s (dead?)";
+             std::to_string(static_cast<int>(seconds_since(hb_changed_[n]))) + " s (" + node_where(n) +
+             "; down, or its network unreachable?)";
       store_->compare_set(fkey, {}, collectives::to_bytes(*why));
       store_->set("abort", *why);  // a dead node cannot rejoin: no restart
       ++dead_nodes_;
@@ -206,7 +215,7 @@ bool Launcher::remote_trouble(std::string* why) {
     }
   } catch (const CommError& e) {
     store_lost_ = true;
-    *why = "lost the launchers' store at " + store_addr_ + " (node 0's launcher gone): " + e.what();
+    *why = "lost the launchers' store at " + store_addr_ + " (node 0's launcher gone or unreachable): " + e.what();
     return true;
   }
   return false;
@@ -233,14 +242,22 @@ void Launcher::barrier(const std::string& key) {
     // A failure published for the current attempt is expected here; only dead nodes matter.
     heartbeat();
     if (int n = stale_node(); n >= 0)
-      LOOM_THROW(CommError, "trainlaunch: node ", n, "'s launcher sent no heartbeat while waiting at ", key);
+      LOOM_THROW(CommError, "trainlaunch: node ", n, "'s launcher sent no heartbeat while waiting at ", key, " (",
+                 node_where(n), ")");
     std::this_thread::sleep_for(std::chrono::duration<double>(o_.monitor_interval_s));
   }
+}
+
+std::string Launcher::node_where(int n) const {
+  if (n >= static_cast<int>(node_host_.size()) || node_host_[n].empty()) return "host unknown";
+  return "host " + node_host_[n] + ", address " + node_addr_[n];
 }
 
 void Launcher::rendezvous() {
   hb_seen_.assign(o_.nnodes, "");
   hb_changed_.assign(o_.nnodes, Clock::now());
+  node_host_.assign(o_.nnodes, "");
+  node_addr_.assign(o_.nnodes, "");
   if (o_.nnodes == 1) {
     world_size_ = o_.nproc_per_node;
     return;
@@ -248,18 +265,49 @@ void Launcher::rendezvous() {
   std::string me = std::to_string(o_.node_rank);
   store_->set("hb/" + me, "0");
   last_hb_ = Clock::now();
+  // Host and address first: a node counts as joined once its nproc is set.
+  std::string my_addr = store_->local_address();
+  store_->set("node/" + me + "/host", host_);
+  store_->set("node/" + me + "/addr", my_addr);
   store_->set("node/" + me + "/nproc", std::to_string(o_.nproc_per_node));
   std::vector<std::string> keys;
   for (int n = 0; n < o_.nnodes; ++n) keys.push_back("node/" + std::to_string(n) + "/nproc");
-  store_->wait(keys);
+  // Wait for every node (up to LOOM_STORE_TIMEOUT_S). A node given another
+  // secret never gets in: node 0's store sees its failed handshakes, say so.
+  const collectives::Millis join_timeout = collectives::default_store_timeout();
+  const auto join_deadline = Clock::now() + join_timeout;
+  int64_t auth_seen = 0;
+  std::string rejected;
+  while (!store_->check(keys)) {
+    collectives::TCPStore::AuthFailures af = store_->auth_failures();
+    if (af.count > auth_seen) {
+      auth_seen = af.count;
+      rejected = "; the store rejected " + std::to_string(af.count) +
+                 " connection(s) that failed the secret handshake, the last from " + af.last_peer +
+                 ": every node must be given the same LOOM_STORE_SECRET";
+      say("the store at " + store_addr_ + " rejected a connection from " + af.last_peer +
+          " that failed the secret handshake (a node given a different LOOM_STORE_SECRET?); still waiting");
+    }
+    if (Clock::now() >= join_deadline) {
+      std::string missing;
+      for (int n = 0; n < o_.nnodes; ++n)
+        if (!store_->check({keys[n]})) missing += (missing.empty() ? "" : ", ") + std::to_string(n);
+      LOOM_THROW(CommError, "trainlaunch: node(s) ", missing, " did not join the store at ", store_addr_, " within ",
+                 join_timeout.count() / 1000, " s (LOOM_STORE_TIMEOUT_S)", rejected);
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::min(o_.monitor_interval_s, 0.1)));
+  }
   for (int n = 0; n < o_.nnodes; ++n) {
-    int np = std::stoi(store_->get_string(keys[n]));
+    std::string k = "node/" + std::to_string(n);
+    int np = std::stoi(store_->get_string(k + "/nproc"));
+    node_host_[n] = store_->get_string(k + "/host");
+    node_addr_[n] = store_->get_string(k + "/addr");
     if (n < o_.node_rank) rank_offset_ += np;
     world_size_ += np;
     hb_changed_[n] = Clock::now();
   }
   say("node " + me + " of " + std::to_string(o_.nnodes) + " joined: world of " + std::to_string(world_size_) +
-      " ranks, store " + store_addr_);
+      " ranks, store " + store_addr_ + ", this node's address " + my_addr);
 }
 
 void Launcher::spawn(Rank& r) {

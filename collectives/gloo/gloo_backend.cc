@@ -10,11 +10,11 @@
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
-#include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
+#include <mutex>
 
+#include "collectives/netif.h"
 #include "collectives/reduce.h"
 #include "tensor/logging.h"
 
@@ -78,22 +78,22 @@ ReduceFn reduce_fn(ReduceOp op) {
 class GlooBackend : public Backend {
  public:
   explicit GlooBackend(const BackendContext& ctx) : rank_(ctx.rank), size_(ctx.size) {
+    // Listen where the other nodes can reach us: the named interface, else the
+    // address of the route to MASTER_ADDR (never gethostname(), which often
+    // resolves to a loopback address such as Debian's 127.0.1.1).
+    ListenChoice where = choose_listen_address(ctx.iface, ctx.hostname, ctx.master_addr, ctx.master_port);
     gloo::transport::tcp::attr attr;
-    if (!ctx.iface.empty()) {
-      attr.iface = ctx.iface;
-    } else if (!ctx.hostname.empty()) {
-      attr.hostname = ctx.hostname;
+    attr.hostname = where.address;
+    const std::string says = "gloo: listening on " + where.address + " (interface " +
+                             (where.iface.empty() ? std::string("?") : where.iface) + ", " + where.reason + ")";
+    // Once per process at info level; sub-groups repeat it only at debug level.
+    static std::once_flag logged;
+    bool first = false;
+    std::call_once(logged, [&] { first = true; });
+    if (first) {
+      LOOM_INFO(says);
     } else {
-      // Single-machine default unless MASTER_ADDR points elsewhere.
-      const char* m = std::getenv("MASTER_ADDR");
-      std::string master = m ? m : "";
-      if (master.empty() || master == "localhost" || master.rfind("127.", 0) == 0) {
-        attr.hostname = "127.0.0.1";
-      } else {
-        char host[256] = {0};
-        ::gethostname(host, sizeof(host) - 1);
-        attr.hostname = host;
-      }
+      LOOM_DEBUG(says, " for group ", ctx.group_name);
     }
     gloo_call("connect", [&] {
       device_ = gloo::transport::tcp::CreateDevice(attr);
