@@ -10,7 +10,7 @@
 #             were given and refuse on node 0's address on another interface
 #   linkdown  node 1's cable is pulled mid-run: node 0 stops the job within the
 #             heartbeat timeout (bounded here) with a report naming node 1, its
-#             host and address; node 1 stops too
+#             host and address; node 1 stops too (no store timeout needed)
 #   secret    nodes given different LOOM_STORE_SECRETs never form; both exit
 #             non-zero within a bounded time, saying the secret does not match
 # Exit 0: passed; 77: skipped (not root, or no working `ip netns`); else failed.
@@ -125,9 +125,10 @@ case $case_name in
     [ "$(cat out0.txt out1.txt | grep -c 'released')" -eq 4 ] || fail "not every rank was released"
     ;;
   linkdown)
-    launch 1 90 --heartbeat-timeout 3 -- "$NR" hold "$work" > out1.txt 2>&1 &
+    # A long store timeout: neither node may need it to notice the cut.
+    STORE_TIMEOUT_S=120 launch 1 90 --heartbeat-timeout 3 -- "$NR" hold "$work" > out1.txt 2>&1 &
     p1=$!
-    launch 0 90 --heartbeat-timeout 3 -- "$NR" hold "$work" > out0.txt 2>&1 &
+    STORE_TIMEOUT_S=120 launch 0 90 --heartbeat-timeout 3 -- "$NR" hold "$work" > out0.txt 2>&1 &
     p0=$!
     wait_ready
     "$NC" link "$name" 1 down
@@ -142,7 +143,8 @@ case $case_name in
       fail "node 0's report does not name node 1 with its host $name-n1 and address $A1"
     sed -n '/first failure/,/=====/p' out0.txt | grep -q "node 1's launcher sent no heartbeat" ||
       fail "the failure report of node 0 does not name node 1"
-    # Node 1 cannot reach the store any more: it stops its ranks too.
+    # Node 1 cannot reach the store any more: it stops its ranks too, after its
+    # requests go unanswered for the heartbeat timeout (not LOOM_STORE_TIMEOUT_S).
     wait_exit $p1 40
     rc1=$?
     [ $rc1 -ne 124 ] || fail "node 1 still runs 40 s after its link went down"
