@@ -28,7 +28,7 @@ endif()
 # exit 77, without them): forming, the stores' binding, a link cut mid-run and
 # mismatched secrets.
 if(TARGET trainlaunch AND TARGET collectives_mp)
-  add_executable(netns_rank ${CMAKE_CURRENT_LIST_DIR}/netns_rank.cc)
+  add_executable(netns_rank ${CMAKE_CURRENT_LIST_DIR}/netns/netns_rank.cc)  # not in the test_launcher glob
   target_link_libraries(netns_rank PRIVATE loom::collectives)
   foreach(c form bind linkdown secret)
     add_test(NAME launcher_netns_${c}
