@@ -82,7 +82,6 @@ down() {
     ip netns del "$ns" 2> /dev/null || true
   done
   rm -rf "/etc/netns/$name"-sw "/etc/netns/$name"-n*
-  rmdir /etc/netns 2> /dev/null || true
 }
 
 cmd=${1:-}

@@ -30,7 +30,7 @@ endif()
 if(TARGET trainlaunch AND TARGET collectives_mp)
   add_executable(netns_rank ${CMAKE_CURRENT_LIST_DIR}/netns/netns_rank.cc)  # not in the test_launcher glob
   target_link_libraries(netns_rank PRIVATE loom::collectives)
-  foreach(c form bind linkdown secret)
+  foreach(c form iface bind linkdown secret)
     add_test(NAME launcher_netns_${c}
              COMMAND ${CMAKE_CURRENT_LIST_DIR}/netns_test.sh ${c} $<TARGET_FILE:trainlaunch>
                      $<TARGET_FILE:collectives_mp> $<TARGET_FILE:netns_rank> ${PROJECT_SOURCE_DIR})

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Multi-node on real addresses: two trainlaunch nodes, each in its own network
-# namespace made by scripts/netns_cluster.sh (own address, host name mapped to
-# 127.0.0.1's neighbour 127.0.1.1 as on Debian), 2 ranks each.
+# namespace made by scripts/netns_cluster.sh (its own address, and a host name
+# that resolves to 127.0.1.1 as in Debian's /etc/hosts), 2 ranks each.
 # Usage: netns_test.sh CASE TRAINLAUNCH COLLECTIVES_MP NETNS_RANK REPO
 #   form      collectives_mp over gloo forms and passes; each rank listens on its
 #             node's own address on lan0 and says so in its log
+#   iface     the same with LOOM_GLOO_IFNAME=lan1: the ranks use the second network
 #   bind      while a job runs, node 0's stores (rank 0's at MASTER_PORT, the
 #             launchers' at MASTER_PORT+1) answer from node 1 on the address they
 #             were given and refuse on node 0's address on another interface
@@ -29,6 +30,11 @@ ip netns add "$name-probe" 2> /dev/null || skip "'ip netns add' does not work he
 ip netns del "$name-probe"
 command -v unshare > /dev/null || skip "no 'unshare' (util-linux), needed for per-node host names"
 
+# Clusters left by a run that was killed outright (a CTest timeout sends SIGKILL,
+# so its trap never ran): loomt-PID-* whose PID is gone.
+for stale in $(ip netns list | awk '{print $1}' | sed -n 's/^\(loomt-[0-9]*\)-\(sw\|n[0-9]*\)$/\1/p' | sort -u); do
+  kill -0 "${stale#loomt-}" 2> /dev/null || "$NC" down "$stale"
+done
 work=$(mktemp -d /tmp/loom-netns.XXXXXX)
 cleanup() {
   "$NC" down "$name"
@@ -101,6 +107,23 @@ case $case_name in
       grep -q "rank$r\]: .*gloo: listening on $A1 (interface lan0, the route to MASTER_ADDR $A0" out1.txt ||
         fail "rank $r does not say it listens on $A1 (lan0)"
     done
+    ;;
+  iface)
+    # LOOM_GLOO_IFNAME=lan1: the ranks talk over the second network instead.
+    B1=$("$NC" addr 1 1)
+    LOOM_GLOO_IFNAME=lan1 launch 1 90 -- "$MP" gloo > out1.txt 2>&1 &
+    p1=$!
+    LOOM_GLOO_IFNAME=lan1 launch 0 90 -- "$MP" gloo > out0.txt 2>&1
+    rc0=$?
+    wait $p1
+    rc1=$?
+    [ $rc0 -eq 0 ] || fail "node 0 exited $rc0"
+    [ $rc1 -eq 0 ] || fail "node 1 exited $rc1"
+    grep -q "all checks passed" out0.txt || fail "no 'all checks passed' from rank 0"
+    grep -q "rank0\]: .*gloo: listening on $B0 (interface lan1, the interface named by LOOM_GLOO_IFNAME" out0.txt ||
+      fail "rank 0 does not say it listens on $B0 (lan1, named by LOOM_GLOO_IFNAME)"
+    grep -q "rank3\]: .*gloo: listening on $B1 (interface lan1, the interface named by LOOM_GLOO_IFNAME" out1.txt ||
+      fail "rank 3 does not say it listens on $B1 (lan1, named by LOOM_GLOO_IFNAME)"
     ;;
   bind)
     launch 1 90 -- "$NR" hold "$work" > out1.txt 2>&1 &
