@@ -94,7 +94,7 @@ double adamw_step_bound(int t);
 /// - the relative L2 difference of the other elements at most 1e-4. Summing 4 ranks' gradients in another order
 ///   changes each by a few units in the last place; AdamW makes that visible only in the few elements whose gradient
 ///   is itself near that noise (measured on 4 ranks, gloo and mpi, DDP and FSDP: at most 0.4% of a tensor's elements
-///   differ by more than 1e-5 relative — the same elements on which whole-batch and 4-block single-rank training
+///   differ by more than 1e-5 relative, mostly elements on which whole-batch and 4-block single-rank training also
 ///   disagree), so the relative L2 difference stays at or below 1.1e-5 (worst: GPT-2's first mlp.c_proj.weight). A
 ///   reduction that loses, repeats or misplaces a chunk moves every element of it by up to lr (1e-2, against weights
 ///   of about 2e-2): relative differences of order 0.1.
