@@ -202,7 +202,8 @@ struct RankWrite {
   std::string root, dir;  // dir: the temporary checkpoint directory
   int rank = 0;
   std::vector<LocalTensor> tensors;
-  Json extra;  // rng, optimizer steps
+  Json extra;                       // rng, optimizer steps
+  std::function<void()> test_hook;  // CheckpointOptions::test_write_hook
 };
 
 // Writes this rank's HDF5 file and its index rank_r.json (both synced). staging: null to write straight from the
@@ -224,6 +225,7 @@ void write_rank(const RankWrite& w, std::vector<char>* staging) {
     for (const BoxPiece& bp : detail::to_boxes(lt, b, e)) {
       const std::string dset = "/" + lt.name + "/" + std::to_string(k++);
       const int64_t count = bp.end - bp.begin;
+      if (w.test_hook) w.test_hook();
       std::lock_guard<std::mutex> lock(detail::h5_mutex());
       writer.create(dset, lt.data.dtype(), count,
                     {{"box_offset", bp.box_offset},
@@ -487,6 +489,7 @@ std::string Checkpointer::save(const Target& t, const TrainState& s) {
   w.dir = tmp;
   w.rank = rank;
   w.tensors = detail::collect(t);
+  w.test_hook = opts_.test_write_hook;
   // Keep only this rank's share of replicated tensors: the rest is written by the other replicas, and an async snapshot
   // then copies only what this rank writes.
   for (auto& lt : w.tensors) {

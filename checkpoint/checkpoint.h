@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -74,6 +75,9 @@ struct CheckpointOptions {
   int64_t staging_bytes = 64 << 20;
   /// How long rank 0 waits for the other ranks' files when committing an async save.
   std::chrono::seconds commit_timeout{600};
+  /// Test-only (leave empty): called by this rank's writer before each piece (HDF5 dataset) of its file, on the thread
+  /// that writes it (the background thread of an async save), so a test can hold or slow a write in progress.
+  std::function<void()> test_write_hook;
 };
 
 struct LoadOptions {

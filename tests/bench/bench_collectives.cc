@@ -4,7 +4,9 @@
 // Every variant gets one untimed warm-up call, then REPS timed rounds in which
 // the variants take turns (so machine noise hits them alike); a call's time is
 // the max over ranks after a barrier, and each figure is the median of its REPS.
-// One line per figure: op backend ranks bytes time_us algbw_GBps busbw_GBps.
+// One line per figure: op backend ranks bytes time_us algbw_GBps busbw_GBps; then README's table of allreduce busbw,
+// in markdown (the lines starting with '|'), for the sizes from LOOM_BENCH_TABLE_MIN_MIB (default 64) up, and the
+// largest size always. README's command: for n in 2 4; do mpirun ... -np $n ...; done | grep '^|' | awk '!seen[$0]++'.
 #include <mpi.h>
 
 #include <algorithm>
@@ -13,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,11 +53,20 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-void report(int rank, const char* op, const char* backend, int n, size_t bytes, double s, double factor) {
-  if (rank != 0) return;
+// Prints one figure's line (rank 0); returns its busbw in GB/s.
+double report(int rank, const char* op, const char* backend, int n, size_t bytes, double s, double factor) {
   double algbw = static_cast<double>(bytes) / s / 1e9;
-  std::printf("%-14s %-5s %d %10zu %12.1f %8.3f %8.3f\n", op, backend, n, bytes, s * 1e6, algbw, algbw * factor);
-  std::fflush(stdout);
+  if (rank == 0) {
+    std::printf("%-14s %-5s %d %10zu %12.1f %8.3f %8.3f\n", op, backend, n, bytes, s * 1e6, algbw, algbw * factor);
+    std::fflush(stdout);
+  }
+  return algbw * factor;
+}
+
+std::string size_str(size_t bytes) {
+  if (bytes >= (1u << 20) && bytes % (1u << 20) == 0) return std::to_string(bytes >> 20) + " MiB";
+  if (bytes >= (1u << 10) && bytes % (1u << 10) == 0) return std::to_string(bytes >> 10) + " KiB";
+  return std::to_string(bytes) + " B";
 }
 
 }  // namespace
@@ -84,6 +96,7 @@ int main(int argc, char** argv) {
     if (with_gloo) groups.push_back(gloo_pg.get());
     if (rank == 0) std::printf("# op backend ranks bytes time_us algbw_GBps busbw_GBps\n");
     const double ar = 2.0 * (n - 1) / n, ag = static_cast<double>(n - 1) / n;
+    std::map<size_t, std::map<std::string, double>> allreduce_busbw;  // bytes -> backend -> GB/s
     for (size_t bytes = 4096; bytes <= max_bytes; bytes *= 4) {
       const int64_t count = static_cast<int64_t>(bytes / 4);
       // Small buffers are timed over several back-to-back calls per round.
@@ -115,7 +128,10 @@ int main(int argc, char** argv) {
       for (auto& v : vs) v.f();  // warm-up
       for (int r = 0; r < reps; ++r)
         for (auto& v : vs) v.times.push_back(time_once(v.f, calls));
-      for (auto& v : vs) report(rank, v.op, v.backend, n, v.bytes, median(v.times), v.factor);
+      for (auto& v : vs) {
+        const double busbw = report(rank, v.op, v.backend, n, v.bytes, median(v.times), v.factor);
+        if (std::string(v.op) == "allreduce") allreduce_busbw[bytes][v.backend] = busbw;
+      }
       // The figures count only if the result is right: rank r contributes
       // r + 1 everywhere, so every element must be n (n + 1) / 2 (exact in f32).
       for (ProcessGroup* pg : groups) {
@@ -139,6 +155,26 @@ int main(int argc, char** argv) {
           MPI_Abort(MPI_COMM_WORLD, 1);
         }
       }
+    }
+    if (rank == 0) {
+      const char* min_env = std::getenv("LOOM_BENCH_TABLE_MIN_MIB");
+      const size_t table_min = (min_env ? std::strtoull(min_env, nullptr, 10) : 64) << 20;
+      std::printf("# README table: allreduce busbw (GB/s), f32, median of %d rounds, this run\n", reps);
+      std::printf("| ranks, bytes | raw MPI_Allreduce | loom mpi allreduce | loom gloo allreduce |\n");
+      std::printf("|---|---|---|---|\n");
+      for (const auto& [bytes, by] : allreduce_busbw) {
+        if (bytes < table_min && bytes != allreduce_busbw.rbegin()->first) continue;
+        auto cell = [&by](const char* b) {
+          char buf[32];
+          auto it = by.find(b);
+          if (it == by.end()) return std::string("—");
+          std::snprintf(buf, sizeof buf, "%.2f", it->second);
+          return std::string(buf);
+        };
+        std::printf("| %d, %s | %s | %s | %s |\n", n, size_str(bytes).c_str(), cell("raw").c_str(), cell("mpi").c_str(),
+                    cell("gloo").c_str());
+      }
+      std::fflush(stdout);
     }
     if (with_gloo) gloo_pg->barrier()->wait();
     mpi.barrier()->wait();

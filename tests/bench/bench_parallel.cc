@@ -13,7 +13,11 @@
 //   LOOM_BENCH_BACKENDS=gloo,mpi: the backends a plain start runs; MASTER_PORT: first port (default 31500)
 //   LOOM_BENCH_BUCKET_MIB: DDP's bucket_cap_bytes in MiB (default 25, PyTorch's)
 //   LOOM_BENCH_GRAD_VIEW=0: DDP without gradient_as_bucket_view (default: with it)
-// Rank 0 prints one line per figure. A step time is the median over STEPS timed rounds (after 2 warm-up rounds) of the
+// Rank 0 prints one line per figure, then README's table row for its backend in markdown (a line starting with '|';
+// a plain start prints the table's header first): `bench_parallel | grep '^|'` is the table. The row's hidden fractions
+// and "less" are computed from the figures in the row itself, as printed (so a reader recomputes them exactly); the
+// lines above also give the hidden fraction as the median over rounds of each round's own difference, which load
+// from other processes moves less. A step time is the median over STEPS timed rounds (after 2 warm-up rounds) of the
 // max over ranks; in each round every variant runs one step, back to back, and the differences (comm, saved) are taken
 // within a round before the median, so load that comes and goes hits the variants alike.
 #include <spawn.h>
@@ -22,6 +26,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -68,6 +73,43 @@ struct Variant {
   std::vector<double> times;  // seconds per timed step, max over ranks
   std::vector<double> waits;  // DDP: seconds blocked on all-reduces per timed step, max over ranks
 };
+
+// README's table: one row per backend.
+void print_table_header() {
+  std::printf(
+      "| backend | compute only | DDP on / off | DDP hidden | FSDP on / off | FSDP hidden | DDP blocked on "
+      "all-reduces, on / off |\n|---|---|---|---|---|---|---|\n");
+}
+
+// Rounds seconds to whole ms (step times) or tenths of a ms (blocked times), as the row prints them.
+double ms_rounded(double s, double step) { return std::round(s * 1e3 / step) * step; }
+
+// hidden = (T_off - T_on) / (T_off - T_compute) from the rounded figures the row shows; "n/a" when T_off <= T_compute
+// (no communication time to hide).
+std::string hidden_cell(double compute_ms, double on_ms, double off_ms) {
+  if (off_ms - compute_ms <= 0) return "n/a (off <= compute)";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.0f%%", 100.0 * (off_ms - on_ms) / (off_ms - compute_ms));
+  return buf;
+}
+
+void print_table_row(const char* backend, double t_compute, const std::vector<Variant>& variants, double wait_on,
+                     double wait_off) {
+  auto med_ms = [&](const char* w, bool overlap) {
+    for (const auto& v : variants)
+      if (v.wrapper == w && v.overlap == overlap) return ms_rounded(median(v.times), 1);
+    return 0.0;
+  };
+  const double c = ms_rounded(t_compute, 1);
+  const double d_on = med_ms("ddp", true), d_off = med_ms("ddp", false);
+  const double f_on = med_ms("fsdp", true), f_off = med_ms("fsdp", false);
+  const double b_on = ms_rounded(wait_on, 0.1), b_off = ms_rounded(wait_off, 0.1);
+  char less[48] = "";
+  if (b_off > 0) std::snprintf(less, sizeof less, " (%.0f%% less)", 100.0 * (b_off - b_on) / b_off);
+  std::printf("| %s | %.0f ms | %.0f / %.0f ms | %s | %.0f / %.0f ms | %s | %.1f / %.1f ms%s |\n", backend, c, d_on,
+              d_off, hidden_cell(c, d_on, d_off).c_str(), f_on, f_off, hidden_cell(c, f_on, f_off).c_str(), b_on, b_off,
+              less);
+}
 
 int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
   const int64_t L = a[0], C = a[1], H = a[2], T = a[3], B = a[4], V = a[5], steps = std::max<int64_t>(a[6], 1);
@@ -199,11 +241,13 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
       std::printf("%-5s %-5s %-13s saved_ms=%8.1f (T_off - T_on, median over rounds)\n", be, w, "overlap_saved",
                   saved * 1e3);
       if (comm > 0) {
-        std::printf("%-5s %-5s %-13s fraction=%.2f ((T_off - T_on) / (T_off - T_compute))\n", be, w, "hidden",
-                    saved / comm);
+        std::printf(
+            "%-5s %-5s %-13s fraction=%.2f (saved_ms / comm_ms: medians of per-round differences; the table row "
+            "divides the medians of the step times instead)\n",
+            be, w, "hidden_rounds", saved / comm);
       } else {
         std::printf("%-5s %-5s %-13s fraction=n/a (T_off <= T_compute: no measurable communication time)\n", be, w,
-                    "hidden");
+                    "hidden_rounds");
       }
     }
     double wait_on = 0, wait_off = 0;
@@ -218,6 +262,8 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
                   1.0 - wait_on / wait_off);
     std::printf("%-5s %-5s %-13s comm_ms=%8.1f (the DDP buckets' all-reduces alone, no compute)\n", be, "ddp",
                 "allreduce", comm_alone * 1e3);
+    if (!std::getenv("LOOM_BENCH_NO_TABLE_HEADER")) print_table_header();
+    print_table_row(be, t_compute, variants, wait_on, wait_off);
     std::fflush(stdout);
   }
   sync->barrier()->wait();
@@ -273,6 +319,9 @@ int launch(const std::vector<std::string>& args) {
   std::vector<std::string> common = {"OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MASTER_ADDR=127.0.0.1",
                                      "LOOM_STORE_SECRET=bench-parallel"};
   int rc = 0;
+  print_table_header();  // each backend's rank 0 prints its row
+  std::fflush(stdout);
+  common.push_back("LOOM_BENCH_NO_TABLE_HEADER=1");
   for (std::string backend; std::getline(list, backend, ',');) {
     std::vector<std::string> env = common;
     env.push_back("MASTER_PORT=" + std::to_string(port++));

@@ -5,8 +5,10 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "collectives/process_group.h"
@@ -375,4 +377,123 @@ TEST(Backends, RegistryListsGlooAndMpiAndRejectsUnknown) {
   } catch (const InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("gloo"), std::string::npos);
   }
+}
+
+namespace {
+
+// A backend stuck inside a blocking call that ignores its timeout — what the ProcessGroup's watchdog exists for. Every
+// op returns at once (moving no data) until `stall` is set; then ops block until `released`, whatever their timeout.
+struct StallLatch {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool stall = false, released = false;
+};
+StallLatch& stall_latch() {
+  static StallLatch l;
+  return l;
+}
+
+class StallingBackend : public Backend {
+ public:
+  std::string name() const override { return "stall_test"; }
+  void allreduce(Tensor&, ReduceOp, Millis) override { op(); }
+  void reduce_scatter(Tensor&, const Tensor&, ReduceOp, Millis) override { op(); }
+  void all_gather(Tensor&, const Tensor&, Millis) override { op(); }
+  void broadcast(Tensor&, int, Millis) override { op(); }
+  void barrier(Millis) override { op(); }
+  void send(const Tensor&, int, int, Millis) override { op(); }
+  void recv(Tensor&, int, int, Millis) override { op(); }
+  void all_to_all(Tensor&, const Tensor&, Millis) override { op(); }
+
+ private:
+  static void op() {
+    StallLatch& l = stall_latch();
+    std::unique_lock<std::mutex> lk(l.mu);
+    l.cv.wait(lk, [&] { return !l.stall || l.released; });
+  }
+};
+
+}  // namespace
+
+// The back-stop: a backend that never returns from allreduce #1 (rank 1 never called it). After the collective
+// timeout plus the watchdog's grace, the watchdog fails the Work itself with a Timeout naming the group, the op and its
+// sequence number, the ranks that never arrived and the trace file it wrote; the call queued behind it is cancelled and
+// later calls are refused, so the caller gets a report instead of a hang.
+TEST(ProcessGroupWatchdog, BackendThatNeverReturnsIsFailedWithDiagnosisAndTrace) {
+  register_backend("stall_test", [](const BackendContext&) { return std::make_unique<StallingBackend>(); });
+  StallLatch& latch = stall_latch();
+  {
+    std::lock_guard<std::mutex> g(latch.mu);
+    latch.stall = latch.released = false;
+  }
+  auto opts = fast_options();
+  opts.timeout = 300ms;
+  opts.watchdog_grace = 300ms;
+  opts.trace_dir = std::filesystem::temp_directory_path() / ("loom_watchdog_test_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(opts.trace_dir);
+  auto store = std::make_shared<HashStore>(Millis(20000));
+  {
+    // Two ranks of one group; the stalling backend has no rendezvous, so one thread drives both.
+    ProcessGroup rank0(store, 0, 2, "stall_test", opts, "wd_group");
+    ProcessGroup rank1(store, 1, 2, "stall_test", opts, "wd_group");
+    struct Release {  // declared after the groups: lets their worker threads out before they are joined
+      StallLatch& l;
+      ~Release() {
+        {
+          std::lock_guard<std::mutex> g(l.mu);
+          l.released = true;
+        }
+        l.cv.notify_all();
+      }
+    } release{latch};
+    rank0.barrier()->wait();  // #0 on both ranks
+    rank1.barrier()->wait();
+    {
+      std::lock_guard<std::mutex> g(latch.mu);
+      latch.stall = true;
+    }
+    Tensor t = make(DType::f32, std::vector<double>(8, 1));
+    Tensor u = make(DType::f32, std::vector<double>(4, 1));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto stuck = rank0.allreduce(t);   // #1: the backend never returns; rank 1 never calls it
+    auto queued = rank0.broadcast(u);  // #2: waits behind it in the queue
+    try {
+      stuck->wait(30s);  // the caller's own bound: reached only when the watchdog did not fire
+      ADD_FAILURE() << "the stuck allreduce completed";
+    } catch (const Timeout& e) {
+      const std::string m = e.what();
+      EXPECT_NE(m.find("the backend did not return (watchdog)"), std::string::npos) << m;
+      EXPECT_GE(std::chrono::steady_clock::now() - t0, 600ms) << "fired before the timeout plus grace";
+      EXPECT_NE(m.find("ProcessGroup 'wd_group'"), std::string::npos) << m;
+      EXPECT_NE(m.find("allreduce(float32, 8 elements, sum) #1 timed out"), std::string::npos) << m;
+      EXPECT_NE(m.find("ranks that never arrived: [1]"), std::string::npos) << m;
+      EXPECT_NE(m.find("rank 1 never entered allreduce #1 (its last was barrier() #0)"), std::string::npos) << m;
+      const size_t at = m.find("written to ");
+      ASSERT_NE(at, std::string::npos) << m;
+      const std::string path = m.substr(at + 11, m.find('\n', at) - at - 11);
+      std::ifstream f(path);
+      ASSERT_TRUE(f.good()) << "no trace file at " << path;
+      std::stringstream ss;
+      ss << f.rdbuf();
+      EXPECT_NE(ss.str().find("allreduce"), std::string::npos) << ss.str();
+      EXPECT_NE(ss.str().find("group wd_group"), std::string::npos) << ss.str();
+    }
+    try {
+      queued->wait(10s);  // the watchdog cancels the queue just after it fails the stuck call
+      ADD_FAILURE() << "the queued broadcast ran after a timeout";
+    } catch (const Timeout& e) {
+      ADD_FAILURE() << "the queued broadcast behind the stuck one was not cancelled: " << e.what();
+    } catch (const CommError& e) {
+      EXPECT_NE(std::string(e.what()).find("cancelled"), std::string::npos) << e.what();
+    }
+    auto refused = rank0.barrier();
+    ASSERT_TRUE(refused->is_completed()) << "the broken group accepted a new call";
+    try {
+      refused->wait(1s);
+      ADD_FAILURE() << "the broken group ran a new call";
+    } catch (const CommError& e) {
+      EXPECT_NE(std::string(e.what()).find("refused: the group is broken"), std::string::npos) << e.what();
+    }
+  }
+  std::filesystem::remove_all(opts.trace_dir);
 }

@@ -105,6 +105,10 @@ TEST(FullyShardVariants, WithoutOverlapMatchesSingleRank) {
   for (Family f : ptest::families()) expect_matches_single_rank(f, o);
 }
 
+// cpu_offload only chooses where the shards, their gradients and the optimizer state live (FsdpState::shard_device:
+// the CPU instead of the compute device). On a CPU model both are the CPU, so this runs exactly the default path: it
+// is a correctness check of the option, not a test of offloading, which only changes anything on a GPU (no GPU test
+// of it exists yet).
 TEST(FullyShardVariants, CpuOffloadMatchesSingleRank) {
   FullyShardOptions o;
   o.cpu_offload = true;

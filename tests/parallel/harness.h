@@ -80,11 +80,32 @@ void expect_state_near(const nn::StateDict& got, const nn::StateDict& want, doub
 void expect_values_near(const std::vector<double>& got, const std::vector<double>& want, double rtol,
                         const std::string& what);
 
+/// The most one bias-corrected AdamW step (AdamWOptions' betas) can move an element, in units of lr, whatever the
+/// gradients: |m̂_t| / sqrt(v̂_t) <= (1-b1)/(1-b1^t) * sqrt((1-b2^t)/(1-b2)) * sqrt(sum_{k<t} (b1²/b2)^k) by
+/// Cauchy-Schwarz (1 at t = 1, 1.003 at t = 3).
+double adamw_step_bound(int t);
+
+/// Parameters of training whose gradients were summed in another order than `want`'s (the backend's ring on more than
+/// two ranks), after cfg.steps AdamW steps from the same start. The tolerance, per tensor:
+/// - every element within 2 * lr * sum_t adamw_step_bound(t) of want (about 0.06 for the defaults): what any two
+///   AdamW runs with the same lr can differ by at most, whatever their gradients. This is the only bound there is for
+///   GPT-2's key biases, whose exact gradient is 0 (softmax ignores them): AdamW divides each element's gradient by its
+///   own magnitude, so their updates are summation noise of up to lr per step.
+/// - the relative L2 difference of the other elements at most 1e-4. Summing 4 ranks' gradients in another order
+///   changes each by a few units in the last place; AdamW makes that visible only in the few elements whose gradient
+///   is itself near that noise (measured on 4 ranks, gloo and mpi, DDP and FSDP: at most 0.4% of a tensor's elements
+///   differ by more than 1e-5 relative, mostly elements on which whole-batch and 4-block single-rank training also
+///   disagree), so the relative L2 difference stays at or below 1.1e-5 (worst: GPT-2's first mlp.c_proj.weight). A
+///   reduction that loses, repeats or misplaces a chunk moves every element of it by up to lr (1e-2, against weights
+///   of about 2e-2): relative differences of order 0.1.
+void expect_state_near_reordered(const nn::StateDict& got, const nn::StateDict& want, const TrainConfig& cfg = {});
+
 /// The data-parallel check of DDP and FSDP: train(false) — or train(true) when already_rank_ordered — gives losses
 /// and gradient norms of `whole` (whole-batch single-rank training) within 1e-5. On more than two ranks the backend's
-/// ring reduction adds the ranks' gradients in an order that differs per chunk, so the run is repeated with the
-/// wrapper's rank-ordered reduction (train(true)) and checked the same way; the parameters of the last run must equal
-/// `params_ref` (single-rank training that adds in that order) within 1e-5.
+/// ring reduction adds the ranks' gradients in an order that differs per chunk: its parameters are checked against
+/// `params_ref` with expect_state_near_reordered, then the run is repeated with the wrapper's rank-ordered reduction
+/// (train(true)) and checked the same way; the parameters of the last run must equal `params_ref` (single-rank
+/// training that adds in that order) within 1e-5. Uses the default TrainConfig.
 void expect_matches_single_rank(const std::function<Run(bool rank_ordered)>& train, bool already_rank_ordered,
                                 const Reference& whole, const Reference& params_ref);
 

@@ -25,10 +25,23 @@ if(TARGET pretrain)
     string(REPLACE ":" ";" parts ${entry})
     list(GET parts 0 name)
     list(GET parts 1 world)
+    # Passes only when pretrain exits 0 and prints the line "config OK".
     add_test(NAME Pretrain.validate_config_${name}
-             COMMAND $<TARGET_FILE:pretrain> --config ${PROJECT_SOURCE_DIR}/configs/${name}.yaml --validate
+             COMMAND ${CMAKE_COMMAND} "-DEXPECT_LINE=config OK" -P ${CMAKE_CURRENT_LIST_DIR}/expect_success.cmake --
+                     $<TARGET_FILE:pretrain> --config ${PROJECT_SOURCE_DIR}/configs/${name}.yaml --validate
                      --world-size ${world})
-    set_tests_properties(Pretrain.validate_config_${name} PROPERTIES LABELS recipes TIMEOUT 60
-                         PASS_REGULAR_EXPRESSION "config OK")
+    set_tests_properties(Pretrain.validate_config_${name} PROPERTIES LABELS recipes TIMEOUT 60)
   endforeach()
+  # The check itself: it fails for a config that does not validate (tiny_cpu is written for 2 ranks, not 3) and for a
+  # program that prints "config OK" but exits non-zero.
+  add_test(NAME Pretrain.validate_config_check_fails_on_a_bad_config
+           COMMAND ${CMAKE_COMMAND} "-DEXPECT_LINE=config OK" -P ${CMAKE_CURRENT_LIST_DIR}/expect_success.cmake --
+                   $<TARGET_FILE:pretrain> --config ${PROJECT_SOURCE_DIR}/configs/tiny_cpu.yaml --validate
+                   --world-size 3)
+  add_test(NAME Pretrain.validate_config_check_fails_on_a_non_zero_exit
+           COMMAND ${CMAKE_COMMAND} "-DEXPECT_LINE=config OK" -P ${CMAKE_CURRENT_LIST_DIR}/expect_success.cmake --
+                   sh -c "echo 'config OK' && exit 3")
+  set_tests_properties(Pretrain.validate_config_check_fails_on_a_bad_config
+                       Pretrain.validate_config_check_fails_on_a_non_zero_exit
+                       PROPERTIES LABELS recipes TIMEOUT 60 WILL_FAIL TRUE)
 endif()

@@ -2,7 +2,11 @@
 // weights, new wrapper, optimizer, schedule and generator), a load and 5 more steps — every loss bit for bit.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
+#include <thread>
 
 #include "tests/checkpoint/mp/common.h"
 
@@ -52,7 +56,12 @@ void resume_case(Layout layout, const std::string& name, ptest::Family family = 
 
 // Async save: the snapshot is taken at save(); training goes on (changing every parameter and moment) while the
 // background thread streams the snapshot through a staging buffer far smaller than the state, chunk by chunk.
+// A test hook holds this rank's writer before its first piece until five more training steps have run (or 60 s
+// passed), then slows it by 2 s: the writer must see those steps done while its file is still being written, and
+// save() must have blocked the training thread for a small part of the write. A synchronous save fails both: its
+// writer waits out the 60 s having seen no step, and save() blocks for all of it.
 TEST(CheckpointResume, FsdpAsyncSaveWhileTrainingResumesExactly) {
+  using namespace std::chrono_literals;
   const std::string root = fresh_root("resume_fsdp_async");
   std::vector<double> straight;
   {
@@ -62,17 +71,45 @@ TEST(CheckpointResume, FsdpAsyncSaveWhileTrainingResumesExactly) {
   {
     TrainRun b(Layout::kFSDP, false);
     for (int s = 0; s < 5; ++s) b.train_step(s);
+    constexpr int kStepsDuringWrite = 5;
+    std::mutex mu;
+    std::condition_variable cv;
+    int steps_done = 0;             // training steps after save() returned (training thread)
+    int steps_seen_by_writer = -1;  // steps_done when the writer went on past its first piece
     checkpoint::CheckpointOptions o;
     o.async = true;
     o.staging_bytes = 4096;  // 1024 floats: most pieces pass through it in several chunks
+    o.test_write_hook = [&] {
+      std::unique_lock<std::mutex> lk(mu);
+      if (steps_seen_by_writer >= 0) return;  // only the first piece waits
+      cv.wait_for(lk, 60s, [&] { return steps_done >= kStepsDuringWrite; });
+      steps_seen_by_writer = steps_done;
+      lk.unlock();
+      std::this_thread::sleep_for(2s);  // a slow disk: the write takes at least 2 s more
+    };
     checkpoint::Checkpointer ck(root, ptest::world(), o);
     checkpoint::TrainState st;
     st.step = 5;
     st.data_position = {{"next_step", 5}};
+    ptest::world()->barrier()->wait();  // enter save() together: its blocking time is not a wait for the slower rank
     ck.save(b.target(), st);
-    EXPECT_GE(ck.last_blocking_seconds(), 0.0);
-    for (int s = 5; s < 10; ++s) EXPECT_EQ(b.train_step(s), straight[s]);
+    for (int s = 5; s < 10; ++s) {
+      EXPECT_EQ(b.train_step(s), straight[s]);
+      EXPECT_EQ(checkpoint::latest_checkpoint(root), "") << "step " << s << ": the save completed before training";
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        ++steps_done;
+      }
+      cv.notify_all();
+    }
     ck.wait();
+    EXPECT_EQ(steps_seen_by_writer, kStepsDuringWrite)
+        << "the training steps after save() did not run while the write was in progress (is the save synchronous?)";
+    // The write took >= 2 s (the hook) plus five training steps; save() only snapshots the state (a small model).
+    EXPECT_GE(ck.last_total_seconds(), 2.0);
+    EXPECT_LT(ck.last_blocking_seconds(), 0.25 * ck.last_total_seconds())
+        << "save() blocked training for " << ck.last_blocking_seconds() << " s of a " << ck.last_total_seconds()
+        << " s write";
     ptest::world()->barrier()->wait();  // rank 0 committed before the others look
   }
   EXPECT_EQ(checkpoint::latest_checkpoint(root), root + "/step_00000005");
