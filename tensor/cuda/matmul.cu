@@ -43,7 +43,7 @@ namespace {
 
 // c (n) = beta * c (0 when beta == 0, so NaNs in c do not survive): a product with K = 0.
 template <typename T>
-__global__ void scale_kernel(T* c, int64_t n, acc_t<T> beta) {
+__global__ void __launch_bounds__(kBlock) scale_kernel(T* c, int64_t n, acc_t<T> beta) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     c[i] = from_acc<T>(beta == acc_t<T>(0) ? acc_t<T>(0) : beta * load_acc(c + i));
@@ -58,7 +58,7 @@ __device__ __forceinline__ A gelu_tanh(A v) {
 // out (M, N) += bias (N) (bias may be null); with pre, pre = that sum and out = gelu_tanh(sum).
 // The epilogue of linear when cuBLASLt has no fused kernel for the case.
 template <typename T>
-__global__ void bias_gelu_kernel(T* out, T* pre, const T* bias, int64_t M, int64_t N) {
+__global__ void __launch_bounds__(kBlock) bias_gelu_kernel(T* out, T* pre, const T* bias, int64_t M, int64_t N) {
   using A = acc_t<T>;
   const int64_t n = M * N;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
