@@ -63,10 +63,10 @@ inline LinearFusion plan_linear_fusion(const LinearOperands& o) {
 
 /// What the status of the fused cublasLtMatmul (after a successful heuristic) means.
 enum class LtMatmulOutcome {
-  kDone,         // success: the product and its epilogue are written
-  kRunUnfused,   // cuBLASLt declined (not supported / invalid value for this case): run the unfused path and
-                 // remember to skip the fused attempt for this shape
-  kFail,         // any other error (out of memory, execution failure, ...): throw
+  kDone,        // success: the product and its epilogue are written
+  kRunUnfused,  // cuBLASLt declined (not supported / invalid value for this case): run the unfused path and
+                // remember to skip the fused attempt for this shape
+  kFail,        // any other error (out of memory, execution failure, ...): throw
 };
 
 /// Status codes, as cublas_api.h numbers them, that the plan needs (kept here so
