@@ -28,7 +28,9 @@ errors: the suite's proof that the check can fail).
 import argparse
 import os
 import re
+import shutil
 import struct
+import subprocess
 import sys
 
 REGS_PER_BLOCK = 65536
@@ -36,7 +38,7 @@ MAX_REGS_PER_THREAD = 255
 REG_ALLOC_UNIT = 256  # registers are allocated per warp in units of 256
 STATIC_SMEM_LIMIT = 48 * 1024
 RESERVED_SMEM = 1024  # sm_90 reserves 1 KiB of shared memory per block; the cubin counts it
-ARCH = 90
+ARCH = 90  # --arch: the SM whose cubins are read (the first of CMAKE_CUDA_ARCHITECTURES)
 
 EIATTR_MAX_THREADS = 0x05
 EIATTR_FRAME_SIZE = 0x11
@@ -118,16 +120,16 @@ def archive_members(data):
         pos += 60 + size + (size & 1)
 
 
-def cubins(path):
+def cubins(path, arch):
     """The sm_90 ELF images in the .nv_fatbin sections of an object, a static or a shared library."""
     with open(path, "rb") as f:
         data = f.read()
     if data[:8] == b"!<arch>\n":
-        return [image for member in archive_members(data) for image in cubins_of(member, path)]
-    return cubins_of(data, path)
+        return [image for member in archive_members(data) for image in cubins_of(member, path, arch)]
+    return cubins_of(data, path, arch)
 
 
-def cubins_of(data, path):
+def cubins_of(data, path, want_arch):
     fat = [s for s in elf_sections(data, path) if s["name"] == ".nv_fatbin"]
     if not fat:
         return []
@@ -147,7 +149,7 @@ def cubins_of(data, path):
             (flags,) = struct.unpack_from("<Q", fb, p + 40)
             (usize,) = struct.unpack_from("<Q", fb, p + 56) if ehs >= 64 else (0,)
             payload = fb[p + ehs:p + ehs + size]
-            if kind == FATBIN_KIND_ELF and arch == ARCH:
+            if kind == FATBIN_KIND_ELF and arch == want_arch:
                 if flags & FATBIN_FLAG_COMPRESS:
                     payload = lz4_block_decompress(payload[:csize], usize)
                 if payload[:4] != b"\x7fELF":
@@ -319,6 +321,20 @@ def regs_per_block(regs, threads):
     return warps * per_warp
 
 
+def demangled(names):
+    """{mangled: readable} through c++filt when it is installed (else the mangled names)."""
+    names = sorted(set(names))
+    tool = shutil.which("c++filt")
+    if not tool or not names:
+        return {n: n for n in names}
+    try:
+        out = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True, check=True,
+                             timeout=60).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {n: n for n in names}
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
+
+
 def demangle_base(mangled, bases):
     for b in bases:
         if "%d%s" % (len(b), b) in mangled:  # Itanium mangling: <length><identifier>
@@ -326,14 +342,14 @@ def demangle_base(mangled, bases):
     return None
 
 
-def check(objects, source_dirs):
+def check(objects, source_dirs, arch=ARCH):
     errors, kernels = [], {}
     for obj in objects:
-        for image in cubins(obj):
+        for image in cubins(obj, arch):
             for name, k in kernels_of(image, obj).items():
                 kernels[name] = dict(k, obj=obj)
     if not kernels:
-        raise CheckError("no sm_90 kernels found in " + " ".join(objects) + "; were they built for sm_90?")
+        raise CheckError(f"no sm_{arch} kernels found in " + " ".join(objects) + f"; were they built for sm_{arch}?")
     files = {}
     for path in source_files(source_dirs):
         with open(path, encoding="utf-8") as f:
@@ -343,8 +359,9 @@ def check(objects, source_dirs):
         ours.update(re.findall(r"__global__\s+void\s+(?:__launch_bounds__\((?:[^()]|\([^()]*\))*\)\s+)?(\w+)\s*\(",
                                text))
     ours = sorted(ours, key=len, reverse=True)
+    readable = demangled([n for n, k in kernels.items() if k["bound"] is None or k["regs"] > 64])
     for name, k in sorted(kernels.items()):
-        where = f"{name} ({os.path.basename(k['obj'])})"
+        where = f"{readable.get(name, name)} ({os.path.basename(k['obj'])})"
         if k["bound"] is None and demangle_base(name, ours) is None:
             # A library's kernel (CUB's): launched by code we do not read; it must fit any block.
             if regs_per_block(k["regs"], 1024) > REGS_PER_BLOCK:
@@ -391,10 +408,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sources", action="append", default=[], help="directory of CUDA sources (.cu, .cuh, .h)")
     ap.add_argument("--expect-errors", default=None, help="comma-separated texts the check must report")
+    ap.add_argument("--arch", type=int, default=ARCH, help="SM version of the cubins to read (default 90)")
     ap.add_argument("objects", nargs="+")
     a = ap.parse_args()
     try:
-        kernels, sites, errors = check(a.objects, a.sources)
+        kernels, sites, errors = check(a.objects, a.sources, a.arch)
     except CheckError as e:
         print("check_kernel_resources: " + str(e), file=sys.stderr)
         return 2
