@@ -302,7 +302,8 @@ def launches(files, consts):
     for path, text in files.items():
         for m in re.finditer(r"([A-Za-z_]\w*)\s*(<(?:[^<>]|<[^<>]*>)*>)?\s*<<<(.*?)>>>", text, re.S):
             name = m.group(1)
-            alias = re.search(r"auto\s+" + name + r"\s*=\s*([A-Za-z_]\w*)\s*<", text[:m.start()])
+            aliases = list(re.finditer(r"auto\s+" + name + r"\s*=\s*([A-Za-z_]\w*)\s*<", text[:m.start()]))
+            alias = aliases[-1] if aliases else None  # the nearest definition before the launch
             if alias and not re.search(r"__global__[^;{]*\b" + name + r"\s*\(", text):
                 name = alias.group(1)
             args = split_top(m.group(3))
@@ -428,8 +429,10 @@ def main():
     for e in errors:
         print("error: " + e, file=sys.stderr)
     worst = max(kernels.values(), key=lambda k: regs_per_block(k["regs"], k["bound"] or 1024))
+    framed = sum(1 for k in kernels.values() if k["frame"] > 0)
     print(f"{len(kernels)} kernels, {len(sites)} launch sites checked; most registers per block: "
-          f"{regs_per_block(worst['regs'], worst['bound'] or 1024)} of {REGS_PER_BLOCK}")
+          f"{regs_per_block(worst['regs'], worst['bound'] or 1024)} of {REGS_PER_BLOCK}; "
+          f"{framed} kernels use a stack frame (local memory: arrays or spills)")
     return 1 if errors else 0
 
 
