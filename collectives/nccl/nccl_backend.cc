@@ -218,14 +218,15 @@ class NcclBackend : public Backend {
   // that the timeout holds: the Work finishes only after the collective did.
   template <typename F>
   void run(const char* op, std::initializer_list<const Tensor*> tensors, Millis timeout, F&& launch) {
+    cuda_check(cudaSetDevice(device_), "cudaSetDevice");
+    // First, so that a call rejected below still consumes its on_enqueue() ordering.
+    order_->before_launch();
     for (const Tensor* t : tensors) {
       LOOM_CHECK(t->device().is_cuda(), "nccl ", op, ": a tensor of shape ", shape_str(t->sizes()),
                  " is on the CPU; move it to cuda:", device_, " or use gloo");
       LOOM_CHECK(t->device().index == device_, "nccl ", op, ": a tensor of shape ", shape_str(t->sizes()), " is on ",
                  t->device().str(), " but this rank's communicator is on cuda:", device_);
     }
-    cuda_check(cudaSetDevice(device_), "cudaSetDevice");
-    order_->before_launch();
     nccl_check(launch(), op);
     for (const Tensor* t : tensors) loom::cuda::record_stream(*t, *pooled_);
     sync(op, timeout);
