@@ -45,7 +45,8 @@ EIATTR_FRAME_SIZE = 0x11
 EIATTR_REGCOUNT = 0x2F
 FATBIN_MAGIC = 0xBA55ED50
 FATBIN_KIND_ELF = 2
-FATBIN_FLAG_COMPRESS = 0x2000
+FATBIN_FLAG_COMPRESS = 0x2000  # LZ4 (nvcc's -Xfatbin -compress-all before CUDA 13)
+FATBIN_FLAG_COMPRESS_ZSTD = 0x8000  # zstd (CUDA 13's -Xfatbin -compress-all); needs the zstd program
 
 
 class CheckError(Exception):
@@ -120,6 +121,18 @@ def archive_members(data):
         pos += 60 + size + (size & 1)
 
 
+def zstd_decompress(src, what):
+    tool = shutil.which("zstd")
+    if tool is None:
+        raise CheckError(f"{what}: the cubins are zstd-compressed (-Xfatbin -compress-all) and the zstd program is "
+                         "not installed; install zstd or build without fatbin compression")
+    try:
+        return subprocess.run([tool, "-d", "-c", "-q"], input=src, capture_output=True, check=True,
+                              timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise CheckError(f"{what}: zstd could not decompress a cubin: {e}") from e
+
+
 def cubins(path, arch):
     """The sm_90 ELF images in the .nv_fatbin sections of an object, a static or a shared library."""
     with open(path, "rb") as f:
@@ -150,7 +163,9 @@ def cubins_of(data, path, want_arch):
             (usize,) = struct.unpack_from("<Q", fb, p + 56) if ehs >= 64 else (0,)
             payload = fb[p + ehs:p + ehs + size]
             if kind == FATBIN_KIND_ELF and arch == want_arch:
-                if flags & FATBIN_FLAG_COMPRESS:
+                if flags & FATBIN_FLAG_COMPRESS_ZSTD:
+                    payload = zstd_decompress(payload[:csize], path)
+                elif flags & FATBIN_FLAG_COMPRESS:
                     payload = lz4_block_decompress(payload[:csize], usize)
                 if payload[:4] != b"\x7fELF":
                     raise CheckError(f"{path}: an sm_{arch} image in an unknown encoding (fatbin flags {flags:#x}); "
