@@ -37,6 +37,13 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual bool handles_half_and_avg() const { return false; }
+  /// Called by the ProcessGroup on the calling thread when it enqueues an op,
+  /// before the call returns; what it returns (may be empty) runs on the worker
+  /// thread right before that op. The nccl backend records an event on the
+  /// caller's current CUDA stream here and makes its own stream wait for it
+  /// there, so a collective orders after the caller's work whichever stream
+  /// the caller had set (collectives/nccl/stream_order.h). Default: nothing.
+  virtual std::function<void()> on_enqueue() { return {}; }
   virtual void allreduce(Tensor& t, ReduceOp op, Millis timeout) = 0;
   /// in: size * out.numel() elements; out gets this rank's reduced chunk.
   virtual void reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, Millis timeout) = 0;

@@ -94,6 +94,8 @@ void ProcessGroup::flush() {
 
 std::shared_ptr<Work> ProcessGroup::enqueue(const std::string& op, const Tensor& t, int peer, bool collective,
                                             Millis timeout, std::function<void(Millis)> run, std::string extra) {
+  // On the caller's thread, before the lock: e.g. an event on its current CUDA stream (nccl).
+  std::function<void()> before = backend_->on_enqueue();
   std::lock_guard<std::mutex> g(mu_);
   uint64_t seq = collective ? next_seq_++ : next_p2p_++;
   auto work = std::make_shared<Work>(op, seq);
@@ -115,6 +117,7 @@ std::shared_ptr<Work> ProcessGroup::enqueue(const std::string& op, const Tensor&
   task.desc = d.str();
   task.timeout = effective(timeout);
   task.run = std::move(run);
+  task.before = std::move(before);
   if (!broken_.empty()) {
     trace_.finish(task.trace_handle, false);
     work->finish(std::make_exception_ptr(CommError(::loom::detail::str_cat(
@@ -189,6 +192,7 @@ void ProcessGroup::execute(Task& task) {
     if (task.collective && opts_.publish_progress)
       store_->set("progress/" + std::to_string(rank_), std::to_string(task.work->seq()) + " " + task.desc);
     if (task.collective && opts_.check) check_agreement(task);
+    if (task.before) task.before();
     task.run(task.timeout);
     trace_.finish(task.trace_handle, true);
     task.work->finish();

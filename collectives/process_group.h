@@ -112,6 +112,7 @@ class ProcessGroup {
     std::string desc;  // "allreduce(float32, 16 elements)" for checks and errors
     Millis timeout;
     std::function<void(Millis)> run;
+    std::function<void()> before;  // Backend::on_enqueue()'s, run right before `run`
   };
   std::shared_ptr<Work> enqueue(const std::string& op, const Tensor& t, int peer, bool collective, Millis timeout,
                                 std::function<void(Millis)> run, std::string extra = "");

@@ -108,6 +108,19 @@ class StreamGuard {
   void* prev_ = nullptr;
 };
 
+/// A non-blocking stream on `device` leased from a per-device pool whose streams
+/// are never destroyed (tensor/stream_pool.h), for a long-lived side user such
+/// as a communicator: memory record_stream()'d on it can then be freed at any
+/// time, even after its user is gone (an event recorded on a destroyed stream
+/// would fail inside a tensor's deleter and end the process). Give it back with
+/// release_pooled_stream() once no more work will be queued on it; a later
+/// acquire on the device may return it again. Borrowed: the Stream object does
+/// not destroy it.
+Stream acquire_pooled_stream(int device);
+/// Gives back a stream acquire_pooled_stream() returned. Throws InvalidArgument
+/// for any other stream or one given back twice.
+void release_pooled_stream(const Stream& stream);
+
 /// Blocks the host until all work on `device` has finished (cudaDeviceSynchronize).
 void synchronize(int device);
 

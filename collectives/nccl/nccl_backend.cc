@@ -6,9 +6,12 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <initializer_list>
+#include <memory>
 #include <thread>
 
+#include "collectives/nccl/stream_order.h"
 #include "tensor/cuda_runtime.h"
 
 namespace loom::collectives {
@@ -58,6 +61,44 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   return ncclSum;
 }
 
+/// Makes `device` current for its scope (on a caller's thread too) and restores the previous one.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    cuda_check(cudaGetDevice(&prev_), "cudaGetDevice");
+    if (prev_ != device) cuda_check(cudaSetDevice(device), "cudaSetDevice");
+    cur_ = device;
+  }
+  ~DeviceScope() {
+    if (prev_ != cur_) cudaSetDevice(prev_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+
+ private:
+  int prev_ = 0, cur_ = 0;
+};
+
+/// The stream ordering's device operations on CUDA events.
+class CudaStreamOrderOps : public detail::StreamOrderOps {
+ public:
+  void* current_stream(int device) override { return loom::cuda::current_stream(device).handle(); }
+  void* event_create(int device) override {
+    DeviceScope scope(device);  // an event belongs to the device current at its creation
+    cudaEvent_t e = nullptr;
+    cuda_check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+    return e;
+  }
+  void event_record(void* event, void* stream) override {
+    cuda_check(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)), "cudaEventRecord");
+  }
+  void stream_wait(void* stream, void* event) override {
+    cuda_check(cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0),
+               "cudaStreamWaitEvent");
+  }
+  void event_destroy(void* event) noexcept override { cudaEventDestroy(static_cast<cudaEvent_t>(event)); }
+};
+
 class NcclBackend : public Backend {
  public:
   explicit NcclBackend(const BackendContext& ctx) : size_(ctx.size) {
@@ -67,8 +108,6 @@ class NcclBackend : public Backend {
     const char* lr = std::getenv("LOCAL_RANK");
     device_ = (lr ? std::atoi(lr) : ctx.rank) % count;
     cuda_check(cudaSetDevice(device_), "cudaSetDevice");
-    cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    cuda_check(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate");
     ncclUniqueId id;
     if (ctx.rank == 0) {
       nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
@@ -81,15 +120,38 @@ class NcclBackend : public Backend {
       std::memcpy(&id, b.data(), sizeof(id));
     }
     nccl_check(ncclCommInitRank(&comm_, ctx.size, id, ctx.rank), "ncclCommInitRank");
+    // A pooled stream, never destroyed: tensors record_stream()'d on it may be
+    // freed after this backend is gone (tensor/stream_pool.h).
+    pooled_ = std::make_unique<loom::cuda::Stream>(loom::cuda::acquire_pooled_stream(device_));
+    stream_ = static_cast<cudaStream_t>(pooled_->handle());
+    order_ = std::make_unique<detail::StreamOrder>(ops_, device_, stream_);
   }
   ~NcclBackend() override {
     if (comm_) ncclCommAbort(comm_);
-    if (ready_) cudaEventDestroy(ready_);
-    if (stream_) cudaStreamDestroy(stream_);
+    order_.reset();
+    if (pooled_) {
+      // Everything queued on the stream has run (or was aborted with the
+      // communicator) before the next owner gets it.
+      cudaSetDevice(device_);
+      (void)cudaStreamSynchronize(stream_);
+      (void)cudaGetLastError();
+      try {
+        loom::cuda::release_pooled_stream(*pooled_);
+      } catch (...) {  // a destructor must not throw; the stream then stays leased
+      }
+    }
   }
 
   std::string name() const override { return "nccl"; }
   bool handles_half_and_avg() const override { return true; }
+
+  /// On the caller's thread: an event on its current stream of our device; the
+  /// op it belongs to waits for it (collectives/nccl/stream_order.h).
+  std::function<void()> on_enqueue() override {
+    DeviceScope scope(device_);  // the caller's current device is left as it was
+    std::shared_ptr<detail::CapturedStream> captured = order_->capture();
+    return [this, captured] { order_->before_op(captured); };
+  }
 
   void allreduce(Tensor& t, ReduceOp op, Millis timeout) override {
     run("allreduce", {&t}, timeout, [&] {
@@ -118,6 +180,8 @@ class NcclBackend : public Backend {
   void barrier(Millis timeout) override {
     // A one-element allreduce on a scratch buffer, as c10d does.
     void* scratch = nullptr;
+    cuda_check(cudaSetDevice(device_), "cudaSetDevice");
+    order_->before_launch();
     cuda_check(cudaMallocAsync(&scratch, sizeof(float), stream_), "cudaMallocAsync");
     nccl_check(ncclAllReduce(scratch, scratch, 1, ncclFloat32, ncclSum, comm_, stream_), "barrier");
     cudaFreeAsync(scratch, stream_);
@@ -146,27 +210,25 @@ class NcclBackend : public Backend {
   }
 
  private:
-  // Orders our stream after the work queued so far on the device's current
-  // compute stream (tensor/cuda_runtime.h; on the ProcessGroup's worker thread
-  // that is the device's default compute stream unless a StreamGuard is set
-  // there), launches, marks the tensors as used on our stream so the caching
-  // allocator does not hand their memory to compute before NCCL is done with
-  // it, and waits for completion polling so that the timeout holds.
+  // Orders our stream after the caller's stream (the event on_enqueue()
+  // captured; for a direct call, the current stream of this thread), launches,
+  // marks the tensors as used on our stream so the caching allocator does not
+  // hand their memory to other work before NCCL is done with it (the stream is
+  // pooled, so it outlives any tensor), and waits for completion polling so
+  // that the timeout holds: the Work finishes only after the collective did.
   template <typename F>
   void run(const char* op, std::initializer_list<const Tensor*> tensors, Millis timeout, F&& launch) {
+    cuda_check(cudaSetDevice(device_), "cudaSetDevice");
+    // First, so that a call rejected below still consumes its on_enqueue() ordering.
+    order_->before_launch();
     for (const Tensor* t : tensors) {
       LOOM_CHECK(t->device().is_cuda(), "nccl ", op, ": a tensor of shape ", shape_str(t->sizes()),
                  " is on the CPU; move it to cuda:", device_, " or use gloo");
       LOOM_CHECK(t->device().index == device_, "nccl ", op, ": a tensor of shape ", shape_str(t->sizes()), " is on ",
                  t->device().str(), " but this rank's communicator is on cuda:", device_);
     }
-    cuda_check(cudaSetDevice(device_), "cudaSetDevice");
-    auto compute = static_cast<cudaStream_t>(loom::cuda::current_stream(device_).handle());
-    cuda_check(cudaEventRecord(ready_, compute), "cudaEventRecord");
-    cuda_check(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
     nccl_check(launch(), op);
-    const loom::cuda::Stream ours = loom::cuda::Stream::borrow(stream_, device_);
-    for (const Tensor* t : tensors) loom::cuda::record_stream(*t, ours);
+    for (const Tensor* t : tensors) loom::cuda::record_stream(*t, *pooled_);
     sync(op, timeout);
   }
   void sync(const char* op, Millis timeout) {
@@ -189,8 +251,10 @@ class NcclBackend : public Backend {
 
   int size_;
   int device_ = 0;
+  std::unique_ptr<loom::cuda::Stream> pooled_;  // borrowed from the pool; given back in the destructor
   cudaStream_t stream_ = nullptr;
-  cudaEvent_t ready_ = nullptr;
+  CudaStreamOrderOps ops_;
+  std::unique_ptr<detail::StreamOrder> order_;
   ncclComm_t comm_ = nullptr;
 };
 

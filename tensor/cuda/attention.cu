@@ -142,10 +142,12 @@ __global__ void __launch_bounds__(kSdpaThreads)
 }
 
 // ---------------------------------------------------------------- backward
+/// Threads per block of sdpa_row_dot_kernel (one warp per row).
+constexpr int kSdpaDotThreads = 256;
 /// di (rows) f32 = rowsum(dout * out) over D, one warp per row.
 template <typename T, int D>
-__global__ void sdpa_row_dot_kernel(float* __restrict__ di, const T* __restrict__ dout, const T* __restrict__ out,
-                                    int64_t rows) {
+__global__ void __launch_bounds__(kSdpaDotThreads)
+    sdpa_row_dot_kernel(float* __restrict__ di, const T* __restrict__ dout, const T* __restrict__ out, int64_t rows) {
   constexpr int NT = D / 32;
   const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * warps;
@@ -419,9 +421,8 @@ void sdpa_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
   dispatch_sdpa(q.dtype(), d.D, [&](auto tag, auto dim) {
     using T = decltype(tag);
     constexpr int D = decltype(dim)::value;
-    constexpr int kDotThreads = 256;
     // grid_for with a "block" of 8 rows: one warp per row.
-    sdpa_row_dot_kernel<T, D><<<grid_for(rows, kDotThreads / 32), kDotThreads, 0, stream>>>(
+    sdpa_row_dot_kernel<T, D><<<grid_for(rows, kSdpaDotThreads / 32), kSdpaDotThreads, 0, stream>>>(
         dptr<float>(di), dptr<T>(dout), dptr<T>(out), rows);
     LOOM_CUDA_LAUNCH_CHECK("sdpa_row_dot_kernel");
     auto dq_kernel = sdpa_dq_kernel<T, D>;

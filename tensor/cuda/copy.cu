@@ -35,12 +35,12 @@ struct SameBitsF {
 
 /// Writes `bits` (one element's bytes) into every element of a dense or strided tensor.
 template <typename U>
-__global__ void fill_dense_kernel(U* p, int64_t n, U bits) {
+__global__ void __launch_bounds__(kBlock) fill_dense_kernel(U* p, int64_t n, U bits) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) p[i] = bits;
 }
 template <typename U>
-__global__ void fill_strided_kernel(U* p, int64_t n, Indexer<1> ix, U bits) {
+__global__ void __launch_bounds__(kBlock) fill_strided_kernel(U* p, int64_t n, Indexer<1> ix, U bits) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     int64_t off[1];
@@ -53,8 +53,9 @@ __global__ void fill_strided_kernel(U* p, int64_t n, Indexer<1> ix, U bits) {
 /// (negative indices count from the end; the op has checked the range). U is a unit of bytes
 /// (1 to 16) that divides a row and the alignment of both buffers.
 template <typename U>
-__global__ void index_select_kernel(U* __restrict__ out, const U* __restrict__ src, const int64_t* __restrict__ index,
-                                    int64_t index_stride, int64_t outer, int64_t n, int64_t size, int64_t inner) {
+__global__ void __launch_bounds__(kBlock)
+    index_select_kernel(U* __restrict__ out, const U* __restrict__ src, const int64_t* __restrict__ index,
+                        int64_t index_stride, int64_t outer, int64_t n, int64_t size, int64_t inner) {
   const int64_t total = outer * n * inner;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < total; j += step) {

@@ -11,12 +11,15 @@
 namespace loom::cuda_detail {
 namespace {
 
+/// Threads per block (at most; fewer for a short row) of both kernels: their __launch_bounds__.
+constexpr int kCrossEntropyThreads = 1024;
+
 // lse (N) = log sum exp of each row of logits (N, V); row_loss (N) = lse - logits[target]
 // (0 where target == ignore_index; NaN for a target outside [0, V), which the op rejects first).
 template <typename T, typename I>
-__global__ void cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ lse,
-                                     const T* __restrict__ logits, const I* __restrict__ target, int64_t N, int64_t V,
-                                     int64_t ignore_index) {
+__global__ void __launch_bounds__(kCrossEntropyThreads)
+    cross_entropy_kernel(acc_t<T>* __restrict__ row_loss, acc_t<T>* __restrict__ lse, const T* __restrict__ logits,
+                         const I* __restrict__ target, int64_t N, int64_t V, int64_t ignore_index) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
@@ -57,10 +60,11 @@ __device__ __forceinline__ double load_scalar(const void* p, DType dt) {
 // dlogits (N, V) = g * (exp(logits - lse) - onehot(target)) with g = grad_loss / count for
 // counted rows, 0 for rows whose target is ignore_index.
 template <typename T, typename I>
-__global__ void cross_entropy_backward_kernel(T* __restrict__ dlogits, const void* __restrict__ grad_loss,
-                                              DType grad_dtype, const T* __restrict__ logits,
-                                              const I* __restrict__ target, const acc_t<T>* __restrict__ lse, int64_t N,
-                                              int64_t V, int64_t count, int64_t ignore_index) {
+__global__ void __launch_bounds__(kCrossEntropyThreads)
+    cross_entropy_backward_kernel(T* __restrict__ dlogits, const void* __restrict__ grad_loss, DType grad_dtype,
+                                  const T* __restrict__ logits, const I* __restrict__ target,
+                                  const acc_t<T>* __restrict__ lse, int64_t N, int64_t V, int64_t count,
+                                  int64_t ignore_index) {
   using A = acc_t<T>;
   const A g = static_cast<A>(count > 0 ? load_scalar(grad_loss, grad_dtype) / static_cast<double>(count) : 0.0);
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
@@ -116,7 +120,7 @@ void cross_entropy_entry(const Tensor& row_loss, const Tensor& lse, const Tensor
     if (N == 0) return;
     dispatch_index(target.dtype(), op, [&](auto itag) {
       using I = decltype(itag);
-      cross_entropy_kernel<T, I><<<row_grid(N), row_block_size(V, 1024), 0, stream_for(logits)>>>(
+      cross_entropy_kernel<T, I><<<row_grid(N), row_block_size(V, kCrossEntropyThreads), 0, stream_for(logits)>>>(
           dptr<A>(row_loss), dptr<A>(lse), dptr<const T>(logits), dptr<const I>(target), N, V, ignore_index);
       LOOM_CUDA_LAUNCH_CHECK("cross_entropy_kernel");
     });
@@ -141,9 +145,10 @@ void cross_entropy_backward_entry(const Tensor& dlogits, const Tensor& grad_loss
     if (N == 0 || V == 0) return;
     dispatch_index(target.dtype(), op, [&](auto itag) {
       using I = decltype(itag);
-      cross_entropy_backward_kernel<T, I><<<row_grid(N), row_block_size(V, 1024), 0, stream_for(logits)>>>(
-          dptr<T>(dlogits), grad_loss.data_ptr(), grad_loss.dtype(), dptr<const T>(logits), dptr<const I>(target),
-          dptr<const A>(lse), N, V, count, ignore_index);
+      cross_entropy_backward_kernel<T, I>
+          <<<row_grid(N), row_block_size(V, kCrossEntropyThreads), 0, stream_for(logits)>>>(
+              dptr<T>(dlogits), grad_loss.data_ptr(), grad_loss.dtype(), dptr<const T>(logits), dptr<const I>(target),
+              dptr<const A>(lse), N, V, count, ignore_index);
       LOOM_CUDA_LAUNCH_CHECK("cross_entropy_backward_kernel");
     });
   });

@@ -13,8 +13,9 @@ namespace {
 // y (n) = keep ? x * scale : 0 and mask (n) = keep, with keep drawn per element from
 // Philox block (offset + i / 4); one thread per block of four elements.
 template <typename T>
-__global__ void dropout_kernel(T* __restrict__ y, uint8_t* __restrict__ mask, const T* __restrict__ x, int64_t n,
-                               float p, acc_t<T> scale, uint64_t seed, uint64_t offset) {
+__global__ void __launch_bounds__(kBlock)
+    dropout_kernel(T* __restrict__ y, uint8_t* __restrict__ mask, const T* __restrict__ x, int64_t n, float p,
+                   acc_t<T> scale, uint64_t seed, uint64_t offset) {
   using A = acc_t<T>;
   const int64_t nblocks = (n + 3) / 4;
   for (int64_t blk = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; blk < nblocks;
@@ -34,8 +35,9 @@ __global__ void dropout_kernel(T* __restrict__ y, uint8_t* __restrict__ mask, co
 // out = x rotated pair by pair: (x1, x2) at (i, i + H) of each row of D = 2H, with cos/sin
 // (T, H) of the row's position t = row % T: (x1 c - x2 s, x2 c + x1 s) (s negated for inverse).
 template <typename T>
-__global__ void rope_kernel(T* __restrict__ out, const T* __restrict__ x, const acc_t<T>* __restrict__ cos_t,
-                            const acc_t<T>* __restrict__ sin_t, int64_t rows, int64_t T_, int64_t H, acc_t<T> sgn) {
+__global__ void __launch_bounds__(kBlock)
+    rope_kernel(T* __restrict__ out, const T* __restrict__ x, const acc_t<T>* __restrict__ cos_t,
+                const acc_t<T>* __restrict__ sin_t, int64_t rows, int64_t T_, int64_t H, acc_t<T> sgn) {
   using A = acc_t<T>;
   const int64_t total = rows * H;
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;

@@ -14,11 +14,15 @@
 namespace loom::cuda_detail {
 namespace {
 
+/// Threads per block (at most) of the row kernels (lookup, backward): their __launch_bounds__.
+constexpr int kEmbeddingThreads = 256;
+
 // out (N, C) = weight rows idx (N); weight (V, C) has row stride ws and column stride 1.
 // An index outside [0, V) (the op has rejected those already) gives a zero row, not a fault.
 template <typename T, typename I>
-__global__ void embedding_kernel(T* __restrict__ out, const T* __restrict__ weight, const I* __restrict__ idx,
-                                 int64_t N, int64_t C, int64_t V, int64_t ws) {
+__global__ void __launch_bounds__(kEmbeddingThreads)
+    embedding_kernel(T* __restrict__ out, const T* __restrict__ weight, const I* __restrict__ idx, int64_t N, int64_t C,
+                     int64_t V, int64_t ws) {
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
     const int64_t v = static_cast<int64_t>(idx[r]);
     T* o = out + r * C;
@@ -33,8 +37,9 @@ __global__ void embedding_kernel(T* __restrict__ out, const T* __restrict__ weig
 
 // keys (N) = idx as u32 (clamped into [0, V)), positions (N) = 0..N-1: the pairs to sort.
 template <typename I>
-__global__ void embedding_sort_keys_kernel(uint32_t* __restrict__ keys, int32_t* __restrict__ pos,
-                                           const I* __restrict__ idx, int64_t N, int64_t V) {
+__global__ void __launch_bounds__(kBlock)
+    embedding_sort_keys_kernel(uint32_t* __restrict__ keys, int32_t* __restrict__ pos, const I* __restrict__ idx,
+                               int64_t N, int64_t V) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < N;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t v = static_cast<int64_t>(idx[i]);
@@ -47,9 +52,9 @@ __global__ void embedding_sort_keys_kernel(uint32_t* __restrict__ keys, int32_t*
 // For each run of equal keys in the sorted keys (N), the block at the run's first
 // position adds grad (N, C) rows at the run's positions, in order, into dw (V, C).
 template <typename T>
-__global__ void embedding_backward_kernel(T* __restrict__ dw, const T* __restrict__ grad,
-                                          const uint32_t* __restrict__ keys, const int32_t* __restrict__ pos, int64_t N,
-                                          int64_t C) {
+__global__ void __launch_bounds__(kEmbeddingThreads)
+    embedding_backward_kernel(T* __restrict__ dw, const T* __restrict__ grad, const uint32_t* __restrict__ keys,
+                              const int32_t* __restrict__ pos, int64_t N, int64_t C) {
   using A = acc_t<T>;
   for (int64_t p = blockIdx.x; p < N; p += gridDim.x) {
     const uint32_t key = keys[p];
@@ -67,8 +72,9 @@ __global__ void embedding_backward_kernel(T* __restrict__ dw, const T* __restric
 
 // first = min i with idx[i] outside [0, limit) and != skip (first starts at ULLONG_MAX).
 template <typename I>
-__global__ void index_check_kernel(unsigned long long* __restrict__ first, const I* __restrict__ idx, int64_t n,
-                                   int64_t limit, int64_t skip) {
+__global__ void __launch_bounds__(kBlock)
+    index_check_kernel(unsigned long long* __restrict__ first, const I* __restrict__ idx, int64_t n, int64_t limit,
+                       int64_t skip) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t v = static_cast<int64_t>(idx[i]);
@@ -100,7 +106,7 @@ void embedding_entry(const Tensor& out, const Tensor& weight, const Tensor& idx)
     using T = decltype(tag);
     dispatch_index(idx.dtype(), op, [&](auto itag) {
       using I = decltype(itag);
-      embedding_kernel<T, I><<<row_grid(N), row_block_size(C, 256), 0, stream_for(weight)>>>(
+      embedding_kernel<T, I><<<row_grid(N), row_block_size(C, kEmbeddingThreads), 0, stream_for(weight)>>>(
           dptr<T>(out), dptr<const T>(weight), dptr<const I>(idx), N, C, V, weight.stride(0));
       LOOM_CUDA_LAUNCH_CHECK("embedding_kernel");
     });
@@ -142,7 +148,7 @@ void embedding_backward_entry(const Tensor& dw, const Tensor& grad, const Tensor
                                                   dptr<int32_t>(pos_sorted), static_cast<int>(N), 0, end_bit, stream));
   dispatch_floating(dw.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    embedding_backward_kernel<T><<<row_grid(N), row_block_size(C, 256), 0, stream>>>(
+    embedding_backward_kernel<T><<<row_grid(N), row_block_size(C, kEmbeddingThreads), 0, stream>>>(
         dptr<T>(dw), dptr<const T>(grad), dptr<const uint32_t>(keys_sorted), dptr<const int32_t>(pos_sorted), N, C);
     LOOM_CUDA_LAUNCH_CHECK("embedding_backward_kernel");
   });

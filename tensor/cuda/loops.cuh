@@ -37,7 +37,8 @@ __device__ __forceinline__ auto call_loaded(const F& f, const I0* p0, const I1* 
 /// vector access per operand; the n % V tail goes element by element. `out` may
 /// alias an input (same element, same thread), so no __restrict__.
 template <int V, int NIN, typename Out, typename I0, typename I1, typename I2, typename F>
-__global__ void loop_dense_kernel(int64_t n, F f, Out* out, const I0* x0, const I1* x1, const I2* x2) {
+__global__ void __launch_bounds__(kBlock)
+    loop_dense_kernel(int64_t n, F f, Out* out, const I0* x0, const I1* x1, const I2* x2) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t nv = n / V;
@@ -59,8 +60,8 @@ __global__ void loop_dense_kernel(int64_t n, F f, Out* out, const I0* x0, const 
 /// Any strides (0 for broadcast dims): element offsets from the Indexer; one
 /// merged dim (a dense or evenly strided operand set) skips the divisions.
 template <int NIN, typename Out, typename I0, typename I1, typename I2, typename F>
-__global__ void loop_strided_kernel(int64_t n, Indexer<NIN + 1> ix, F f, Out* out, const I0* x0, const I1* x1,
-                                    const I2* x2) {
+__global__ void __launch_bounds__(kBlock)
+    loop_strided_kernel(int64_t n, Indexer<NIN + 1> ix, F f, Out* out, const I0* x0, const I1* x1, const I2* x2) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     int64_t off[NIN + 1];

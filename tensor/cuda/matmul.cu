@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "tensor/cuda/common.cuh"
+#include "tensor/cuda/linear_plan.h"
 #include "tensor/cuda/row_common.cuh"
 #include "tensor/cuda_dispatch.h"
 
@@ -43,7 +44,7 @@ namespace {
 
 // c (n) = beta * c (0 when beta == 0, so NaNs in c do not survive): a product with K = 0.
 template <typename T>
-__global__ void scale_kernel(T* c, int64_t n, acc_t<T> beta) {
+__global__ void __launch_bounds__(kBlock) scale_kernel(T* c, int64_t n, acc_t<T> beta) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     c[i] = from_acc<T>(beta == acc_t<T>(0) ? acc_t<T>(0) : beta * load_acc(c + i));
@@ -58,7 +59,7 @@ __device__ __forceinline__ A gelu_tanh(A v) {
 // out (M, N) += bias (N) (bias may be null); with pre, pre = that sum and out = gelu_tanh(sum).
 // The epilogue of linear when cuBLASLt has no fused kernel for the case.
 template <typename T>
-__global__ void bias_gelu_kernel(T* out, T* pre, const T* bias, int64_t M, int64_t N) {
+__global__ void __launch_bounds__(kBlock) bias_gelu_kernel(T* out, T* pre, const T* bias, int64_t M, int64_t N) {
   using A = acc_t<T>;
   const int64_t n = M * N;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -229,13 +230,10 @@ void bmm_entry(const Tensor& out, const Tensor& a, const Tensor& b, double alpha
 
 // ---------------------------------------------------------------- linear (cuBLASLt)
 
-/// Largest power of two (up to 256) dividing the address: the alignment cuBLASLt may assume.
-uint32_t alignment(const void* p) {
-  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
-  uint32_t a = 256;
-  while (a > 1 && (v % a) != 0) a >>= 1;
-  return a;
-}
+static_assert(kCublasStatusSuccess == CUBLAS_STATUS_SUCCESS &&
+                  kCublasStatusInvalidValue == CUBLAS_STATUS_INVALID_VALUE &&
+                  kCublasStatusNotSupported == CUBLAS_STATUS_NOT_SUPPORTED,
+              "tensor/cuda/linear_plan.h's cuBLAS status codes differ from cublas_api.h");
 
 /// RAII for the cuBLASLt descriptors of one call.
 struct LtDescs {
@@ -251,13 +249,25 @@ struct LtDescs {
   }
 };
 
-/// Runs out (M, N) = x (M, K) @ w (N, K)^T with the epilogue through cuBLASLt; false when cuBLASLt
-/// has no algorithm for the case (the caller then runs the unfused path). Call with st.mu held.
+/// Runs out (M, N) = x (M, K) @ w (N, K)^T with the epilogue through cuBLASLt; false, having written
+/// nothing, when the operands' alignment rules fusion out (plan_linear_fusion), when cuBLASLt has no
+/// algorithm for the case or when cublasLtMatmul declines it (lt_matmul_outcome): the caller then runs
+/// the unfused path, which gives the same results. Call with st.mu held.
 bool lt_linear(BlasState& st, BlasState::Device& d, void* ws, cudaStream_t stream, const TypeInfo& ti,
                const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& gelu_pre,
                int64_t M, int64_t N, int64_t K) {
   const bool gelu = gelu_pre.defined();
-  if (gelu && N % 8 != 0) return false;  // the GELU aux buffer's leading dimension must be a multiple of 8
+  LinearOperands ops;
+  ops.w = w.data_ptr();
+  ops.x = x.data_ptr();
+  ops.out = out.data_ptr();
+  ops.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  ops.aux = gelu ? gelu_pre.data_ptr() : nullptr;
+  ops.M = M;
+  ops.N = N;
+  ops.K = K;
+  ops.element_size = static_cast<int64_t>(out.element_size());
+  if (plan_linear_fusion(ops) != LinearFusion::kFused) return false;
   cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_DEFAULT;
   if (gelu)
     epi = bias.defined() ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
@@ -265,7 +275,8 @@ bool lt_linear(BlasState& st, BlasState::Device& d, void* ws, cudaStream_t strea
     epi = CUBLASLT_EPILOGUE_BIAS;
   const void* bias_ptr = bias.defined() ? bias.data_ptr() : nullptr;
   void* aux_ptr = gelu ? gelu_pre.data_ptr() : nullptr;
-  const uint32_t al_a = alignment(w.data_ptr()), al_b = alignment(x.data_ptr()), al_c = alignment(out.data_ptr());
+  const uint32_t al_a = pointer_alignment(w.data_ptr()), al_b = pointer_alignment(x.data_ptr()),
+                 al_c = pointer_alignment(out.data_ptr());
   const std::vector<int64_t> key = {out.device().index,
                                     static_cast<int64_t>(out.dtype()),
                                     M,
@@ -275,8 +286,8 @@ bool lt_linear(BlasState& st, BlasState::Device& d, void* ws, cudaStream_t strea
                                     al_a,
                                     al_b,
                                     al_c,
-                                    bias_ptr ? alignment(bias_ptr) : 0,
-                                    aux_ptr ? alignment(aux_ptr) : 0,
+                                    bias_ptr ? pointer_alignment(bias_ptr) : 0,
+                                    aux_ptr ? pointer_alignment(aux_ptr) : 0,
                                     allow_tf32() ? 1 : 0};
   auto cached = st.lt_algos.find(key);
   if (cached != st.lt_algos.end() && !cached->second) return false;
@@ -332,10 +343,19 @@ bool lt_linear(BlasState& st, BlasState::Device& d, void* ws, cudaStream_t strea
     st.lt_algos.emplace(key, algo);
   }
   const Scalars s = scalars(1.0, 0.0);
-  LOOM_CUBLAS_CHECK(cublasLtMatmul(d.lt, desc.op, s.alpha(ti.scale), w.data_ptr(), desc.a, x.data_ptr(), desc.b,
-                                   s.beta(ti.scale), out.data_ptr(), desc.c, out.data_ptr(), desc.c, &algo, ws,
-                                   kWorkspaceBytes, stream));
-  return true;
+  const cublasStatus_t ms =
+      cublasLtMatmul(d.lt, desc.op, s.alpha(ti.scale), w.data_ptr(), desc.a, x.data_ptr(), desc.b, s.beta(ti.scale),
+                     out.data_ptr(), desc.c, out.data_ptr(), desc.c, &algo, ws, kWorkspaceBytes, stream);
+  switch (lt_matmul_outcome(static_cast<int>(ms))) {
+    case LtMatmulOutcome::kDone:
+      return true;
+    case LtMatmulOutcome::kRunUnfused:
+      st.lt_algos[key] = std::nullopt;  // declined after a successful heuristic: skip the attempt from now on
+      return false;
+    case LtMatmulOutcome::kFail:
+      break;
+  }
+  throw_cublas(ms, "cublasLtMatmul", __FILE__, __LINE__);
 }
 
 void linear_entry(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& gelu_pre) {

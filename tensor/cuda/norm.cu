@@ -13,13 +13,17 @@
 namespace loom::cuda_detail {
 namespace {
 
+/// Threads per block (at most) of the per-row kernels (forward, backward dx): their __launch_bounds__.
+constexpr int kNormRowThreads = 256;
+
 // y (N, C) = (x - mean) * rstd * w + b per row; mean (N) and rstd (N) saved (mean only for
 // layer norm). With `res`, x is first replaced by x + res (rounded to T) and written to sum_out.
 template <typename T, typename W>
-__global__ void norm_forward_kernel(T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
-                                    const T* __restrict__ x, const W* __restrict__ w, const W* __restrict__ b,
-                                    const T* __restrict__ res, T* __restrict__ sum_out, int64_t N, int64_t C,
-                                    acc_t<T> eps, bool rms) {
+__global__ void __launch_bounds__(kNormRowThreads)
+    norm_forward_kernel(T* __restrict__ y, acc_t<T>* __restrict__ mean, acc_t<T>* __restrict__ rstd,
+                        const T* __restrict__ x, const W* __restrict__ w, const W* __restrict__ b,
+                        const T* __restrict__ res, T* __restrict__ sum_out, int64_t N, int64_t C, acc_t<T> eps,
+                        bool rms) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
@@ -61,9 +65,10 @@ __global__ void norm_forward_kernel(T* __restrict__ y, acc_t<T>* __restrict__ me
 
 // dx (N, C) = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy * xhat)) per row (no mean(w*dy) term for RMS).
 template <typename T, typename W>
-__global__ void norm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
-                                        const W* __restrict__ w, const acc_t<T>* __restrict__ mean,
-                                        const acc_t<T>* __restrict__ rstd, int64_t N, int64_t C) {
+__global__ void __launch_bounds__(kNormRowThreads)
+    norm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x,
+                            const W* __restrict__ w, const acc_t<T>* __restrict__ mean,
+                            const acc_t<T>* __restrict__ rstd, int64_t N, int64_t C) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
@@ -97,10 +102,10 @@ constexpr int kRowLanes = 8;  // rows read at once per block
 // Partial dw = sum dy * xhat and db = sum dy over the rows of split blockIdx.y, for the
 // kColTile columns of tile blockIdx.x; written to dw_part / db_part (S, C) (either may be null).
 template <typename T>
-__global__ void norm_backward_dwdb_kernel(acc_t<T>* __restrict__ dw_part, acc_t<T>* __restrict__ db_part,
-                                          const T* __restrict__ dy, const T* __restrict__ x,
-                                          const acc_t<T>* __restrict__ mean, const acc_t<T>* __restrict__ rstd,
-                                          int64_t N, int64_t C, int64_t rows_per_split) {
+__global__ void __launch_bounds__(kColTile* kRowLanes)
+    norm_backward_dwdb_kernel(acc_t<T>* __restrict__ dw_part, acc_t<T>* __restrict__ db_part, const T* __restrict__ dy,
+                              const T* __restrict__ x, const acc_t<T>* __restrict__ mean,
+                              const acc_t<T>* __restrict__ rstd, int64_t N, int64_t C, int64_t rows_per_split) {
   using A = acc_t<T>;
   __shared__ A sdw[kRowLanes][kColTile + 1];
   __shared__ A sdb[kRowLanes][kColTile + 1];
@@ -136,7 +141,8 @@ __global__ void norm_backward_dwdb_kernel(acc_t<T>* __restrict__ dw_part, acc_t<
 
 // out (C) = sum over s of part (S, C), in order of s.
 template <typename A>
-__global__ void sum_splits_kernel(A* __restrict__ out, const A* __restrict__ part, int64_t S, int64_t C) {
+__global__ void __launch_bounds__(kBlock)
+    sum_splits_kernel(A* __restrict__ out, const A* __restrict__ part, int64_t S, int64_t C) {
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < C;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     A t = A(0);
@@ -206,7 +212,7 @@ void norm_forward_entry(const Tensor& y, const Tensor& mean, const Tensor& rstd,
       using W = decltype(wtag);
       const T* res = residual.defined() ? dptr<const T>(residual) : nullptr;
       T* so = residual.defined() ? dptr<T>(sum_out) : nullptr;
-      norm_forward_kernel<T, W><<<row_grid(N), row_block_size(C, 256), 0, stream_for(x)>>>(
+      norm_forward_kernel<T, W><<<row_grid(N), row_block_size(C, kNormRowThreads), 0, stream_for(x)>>>(
           dptr<T>(y), rms ? nullptr : dptr<A>(mean), dptr<A>(rstd), dptr<const T>(x), opt_ptr<W>(w), opt_ptr<W>(b), res,
           so, N, C, static_cast<A>(eps), rms);
       LOOM_CUDA_LAUNCH_CHECK("norm_forward_kernel");
@@ -242,7 +248,7 @@ void norm_backward_entry(const Tensor& dx, const Tensor& dw, const Tensor& db, c
     if (N > 0) {
       dispatch_param<T>(op, w, Tensor(), [&](auto wtag) {
         using W = decltype(wtag);
-        norm_backward_dx_kernel<T, W><<<row_grid(N), row_block_size(C, 256), 0, stream>>>(
+        norm_backward_dx_kernel<T, W><<<row_grid(N), row_block_size(C, kNormRowThreads), 0, stream>>>(
             dptr<T>(dx), dptr<const T>(dy), dptr<const T>(x), opt_ptr<W>(w), mu, rs, N, C);
         LOOM_CUDA_LAUNCH_CHECK("norm_backward_dx_kernel");
       });

@@ -123,8 +123,9 @@ __device__ Acc group_allreduce(Acc v, const Op& op) {
 /// Rows (I == 1): segment (o, p) covers in[o, p*chunk : (p+1)*chunk] and is reduced by TPR threads
 /// (kBlock / TPR segments per block). P == 1 stores out[o]; else partial[p * O + o].
 template <int TPR, typename In, typename Out, typename Acc, typename Op, typename Load, typename Store>
-__global__ void reduce_rows_kernel(const In* __restrict__ in, Out* __restrict__ out, Acc* __restrict__ partial,
-                                   int64_t O, int64_t R, int64_t P, int64_t chunk, Op op, Load load, Store store) {
+__global__ void __launch_bounds__(kBlock)
+    reduce_rows_kernel(const In* __restrict__ in, Out* __restrict__ out, Acc* __restrict__ partial, int64_t O,
+                       int64_t R, int64_t P, int64_t chunk, Op op, Load load, Store store) {
   constexpr int kPerBlock = kBlock / TPR;
   const int sub = threadIdx.x / TPR, lane = threadIdx.x % TPR;
   const int64_t segs = O * P;
@@ -158,9 +159,9 @@ __global__ void reduce_rows_kernel(const In* __restrict__ in, Out* __restrict__ 
 /// Columns (I > 1): thread t reduces output j = t % (O*I) over chunk p = t / (O*I) of R.
 /// P == 1 stores out[j]; else partial[p * O*I + j].
 template <typename In, typename Out, typename Acc, typename Op, typename Load, typename Store>
-__global__ void reduce_cols_kernel(const In* __restrict__ in, Out* __restrict__ out, Acc* __restrict__ partial,
-                                   int64_t O, int64_t R, int64_t I, int64_t P, int64_t chunk, Op op, Load load,
-                                   Store store) {
+__global__ void __launch_bounds__(kBlock)
+    reduce_cols_kernel(const In* __restrict__ in, Out* __restrict__ out, Acc* __restrict__ partial, int64_t O,
+                       int64_t R, int64_t I, int64_t P, int64_t chunk, Op op, Load load, Store store) {
   const int64_t OI = O * I, total = OI * P;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total; t += step) {
@@ -180,8 +181,8 @@ __global__ void reduce_cols_kernel(const In* __restrict__ in, Out* __restrict__ 
 
 /// out[j] = store(partial[0, j] op partial[1, j] op ... op partial[P-1, j]), in that order.
 template <typename Out, typename Acc, typename Op, typename Store>
-__global__ void reduce_finish_kernel(const Acc* __restrict__ partial, Out* __restrict__ out, int64_t OI, int64_t P,
-                                     Op op, Store store) {
+__global__ void __launch_bounds__(kBlock) reduce_finish_kernel(const Acc* __restrict__ partial, Out* __restrict__ out,
+                                                               int64_t OI, int64_t P, Op op, Store store) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < OI; j += step) {
     Acc acc = Op::identity();
@@ -293,7 +294,8 @@ void norm(const Tensor& out, const Tensor& in) {
 // ---------------------------------------------------------------- var
 /// Two passes per output in f64: the mean, then the sum of squared deviations; / denom.
 template <int TPR, typename T>
-__global__ void var_rows_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t O, int64_t R, double denom) {
+__global__ void __launch_bounds__(kBlock)
+    var_rows_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t O, int64_t R, double denom) {
   constexpr int kPerBlock = kBlock / TPR;
   const int sub = threadIdx.x / TPR, lane = threadIdx.x % TPR;
   const SumOp<double> add;
@@ -316,8 +318,8 @@ __global__ void var_rows_kernel(const T* __restrict__ in, T* __restrict__ out, i
 }
 
 template <typename T>
-__global__ void var_cols_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t O, int64_t R, int64_t I,
-                                double denom) {
+__global__ void __launch_bounds__(kBlock)
+    var_cols_kernel(const T* __restrict__ in, T* __restrict__ out, int64_t O, int64_t R, int64_t I, double denom) {
   const int64_t OI = O * I;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < OI; j += step) {
@@ -383,8 +385,8 @@ __device__ __forceinline__ void warp_argmax(A& v, int64_t& i) {
 }
 
 template <int TPR, typename T>
-__global__ void max_dim_rows_kernel(const T* __restrict__ in, T* __restrict__ values, int64_t* __restrict__ indices,
-                                    int64_t O, int64_t R) {
+__global__ void __launch_bounds__(kBlock) max_dim_rows_kernel(const T* __restrict__ in, T* __restrict__ values,
+                                                              int64_t* __restrict__ indices, int64_t O, int64_t R) {
   using A = acc_t<T>;
   constexpr int kPerBlock = kBlock / TPR;
   constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
@@ -427,8 +429,9 @@ __global__ void max_dim_rows_kernel(const T* __restrict__ in, T* __restrict__ va
 
 /// Columns: a thread per output scans R in order, as the CPU does.
 template <typename T>
-__global__ void max_dim_cols_kernel(const T* __restrict__ in, T* __restrict__ values, int64_t* __restrict__ indices,
-                                    int64_t O, int64_t R, int64_t I) {
+__global__ void __launch_bounds__(kBlock)
+    max_dim_cols_kernel(const T* __restrict__ in, T* __restrict__ values, int64_t* __restrict__ indices, int64_t O,
+                        int64_t R, int64_t I) {
   using A = acc_t<T>;
   const int64_t OI = O * I;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;

@@ -57,9 +57,12 @@ __device__ __forceinline__ A block_max(A v, A* scratch) {
   return warp_max(v);
 }
 
+/// Default cap of row_block_size(): the __launch_bounds__ of a row kernel launched without a cap.
+constexpr int kRowThreads = 512;
+
 /// Threads per block for a kernel that gives one block to a row of n elements:
 /// n rounded up to a whole warp, between 32 and `cap` (a multiple of 32).
-inline int row_block_size(int64_t n, int cap = 512) {
+inline int row_block_size(int64_t n, int cap = kRowThreads) {
   const int64_t t = (n + 31) / 32 * 32;
   return static_cast<int>(t < 32 ? 32 : (t > cap ? cap : t));
 }

@@ -31,6 +31,7 @@
 #include "tensor/cuda/common.cuh"
 #include "tensor/cuda_runtime.h"
 #include "tensor/storage.h"
+#include "tensor/stream_pool.h"
 
 namespace loom::cuda_detail {
 namespace {
@@ -276,6 +277,26 @@ Stream Stream::create(int device, int priority) {
   LOOM_CUDA_CHECK(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority));
   return Stream(s, device, true);
 }
+
+namespace {
+/// The process's pool of side streams; never destroyed (see tensor/stream_pool.h).
+StreamPool& stream_pool() {
+  static StreamPool* pool = new StreamPool([](int device) -> StreamHandle {
+    DeviceScope scope(device);
+    cudaStream_t s = nullptr;
+    LOOM_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    return s;
+  });
+  return *pool;
+}
+}  // namespace
+
+Stream acquire_pooled_stream(int device) {
+  check_device(device, "acquire_pooled_stream");
+  return Stream::borrow(stream_pool().acquire(device), device);
+}
+
+void release_pooled_stream(const Stream& stream) { stream_pool().release(stream.device(), stream.handle()); }
 
 Stream Stream::borrow(void* handle, int device) {
   check_device(device, "Stream::borrow");

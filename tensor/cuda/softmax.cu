@@ -12,7 +12,7 @@ namespace {
 
 // y (N, D) = softmax or log_softmax of x (N, D) along D.
 template <typename T>
-__global__ void softmax_kernel(T* y, const T* x, int64_t N, int64_t D, bool log) {
+__global__ void __launch_bounds__(kRowThreads) softmax_kernel(T* y, const T* x, int64_t N, int64_t D, bool log) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {
@@ -32,7 +32,8 @@ __global__ void softmax_kernel(T* y, const T* x, int64_t N, int64_t D, bool log)
 
 // dx (N, D) from dy and the forward output y: softmax: y * (dy - <dy, y>); log: dy - exp(y) * sum(dy).
 template <typename T>
-__global__ void softmax_backward_kernel(T* dx, const T* dy, const T* y, int64_t N, int64_t D, bool log) {
+__global__ void __launch_bounds__(kRowThreads)
+    softmax_backward_kernel(T* dx, const T* dy, const T* y, int64_t N, int64_t D, bool log) {
   using A = acc_t<T>;
   __shared__ A scratch[32];
   for (int64_t r = blockIdx.x; r < N; r += gridDim.x) {

@@ -52,6 +52,40 @@ TEST(CudaFusedOps, LinearGeluMatchesCpuWithGradients) {
   expect_close(bg.grad(), bc.grad(), 1e-3, 1e-4, "db");
 }
 
+// cuBLASLt's epilogue needs 16-byte aligned operands (tensor/cuda/linear_plan.h): a
+// bias, input, weight or pre-activation view that starts 4 or 2 bytes into its
+// buffer takes the unfused path (gemm, then bias + GELU) and must give the fused
+// path's numbers; N = 12 (GELU aux leading dimension not a multiple of 8) too.
+TEST(CudaFusedOps, LinearGeluWithMisalignedOperandsFallsBackWithTheSameResults) {
+  LOOM_REQUIRE_GPU();
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const double tol = dt == DType::f32 ? 1e-4 : 3e-2;
+    for (int64_t N : {96, 12}) {
+      Tensor x = ops::to(randn({5, 64}, 11), dt), w = ops::to(ops::mul(randn({N, 64}, 12), 0.1), dt);
+      Tensor b = ops::to(randn({N}, 13), dt);
+      const ops::LinearGeluResult want = ops::linear_gelu(x, w, b);  // CPU
+      // x, w, then b as a view one element into a larger device buffer; last none (fused where N allows).
+      for (int which = 0; which < 4; ++which) {
+        auto shifted = [&](const Tensor& t) {
+          Tensor flat = ops::to(ops::reshape(t, {t.numel()}), kGpu);
+          Tensor big = ops::to(ops::zeros({t.numel() + 1}, dt), kGpu);
+          ops::copy_(ops::narrow(big, 0, 1, t.numel()), flat);
+          return ops::reshape(ops::narrow(big, 0, 1, t.numel()), t.sizes());
+        };
+        Tensor xg = which == 0 ? shifted(x) : ops::to(x, kGpu);
+        Tensor wg = which == 1 ? shifted(w) : ops::to(w, kGpu);
+        Tensor bg = which == 2 ? shifted(b) : ops::to(b, kGpu);
+        const std::string what =
+            std::string(dtype_name(dt)) + " N=" + std::to_string(N) + " shifted operand " + std::to_string(which);
+        const ops::LinearGeluResult got = ops::linear_gelu(xg, wg, bg);
+        expect_close(got.pre, want.pre, tol, tol, what + " pre");
+        expect_close(got.out, want.out, tol, tol, what + " out");
+        expect_close(ops::linear(xg, wg, bg), want.pre, tol, tol, what + " linear");
+      }
+    }
+  }
+}
+
 TEST(CudaFusedOps, AddNormsMatchCpuWithGradients) {
   LOOM_REQUIRE_GPU();
   for (bool rms : {false, true}) {
