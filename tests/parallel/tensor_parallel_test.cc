@@ -240,10 +240,20 @@ void expect_training_matches_single_rank(Family f) {
   ptest::Run run = train_tp(f, world());
   ptest::expect_values_near(run.losses, ref.losses, 1e-5, "loss");
   ptest::expect_values_near(run.grad_norms, ref.grad_norms, 1e-5, "grad norm");
-  // The parameters against single-rank training that adds in the order W tp ranks do (see tp_order_reference); on
-  // one rank that is plain single-rank training, and both must agree.
-  ptest::expect_state_near(run.params, ptest::tp_order_reference(f, W, 1).params, 1e-5);
-  if (W == 1) ptest::expect_state_near(run.params, ref.params, 1e-5);
+  // The parameters against single-rank training that adds in the order W tp ranks do (see tp_order_reference).
+  {
+    SCOPED_TRACE("against the tp-order replay");
+    ptest::expect_state_near(run.params, ptest::tp_order_reference(f, W, 1).params, 1e-5);
+  }
+  // Against plain single-rank training the parameters agree only up to summation order: even on one rank the replay
+  // (and TP) adds some terms in another order than the plain model (the step-0 gradients are bit-identical; later
+  // steps differ in the last bits), and AdamW turns that into updates of up to lr on GPT-2's key biases, whose exact
+  // gradient is 0 (measured: 1.6e-3 relative on one AVX-512 Xeon, none on another CPU). So that
+  // comparison uses the reordered-sum bound (harness.h) rather than bit-for-bit agreement.
+  if (W == 1) {
+    SCOPED_TRACE("against plain single-rank training (reordered sums)");
+    ptest::expect_state_near_reordered(run.params, ref.params);
+  }
   // The replay itself is single-rank training: same losses and gradient norms as the plain reference.
   ptest::expect_values_near(ptest::tp_order_reference(f, W, 1).losses, ref.losses, 1e-5, "replay loss");
   ptest::expect_values_near(ptest::tp_order_reference(f, W, 1).grad_norms, ref.grad_norms, 1e-5, "replay grad norm");
