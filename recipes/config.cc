@@ -168,7 +168,7 @@ const std::vector<Key>& schema() {
     add(LOOM_CONFIG_KEY(logging, interval)).at_least(1);
     add(LOOM_CONFIG_KEY(logging, metrics_file));
     add(LOOM_CONFIG_KEY(logging, eval_interval)).at_least(0);
-    add(LOOM_CONFIG_KEY(logging, eval_batches)).at_least(1);
+    add(LOOM_CONFIG_KEY(logging, eval_sequences)).at_least(1);
     add(LOOM_CONFIG_KEY(logging, progress));
     return s;
   }();
@@ -263,8 +263,23 @@ bool is_section(const std::string& s) {
   fail(where, section, msg + "; the sections are " + join_quoted(secs));
 }
 
+/// Keys that older versions of the recipe read, with what to write instead: a config or `--set` that still uses one
+/// gets this instead of "unknown key". Retiring a key is one line.
+struct RetiredKey {
+  const char* path;
+  const char* instead;
+};
+constexpr RetiredKey kRetired[] = {
+    {"logging.eval_batches",
+     "no longer read: it counted micro-batches per data-parallel rank, so the eval loss depended on the layout; use "
+     "logging.eval_sequences, the number of held-out sequences over all ranks (eval_batches x training.micro_batch x "
+     "data-parallel ranks gives the old set, e.g. 4 x 8 x 2 = 64)"},
+};
+
 [[noreturn]] void unknown_key(const std::string& where, const std::string& section, const std::string& name) {
   const std::string path = section + "." + name;
+  for (const auto& r : kRetired)
+    if (path == r.path) fail(where, path, r.instead);
   if (auto c = closest(name, keys_of(section))) fail(where, path, "unknown key; did you mean '" + *c + "'?");
   for (const auto& k : schema())
     if (k.name == name)

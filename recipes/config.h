@@ -87,7 +87,9 @@ struct LoggingConfig {
   int64_t interval = 10;      // steps between console lines (metrics file gets every step)
   std::string metrics_file;   // JSONL; empty: <checkpoint.dir>/metrics.jsonl or none
   int64_t eval_interval = 0;  // 0: no eval
-  int64_t eval_batches = 4;
+  /// Held-out sequences per evaluation, over all ranks: the first eval_sequences sequences of the val split, split
+  /// across the data-parallel ranks, so the same weights give the same eval loss on every layout.
+  int64_t eval_sequences = 64;
   bool progress = true;  // a progress bar when stdout is a terminal
   bool operator==(const LoggingConfig&) const = default;
 };

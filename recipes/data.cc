@@ -469,4 +469,26 @@ void DataLoader::load_state(const std::map<std::string, int64_t>& s) {
   epoch_ = epoch;
 }
 
+EvalPart eval_part(int64_t count, int dp_rank, int dp_size) {
+  LOOM_CHECK(count >= 0, "eval_part: count must be >= 0, got ", count);
+  LOOM_CHECK(dp_size >= 1 && dp_rank >= 0 && dp_rank < dp_size, "eval_part: dp_rank ", dp_rank, " outside [0, dp_size ",
+             dp_size, ")");
+  return EvalPart{count * dp_rank / dp_size, count * (dp_rank + 1) / dp_size};
+}
+
+Batch read_sequences(const TokenSource& src, int64_t seq_len, int64_t begin, int64_t end) {
+  LOOM_CHECK(seq_len >= 1, "read_sequences: seq_len must be >= 1, got ", seq_len);
+  const int64_t available = src.size() > seq_len ? (src.size() - 1) / seq_len : 0;
+  LOOM_CHECK(0 <= begin && begin < end && end <= available, "read_sequences: sequences [", begin, ", ", end, ") of ",
+             src.describe(), ", which holds ", available, " sequences of seq_len + 1 = ", seq_len + 1, " tokens");
+  const int64_t B = end - begin, T = seq_len;
+  std::vector<int64_t> x(static_cast<size_t>(B * T)), y(static_cast<size_t>(B * T)), row(static_cast<size_t>(T + 1));
+  for (int64_t b = 0; b < B; ++b) {
+    src.read((begin + b) * T, T + 1, row.data());
+    std::copy(row.begin(), row.end() - 1, x.begin() + b * T);
+    std::copy(row.begin() + 1, row.end(), y.begin() + b * T);
+  }
+  return Batch{from_vector<int64_t>(x, {B, T}), from_vector<int64_t>(y, {B, T})};
+}
+
 }  // namespace loom::recipes

@@ -74,4 +74,20 @@ class DataLoader {
   int64_t epoch_ = 0;
 };
 
+/// The part of the evaluation set one data-parallel rank reads: sequences [begin, end) of the held-out split.
+struct EvalPart {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
+/// Splits the first `count` sequences of a split into `dp_size` contiguous parts whose sizes differ by at most one
+/// (rank r: [count r / dp_size, count (r + 1) / dp_size)); together they cover [0, count) once, whatever dp_size is.
+/// Throws InvalidArgument on count < 0 or a rank outside [0, dp_size).
+EvalPart eval_part(int64_t count, int dp_rank, int dp_size);
+
+/// Sequences [begin, end) of src as one batch of end - begin rows: the (seq_len + 1)-token windows at stride seq_len
+/// that DataLoader reads (sequence i starts at token i * seq_len). Throws InvalidArgument when the range is empty or
+/// reaches past the source's whole windows.
+Batch read_sequences(const TokenSource& src, int64_t seq_len, int64_t begin, int64_t end);
+
 }  // namespace loom::recipes

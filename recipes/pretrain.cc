@@ -2,7 +2,7 @@
 // Llama), the data, the optimisation, the parallel layout, checkpoints and logging; the same binary runs as one
 // process, or as every rank under trainlaunch, mpirun or srun.
 //
-// Usage: pretrain --config FILE [--set section.key=value ...] [--validate [--world-size N]]
+// Usage: pretrain --config FILE [--set section.key=value ...] [--validate [--world-size N] | --eval]
 //
 // Layout: the world is split into a (dp, fsdp, tp) mesh, tp fastest (one node's GPUs). tp > 1 converts the model to
 // Megatron-style tensor parallelism; fsdp > 1 wraps it in FullyShard over the fsdp group, otherwise dp > 1 wraps it
@@ -85,11 +85,12 @@ struct Args {
   std::string config;
   std::vector<std::string> sets;
   bool validate = false;
+  bool eval_only = false;  // --eval: evaluate the weights the run would start from, then exit
   std::optional<int> world_size;
 };
 
 const char* kUsage =
-    "usage: pretrain --config FILE [--set section.key=value ...] [--validate [--world-size N]]\n"
+    "usage: pretrain --config FILE [--set section.key=value ...] [--validate [--world-size N] | --eval]\n"
     "\n"
     "Pretrains a GPT-2 or Llama model as the YAML config says (see configs/*.yaml). Run it alone (one rank) or\n"
     "under trainlaunch, mpirun or srun (every rank runs it; the layout comes from the config's parallelism section).\n"
@@ -99,6 +100,9 @@ const char* kUsage =
     "                   per rank, and exit without training\n"
     "  --world-size N   with --validate: the number of ranks to check the layout for (default: from the\n"
     "                   launcher's environment, else 1)\n"
+    "  --eval           evaluate the weights the run would start from (the checkpoint it would resume from, else\n"
+    "                   the initial weights) on logging.eval_sequences held-out sequences, print the loss and exit;\n"
+    "                   any layout gives the same loss\n"
     "Exit status: 0 done (also after a clean stop on SIGTERM/SIGINT), 1 runtime error, 2 config or usage error.\n";
 
 /// Parses argv; prints the problem and exits 2 on a usage error.
@@ -123,6 +127,8 @@ Args parse_args(int argc, char** argv) {
       a.sets.push_back(s.substr(6));
     } else if (s == "--validate") {
       a.validate = true;
+    } else if (s == "--eval") {
+      a.eval_only = true;
     } else if (s == "--world-size" || s == "--world_size") {
       std::string v = value("--world-size");
       char* end = nullptr;
@@ -142,6 +148,12 @@ Args parse_args(int argc, char** argv) {
   }
   if (a.config.empty()) {
     std::fprintf(stderr, "pretrain: --config FILE is required (try --help)\n");
+    std::exit(2);
+  }
+  if (a.eval_only && a.validate) {
+    std::fprintf(stderr,
+                 "pretrain: --eval and --validate exclude each other: --validate trains nothing and loads "
+                 "nothing, --eval loads the weights and evaluates them\n");
     std::exit(2);
   }
   if (a.world_size && !a.validate) {
@@ -260,28 +272,48 @@ struct Run {
   bool rank0 = true;
   Device device = kCPU;  // where the model and batches live: cuda:LOCAL_RANK under nccl, else cpu
 
-  /// Mean over the world of one number per rank (tp ranks hold equal values, so this is the data-parallel mean).
-  double world_mean(double v) {
-    Tensor t = ops::full({1}, v, DType::f64);
-    world->allreduce(t, {collectives::ReduceOp::kAvg})->wait();
-    return t.item();
+  /// The evaluation set's size: logging.eval_sequences, or every whole sequence of a held-out split that holds fewer.
+  int64_t eval_count(const TokenSource& val) const {
+    const int64_t available = (val.size() - 1) / cfg.model.seq_len;
+    return std::min(cfg.logging.eval_sequences, available);
   }
 
-  /// Mean loss over eval_batches micro-batches of the held-out split, from its start (the same tokens every time,
-  /// so evaluations are comparable), averaged over the data-parallel ranks.
+  /// Mean loss per target token over the first eval_count() sequences of the held-out split: the same tokens every
+  /// time and on every layout, so evaluations compare across runs and after a reshard. The sequences are split into
+  /// contiguous parts over the data-parallel ranks (tp ranks of one replica read the same part) and read in
+  /// micro-batches of training.micro_batch; each rank adds up its token losses and token counts, and one all-reduce
+  /// over the data-parallel group sums them, so uneven parts weigh by their tokens (not a mean of the ranks' means).
+  /// FullyShard all-gathers parameters in every forward: under it every rank runs as many forwards as the largest
+  /// part needs, a rank with fewer sequences running dummy ones whose loss is not counted.
   double evaluate(const std::shared_ptr<TokenSource>& val) {
-    DataLoader vl(val, cfg.model.seq_len, cfg.training.micro_batch, data_group->rank(), data_group->size());
+    const int64_t T = cfg.model.seq_len, mb = cfg.training.micro_batch, n = eval_count(*val);
+    const int D = data_group->size();
+    const EvalPart part = eval_part(n, data_group->rank(), D);
+    const int64_t largest = (n + D - 1) / D;
+    const int64_t forwards = ((fsdp ? largest : part.size()) + mb - 1) / mb;
+    constexpr int64_t kIgnoreIndex = -100;  // nn::CausalLM::loss skips these targets (none in pretraining data)
+    double loss_sum = 0, tokens = 0;        // over this rank's part
     model->eval();
-    double sum = 0;
     {
       autograd::NoGradGuard ng;
-      for (int64_t i = 0; i < cfg.logging.eval_batches; ++i) {
-        Batch b = vl.next();
-        sum += model->loss(ops::to(b.idx, device), ops::to(b.targets, device)).item();
+      for (int64_t i = 0; i < forwards; ++i) {
+        const int64_t b = part.begin + i * mb, e = std::min(b + mb, part.end);
+        const bool dummy = b >= e;  // only under FullyShard: a forward every rank must run
+        Batch batch = read_sequences(*val, T, dummy ? 0 : b, dummy ? 1 : e);
+        const double loss = model->loss(ops::to(batch.idx, device), ops::to(batch.targets, device)).item();
+        if (dummy) continue;
+        const auto y = batch.targets.to_vector<int64_t>();
+        const auto counted = std::count_if(y.begin(), y.end(), [](int64_t t) { return t != kIgnoreIndex; });
+        if (counted == 0) continue;  // the mean over no tokens is NaN; such a batch adds nothing
+        loss_sum += loss * static_cast<double>(counted);
+        tokens += static_cast<double>(counted);
       }
     }
     model->train();
-    return world_mean(sum / static_cast<double>(cfg.logging.eval_batches));
+    Tensor t = from_vector<double>({loss_sum, tokens}, {2});
+    data_group->allreduce(t, {collectives::ReduceOp::kSum})->wait();
+    const auto v = t.to_vector<double>();
+    return v[1] > 0 ? v[0] / v[1] : std::numeric_limits<double>::quiet_NaN();
   }
 
   /// Gradient norm before clipping (clipping when training.grad_clip > 0), over every rank holding a part.
@@ -293,7 +325,8 @@ struct Run {
   }
 };
 
-int run_training(const RecipeConfig& cfg_in) {
+/// Trains as cfg says; with eval_only, loads the starting weights (checkpoint or init), evaluates them and returns.
+int run_training(const RecipeConfig& cfg_in, bool eval_only) {
   Run r;
   r.cfg = cfg_in;
   const RecipeConfig& cfg = r.cfg;
@@ -316,7 +349,13 @@ int run_training(const RecipeConfig& cfg_in) {
   // The data first: a missing or malformed file is reported before any rank waits on another.
   auto train_src = open_tokens(cfg.data, "train", cfg.model.vocab_size);
   std::shared_ptr<TokenSource> val_src;
-  if (cfg.logging.eval_interval > 0) val_src = open_tokens(cfg.data, "val", cfg.model.vocab_size);
+  if (cfg.logging.eval_interval > 0 || eval_only) val_src = open_tokens(cfg.data, "val", cfg.model.vocab_size);
+  if (val_src && val_src->size() < cfg.model.seq_len + 1)
+    throw ConfigError(
+        "the held-out split (" + val_src->describe() + ") holds " + std::to_string(val_src->size()) +
+        " tokens, fewer than one sequence of model.seq_len + 1 = " + std::to_string(cfg.model.seq_len + 1) +
+        " to evaluate; use more held-out data (data.val_path, data.val_fraction), a shorter "
+        "model.seq_len, or logging.eval_interval: 0 for no evaluation");
 
   if (launched()) {
     r.world = collectives::init_process_group(P.backend);
@@ -433,6 +472,7 @@ int run_training(const RecipeConfig& cfg_in) {
   }
   int64_t start_step = 0;
   bool resumed = false;
+  std::string resumed_from;  // the checkpoint directory, when resumed
   const std::string& ck_dir = cfg.checkpoint.dir;
   if (!ck_dir.empty()) {
     checkpoint::CheckpointOptions co;
@@ -453,6 +493,7 @@ int run_training(const RecipeConfig& cfg_in) {
       start_step = st.step;
       loader.load_state(checkpoint::data_position_for(st, data_size, data_rank));
       resumed = true;
+      resumed_from = from;
       if (r.rank0) {
         std::printf("resumed from step %lld (%s; saved on %d data-parallel rank%s)\n",
                     static_cast<long long>(start_step), from.c_str(), st.saved_dp_size,
@@ -464,6 +505,28 @@ int run_training(const RecipeConfig& cfg_in) {
               changed_sections(st.config, cfg).c_str());
       }
     }
+  }
+  if (val_src && r.rank0) {
+    const int64_t n = r.eval_count(*val_src);
+    std::printf("eval: the first %lld held-out sequences of %lld tokens (%s), over %d data-parallel rank%s\n",
+                static_cast<long long>(n), static_cast<long long>(cfg.model.seq_len), val_src->describe().c_str(),
+                data_size, data_size == 1 ? "" : "s");
+    if (n < cfg.logging.eval_sequences)
+      std::printf(
+          "note: logging.eval_sequences is %lld but the held-out split holds only %lld sequences of %lld + 1 "
+          "tokens; evaluating all of them\n",
+          static_cast<long long>(cfg.logging.eval_sequences), static_cast<long long>(n),
+          static_cast<long long>(cfg.model.seq_len));
+    std::fflush(stdout);
+  }
+  if (eval_only) {
+    const double eval_loss = r.evaluate(val_src);
+    if (r.rank0) {
+      std::printf("eval loss %.9g at step %lld (%s)\n", eval_loss, static_cast<long long>(start_step),
+                  resumed ? resumed_from.c_str() : (init_from.empty() ? "initial weights" : init_from.c_str()));
+      std::fflush(stdout);
+    }
+    return 0;
   }
   if (start_step >= T.steps) {
     if (r.rank0)
@@ -664,7 +727,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (args.validate) return rank == 0 ? run_validate(cfg, world) : 0;
-    return run_training(cfg);
+    return run_training(cfg, args.eval_only);
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "pretrain: rank %d: %s\n", rank, e.what());
     return 2;

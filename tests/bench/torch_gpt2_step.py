@@ -2,9 +2,11 @@
 """Times full GPT-2 training steps (forward, backward, AdamW) in PyTorch on CPU.
 
 Usage: torch_gpt2_step.py LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS THREADS
-Prints one line: `torch tokens_per_s=<float> step_ms=<float>`. The model is
+Prints one line: `torch threads=<int> tokens_per_s=<float> step_ms=<float>`. The model is
 the same architecture loom's bench builds (pre-norm GPT-2, tanh GELU, tied
-head, no dropout), so the two figures compare like for like.
+head, no dropout), so the two figures compare like for like. bench_gpt2_step
+runs it once per thread count, in a fresh process with OMP_NUM_THREADS (and
+OPENBLAS_NUM_THREADS, MKL_NUM_THREADS) set to THREADS as well.
 """
 import math
 import sys
@@ -79,7 +81,7 @@ def main():
             times.append(time.perf_counter() - t0)
     times.sort()
     med = times[len(times) // 2]
-    print(f"torch tokens_per_s={B * T / med:.1f} step_ms={med * 1e3:.2f}")
+    print(f"torch threads={torch.get_num_threads()} tokens_per_s={B * T / med:.1f} step_ms={med * 1e3:.2f}")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,17 @@ TEST(RecipeConfig, UnknownKeyFarFromAnyListsTheKeys) {
   EXPECT_HAS(msg, "cfg.yaml:20: logging.zzzzzzzzzz: unknown key; the keys of 'logging' are 'interval'");
 }
 
+TEST(RecipeConfig, RetiredEvalBatchesNamesItsReplacement) {
+  // logging.eval_batches counted micro-batches per rank (a layout-dependent eval set); its replacement counts
+  // sequences over all ranks. A config or --set that still uses it is told what to write instead.
+  const std::string msg = parse_error(with_line(20, "  eval_batches: 4"));
+  EXPECT_HAS(msg, "cfg.yaml:20: logging.eval_batches: no longer read");
+  EXPECT_HAS(msg, "use logging.eval_sequences");
+  EXPECT_HAS(parse_error(kGpt2, {"logging.eval_batches=2"}), "--set logging.eval_batches=2: logging.eval_batches: ");
+  EXPECT_EQ(parse_config(kGpt2, "cfg.yaml", {"logging.eval_sequences=33"}).logging.eval_sequences, 33);
+  EXPECT_HAS(parse_error(kGpt2, {"logging.eval_sequences=0"}), "logging.eval_sequences: must be >= 1, got 0");
+}
+
 TEST(RecipeConfig, FlowMappingsKeepTheirLineNumbers) {
   std::string text = kGpt2;
   text.replace(0, text.find("data:"),
@@ -262,7 +273,7 @@ TEST(RecipeConfig, ToYamlRoundTripsToAnEqualConfig) {
   // Every key of every section is printed.
   for (const char* key :
        {"family:", "n_kv_head:", "intermediate_size:", "rope_theta:", "val_fraction:", "warmup_steps:", "grad_clip:",
-        "reshard_after_forward:", "cpu_offload:", "fall_back:", "eval_batches:"})
+        "reshard_after_forward:", "cpu_offload:", "fall_back:", "eval_sequences:"})
     EXPECT_HAS(yaml, key);
   // Floats always look like floats, so YAML 1.1 readers (PyYAML) read them as numbers too.
   EXPECT_HAS(yaml, "  eps: 1.0e-08\n");

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -522,4 +523,50 @@ TEST(DataLoader, RejectsBadArgumentsAndForeignState) {
   EXPECT_THROW(l.load_state({{"epoch", 0}}), InvalidArgument);
   auto msg = error_of<InvalidArgument>([&] { l.load_state({{"sequences_consumed", 5}, {"epoch", 0}}); });
   EXPECT_NE(msg.find("changed"), std::string::npos) << msg;
+}
+
+// ----------------------------------------------------------------------------- evaluation set
+
+TEST(EvalPart, PartsCoverTheSetOnceWithSizesWithinOne) {
+  for (int64_t count : {0, 1, 7, 33, 64, 1000}) {
+    for (int dp : {1, 2, 3, 4, 8, 16}) {
+      int64_t next = 0, smallest = count, largest = 0;
+      for (int r = 0; r < dp; ++r) {
+        const EvalPart p = eval_part(count, r, dp);
+        EXPECT_EQ(p.begin, next) << "count=" << count << " dp=" << dp << " rank=" << r;
+        EXPECT_GE(p.size(), 0);
+        next = p.end;
+        smallest = std::min(smallest, p.size());
+        largest = std::max(largest, p.size());
+      }
+      EXPECT_EQ(next, count) << "count=" << count << " dp=" << dp;
+      EXPECT_LE(largest - smallest, 1) << "count=" << count << " dp=" << dp;
+      EXPECT_EQ(largest, (count + dp - 1) / dp) << "count=" << count << " dp=" << dp;
+    }
+  }
+  EXPECT_THROW(eval_part(-1, 0, 1), InvalidArgument);
+  EXPECT_THROW(eval_part(8, 2, 2), InvalidArgument);
+  EXPECT_THROW(eval_part(8, 0, 0), InvalidArgument);
+}
+
+TEST(EvalPart, ReadSequencesGivesTheLoadersWindows) {
+  const int64_t T = 6;
+  auto src = std::make_shared<CountingSource>(T * 20 + 1);  // 20 whole sequences
+  // The windows of a one-rank loader with micro-batch 20, in order.
+  DataLoader l(src, T, 20, 0, 1);
+  const Batch all = l.next();
+  const Batch part = read_sequences(*src, T, 5, 12);
+  EXPECT_EQ(part.idx.sizes(), (Shape{7, T}));
+  EXPECT_EQ(sequence_ids(part, T), (std::vector<int64_t>{5, 6, 7, 8, 9, 10, 11}));
+  auto x = all.idx.to_vector<int64_t>(), y = all.targets.to_vector<int64_t>();
+  auto px = part.idx.to_vector<int64_t>(), py = part.targets.to_vector<int64_t>();
+  for (int64_t i = 0; i < 7 * T; ++i) {
+    EXPECT_EQ(px[i], x[5 * T + i]);
+    EXPECT_EQ(py[i], y[5 * T + i]);
+  }
+  EXPECT_EQ(sequence_ids(read_sequences(*src, T, 19, 20), T), (std::vector<int64_t>{19}));
+  auto msg = error_of<InvalidArgument>([&] { read_sequences(*src, T, 15, 21); });
+  EXPECT_NE(msg.find("holds 20 sequences"), std::string::npos) << msg;
+  EXPECT_THROW(read_sequences(*src, T, 3, 3), InvalidArgument);
+  EXPECT_THROW(read_sequences(*src, T, -1, 2), InvalidArgument);
 }

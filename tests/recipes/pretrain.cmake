@@ -12,6 +12,11 @@ if(TARGET pretrain AND TARGET trainlaunch)
   endforeach()
   # Pinned to cores with busy loops beside one rank: other tests running at the same time would blur which is slow.
   set_tests_properties(Pretrain.straggler PROPERTIES RUN_SERIAL TRUE)
+  # eval_layouts: one checkpoint evaluated (pretrain --eval) on 1 rank, 2 DDP, 2 FSDP and 2 TP ranks gives one eval loss.
+  add_test(NAME Pretrain.eval_layouts
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh eval_layouts $<TARGET_FILE:pretrain>
+                   $<TARGET_FILE:trainlaunch> ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  set_tests_properties(Pretrain.eval_layouts PROPERTIES LABELS recipes TIMEOUT 180)
   # The README's main job at full size (about a minute on 2 cores).
   add_test(NAME MainJob.PretrainTinyCpu2Ranks
            COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh main_job $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>

@@ -168,6 +168,40 @@ layouts)
                                END { exit bad }' || fail "$l losses differ from ddp's"
   done
   ;;
+eval_layouts)
+  # One checkpoint evaluated on 1 rank (two micro-batch sizes), 2 DDP ranks, 2 FSDP ranks and 2 TP ranks gives the
+  # eval loss the 2-rank training run logged at that step, to round-off: logging.eval_sequences is one global set of
+  # held-out sequences split over the data-parallel ranks. 33 sequences split unevenly over 2 ranks (17 + 16: micro-
+  # batches 8+8+1 and 8+8, so FSDP's second rank runs a dummy forward to keep the all-gathers paired).
+  ev=(--set logging.eval_interval=20 --set logging.eval_sequences=33)
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" "${ev[@]}" \
+    --set training.steps=20 > train.log 2>&1 || fail "training: exit $?"
+  logged=$(column run/metrics.jsonl eval_loss | awk '$1 == 20 { print $2 }')
+  [[ -n $logged ]] || fail "no eval_loss at step 20 in the metrics"
+  grep -q "eval: the first 33 held-out sequences .* over 2 data-parallel ranks" train.log || fail "no eval set line"
+  "$pretrain" --config "$config" "${small[@]}" "${ev[@]}" --eval > one.log 2>&1 || fail "1 rank --eval: exit $?"
+  "$pretrain" --config "$config" "${small[@]}" "${ev[@]}" --set training.micro_batch=4 --eval > one_mb4.log 2>&1 ||
+    fail "1 rank, micro_batch 4, --eval: exit $?"
+  for layout in ddp:parallelism.dp=0 fsdp:parallelism.fsdp=2 tp:parallelism.tp=2; do
+    "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" "${ev[@]}" \
+      --set "${layout#*:}" --eval > "${layout%%:*}.log" 2>&1 || fail "${layout%%:*} --eval: exit $?"
+  done
+  grep -q "DeviceMesh(fsdp=2)" fsdp.log || fail "fsdp=2 did not build an fsdp mesh"
+  grep -q "tp=2" tp.log || fail "tp=2 did not build a tp mesh"
+  for l in one one_mb4 ddp fsdp tp; do
+    got=$(sed -n 's/.*eval loss \([^ ]*\) at step 20 (.*step_00000020).*/\1/p' $l.log | head -1)
+    [[ -n $got ]] || fail "$l: no 'eval loss ... at step 20 (...step_00000020)' line"
+    awk -v a="$got" -v b="$logged" 'BEGIN { d = (a - b) / b; if (d < 0) d = -d; exit !(d < 2e-6) }' ||
+      fail "$l: eval loss $got differs from the training run's $logged (2 DDP ranks) by more than 2e-6 relative"
+    echo "$l: eval loss $got (training run: $logged)"
+  done
+  # The retired key is an error naming file, line, key and its replacement.
+  sed 's/^  eval_sequences: .*/  eval_batches: 4/' "$config" > old.yaml
+  line=$(grep -n "eval_batches" old.yaml | cut -d: -f1)
+  "$pretrain" --config old.yaml --validate > /dev/null 2> old.log
+  [[ $? -eq 2 ]] || fail "logging.eval_batches: exit code is not 2"
+  grep -q "old.yaml:$line: logging.eval_batches: .*logging.eval_sequences" old.log || fail "retired key: $(cat old.log)"
+  ;;
 straggler)
   # Rank 1 shares core 0 with three busy loops, rank 0 has core 1 to itself (the test runs alone, RUN_SERIAL): rank 1 must show as the slowest rank in
   # (nearly) every step's record although DDP makes rank 0 wait for it every step.

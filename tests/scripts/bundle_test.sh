@@ -102,7 +102,7 @@ start=$SECONDS
 run_logged job env OMP_NUM_THREADS=1 ./run.sh trainlaunch --standalone --nproc-per-node 2 -- \
   pretrain --config configs/tiny_cpu.yaml --set training.steps=20 --set training.warmup_steps=5 \
   --set checkpoint.dir="$tmp/run" --set checkpoint.interval=20 --set logging.interval=10 \
-  --set logging.eval_interval=20 --set logging.eval_batches=1 --set checkpoint.resume=never ||
+  --set logging.eval_interval=20 --set logging.eval_sequences=16 --set checkpoint.resume=never ||
   { tail -n 40 "$tmp/job.log"; fail "the bundled 2-rank job failed"; }
 grep -E '^\[rank0\]: .*step +20' "$tmp/job.log" >/dev/null || { tail -n 40 "$tmp/job.log"; fail "the job printed no step 20"; }
 [ -e "$tmp/run/latest" ] || fail "the job wrote no checkpoint (no $tmp/run/latest)"
