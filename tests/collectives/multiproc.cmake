@@ -28,6 +28,12 @@ foreach(n 2 3 4)
                          ENVIRONMENT "${_loom_mpi_env};LOOM_MPI_RING_MIN_BYTES=1")
   endif()
 endforeach()
+# Port choices: none of tests/ or scripts/ in the ephemeral range or drawn at random; the free-port helpers work.
+foreach(c lint helper)
+  add_test(NAME ports_${c} COMMAND ${PROJECT_SOURCE_DIR}/tests/ports_test.sh ${c} ${PROJECT_SOURCE_DIR}
+           WORKING_DIRECTORY ${PROJECT_BINARY_DIR})
+  set_tests_properties(ports_${c} PROPERTIES LABELS collectives TIMEOUT 60)
+endforeach()
 # The NCCL case of test_collectives again under the gpu label (it skips without a device).
 add_test(NAME collectives_nccl_gpu COMMAND test_collectives --gtest_filter=Nccl.*)
 set_tests_properties(collectives_nccl_gpu PROPERTIES LABELS gpu SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: main_job, one_rank, two_ranks, resume, sigterm, sigterm_group, layouts, straggler, slurm_script, config_error, validate, plot,
+# Cases: main_job, one_rank, two_ranks, resume, sigterm, sigterm_group, layouts, straggler, slurm_script, slurm_port_taken, config_error, validate, plot,
 # init_from. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
@@ -250,6 +250,36 @@ SRUN
     fail "a layout for 3 ranks should fail"
   [[ ! -e logs/4243 ]] || fail "the launcher started although the layout does not fit"
   grep -q "tiny_cpu.yaml:" bad.log || fail "no file:line in the batch script's error: $(cat bad.log)"
+  ;;
+slurm_port_taken)
+  # The batch script's MASTER_PORT when ports are taken on the node: job 4244 derives 28488 (24244 before it kept
+  # below the ephemeral range); with both pairs held by listeners the job must still run, on a free port < 32768.
+  command -v python3 > /dev/null || { echo "needs python3 for the listeners: skipped"; exit 77; }
+  mkdir -p bin
+  printf '#!/usr/bin/env bash\nwhile [[ $# -gt 0 && $1 == --* ]]; do shift; done\nexport SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0\nexec "$@"\n' > bin/srun
+  chmod +x bin/srun
+  python3 -c "
+import socket, sys, time
+held = []
+for p in (24244, 24245, 28488, 28489):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(('0.0.0.0', p)); s.listen(); held.append(s)
+    except OSError:
+        pass  # held by something else already: taken either way
+print('up', flush=True); time.sleep(120)" > held.out 2>&1 &
+  holder=$!
+  trap 'kill $holder 2> /dev/null' EXIT
+  for _ in $(seq 100); do [[ -s held.out ]] && break; sleep 0.05; done
+  PATH="$work/bin:$PATH" SLURM_NNODES=1 SLURM_JOB_ID=4244 SLURM_JOB_NODELIST=127.0.0.1 NPROC_PER_NODE=2 \
+    TRAINLAUNCH="$trainlaunch" PRETRAIN="$pretrain" \
+    bash "$src/scripts/slurm/pretrain_multinode.sbatch" "$config" "${small[@]}" --set training.steps=3 --set training.warmup_steps=1 \
+    > slurm.log 2>&1 || fail "the batch script exited $? with the job id's ports taken"
+  port=$(sed -n 's/.*MASTER_PORT \([0-9]*\)$/\1/p' slurm.log)
+  [[ -n $port ]] || fail "the batch script does not print its MASTER_PORT"
+  ((port <= 32767)) || fail "MASTER_PORT $port is in the ephemeral range"
+  [[ $port != 24244 && $port != 28488 ]] || fail "MASTER_PORT $port is held by a listener"
+  [[ $(wc -l < run/metrics.jsonl) -eq 3 ]] || fail "expected 3 metrics lines"
   ;;
 config_error)
   # Unknown key: file, line, key and a suggestion; exit 2, before any rank starts.
