@@ -173,9 +173,8 @@ submit() {  # submit NAME [VAR=VALUE...] -- SBATCH ARGS...: prints the job id
   (cd "$d/jobs" && env MASTER_PORT=$port "${envs[@]}" sbatch --parsable --output="$d/jobs/$name.out" "$@") ||
     fail "sbatch $name"
 }
-progress() {  # progress METRICS N: waits (up to 90 s) until N steps are logged; fails if the job ended first
-  local i
-  for i in $(seq 900); do
+progress() {  # progress METRICS N ID: waits (up to 90 s) until N steps are logged; fails if the job ended first
+  for _ in $(seq 900); do
     [ -f "$1" ] && [ "$(wc -l < "$1")" -ge "$2" ] && return 0
     case $(timeout 5 scontrol show job "$3" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2) in
       COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL) fail "job $3 ended before it was signalled" ;;
