@@ -72,7 +72,7 @@ sigint|sigterm)  # SIGINT/SIGTERM reach the ranks, which get the grace period to
   grep -q "every rank of this node stopped cleanly after SIG$sig" out.txt || fail "no clean-stop message"
   ;;
 sigterm_failed)  # a rank that exits 1 on SIGTERM, another that ignores it until the grace period ends: 143
-  "$TL" --standalone --nproc-per-node 2 --grace-period 1 -- sh -c 'if [ $RANK = 0 ]; then trap "exit 1" TERM; else trap "" TERM; fi; echo up > up.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
+  "$TL" --standalone --nproc-per-node 2 --grace-period 3 -- sh -c 'if [ $RANK = 0 ]; then trap "exit 1" TERM; else trap "" TERM; fi; echo up > up.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
   pid=$!
   for i in $(seq 400); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
   kill -TERM $pid; wait $pid; rc=$?
