@@ -2,7 +2,9 @@
 // monitor interval as timeout, waitpid(WNOHANG) for exits, and the launchers'
 // store (node 0 hosts it) for rendezvous, heartbeats and the shared decision
 // that an attempt failed. Keys: node/<r>/nproc, hb/<r>, fail/<a>, stopped/<a>,
-// done/<a>, exit/<a>, start/<a>, abort (no restart: a signal or a dead node).
+// done/<a>, exit/<a>, start/<a>, signal/<a> (a node was stopped by SIGINT/SIGTERM:
+// the others forward it to their ranks rather than treat the stop as a failure),
+// abort (no restart: a signal or a dead node).
 #include "launcher/launcher.h"
 
 #include <fcntl.h>
@@ -111,6 +113,12 @@ class Launcher {
   void reap(std::vector<Rank>& ranks);
   void signal_all(std::vector<Rank>& ranks, int sig);
   void stop_all(std::vector<Rank>& ranks, bool at_once);
+  /// Forwards sig to the ranks and gives them the grace period to stop by themselves; records in clean_stop_
+  /// whether every rank then exited 0. remote_why: empty when this launcher got the signal, else why another
+  /// node's launcher stopped (it got the signal).
+  Outcome stop_on_signal(std::vector<Rank>& ranks, int sig, const std::string& remote_why);
+  /// The signal another node's launcher was stopped by (from the store), or 0.
+  int remote_signal();
   bool remote_trouble(std::string* why);
   void heartbeat();
   /// Reads the other nodes' heartbeats; returns the first node whose heartbeat
@@ -142,6 +150,7 @@ class Launcher {
   std::vector<std::string> node_host_, node_addr_;  // per node, from the rendezvous
   bool store_lost_ = false;
   int stop_signal_ = 0;
+  bool clean_stop_ = false;  // after a signal: every local rank exited 0 within the grace period
   int dead_nodes_ = 0;
 };
 
@@ -540,6 +549,80 @@ void Launcher::print_report(const std::vector<Rank>& ranks, const Rank* first, c
   write_all(2, s);
 }
 
+int Launcher::remote_signal() {
+  if (o_.nnodes == 1 || store_lost_) return 0;
+  try {
+    std::string key = "signal/" + std::to_string(attempt_);
+    if (store_->check({key})) return std::stoi(store_->get_string(key));
+  } catch (const CommError&) {
+    store_lost_ = true;
+  } catch (const std::exception&) {  // a malformed value: treat as no signal
+  }
+  return 0;
+}
+
+Outcome Launcher::stop_on_signal(std::vector<Rank>& ranks, int sig, const std::string& remote_why) {
+  stop_signal_ = sig;
+  char grace[32];
+  std::snprintf(grace, sizeof(grace), "%g", o_.grace_period_s);
+  if (remote_why.empty()) {
+    say("got " + signal_name(sig) + "; forwarding it to the ranks (grace period " + grace +
+        " s; a second SIGINT kills at once)");
+  } else {
+    say(remote_why + "; forwarding " + signal_name(sig) + " to the ranks of this node (grace period " + grace + " s)");
+  }
+  // A rank may already have the signal (Slurm signals every process of the step; a process manager may signal the
+  // whole group): the ranks' handlers take a repeat as the same request, so forwarding is always safe.
+  signal_all(ranks, sig);
+  if (remote_why.empty() && o_.nnodes > 1 && !store_lost_) {
+    try {
+      const std::string a = std::to_string(attempt_);
+      std::string why = "node " + std::to_string(o_.node_rank) + " (" + host_ + ") was stopped by " + signal_name(sig);
+      store_->compare_set("signal/" + a, {}, collectives::to_bytes(std::to_string(sig)));
+      store_->compare_set("fail/" + a, {}, collectives::to_bytes(why));
+      store_->set("abort", why);  // stopped on purpose: no node restarts
+    } catch (const CommError&) {
+      store_lost_ = true;
+    }
+  }
+  // Repeated SIGTERMs (scancel sent twice, a whole-group signal) change nothing: only a second SIGINT (a person at
+  // the terminal) or the end of the grace period cuts the ranks short.
+  int seen = g_sigint;
+  auto deadline =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.grace_period_s));
+  bool cut_short = false;
+  for (;;) {
+    reap(ranks);
+    bool any = false;
+    for (auto& r : ranks) any = any || r.running;
+    if (!any) break;
+    if (Clock::now() >= deadline || g_sigint > seen) {
+      cut_short = true;
+      break;
+    }
+    pump(ranks, 20);
+    try {
+      heartbeat();
+    } catch (const CommError&) {
+      store_lost_ = true;
+    }
+  }
+  stop_all(ranks, true);
+  clean_stop_ = !cut_short;
+  for (auto& r : ranks) clean_stop_ = clean_stop_ && WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0;
+  if (clean_stop_) {
+    say("every rank of this node stopped cleanly after " + signal_name(sig) + " (exit 0)");
+  } else {
+    std::string how;
+    for (auto& r : ranks)
+      if (!(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0))
+        how += (how.empty() ? "" : ", ") + std::string("rank ") + std::to_string(r.global) + ": " + describe(r);
+    say("the ranks did not all stop cleanly after " + signal_name(sig) + (cut_short ? " (cut short)" : "") + ": " +
+        how);
+  }
+  return Outcome::kSignal;
+}
+
 Outcome Launcher::run_attempt() {
   std::vector<Rank> ranks(o_.nproc_per_node);
   std::string logdir;
@@ -564,38 +647,7 @@ Outcome Launcher::run_attempt() {
     pump(ranks, interval_ms);
     reap(ranks);
     // Signals to the launcher: forward, then stop (a second SIGINT kills at once).
-    if (g_sigint > 0 || g_sigterm > 0) {
-      int sig = g_sigint > 0 ? SIGINT : SIGTERM;
-      stop_signal_ = sig;
-      char grace[32];
-      std::snprintf(grace, sizeof(grace), "%g", o_.grace_period_s);
-      say("got " + signal_name(sig) + "; forwarding it to the ranks (grace period " + grace +
-          " s; a second SIGINT kills at once)");
-      signal_all(ranks, sig);
-      if (o_.nnodes > 1 && !store_lost_) {
-        try {
-          std::string why =
-              "node " + std::to_string(o_.node_rank) + " (" + host_ + ") was stopped by " + signal_name(sig);
-          store_->compare_set(fkey, {}, collectives::to_bytes(why));
-          store_->set("abort", why);  // stopped on purpose: no node restarts
-        } catch (const CommError&) {
-          store_lost_ = true;
-        }
-      }
-      int seen = g_sigint;
-      auto deadline =
-          Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.grace_period_s));
-      for (;;) {
-        reap(ranks);
-        bool any = false;
-        for (auto& r : ranks) any = any || r.running;
-        if (!any) break;
-        if (Clock::now() >= deadline || g_sigint > seen) break;
-        pump(ranks, 20);
-      }
-      stop_all(ranks, true);
-      return Outcome::kSignal;
-    }
+    if (g_sigint > 0 || g_sigterm > 0) return stop_on_signal(ranks, g_sigint > 0 ? SIGINT : SIGTERM, "");
     const Rank* failed = nullptr;
     bool all_ok = true;
     for (auto& r : ranks) {
@@ -628,6 +680,9 @@ Outcome Launcher::run_attempt() {
     if (all_ok) return Outcome::kSuccess;
     std::string why;
     if (remote_trouble(&why)) {
+      // Another node was stopped on purpose (Slurm signals every node, but not always at the same moment): stop
+      // the same way here, so that the ranks save their agreed checkpoint and the stop is not reported as a failure.
+      if (int sig = remote_signal(); sig != 0) return stop_on_signal(ranks, sig, why);
       say("stopping the ranks of this node: " + why);
       stop_all(ranks, false);
       print_report(ranks, nullptr, why);
@@ -673,7 +728,9 @@ int Launcher::run() {
         store_lost_ = true;
       }
     }
-    if (out == Outcome::kSignal) return linger(128 + stop_signal_);
+    // After a stop on a signal: 0 when every rank saved and exited 0 by itself (what Slurm counts as COMPLETED and
+    // what a requeue or a retry loop expects of a preempted run), 128+signal when a rank was killed or failed.
+    if (out == Outcome::kSignal) return linger(clean_stop_ ? 0 : 128 + stop_signal_);
     if (out == Outcome::kSuccess) {
       if (o_.nnodes == 1) return 0;
       // Wait for the other nodes: they may still fail this attempt (then restart with them).
@@ -696,6 +753,15 @@ int Launcher::run() {
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
         }
         return 0;
+      }
+      if (remote_signal() != 0) {  // another node was stopped on purpose as this one finished: not a failure here
+        say("ranks of this node finished; " + why);
+        try {
+          store_->add("stopped/" + a, 1);
+        } catch (const CommError&) {
+          store_lost_ = true;
+        }
+        return linger(0);
       }
       say("ranks of this node finished, but the attempt failed elsewhere: " + why);
     }

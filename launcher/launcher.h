@@ -10,8 +10,11 @@
 namespace loom::launcher {
 
 /// Runs the job described by o on this node and returns the exit status for
-/// trainlaunch: 0 when every rank on every node exited 0, 1 after a failure that
-/// used up the restarts, 128+signal when stopped by SIGINT/SIGTERM. Throws
+/// trainlaunch: 0 when every rank on every node exited 0, also after a stop on
+/// SIGINT/SIGTERM (forwarded to the ranks) when every local rank then exited 0 by
+/// itself within the grace period (a clean, checkpointed stop: Slurm counts the
+/// job COMPLETED); 128+signal when stopped by a signal and a rank was killed or
+/// failed; 1 after a failure that used up the restarts. Throws
 /// InvalidArgument / CommError when the job cannot start (bad secret setup,
 /// store unreachable).
 int run_launcher(const LaunchOptions& o);

@@ -207,7 +207,12 @@ prints which one failed and how. Underscore spellings (--nproc_per_node) work.
 
 The job secret of the authenticated store is LOOM_STORE_SECRET; on one node a
 random one is made when it is unset; with several nodes set it on every node.
-SIGINT/SIGTERM are forwarded to the ranks (a second SIGINT kills at once).
+SIGINT/SIGTERM are forwarded to the ranks, and to the other nodes' ranks; a
+repeated SIGTERM changes nothing, a second SIGINT kills at once.
+Exit status: 0 when every rank exited 0, also after a stop on SIGINT/SIGTERM
+(the ranks saved and exited 0 within --grace-period); 128+signal when a signal
+stopped the job and a rank was killed or failed; 1 after a failure (restarts
+used up); 2 a usage error.
 )";
 }
 

@@ -61,10 +61,17 @@ using Clock = std::chrono::steady_clock;
 // Set by SIGTERM (Slurm preemption, trainlaunch forwarding) or SIGINT; read once per step and agreed across ranks.
 volatile std::sig_atomic_t g_stop_signal = 0;
 
-void on_stop_signal(int sig) {
-  if (g_stop_signal != 0) {  // a second signal: stop now, without the checkpoint (the default action)
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
+// A stop request may arrive several times: Slurm signals every process of a job step (so each rank gets SIGTERM
+// from Slurm and again from trainlaunch), a process manager may signal a whole process group, scancel may be
+// repeated. None of those may cost the checkpoint. Only a second SIGINT typed at this process's terminal (si_code
+// SI_KERNEL: the tty driver, not kill()) stops at once without it; under trainlaunch a person's second Ctrl-C goes
+// to the launcher, which kills the ranks itself.
+void on_stop_signal(int sig, siginfo_t* info, void*) {
+  if (g_stop_signal != 0) {
+    if (sig == SIGINT && info != nullptr && info->si_code == SI_KERNEL) {
+      std::signal(sig, SIG_DFL);  // a person at the terminal insists: stop now, without the checkpoint
+      std::raise(sig);
+    }
     return;
   }
   g_stop_signal = sig;
@@ -72,9 +79,9 @@ void on_stop_signal(int sig) {
 
 void install_signal_handlers() {
   struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
+  sa.sa_sigaction = on_stop_signal;
   sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESTART;  // collectives and file I/O in flight carry on; the loop checks the flag
+  sa.sa_flags = SA_RESTART | SA_SIGINFO;  // collectives and file I/O in flight carry on; the loop checks the flag
   ::sigaction(SIGTERM, &sa, nullptr);
   ::sigaction(SIGINT, &sa, nullptr);
 }

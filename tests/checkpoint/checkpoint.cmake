@@ -19,7 +19,7 @@ if(LOOM_MPIRUN)
   set(_loom_cenv OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
                  LOOM_STORE_SECRET=checkpoint-test LOOM_COLLECTIVE_TIMEOUT_S=120 OMP_NUM_THREADS=1
                  LOOM_BINARY_DIR=${PROJECT_BINARY_DIR})
-  set(_loom_cport 34500)
+  set(_loom_with_port ${PROJECT_SOURCE_DIR}/tests/with_port.sh --)  # a free MASTER_PORT, retried on EADDRINUSE
   # entry name -> gtest filter, world size and backends. The reshard pair shares a directory: gloo only, in order.
   set(_loom_csuites "resume|CheckpointResume*|2|gloo,mpi" "corrupt|CheckpointCorrupt*|2|gloo,mpi"
                     "reshard_save4|CheckpointReshardSave4*|4|gloo" "reshard_load2|CheckpointReshardLoad2*|2|gloo")
@@ -31,23 +31,23 @@ if(LOOM_MPIRUN)
     list(GET parts 3 backends)
     string(REPLACE "," ";" backends "${backends}")
     foreach(backend ${backends})
-      math(EXPR _loom_cport "${_loom_cport} + 1")
       set(_name checkpoint_mp_${suite}_np${n})
       if(NOT backend STREQUAL "gloo")
         set(_name checkpoint_mp_${suite}_${backend}_np${n})
       endif()
       add_test(NAME ${_name}
-               COMMAND ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:test_checkpoint_mp> --gtest_filter=${filter})
+               COMMAND ${_loom_with_port} ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:test_checkpoint_mp> --gtest_filter=${filter})
       # Each entry works in its own directories (by test name), except that both backends of a suite use the same
       # ones: they must not run at the same time.
       set_tests_properties(${_name} PROPERTIES LABELS checkpoint TIMEOUT 300 RESOURCE_LOCK checkpoint_${suite}
-                           ENVIRONMENT "${_loom_cenv};MASTER_PORT=${_loom_cport};LOOM_TEST_BACKEND=${backend}")
+                           ENVIRONMENT "${_loom_cenv};LOOM_TEST_BACKEND=${backend}")
     endforeach()
   endforeach()
   # One process: crash tests (it starts its own 2-rank job with mpirun and kills a rank mid-save), the CLI tool,
   # export/import and the PyTorch check of the export.
-  add_test(NAME checkpoint_single COMMAND test_checkpoint_mp --gtest_filter=CheckpointCrash.*:CheckpointTool.*)
+  add_test(NAME checkpoint_single COMMAND ${PROJECT_SOURCE_DIR}/tests/with_port.sh --var LOOM_CKPT_CRASH_PORT --
+                                          $<TARGET_FILE:test_checkpoint_mp> --gtest_filter=CheckpointCrash.*:CheckpointTool.*)
   set_tests_properties(checkpoint_single PROPERTIES LABELS checkpoint TIMEOUT 300
-                       ENVIRONMENT "${_loom_cenv};LOOM_TEST_BACKEND=gloo;LOOM_CKPT_CRASH_PORT=34902")
+                       ENVIRONMENT "${_loom_cenv};LOOM_TEST_BACKEND=gloo")
   set_tests_properties(checkpoint_mp_reshard_load2_np2 PROPERTIES DEPENDS checkpoint_mp_reshard_save4_np4)
 endif()

@@ -1,33 +1,38 @@
 # Multi-process collectives tests (included from tests/CMakeLists.txt): 2 and 4
 # ranks over TCP on localhost (gloo) and under mpirun (mpi and gloo), compared
-# with closed forms and with Open MPI's own collectives.
+# with closed forms and with Open MPI's own collectives. tests/with_port.sh gives
+# each run a free MASTER_PORT below the ephemeral range (and retries on EADDRINUSE).
 find_package(MPI REQUIRED COMPONENTS CXX)
 find_program(LOOM_MPIRUN NAMES mpirun mpiexec)
 add_executable(collectives_mp ${CMAKE_CURRENT_LIST_DIR}/multiproc/collectives_mp.cc)
 target_link_libraries(collectives_mp PRIVATE loom::collectives MPI::MPI_CXX)
 set(_loom_mpi_env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
                   LOOM_STORE_SECRET=collectives-mp-test)
-set(_loom_port 29611)
+set(_loom_with_port ${PROJECT_SOURCE_DIR}/tests/with_port.sh --)
 foreach(n 2 3 4)
   add_test(NAME collectives_tcp_gloo_np${n}
-           COMMAND ${CMAKE_CURRENT_LIST_DIR}/multiproc/run_tcp.sh ${n} $<TARGET_FILE:collectives_mp> gloo)
+           COMMAND ${_loom_with_port} ${CMAKE_CURRENT_LIST_DIR}/multiproc/run_tcp.sh ${n} $<TARGET_FILE:collectives_mp> gloo)
   set_tests_properties(collectives_tcp_gloo_np${n} PROPERTIES LABELS collectives TIMEOUT 120)
   if(LOOM_MPIRUN)
     foreach(backend mpi gloo)
-      math(EXPR _loom_port "${_loom_port} + 1")
       add_test(NAME collectives_mpirun_${backend}_np${n}
-               COMMAND ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:collectives_mp> ${backend})
+               COMMAND ${_loom_with_port} ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:collectives_mp> ${backend})
       set_tests_properties(collectives_mpirun_${backend}_np${n} PROPERTIES LABELS collectives TIMEOUT 120
-                           ENVIRONMENT "${_loom_mpi_env};MASTER_PORT=${_loom_port}")
+                           ENVIRONMENT "${_loom_mpi_env}")
     endforeach()
     # The mpi backend's own ring (used from 1 MiB up) forced onto every size,
     # so the small buffers of this test exercise it too; 3 ranks for uneven chunks.
-    math(EXPR _loom_port "${_loom_port} + 1")
     add_test(NAME collectives_mpirun_mpi_ring_np${n}
-             COMMAND ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:collectives_mp> mpi)
+             COMMAND ${_loom_with_port} ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:collectives_mp> mpi)
     set_tests_properties(collectives_mpirun_mpi_ring_np${n} PROPERTIES LABELS collectives TIMEOUT 120
-                         ENVIRONMENT "${_loom_mpi_env};MASTER_PORT=${_loom_port};LOOM_MPI_RING_MIN_BYTES=1")
+                         ENVIRONMENT "${_loom_mpi_env};LOOM_MPI_RING_MIN_BYTES=1")
   endif()
+endforeach()
+# Port choices: none of tests/ or scripts/ in the ephemeral range or drawn at random; the free-port helpers work.
+foreach(c lint helper)
+  add_test(NAME ports_${c} COMMAND ${PROJECT_SOURCE_DIR}/tests/ports_test.sh ${c} ${PROJECT_SOURCE_DIR}
+           WORKING_DIRECTORY ${PROJECT_BINARY_DIR})
+  set_tests_properties(ports_${c} PROPERTIES LABELS collectives TIMEOUT 60)
 endforeach()
 # The NCCL case of test_collectives again under the gpu label (it skips without a device).
 add_test(NAME collectives_nccl_gpu COMMAND test_collectives --gtest_filter=Nccl.*)

@@ -3,22 +3,16 @@
 # Usage: e2e.sh CASE TRAINLAUNCH [COLLECTIVES_MP]; exit 0 when the case passed.
 set -u
 case_name=$1; TL=$2; MP=${3:-}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 work=$(mktemp -d /tmp/trainlaunch-e2e.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 fail() { echo "FAIL [$case_name]: $*"; echo "--- output:"; cat out.txt 2>/dev/null; exit 1; }
 now() { date +%s.%N; }
-# A port P with P and P+1 (rank 0's store, the launchers' store) not accepting connections.
-port() {
-  local p
-  for _ in $(seq 50); do
-    p=$(( 20000 + (RANDOM % 20000) ))
-    (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && continue
-    (exec 3<>/dev/tcp/127.0.0.1/$((p + 1))) 2>/dev/null && continue
-    echo $p; return
-  done
-  echo $p
-}
+# A port P with P and P+1 (rank 0's store, the launchers' store) free and reserved, below the ephemeral range.
+# shellcheck source=tests/free_port.sh
+. "$here/../free_port.sh"
+port() { loom_free_port 2 || fail "no free port"; }
 export LOOM_STORE_SECRET=e2e-$RANDOM$RANDOM
 
 case $case_name in
@@ -67,14 +61,33 @@ output)  # prefixed whole lines on the console, unprefixed whole lines in the pe
     [ "$(grep -c "^part-$r-" logs/attempt_0/rank_$r.log)" = 3 ] || fail "log of rank $r"
   done
   ;;
-sigint|sigterm)  # SIGINT/SIGTERM reach the ranks, which get the grace period to finish (a checkpoint, say)
-  sig=INT; want=130; [ $case_name = sigterm ] && { sig=TERM; want=143; }
+sigint|sigterm)  # SIGINT/SIGTERM reach the ranks, which get the grace period to finish (a checkpoint, say): exit 0
+  sig=INT; [ $case_name = sigterm ] && sig=TERM
   "$TL" --standalone --nproc-per-node 2 --grace-period 5 -- sh -c 'trap "sleep 0.3; echo saved > saved.$RANK; exit 0" INT TERM; echo up > up.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
   pid=$!
   for i in $(seq 400); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
   kill -$sig $pid; wait $pid; rc=$?
-  [ $rc = $want ] || fail "exit $rc, expected $want"
+  [ $rc = 0 ] || fail "exit $rc after a clean stop on SIG$sig, expected 0"
   [ -e saved.0 ] && [ -e saved.1 ] || fail "ranks did not get to run their handler"
+  grep -q "every rank of this node stopped cleanly after SIG$sig" out.txt || fail "no clean-stop message"
+  ;;
+sigterm_failed)  # a rank that exits 1 on SIGTERM, another that ignores it until the grace period ends: 143
+  "$TL" --standalone --nproc-per-node 2 --grace-period 3 -- sh -c 'if [ $RANK = 0 ]; then trap "exit 1" TERM; else trap "" TERM; fi; echo up > up.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
+  pid=$!
+  for i in $(seq 400); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
+  kill -TERM $pid; wait $pid; rc=$?
+  [ $rc = 143 ] || fail "exit $rc, expected 143 (the ranks did not stop cleanly)"
+  grep -q "did not all stop cleanly after SIGTERM (cut short): rank 0: exit code 1, rank 1: signal SIGKILL" out.txt ||
+    fail "no message naming the rank that failed and the one killed"
+  ;;
+sigterm_everyone)  # as Slurm and process managers signal: the launcher's group and every rank, each several times
+  setsid "$TL" --standalone --nproc-per-node 2 --grace-period 20 -- sh -c 'trap "echo got >> got.$RANK" TERM; echo $$ > pid.$RANK; while [ ! -s got.$RANK ]; do sleep 0.05; done; sleep 1; echo saved > saved.$RANK; exit 0' > out.txt 2>&1 &
+  pid=$!
+  for i in $(seq 400); do [ -e pid.0 ] && [ -e pid.1 ] && break; sleep 0.05; done
+  for _ in 1 2 3; do kill -TERM -- -$pid; kill -TERM "$(cat pid.0)" "$(cat pid.1)"; sleep 0.2; done
+  wait $pid; rc=$?
+  [ $rc = 0 ] || fail "exit $rc, expected 0"
+  [ -e saved.0 ] && [ -e saved.1 ] || fail "ranks did not get to finish"
   ;;
 sigint_twice)  # ranks that ignore SIGINT/SIGTERM: a second SIGINT kills them at once, not after the 60 s grace
   "$TL" --standalone --nproc-per-node 2 --grace-period 60 -- sh -c 'trap "" INT TERM; echo $$ > pid.$RANK; while :; do sleep 0.05; done' > out.txt 2>&1 &
@@ -160,7 +173,24 @@ twonode_sigint)  # SIGINT to node 0's launcher stops node 1 too, with no restart
   [ $rc0 = 130 ] || fail "node 0 exit $rc0, expected 130"
   [ $rc1 != 0 ] || fail "node 1 exit 0"
   grep -q "node 0 (.*) was stopped by SIGINT" out1.txt || fail "node 1 does not say why it stopped"
-  grep -q "not restarting" out1.txt || fail "node 1 did not refuse to restart"
+  grep -q "restarting every rank" out.txt && fail "a node restarted after a SIGINT"
+  ;;
+twonode_sigterm)  # SIGTERM to node 0's launcher only: node 1 forwards it too; ranks that stop cleanly make both exit 0
+  p=$(port)
+  prog='trap "sleep 0.3; echo saved > saved.\$RANK; exit 0" TERM; echo up > up.$RANK; while :; do sleep 0.05; done'
+  "$TL" --nnodes 2 --node-rank 1 --master-port $p --nproc-per-node 1 --max-restarts 3 -- sh -c "$prog" > out1.txt 2>&1 &
+  p1=$!
+  "$TL" --nnodes 2 --node-rank 0 --master-port $p --nproc-per-node 1 --max-restarts 3 -- sh -c "$prog" > out.txt 2>&1 &
+  p0=$!
+  for i in $(seq 400); do [ -e up.0 ] && [ -e up.1 ] && break; sleep 0.05; done
+  kill -TERM $p0
+  wait $p0; rc0=$?
+  wait $p1; rc1=$?
+  cat out1.txt >> out.txt
+  [ $rc0 = 0 ] || fail "node 0 exit $rc0, expected 0"
+  [ $rc1 = 0 ] || fail "node 1 exit $rc1, expected 0"
+  [ -e saved.0 ] && [ -e saved.1 ] || fail "the ranks did not both stop through their handler"
+  grep -q "node 0 (.*) was stopped by SIGTERM; forwarding SIGTERM" out1.txt || fail "node 1 does not say why it stopped"
   ;;
 *) echo "unknown case $case_name"; exit 2 ;;
 esac

@@ -2,8 +2,8 @@
 # shell programs as ranks for failure, restart, output and signals; two
 # launchers on 127.0.0.1 for multi-node, and collectives_mp for a real all-reduce.
 if(TARGET trainlaunch)
-  set(_loom_e2e_cases exit3 sigkill restart_ok restart_short output sigint sigterm sigint_twice twonode_env twonode_fail_restart
-                      launcher_killed twonode_sigint)
+  set(_loom_e2e_cases exit3 sigkill restart_ok restart_short output sigint sigterm sigterm_failed sigterm_everyone sigint_twice twonode_env
+                      twonode_fail_restart launcher_killed twonode_sigint twonode_sigterm)
   if(TARGET collectives_mp)
     list(APPEND _loom_e2e_cases twonode_allreduce twonode_allreduce_restart)
   endif()
@@ -15,13 +15,22 @@ if(TARGET trainlaunch)
   endforeach()
 endif()
 # A real single-node Slurm started by the test itself (skipped, exit 77, without
-# slurm-wlm or root): both scripts of scripts/slurm/ submitted with sbatch.
+# slurm-wlm or root): both scripts of scripts/slurm/ submitted with sbatch; and
+# pretrain preempted under both (scancel --signal=TERM, repeated) ending COMPLETED
+# with exit 0 and the checkpoint of the stop step, resumed by a resubmission.
 if(TARGET trainlaunch AND TARGET collectives_mp)
   add_test(NAME launcher_slurm_sbatch
-           COMMAND ${CMAKE_CURRENT_LIST_DIR}/slurm_test.sh $<TARGET_FILE:trainlaunch> $<TARGET_FILE:collectives_mp>
-                   ${PROJECT_SOURCE_DIR})
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/slurm_test.sh scripts $<TARGET_FILE:trainlaunch>
+                   $<TARGET_FILE:collectives_mp> ${PROJECT_SOURCE_DIR})
   set_tests_properties(launcher_slurm_sbatch PROPERTIES LABELS "launcher;slurm" TIMEOUT 180 SKIP_RETURN_CODE 77
                        RESOURCE_LOCK loom_slurm)
+endif()
+if(TARGET trainlaunch AND TARGET pretrain)
+  add_test(NAME launcher_slurm_preempt
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/slurm_test.sh preempt $<TARGET_FILE:trainlaunch> $<TARGET_FILE:pretrain>
+                   ${PROJECT_SOURCE_DIR} $<$<TARGET_EXISTS:loomckpt>:$<TARGET_FILE:loomckpt>>)
+  set_tests_properties(launcher_slurm_preempt PROPERTIES LABELS "launcher;slurm;recipes" TIMEOUT 300
+                       SKIP_RETURN_CODE 77 RESOURCE_LOCK loom_slurm)
 endif()
 # Two nodes on real addresses: each a network namespace with its own address and
 # host name, made by scripts/netns_cluster.sh (needs root and ip netns; skipped,

@@ -15,7 +15,7 @@ find_program(LOOM_MPIRUN NAMES mpirun mpiexec)
 if(LOOM_MPIRUN)
   set(_loom_penv OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
                  LOOM_STORE_SECRET=parallel-test LOOM_COLLECTIVE_TIMEOUT_S=120 OMP_NUM_THREADS=1)
-  set(_loom_pport 29711)
+  set(_loom_with_port ${PROJECT_SOURCE_DIR}/tests/with_port.sh --)  # a free MASTER_PORT, retried on EADDRINUSE
   # suite name -> gtest filter and the world sizes it runs on
   set(_loom_psuites "ddp|DDP*:DeviceMesh*|2,4" "fsdp|FullyShard*|2,4" "tp|TensorParallel*|2,4"
                     "fsdp_tp|FsdpTp*|4")
@@ -27,12 +27,11 @@ if(LOOM_MPIRUN)
     string(REPLACE "," ";" sizes "${sizes}")
     foreach(n ${sizes})
       foreach(backend gloo mpi)
-        math(EXPR _loom_pport "${_loom_pport} + 1")
         add_test(NAME parallel_${suite}_${backend}_np${n}
-                 COMMAND ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:test_parallel>
+                 COMMAND ${_loom_with_port} ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:test_parallel>
                          --gtest_filter=${filter})
         set_tests_properties(parallel_${suite}_${backend}_np${n} PROPERTIES LABELS parallel TIMEOUT 300
-                             ENVIRONMENT "${_loom_penv};MASTER_PORT=${_loom_pport};LOOM_TEST_BACKEND=${backend}")
+                             ENVIRONMENT "${_loom_penv};LOOM_TEST_BACKEND=${backend}")
       endforeach()
     endforeach()
   endforeach()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: main_job, one_rank, two_ranks, resume, sigterm, layouts, straggler, slurm_script, config_error, validate, plot,
+# Cases: main_job, one_rank, two_ranks, resume, sigterm, sigterm_group, layouts, straggler, slurm_script, slurm_port_taken, config_error, validate, plot,
 # init_from. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
@@ -138,7 +138,7 @@ sigterm)
   kill -TERM $pid 2> /dev/null || fail "the job ended before it was signalled"
   wait $pid
   rc=$?
-  [[ $rc -eq 0 || $rc -eq 143 ]] || fail "trainlaunch exited $rc after SIGTERM"
+  [[ $rc -eq 0 ]] || fail "trainlaunch exited $rc after SIGTERM (a clean, checkpointed stop must exit 0)"
   grep -q "stopped by" term.log || fail "no 'stopped by' line"
   n=$(sed -n 's/.*stopped by .* after step \([0-9]*\) of.*/\1/p' term.log | head -1)
   [[ -n $n ]] || fail "cannot find the step it stopped at"
@@ -149,6 +149,41 @@ sigterm)
     fail "resume: exit $?"
   grep -q "resumed from step $n " resume.log || fail "the rerun did not resume from step $n"
   [[ "$(steps_of run/metrics.jsonl)" == "$(seq -s ' ' 1 $((n + 5))) " ]] || fail "metrics steps are not 1..$((n + 5))"
+  ;;
+sigterm_group)
+  # A process manager that signals every process of the job, several times: trainlaunch in its own process group
+  # (setsid) gets SIGTERM through the group and each rank gets it directly too (as Slurm's step signal does), every
+  # 50 ms until the job ends. The repeats must not cost the checkpoint: one agreed stop step, saved whole, and exit 0.
+  setsid "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+    --set training.steps=100000 --set checkpoint.interval=0 > group.log 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do
+    [[ -f run/metrics.jsonl && $(wc -l < run/metrics.jsonl) -ge 10 ]] && break
+    kill -0 $pid 2> /dev/null || break
+    sleep 0.1
+  done
+  ranks=$(pgrep -P $pid | tr '\n' ' ')
+  [[ $(wc -w <<< "$ranks") -eq 2 ]] || fail "expected 2 rank processes under trainlaunch, found: $ranks"
+  for _ in $(seq 40); do  # again and again until the job has stopped: a repeat must never cut the stop short
+    kill -TERM -- -$pid 2> /dev/null || break
+    # shellcheck disable=SC2086
+    kill -TERM $ranks 2> /dev/null
+    sleep 0.05
+  done
+  wait $pid
+  rc=$?
+  [[ $rc -eq 0 ]] || fail "trainlaunch exited $rc after repeated SIGTERMs to its group and its ranks"
+  n=$(sed -n 's/.*stopped by SIGTERM after step \([0-9]*\) of.*/\1/p' group.log | head -1)
+  [[ -n $n ]] || fail "no 'stopped by SIGTERM after step N' line"
+  ck=run/$(printf 'step_%08d' "$n")
+  [[ -f $ck/COMPLETE ]] || fail "the checkpoint of the stop step $n is not complete"
+  grep -q "$(printf 'step_%08d' "$n")" run/latest || fail "latest does not name step $n"
+  if [[ -x $bindir/checkpoint/loomckpt ]]; then
+    "$bindir/checkpoint/loomckpt" verify "$ck" > verify.log 2>&1 || fail "loomckpt verify $ck: exit $?"
+  fi
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+    --set checkpoint.interval=0 --set training.steps=$((n + 2)) > resume.log 2>&1 || fail "resume: exit $?"
+  grep -q "resumed from step $n " resume.log || fail "the rerun did not resume from step $n"
   ;;
 layouts)
   # FSDP and TP through the config give the losses DDP gives (the same global batches, the same initial weights);
@@ -237,7 +272,7 @@ exec "$@"
 SRUN
   chmod +x bin/srun
   PATH="$work/bin:$PATH" SLURM_NNODES=1 SLURM_JOB_ID=4242 SLURM_JOB_NODELIST=127.0.0.1 NPROC_PER_NODE=2 \
-    MASTER_PORT=$((35000 + RANDOM % 5000)) TRAINLAUNCH="$trainlaunch" PRETRAIN="$pretrain" \
+    MASTER_PORT=$("$src/tests/free_port.sh" 2) TRAINLAUNCH="$trainlaunch" PRETRAIN="$pretrain" \
     bash "$src/scripts/slurm/pretrain_multinode.sbatch" "$config" "${small[@]}" --set training.steps=20 \
     > slurm.log 2>&1 || fail "the batch script exited $?"
   grep -q "config OK" slurm.log || fail "the batch script did not validate the config first"
@@ -249,6 +284,36 @@ SRUN
     fail "a layout for 3 ranks should fail"
   [[ ! -e logs/4243 ]] || fail "the launcher started although the layout does not fit"
   grep -q "tiny_cpu.yaml:" bad.log || fail "no file:line in the batch script's error: $(cat bad.log)"
+  ;;
+slurm_port_taken)
+  # The batch script's MASTER_PORT when ports are taken on the node: job 4244 derives 28488 (24244 before it kept
+  # below the ephemeral range); with both pairs held by listeners the job must still run, on a free port < 32768.
+  command -v python3 > /dev/null || { echo "needs python3 for the listeners: skipped"; exit 77; }
+  mkdir -p bin
+  printf '#!/usr/bin/env bash\nwhile [[ $# -gt 0 && $1 == --* ]]; do shift; done\nexport SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0\nexec "$@"\n' > bin/srun
+  chmod +x bin/srun
+  python3 -c "
+import socket, sys, time
+held = []
+for p in (24244, 24245, 28488, 28489):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(('0.0.0.0', p)); s.listen(); held.append(s)
+    except OSError:
+        pass  # held by something else already: taken either way
+print('up', flush=True); time.sleep(120)" > held.out 2>&1 &
+  holder=$!
+  trap 'kill $holder 2> /dev/null' EXIT
+  for _ in $(seq 100); do [[ -s held.out ]] && break; sleep 0.05; done
+  PATH="$work/bin:$PATH" SLURM_NNODES=1 SLURM_JOB_ID=4244 SLURM_JOB_NODELIST=127.0.0.1 NPROC_PER_NODE=2 \
+    TRAINLAUNCH="$trainlaunch" PRETRAIN="$pretrain" \
+    bash "$src/scripts/slurm/pretrain_multinode.sbatch" "$config" "${small[@]}" --set training.steps=3 --set training.warmup_steps=1 \
+    > slurm.log 2>&1 || fail "the batch script exited $? with the job id's ports taken"
+  port=$(sed -n 's/.*MASTER_PORT \([0-9]*\)$/\1/p' slurm.log)
+  [[ -n $port ]] || fail "the batch script does not print its MASTER_PORT"
+  ((port <= 32767)) || fail "MASTER_PORT $port is in the ephemeral range"
+  [[ $port != 24244 && $port != 28488 ]] || fail "MASTER_PORT $port is held by a listener"
+  [[ $(wc -l < run/metrics.jsonl) -eq 3 ]] || fail "expected 3 metrics lines"
   ;;
 config_error)
   # Unknown key: file, line, key and a suggestion; exit 2, before any rank starts.

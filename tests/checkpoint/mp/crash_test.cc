@@ -64,7 +64,7 @@ TEST(CheckpointCrash, KilledRankLeavesPreviousCheckpointLatest) {
   if (child == 0) {
     setpgid(0, 0);
     setenv("LOOM_CKPT_CRASH_ROOT", root.c_str(), 1);
-    setenv("MASTER_PORT", env_or("LOOM_CKPT_CRASH_PORT", "34901"), 1);
+    setenv("MASTER_PORT", env_or("LOOM_CKPT_CRASH_PORT", "29901"), 1);
     setenv("LOOM_TEST_BACKEND", "gloo", 1);
     execlp("mpirun", "mpirun", "--oversubscribe", "-np", "2", self.c_str(), "--gtest_filter=CheckpointCrashWorker.*",
            static_cast<char*>(nullptr));
