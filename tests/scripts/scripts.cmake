@@ -6,3 +6,11 @@
 add_test(NAME Scripts.GpuRunnersCountEachCaseOnce
          COMMAND ${CMAKE_CURRENT_LIST_DIR}/gpu_runner_test.sh ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_BINARY_DIR})
 set_tests_properties(Scripts.GpuRunnersCountEachCaseOnce PROPERTIES LABELS scripts TIMEOUT 120)
+
+# bench_gpt2_gpu under a bundle's run.sh gives its PyTorch peer the caller's LD_LIBRARY_PATH and its TF32 setting.
+if(TARGET bench_gpt2_gpu)
+  add_test(NAME Scripts.BenchPeerGetsCallerEnvironment
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/bench_peer_env_test.sh ${PROJECT_SOURCE_DIR}
+                   $<TARGET_FILE:bench_gpt2_gpu> ${CMAKE_CURRENT_BINARY_DIR})
+  set_tests_properties(Scripts.BenchPeerGetsCallerEnvironment PROPERTIES LABELS scripts TIMEOUT 300)
+endif()
