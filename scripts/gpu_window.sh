@@ -77,13 +77,16 @@ mkdir -p "$logs"
 unset LOOM_CONFORMANCE_DEVICE LOOM_CONFORMANCE_PERTURB
 gtest_awk="$here/bundle/gtest_results.awk"
 
+host() { hostname 2>/dev/null || cat /proc/sys/kernel/hostname 2>/dev/null || echo unknown; }
 say() { printf '[gpu_window +%3ds] %s\n' "$((SECONDS - t0))" "$*"; }
 steps_file="$work/steps.txt"
 : >"$steps_file"
 declare -A st=()
 worst=0
 # record STEP STATUS SECS LIMIT DETAIL
+cur_step=""
 record() {
+  cur_step=""
   printf '%-13s %-9s %4ss/%-4s %s\n' "$1" "$2" "$3" "$4" "$5" >>"$steps_file"
   st[$1]="$2"
   say "$1: $2 ($3 s of $4) $5"
@@ -104,17 +107,27 @@ budget() {
     return 1
   fi
   [ $left -ge "$limit" ] || limit=$left
+  cur_step="$1" cur_start=$SECONDS
   return 0
 }
-# run_limited LOG LIMIT CMD...: CMD under timeout (its process group gets SIGTERM, then SIGKILL), no stdin,
+# run_limited LOG LIMIT CMD...: CMD under timeout (its process group gets SIGTERM, then SIGKILL; anything of
+# it left when it ends gets SIGKILL too), no stdin,
 # no file over 256 MiB (a runaway log ends with SIGXFSZ instead of filling the disk); sets rc, secs and cut
 # (1 when the timeout ended it).
 run_limited() {
   local log="$1" lim="$2" s=$SECONDS
   shift 2
   [ "$lim" -ge 1 ] || lim=1  # timeout 0 would mean no limit
-  (ulimit -f 262144 2>/dev/null; exec timeout -k "$kill_after" "$lim" "$@") </dev/null >"$log" 2>&1
+  # In the background and waited for, so that a SIGTERM/SIGINT to this script is handled at once (the trap
+  # below stops the step and still writes the files).
+  (ulimit -f 262144 2>/dev/null; exec timeout -k "$kill_after" "$lim" "$@") </dev/null >"$log" 2>&1 &
+  step_pid=$!
+  wait "$step_pid"
   rc=$?
+  # Whatever of the step is still alive (a child that ignored SIGTERM after its parent died, which ends
+  # timeout's watch early; a daemon it started): timeout made the step its own process group.
+  kill -KILL -- "-$step_pid" 2>/dev/null
+  step_pid=""
   secs=$((SECONDS - s))
   cut=0
   if [ $rc -eq 124 ] || { [ $rc -eq 137 ] && [ $secs -ge "$lim" ]; }; then cut=1; fi
@@ -301,7 +314,7 @@ finish() {
   local statuses=""
   for s in unpack $all_steps; do statuses="$statuses $s=${st[$s]:-not_run}"; done
   {
-    echo "loom GPU window: $(date -u +%FT%TZ) on $(hostname), $((SECONDS - t0)) s of the ${deadline} s deadline${interrupted:+ (INTERRUPTED: $interrupted)}"
+    echo "loom GPU window: $(date -u +%FT%TZ) on $(host), $((SECONDS - t0)) s of the ${deadline} s deadline${interrupted:+ (INTERRUPTED: $interrupted)}"
     echo "bundle: $(basename "$src")${built:+, built $built}"
     echo "gpu: ${gpu:-unknown}"
     echo "torch: ${torch_desc:-not probed}"
@@ -342,7 +355,23 @@ finish() {
   if [ -n "${GPU_WINDOW_KEEP:-}" ]; then say "kept $work"; else rm -rf "$work"; fi
 }
 interrupted=""
-trap 'interrupted="signal"; finish; exit 130' INT TERM
+step_pid=""
+on_signal() {
+  interrupted="$1"
+  trap '' INT TERM
+  if [ -n "$step_pid" ]; then
+    kill -TERM "$step_pid" 2>/dev/null  # timeout passes it on to the step's process group
+    sleep "$kill_after"
+    kill -KILL -- "-$step_pid" 2>/dev/null  # timeout made the step its own process group
+    kill -KILL "$step_pid" 2>/dev/null
+    wait "$step_pid" 2>/dev/null
+  fi
+  [ -z "$cur_step" ] || record "$cur_step" timed_out $((SECONDS - cur_start)) "${limit:-?}" "cut by $1 to gpu_window.sh"
+  finish
+  exit 130
+}
+trap 'on_signal SIGTERM' TERM
+trap 'on_signal SIGINT' INT
 
 # ---- unpack
 bundle=""
@@ -378,7 +407,7 @@ if wanted node && budget node; then
   s=$SECONDS
   nlog="$logs/node.txt"
   {
-    echo "date: $(date -u +%FT%TZ)  host: $(hostname)  cpus: $(nproc 2>/dev/null)"
+    echo "date: $(date -u +%FT%TZ)  host: $(host)  cpus: $(nproc 2>/dev/null)"
     [ -z "$bundle" ] || { echo "== MANIFEST (head)"; head -n 8 "$bundle/MANIFEST" 2>/dev/null; }
   } >"$nlog"
   node_fail=""

@@ -6,13 +6,16 @@
 # the node's own shell tools (bash, tar, xz, awk, coreutils) but none of the bundle's, with stand-ins for
 # nvidia-smi, compute-sanitizer and PyTorch's python3 first on PATH; each step's stand-in passes, fails, crashes
 # or hangs on demand. Checked:
-#   run 1: smoke passes, conformance fails (a parameterised case, a FAIL cell in the table), models crash (SIGSEGV), nccl hangs ignoring SIGTERM and is cut by its timeout while every
-#          later step still runs, bench passes (its figures reach the summary), memcheck reports errors,
-#          bench_compile runs on what is left: each is reported so, with the failing names; five logs carry
-#          6 MB of incompressible noise each, which must not push the archive over 4 MiB;
-#   run 2: every step hangs (smoke skips, as without a GPU): the global deadline holds, the steps it leaves no
-#          time for are not_run and say so, the run ends within the deadline;
-#   both:  $OUT holds at most 4 files, each under 4 MiB, the logs archive opens and holds every step's log.
+#   run 1: smoke passes, conformance fails (a parameterised case, a FAIL cell in the table), models crash
+#          (SIGSEGV), nccl hangs (in a child that ignores SIGTERM while its parent dies of it) and is cut by its
+#          timeout, child too, while every later step still runs, bench passes (its figures reach the summary),
+#          memcheck reports errors, bench_compile runs on what is left: each is reported so, with the failing
+#          names; smoke runs with CUDA_LAUNCH_BLOCKING=1, memcheck with LOOM_CUDA_NO_CACHING=1; five logs
+#          carry 6 MB of incompressible noise each, which must not push the archive over 4 MiB;
+#   run 2: every step hangs, ignoring SIGTERM (smoke skips, as without a GPU): each is killed, the global
+#          deadline holds, the steps it leaves no time for are not_run and say so, the run ends in time;
+#   run 3: SIGTERM to the driver while a step hangs: the step is stopped, the summary still written;
+#   all:   no process of the run is left behind; $OUT holds at most 4 files, each under 4 MiB, the logs archive opens and holds every step's log.
 # Without user namespaces the same runs happen with Debian's libraries visible (printed).
 # Usage: gpu_window_test.sh SOURCE_DIR BUILD_DIR      exit 77: skipped (no patchelf)
 set -euo pipefail
@@ -88,6 +91,14 @@ window() {
   set -e
   wall=$((SECONDS - s))
   summary="$tmp/$name/out/gpu_window_summary.txt"
+  # Nothing of the run may outlive it (a hung step's children included).
+  local left
+  left="$(pgrep -f "$tmp/$name/scratch" || true)"
+  if [ -n "$left" ]; then
+    ps -o pid,ppid,pgid,cmd -p "$(echo $left | tr ' ' ',')" || true
+    kill -KILL $left 2>/dev/null || true
+    fail "$name: processes of the run outlived it"
+  fi
   [ -f "$summary" ] || { cat "$tmp/$name.log"; fail "$name: no gpu_window_summary.txt in \$OUT"; }
   echo "---- $name: exit $rc in $wall s"
   cat "$summary"
@@ -121,7 +132,7 @@ check_out() {  # at most 4 files in $OUT, each under 4 MiB; the archive holds ev
 name=run1
 window run1 GPU_WINDOW_DEADLINE=300 GPU_WINDOW_T_SMOKE=20 GPU_WINDOW_T_CONFORMANCE=20 GPU_WINDOW_T_MODELS=20 \
   GPU_WINDOW_T_NCCL=4 GPU_WINDOW_T_BENCH=20 GPU_WINDOW_T_MEMCHECK=20 GPU_WINDOW_T_COMPILE=20 GPU_WINDOW_KILL_AFTER=2 \
-  GPU_WINDOW_COMPILE_MIN=10 FAKE_SMOKE=pass FAKE_CONFORMANCE=fail FAKE_MODELS=crash FAKE_NCCL=hang \
+  GPU_WINDOW_COMPILE_MIN=10 FAKE_SMOKE=pass FAKE_CONFORMANCE=fail FAKE_MODELS=crash FAKE_NCCL=orphan \
   FAKE_NOISE_SMOKE=6000000 FAKE_NOISE_CONFORMANCE=6000000 FAKE_NOISE_MODELS=6000000 FAKE_NOISE_NCCL=6000000 \
   FAKE_NOISE_MEMCHECK=6000000 FAKE_BENCH=pass FAKE_MEMCHECK=pass FAKE_SANITIZER=errors FAKE_BENCH_COMPILE=pass
 [ $rc -eq 1 ] || fail "run1: exit $rc with failures (want 1)"
@@ -167,6 +178,34 @@ n_late="$(grep -c 'no time left before the 24s deadline' "$summary" || true)"
 grep -q '^BENCH loom_tokens_per_s=n/a ' "$summary" || fail "run2: a bench figure without a bench run"
 check_out node.txt conformance.log summary.txt
 echo "ok: run2: every step hung; the run ended in $wall s (deadline 24 s), $n_late steps skipped for time"
+
+# ---- run 3: SIGTERM to the driver while a step hangs: the step is stopped and the files are still written.
+name=run3
+mkdir -p "$tmp/run3/out" "$tmp/run3/scratch"
+hidden env -u LD_LIBRARY_PATH -u COMPUTE_SANITIZER -u CUDA_HOME PATH="$tmp/node_bin:/usr/bin:/bin" \
+  TMPDIR="$tmp/run3/scratch" LOOM_PYTHON="$tmp/node_bin/python3" OUT="$tmp/run3/out" GPU_WINDOW_KILL_AFTER=1 \
+  FAKE_SMOKE=pass FAKE_CONFORMANCE=hang bash "$src/scripts/gpu_window.sh" "$tmp/loom-fake.tar.xz" >"$tmp/run3.log" 2>&1 &
+bg=$!
+for _ in $(seq 100); do grep -q '^\[gpu_window.*conformance: test_gpu' "$tmp/run3.log" && break; sleep 0.2; done
+driver="$(pgrep -f "scripts/gpu_window.sh $tmp/loom-fake.tar.xz" | head -n1)"
+[ -n "$driver" ] || { cat "$tmp/run3.log"; fail "run3: the driver is not running"; }
+kill -TERM "$driver"
+set +e
+wait "$bg"
+rc=$?
+set -e
+summary="$tmp/run3/out/gpu_window_summary.txt"
+[ -f "$summary" ] || { cat "$tmp/run3.log"; fail "run3: no summary after SIGTERM"; }
+cat "$summary"
+[ $rc -eq 130 ] || fail "run3: exit $rc after SIGTERM (want 130)"
+grep -q '(INTERRUPTED: SIGTERM)' "$summary" || fail "run3: the summary does not say it was interrupted"
+expect smoke passed
+expect conformance timed_out "cut by SIGTERM"
+expect bench not_run "not reached (SIGTERM)"
+left="$(pgrep -f "$tmp/run3/scratch" || true)"
+[ -z "$left" ] || { kill -KILL $left 2>/dev/null || true; fail "run3: processes of the run outlived it"; }
+check_out node.txt smoke.log conformance.log summary.txt
+echo "ok: run3: SIGTERM stopped the hung step and the files were written"
 
 cd /
 rm -rf "$tmp"

@@ -8,6 +8,7 @@
 #   pass    every case passes          fail   case .../1 fails (parameterised)
 #   skip    every case skips (no GPU)  crash  the second case dies of SIGSEGV
 #   hang    hangs in the first case, ignoring SIGTERM (only SIGKILL ends it)
+#   orphan  hangs in the first case in a child that ignores SIGTERM while this process dies of it
 #   byname  per case: a name with Skip skips, with Crash crashes, ending in /1 fails, the rest pass
 # $FAKE_NOISE_<STEP> (bytes): that much incompressible output first. A filter with Ops/ also prints the
 # conformance summary table (a FAIL cell when mode is fail).
@@ -51,6 +52,7 @@ for t in $names; do
     skip) what=skip ;;
     crash) [ $i -eq 2 ] && what=crash ;;
     hang) what=hang ;;
+    orphan) what=orphan ;;
     byname) case "$t" in *Skip*) what=skip ;; *Crash*) what=crash ;; */1) what=fail ;; esac ;;
   esac
   case "$what" in
@@ -72,6 +74,9 @@ for t in $names; do
     hang)
       trap '' TERM
       while :; do sleep 1; done ;;
+    orphan)
+      (trap '' TERM; while :; do sleep 1; done) &
+      wait ;;
   esac
 done
 echo "[----------] Global test environment tear-down"
