@@ -53,6 +53,7 @@ deadline="$(num GPU_WINDOW_DEADLINE 540)" || exit 2
 reserve="$(num GPU_WINDOW_RESERVE 10)" || exit 2
 kill_after="$(num GPU_WINDOW_KILL_AFTER 3)" || exit 2
 compile_min="$(num GPU_WINDOW_COMPILE_MIN 90)" || exit 2
+[ "$kill_after" -ge 1 ] || kill_after=1  # timeout -k 0 would never send SIGKILL
 declare -A tdef=([unpack]=30 [node]=50 [smoke]=60 [conformance]=95 [models]=70 [nccl]=30 [bench]=115 [memcheck]=55
                  [bench_compile]=300)
 declare -A tlim=()

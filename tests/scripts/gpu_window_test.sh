@@ -11,7 +11,7 @@
 #          timeout, child too, while every later step still runs, bench passes (its figures reach the summary),
 #          memcheck reports errors, bench_compile runs on what is left: each is reported so, with the failing
 #          names; smoke runs with CUDA_LAUNCH_BLOCKING=1, memcheck with LOOM_CUDA_NO_CACHING=1; five logs
-#          carry 6 MB of incompressible noise each, which must not push the archive over 4 MiB;
+#          carry 2.7 MB of incompressible noise each, which must not push the archive over 4 MiB;
 #   run 2: every step hangs, ignoring SIGTERM (smoke skips, as without a GPU): each is killed, the global
 #          deadline holds, the steps it leaves no time for are not_run and say so, the run ends in time;
 #   run 3: SIGTERM to the driver while a step hangs: the step is stopped, the summary still written;
@@ -133,8 +133,8 @@ name=run1
 window run1 GPU_WINDOW_DEADLINE=300 GPU_WINDOW_T_SMOKE=20 GPU_WINDOW_T_CONFORMANCE=20 GPU_WINDOW_T_MODELS=20 \
   GPU_WINDOW_T_NCCL=4 GPU_WINDOW_T_BENCH=20 GPU_WINDOW_T_MEMCHECK=20 GPU_WINDOW_T_COMPILE=20 GPU_WINDOW_KILL_AFTER=2 \
   GPU_WINDOW_COMPILE_MIN=10 FAKE_SMOKE=pass FAKE_CONFORMANCE=fail FAKE_MODELS=crash FAKE_NCCL=orphan \
-  FAKE_NOISE_SMOKE=6000000 FAKE_NOISE_CONFORMANCE=6000000 FAKE_NOISE_MODELS=6000000 FAKE_NOISE_NCCL=6000000 \
-  FAKE_NOISE_MEMCHECK=6000000 FAKE_BENCH=pass FAKE_MEMCHECK=pass FAKE_SANITIZER=errors FAKE_BENCH_COMPILE=pass
+  FAKE_NOISE_SMOKE=2000000 FAKE_NOISE_CONFORMANCE=2000000 FAKE_NOISE_MODELS=2000000 FAKE_NOISE_NCCL=2000000 \
+  FAKE_NOISE_MEMCHECK=2000000 FAKE_BENCH=pass FAKE_MEMCHECK=pass FAKE_SANITIZER=errors FAKE_BENCH_COMPILE=pass
 [ $rc -eq 1 ] || fail "run1: exit $rc with failures (want 1)"
 expect unpack passed
 expect node passed "NVIDIA H200 (fake)" "torch 2.5.1+cu124 (fake)"
@@ -157,27 +157,27 @@ grep -qx 'fake: CUDA_LAUNCH_BLOCKING=unset LOOM_CUDA_NO_CACHING=1' "$tmp/run1/lo
   fail "run1: memcheck did not run with LOOM_CUDA_NO_CACHING=1 alone: $(grep '^fake:' "$tmp/run1/logs/memcheck.log")"
 grep -qx 'fake: CUDA_LAUNCH_BLOCKING=unset LOOM_CUDA_NO_CACHING=unset' "$tmp/run1/logs/conformance.log" ||
   fail "run1: conformance ran with a debugging switch: $(grep '^fake:' "$tmp/run1/logs/conformance.log")"
-grep -q 'bytes cut here' "$tmp/run1/logs/conformance.log" || fail "run1: the 8 MB conformance log was not cut"
+grep -q 'bytes cut here' "$tmp/run1/logs/conformance.log" || fail "run1: the 2.7 MB conformance log was not cut"
 grep -q '^\[conformance summary\]' "$tmp/run1/logs/conformance.log" ||
   fail "run1: the cut conformance log lost its summary table"
 echo "ok: run1: passed, failed (parameterised, table), crashed, timed out (later steps ran), bench figures, memcheck errors"
 
 # ---- run 2: everything hangs; the deadline holds and says what it skipped.
 name=run2
-window run2 GPU_WINDOW_DEADLINE=24 GPU_WINDOW_RESERVE=3 GPU_WINDOW_KILL_AFTER=1 GPU_WINDOW_T_SMOKE=5 \
-  GPU_WINDOW_T_CONFORMANCE=6 GPU_WINDOW_T_MODELS=6 GPU_WINDOW_T_NCCL=6 GPU_WINDOW_T_BENCH=6 GPU_WINDOW_T_MEMCHECK=6 \
+window run2 GPU_WINDOW_DEADLINE=20 GPU_WINDOW_RESERVE=2 GPU_WINDOW_KILL_AFTER=1 GPU_WINDOW_T_SMOKE=4 \
+  GPU_WINDOW_T_CONFORMANCE=4 GPU_WINDOW_T_MODELS=4 GPU_WINDOW_T_NCCL=4 GPU_WINDOW_T_BENCH=4 GPU_WINDOW_T_MEMCHECK=4 \
   FAKE_SMOKE=skip FAKE_CONFORMANCE=hang FAKE_MODELS=hang FAKE_NCCL=hang FAKE_BENCH=hang FAKE_MEMCHECK=hang
 [ $rc -eq 1 ] || fail "run2: exit $rc (want 1: steps timed out)"
-[ "$wall" -le 34 ] || fail "run2: took $wall s with a 24 s deadline"
+[ "$wall" -le 30 ] || fail "run2: took $wall s with a 20 s deadline"
 expect smoke not_run "every case skipped (15): no CUDA device"
-expect conformance timed_out "cut after 6s"
+expect conformance timed_out "cut after 4s"
 expect models timed_out
 expect bench_compile not_run
-n_late="$(grep -c 'no time left before the 24s deadline' "$summary" || true)"
+n_late="$(grep -c 'no time left before the 20s deadline' "$summary" || true)"
 [ "$n_late" -ge 2 ] || fail "run2: the deadline skipped $n_late steps (want at least 2, said so)"
 grep -q '^BENCH loom_tokens_per_s=n/a ' "$summary" || fail "run2: a bench figure without a bench run"
 check_out node.txt conformance.log summary.txt
-echo "ok: run2: every step hung; the run ended in $wall s (deadline 24 s), $n_late steps skipped for time"
+echo "ok: run2: every step hung; the run ended in $wall s (deadline 20 s), $n_late steps skipped for time"
 
 # ---- run 3: SIGTERM to the driver while a step hangs: the step is stopped and the files are still written.
 name=run3

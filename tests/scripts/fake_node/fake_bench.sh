@@ -8,6 +8,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 step="$(printf '%s' "${LOOM_GPU_WINDOW_STEP:-bench}" | tr a-z A-Z)"
+mode=pass
 eval "mode=\${FAKE_$step:-pass}"
 echo "model: gpt2 (GPT-2 124M, vocab 50257 padded to 50304 (llm.c)): 12 layers, width 768"
 echo "tf32=off for both sides (LOOM_ALLOW_TF32 unset; PyTorch gets --allow-tf32 0; affects f32 matmuls only)"
