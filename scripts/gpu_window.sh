@@ -10,7 +10,8 @@
 #   nccl           test_collectives: NCCL at world size 1
 #   bench          bench_gpt2_gpu: GPT-2 124M (B=16, T=1024, bf16 autocast) next to PyTorch eager
 #   memcheck       compute-sanitizer --tool memcheck over a chosen set of test_gpu (LOOM_CUDA_NO_CACHING=1)
-#   bench_compile  bench_gpt2_gpu again next to torch.compile, only with the time that is left
+#   bench_compile  bench_gpt2_gpu again next to torch.compile, only with the time that is left and when
+#                  bench did not fail
 # A step that cannot start before the deadline is reported as not run, with why.
 #
 # Usage: scripts/gpu_window.sh BUNDLE.tar.xz|BUNDLE_DIR [OUT_DIR]
@@ -215,6 +216,11 @@ step_bench() {
   local step="$1" mode="$2" log="$logs/$1.log" tps mfu loss ttps tmfu ratio why d
   if [ -z "$bundle" ]; then record "$step" not_run 0 "${tlim[$step]}" "no bundle (see unpack)"; return; fi
   if [ "$step" = bench_compile ]; then
+    case "${st[bench]:-}" in
+      failed|crashed|timed_out)
+        record "$step" not_run 0 "${tlim[$step]}" "the eager run did not pass (${st[bench]}): loom would fail again"
+        return ;;
+    esac
     local left=$((deadline - (SECONDS - t0) - reserve - kill_after))
     if [ $left -lt "$compile_min" ]; then
       [ $left -ge 0 ] || left=0
