@@ -18,8 +18,9 @@ F.scaled_dot_product_attention(is_causal=True) pinned to the flash kernel on CUD
 says what ran). Precision as loom: bf16 = model.to(torch.bfloat16) (bf16 parameters, gradients and AdamW state);
 autocast = f32 parameters, forward and loss under torch.autocast("cuda", torch.bfloat16); f32. The optimizer is
 torch.optim.AdamW(fused=True) (lr 3e-4, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on >= 2-D parameters only).
---allow-tf32 sets torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 (bench_gpt2_gpu passes
-loom's own setting, LOOM_ALLOW_TF32, so f32 runs compare like with like); the line `torch tf32=...` says what was set.
+--allow-tf32 sets f32 matmuls to TF32 or full f32 with torch.set_float32_matmul_precision("high" / "highest"), and
+cuDNN's TF32 likewise (bench_gpt2_gpu passes loom's own setting, LOOM_ALLOW_TF32, so f32 runs compare like with like);
+the line `torch tf32=...` says what was set.
 Timing: N warm-up steps (compilation happens there), then M steps between two torch.cuda.synchronize();
 tokens_per_s = B*T*M / elapsed. MFU = tokens_per_s * (6*N + 12*L*T*C) / peak, N = parameters that enter a matmul
 (all but GPT-2's position embedding and an untied input embedding).
@@ -248,6 +249,25 @@ def pin_flash(a, device):
         return contextlib.nullcontext, f"sdpa (default kernel choice; flash refused: {why})"
 
 
+def set_tf32(on):
+    """TF32 for f32 matmuls and cuDNN on or off; returns what was set. set_float32_matmul_precision is the API every
+    PyTorch 2.x keeps; cuDNN takes the fp32_precision API where it exists (PyTorch >= 2.9, which refuses a mix of
+    that and the older allow_tf32 flags), else allow_tf32."""
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    desc = f"float32_matmul_precision={torch.get_float32_matmul_precision()}"
+    try:
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = "tf32" if on else "ieee"
+            desc += f", cudnn.conv.fp32_precision={conv.fp32_precision}"
+        else:
+            torch.backends.cudnn.allow_tf32 = on
+            desc += f", cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}"
+    except (AttributeError, RuntimeError, ValueError) as e:  # report, never stop the benchmark for it
+        desc += f", cudnn tf32 not set: {type(e).__name__}: {e}"
+    return desc
+
+
 def run_mode(mode, a, device, idx, tgt, attn_ctx, flops_per_token):
     model = build(a, device)
     opt, opt_kind = make_optimizer(model, device)
@@ -313,8 +333,7 @@ def main():
     if a.threads > 0 and device.type == "cpu":
         torch.set_num_threads(a.threads)
     # loom's setting (LOOM_ALLOW_TF32, passed by bench_gpt2_gpu); only f32 matmuls are affected, not bf16/autocast.
-    torch.backends.cuda.matmul.allow_tf32 = bool(a.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = bool(a.allow_tf32)
+    tf32_desc = set_tf32(bool(a.allow_tf32))
     if HAVE_SDPA:
         try:
             t = torch.zeros(1, 2, 4, 8)
@@ -330,8 +349,7 @@ def main():
     flops_per_token = 6 * matmul_params + 12 * a.layers * a.seq * a.width
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch version={torch.__version__} device={name}")
-    print(f"torch tf32={'on' if a.allow_tf32 else 'off'} (matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}, "
-          f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32})")
+    print(f"torch tf32={'on' if a.allow_tf32 else 'off'} ({tf32_desc})")
     print(f"torch params={n_params} matmul_params={matmul_params} flops_per_token={flops_per_token:.6g}")
     attn_ctx, attn_desc = pin_flash(a, device)
     print(f"torch attention={attn_desc} precision={a.precision}", flush=True)

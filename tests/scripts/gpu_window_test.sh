@@ -15,7 +15,8 @@
 #   run 2: every step hangs, ignoring SIGTERM (smoke skips, as without a GPU): each is killed, the global
 #          deadline holds, the steps it leaves no time for are not_run and say so, the run ends in time;
 #   run 3: SIGTERM to the driver while a step hangs: the step is stopped, the summary still written;
-#   run 4: GPU_WINDOW_STEPS="bench bench_compile", loom fails in bench: reported, torch.compile not tried;
+#   run 4: three steps asked for; loom fails in bench: reported, torch.compile not tried; the sanitizer refuses
+#          the device (as under gVisor): memcheck not_run, saying so;
 #   all:   no process of the run is left behind; $OUT holds at most 4 files, each under 4 MiB, the logs archive opens and holds every step's log.
 # Without user namespaces the same runs happen with Debian's libraries visible (printed).
 # Usage: gpu_window_test.sh SOURCE_DIR BUILD_DIR      exit 77: skipped (no patchelf)
@@ -210,15 +211,18 @@ echo "ok: run3: SIGTERM stopped the hung step and the files were written"
 
 # ---- run 4: two steps asked for; loom fails in the eager benchmark, so torch.compile is not tried.
 name=run4
-window run4 GPU_WINDOW_STEPS="bench bench_compile" GPU_WINDOW_COMPILE_MIN=1 FAKE_BENCH=fail FAKE_BENCH_COMPILE=pass
+window run4 GPU_WINDOW_STEPS="bench memcheck bench_compile" GPU_WINDOW_COMPILE_MIN=1 FAKE_BENCH=fail \
+  FAKE_BENCH_COMPILE=pass FAKE_MEMCHECK=pass FAKE_SANITIZER=unsupported
 [ $rc -eq 1 ] || fail "run4: exit $rc with a failed benchmark (want 1)"
 expect bench failed "loom failed: CUDA error: an illegal memory access was encountered (fake)" "torch eager 150000.0 tokens/s"
 expect bench_compile not_run "the eager run did not pass (failed)"
 expect smoke not_run "not asked for (GPU_WINDOW_STEPS)"
+expect memcheck not_run "compute-sanitizer refused the device: Error: Device not supported (fake)"
 grep -q '^BENCH loom_tokens_per_s=n/a loom_mfu=n/a torch_eager_tokens_per_s=150000.0 ratio_eager=n/a ' "$summary" ||
   fail "run4: the BENCH line: $(grep '^BENCH' "$summary")"
-check_out bench.log summary.txt
-echo "ok: run4: GPU_WINDOW_STEPS; a failed loom benchmark is reported with PyTorch's figure, torch.compile skipped"
+check_out bench.log memcheck.log summary.txt
+echo "ok: run4: GPU_WINDOW_STEPS; a failed loom benchmark is reported with PyTorch's figure, torch.compile skipped;" \
+  "a sanitizer that refuses the device is not a verdict"
 
 cd /
 rm -rf "$tmp"
