@@ -173,7 +173,7 @@ judge_gtest() {
     record "$step" failed "$secs" "$limit" "$counts$extra"
   elif [ $((ok + sk)) -eq 0 ]; then
     if grep -q '^\[==========\] Running 0 tests' "$log"; then d="no case matches $filter"
-    else d="exit $rc before any case: $(grep -v '^ *$' "$log" | tail -n1 | cut -c1-200)"; fi
+    else d="exit $rc before any case: $({ grep -m1 '^run.sh: ' "$log" || grep -v '^ *$' "$log" | tail -n1; } | cut -c1-200)"; fi
     record "$step" failed "$secs" "$limit" "$d"
   elif [ "$ok" -eq 0 ]; then
     record "$step" not_run "$secs" "$limit" "every case skipped ($sk): $(first_skip_reason "$log" | cut -c1-200)"
@@ -424,7 +424,7 @@ if wanted node && budget node; then
   # Four commands share the step's limit (each may take KILL_AFTER more): nvidia-smi twice 1/8, run.sh 1/4,
   # importing torch (slow on a cold disk) 1/2.
   nl=$((limit - 3 * kill_after))
-  [ $nl -ge 8 ] || nl=8
+  [ $nl -ge 4 ] || nl=4
   if command -v nvidia-smi >/dev/null; then
     run_limited "$work/smi.txt" "$((nl / 8))" nvidia-smi
     { echo "== nvidia-smi (exit $rc)"; cat "$work/smi.txt"; } >>"$nlog"
@@ -438,12 +438,16 @@ if wanted node && budget node; then
   if [ -n "$bundle" ]; then
     run_limited "$work/check.txt" "$((nl / 4))" "$bundle/run.sh" --check test_gpu
     { echo "== run.sh --check test_gpu (exit $rc)"; cat "$work/check.txt"; } >>"$nlog"
-    [ $rc -eq 0 ] || node_fail="${node_fail:+$node_fail; }run.sh --check test_gpu: $(grep -m1 -v ': ok$' "$work/check.txt" | cut -c1-160)"
+    if [ $rc -ne 0 ]; then
+      why="$(grep -m1 -E 'cannot|not found|needs glibc|older than' "$work/check.txt" || tail -n1 "$work/check.txt")"
+      node_fail="${node_fail:+$node_fail; }run.sh --check test_gpu (exit $rc): $(printf '%s' "$why" | cut -c1-160)"
+    fi
   fi
   cand="${LOOM_PYTHON:-python3}"
   run_limited "$work/torch.txt" "$((nl / 2))" "$cand" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'
   { echo "== $cand: import torch (exit $rc)"; cat "$work/torch.txt"; } >>"$nlog"
   if [ $rc -eq 0 ]; then py="$(command -v "$cand" || echo "$cand")"; torch_desc="$(grep -m1 '^torch ' "$work/torch.txt") ($(basename "$py"))"
+  elif [ $cut -eq 1 ]; then torch_desc="unknown: $cand's import torch took over $((nl / 2))s (the benchmark looks again)"
   else torch_desc="none: $cand cannot import torch (the benchmark reports loom alone)"; fi
   if [ -n "$node_fail" ]; then record node failed $((SECONDS - s)) "$limit" "$node_fail"
   else record node passed $((SECONDS - s)) "$limit" "$gpu; torch: $torch_desc"; fi
