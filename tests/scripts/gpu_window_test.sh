@@ -166,20 +166,20 @@ echo "ok: run1: passed, failed (parameterised, table), crashed, timed out (later
 
 # ---- run 2: everything hangs; the deadline holds and says what it skipped.
 name=run2
-window run2 GPU_WINDOW_DEADLINE=20 GPU_WINDOW_RESERVE=2 GPU_WINDOW_KILL_AFTER=1 GPU_WINDOW_T_SMOKE=4 \
+window run2 GPU_WINDOW_DEADLINE=24 GPU_WINDOW_RESERVE=2 GPU_WINDOW_KILL_AFTER=1 GPU_WINDOW_T_SMOKE=4 \
   GPU_WINDOW_T_CONFORMANCE=4 GPU_WINDOW_T_MODELS=4 GPU_WINDOW_T_NCCL=4 GPU_WINDOW_T_BENCH=4 GPU_WINDOW_T_MEMCHECK=4 \
   FAKE_SMOKE=skip FAKE_CONFORMANCE=hang FAKE_MODELS=hang FAKE_NCCL=hang FAKE_BENCH=hang FAKE_MEMCHECK=hang
 [ $rc -eq 1 ] || fail "run2: exit $rc (want 1: steps timed out)"
-[ "$wall" -le 30 ] || fail "run2: took $wall s with a 20 s deadline"
+[ "$wall" -le 34 ] || fail "run2: took $wall s with a 24 s deadline"
 expect smoke not_run "every case skipped (15): no CUDA device"
 expect conformance timed_out "cut after 4s"
 expect models timed_out
 expect bench_compile not_run
-n_late="$(grep -c 'no time left before the 20s deadline' "$summary" || true)"
+n_late="$(grep -c 'no time left before the 24s deadline' "$summary" || true)"
 [ "$n_late" -ge 2 ] || fail "run2: the deadline skipped $n_late steps (want at least 2, said so)"
 grep -q '^BENCH loom_tokens_per_s=n/a ' "$summary" || fail "run2: a bench figure without a bench run"
 check_out node.txt conformance.log summary.txt
-echo "ok: run2: every step hung; the run ended in $wall s (deadline 20 s), $n_late steps skipped for time"
+echo "ok: run2: every step hung; the run ended in $wall s (deadline 24 s), $n_late steps skipped for time"
 
 # ---- run 3: SIGTERM to the driver while a step hangs: the step is stopped and the files are still written.
 name=run3
@@ -188,7 +188,7 @@ hidden env -u LD_LIBRARY_PATH -u COMPUTE_SANITIZER -u CUDA_HOME PATH="$tmp/node_
   TMPDIR="$tmp/run3/scratch" LOOM_PYTHON="$tmp/node_bin/python3" OUT="$tmp/run3/out" GPU_WINDOW_KILL_AFTER=1 \
   FAKE_SMOKE=pass FAKE_CONFORMANCE=hang bash "$src/scripts/gpu_window.sh" "$tmp/loom-fake.tar.xz" >"$tmp/run3.log" 2>&1 &
 bg=$!
-for _ in $(seq 100); do grep -q '^\[gpu_window.*conformance: test_gpu' "$tmp/run3.log" && break; sleep 0.2; done
+for _ in $(seq 300); do grep -q '^\[gpu_window.*conformance: test_gpu' "$tmp/run3.log" && break; sleep 0.2; done
 driver="$(pgrep -f "scripts/gpu_window.sh $tmp/loom-fake.tar.xz" | head -n1)"
 [ -n "$driver" ] || { cat "$tmp/run3.log"; fail "run3: the driver is not running"; }
 kill -TERM "$driver"
