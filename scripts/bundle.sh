@@ -140,7 +140,7 @@ cp -r "$src/configs" "$out/configs"
 # The benchmarks' PyTorch peers (a benchmark finds them through $LOOM_BUNDLE, which run.sh sets).
 mkdir -p "$out/tests/bench"
 cp "$src"/tests/bench/*.py "$out/tests/bench/" 2>/dev/null || true
-cp "$here/bundle/run.sh" "$here/bundle/run_gpu_tests.sh" "$out/"
+cp "$here/bundle/run.sh" "$here/bundle/run_gpu_tests.sh" "$here/bundle/gtest_results.awk" "$out/"
 chmod +x "$out/run.sh" "$out/run_gpu_tests.sh"
 python3 - "$gpu_tests_json" "$out" <<'EOF' >"$out/gpu_tests.txt"
 # One line per gpu-labelled CTest test: NAME ENV PROGRAM ARGS... (ENV: comma-separated VAR=VALUE or '-').

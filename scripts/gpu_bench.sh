@@ -99,7 +99,7 @@ for run in $runs; do
   fi
   {
     echo "== $run (exit $rc)"
-    grep -E '^(model|run|params|peak|torch (params|attention)|torch_[a-z]+ |loom |ratio |params (match|DIFFER)|torch peer|loom failed|gpu_bench)' \
+    grep -E '^(model|run|params|peak|tf32|torch (params|attention|tf32)|torch_[a-z]+ |loom |ratio |params (match|DIFFER)|torch peer|loom failed|gpu_bench)' \
       "$out/$run.txt"
   } >>"$out/summary.txt"
 done

@@ -114,15 +114,21 @@ for step in $steps; do
           >"$log" 2>&1
         rc=$?
         tail -n 40 "$log"
-        line="$(grep -E '^gpu tests:' "$log" | tail -n1)"
-        total="$(grep -cE '^(passed|skipped|FAILED) ' "$log")"
-        skipped="$(grep -c '^skipped' "$log")"
+        # The runner's own summary line: "gpu tests: P passed, S skipped, F failed[: NAMES]".
+        line="$(grep -E '^gpu tests: [0-9]+ passed, [0-9]+ skipped, [0-9]+ failed' "$log" | tail -n1)"
+        total="" skipped=""
+        if [ -n "$line" ]; then
+          read -r p s f <<<"$(printf '%s\n' "$line" | sed 's/^gpu tests: \([0-9]*\) passed, \([0-9]*\) skipped, \([0-9]*\) failed.*/\1 \2 \3/')"
+          total=$((p + s + f)) skipped=$s
+        fi
       fi
       if [ $rc -eq 124 ]; then
         record tests FAILED "timed out after ${GPU_TESTS_TIMEOUT:-420}s (log: gpu_tests.log)"
       elif [ $rc -ne 0 ]; then
         record tests FAILED "${line:-exit $rc} (log: gpu_tests.log)"
-      elif [ -z "$total" ] || [ "$total" -eq 0 ] || [ "$skipped" -ge "$total" ]; then
+      elif [ -z "$total" ]; then
+        record tests "NOT RUN" "no summary line in gpu_tests.log (the runner did not finish?)"
+      elif [ "$total" -eq 0 ] || [ "$skipped" -ge "$total" ]; then
         record tests "NOT RUN" "every test skipped or none found (no usable GPU?): ${line}"
       else
         record tests passed "$line; $skipped of $total skipped (see gpu_tests.log for why)"

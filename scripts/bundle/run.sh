@@ -101,6 +101,10 @@ if [ -n "$LOOM_REQ_CUDA_LIBS" ]; then
   fi
 fi
 
+# The caller's library path, before the CUDA folders go in front: a program that starts another one
+# (bench_gpt2_gpu's PyTorch peer) gives it this one back, so PyTorch loads its own CUDA libraries, not the
+# ones found here. Kept from an outer run.sh when one already set it.
+[ -n "${LOOM_ORIG_LD_LIBRARY_PATH+set}" ] || export LOOM_ORIG_LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}"
 export PATH="$here/bin:$PATH"
 [ -z "$cuda_dirs" ] || export LD_LIBRARY_PATH="$cuda_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LOOM_BUNDLE="$here"

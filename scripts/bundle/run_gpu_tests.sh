@@ -4,7 +4,9 @@
 # program run together, up to 200 per process (one CUDA start-up, not one per
 # case); each case is counted from GoogleTest's own result line: OK, FAILED, or
 # SKIPPED (a skip never counts as a pass), and a case that started but left no
-# result line (the process crashed) counts as failed.
+# result line (the process crashed) counts as failed, and so does each case of
+# the process that never started; each case counts once (gtest_results.awk,
+# beside this script).
 # Usage: ./run_gpu_tests.sh [REGEX]   (an awk regular expression on test names; default all)
 # Logs: gpu_test_logs/ in the current folder (LOOM_GPU_TEST_LOGS to change).
 set -u
@@ -39,25 +41,34 @@ while read -r env prog filter args; do
   if [ "$filter" = "-" ]; then farg=""; else farg="--gtest_filter=$filter"; fi
   start=$(date +%s)
   # shellcheck disable=SC2086
-  env $envs "$here/run.sh" "$prog" ${farg:+"$farg"} $args >"$log" 2>&1
+  env $envs "$here/run.sh" "$prog" ${farg:+"$farg"} $args </dev/null >"$log" 2>&1
   rc=$?
   secs=$(($(date +%s) - start))
-  counts="$(awk '
-    /^\[ RUN      \] / { run[$4] = 1 }
-    /^\[       OK \] .*\([0-9]+ ms\)$/ { ok++; done[$4] = 1 }
-    /^\[  SKIPPED \] .*\([0-9]+ ms\)$/ { sk++; done[$4] = 1 }
-    /^\[  FAILED  \] .*\([0-9]+ ms\)$/ { fl++; done[$4] = 1; names = names " " $4 }
-    END { for (t in run) if (!(t in done)) { fl++; names = names " " t "(no result: crashed?)" }
-          printf "%d %d %d%s\n", ok, sk, fl, names }' "$log")"
-  set -- $counts
-  ok=$1 sk=$2 fl=$3
-  shift 3
+  # Counts from gtest's own result lines (gtest_results.awk: a failed parameterised case once, by its name).
+  { read -r ok sk fl nr; read -r fnames; read -r nrnames; } <<EOF
+$(awk -f "$here/gtest_results.awk" "$log")
+EOF
+  # shellcheck disable=SC2086
+  set -- $fnames
+  for t in $nrnames; do set -- "$@" "$t(no result: crashed?)"; done
+  fl=$((fl + nr))
   if [ $((ok + sk + fl)) -eq 0 ]; then
     # Not a GoogleTest run, or it died before the first case, or no case matched: none is a pass.
     if grep -q '^\[==========\] Running 0 tests' "$log"; then fl=1; set -- "$prog(no case matched $filter)"
     elif [ $rc -eq 0 ]; then ok=1; else fl=1; set -- "$prog(exit $rc)"; fi
-  elif [ $rc -ne 0 ] && [ "$fl" -eq 0 ]; then
-    fl=1; set -- "$prog(exit $rc after its cases)"
+  else
+    # Cases named in the filter that never started: the process ended (crashed) before them.
+    case "$filter" in
+      -|*[*?]*) expect=0 ;;
+      *) expect="$(printf '%s\n' "$filter" | tr ':' '\n' | grep -c .)" ;;
+    esac
+    if [ "$expect" -gt $((ok + sk + fl)) ]; then
+      miss=$((expect - ok - sk - fl))
+      fl=$((fl + miss))
+      set -- "$@" "$prog($miss more cases never started: the process ended first)"
+    elif [ $rc -ne 0 ] && [ "$fl" -eq 0 ]; then
+      fl=1; set -- "$prog(exit $rc after its cases)"
+    fi
   fi
   pass=$((pass + ok)) skip=$((skip + sk)) fail=$((fail + fl))
   [ "$fl" -eq 0 ] || failed="$failed $*"

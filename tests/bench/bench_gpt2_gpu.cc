@@ -43,7 +43,11 @@
 //       NVL 835e12; H100 PCIe 756e12; A100 312e12; or --peak. On the CPU no peak is known: mfu=n/a without --peak.
 //
 // The PyTorch peer runs first, in its own process, so that each side finds the GPU empty (loom's caching allocator
-// keeps its blocks until the process ends).
+// keeps its blocks until the process ends). It gets the environment the caller had: under a bundle's run.sh, which
+// puts the CUDA libraries it found in front of LD_LIBRARY_PATH, the peer gets $LOOM_ORIG_LD_LIBRARY_PATH (saved by
+// run.sh) back, so PyTorch loads its own cuBLAS/cuDNN/NCCL. TF32 is one setting for both sides: LOOM_ALLOW_TF32=1
+// (read by loom's cuBLAS calls, tensor/cuda/matmul.cu) turns it on for loom and, through --allow-tf32, for PyTorch's
+// matmuls and cuDNN; unset, neither uses it (f32 matmuls in full f32). It matters only to f32 matmuls.
 #include <omp.h>
 #include <sys/wait.h>
 
@@ -167,6 +171,53 @@ std::string find_script(const std::string& given) {
     }
   return "";
 }
+
+/// Whether loom's f32 matmuls use TF32: LOOM_ALLOW_TF32 starting with '1', as tensor/cuda/matmul.cu reads it.
+bool loom_allows_tf32() {
+  const char* v = std::getenv("LOOM_ALLOW_TF32");
+  return v != nullptr && v[0] == '1';
+}
+
+/// While alive, LD_LIBRARY_PATH is the caller's from before a bundle's run.sh changed it
+/// ($LOOM_ORIG_LD_LIBRARY_PATH; empty means unset), so children (the PyTorch peer) load their own libraries; the
+/// loader of this process read the variable at start-up and is not affected. Without that variable, nothing changes.
+class CallerLibraryPath {
+ public:
+  CallerLibraryPath() {
+    const char* orig = std::getenv("LOOM_ORIG_LD_LIBRARY_PATH");
+    if (orig == nullptr) return;
+    active_ = true;
+    if (const char* cur = std::getenv("LD_LIBRARY_PATH")) {
+      had_ = true;
+      saved_ = cur;
+    }
+    if (*orig)
+      setenv("LD_LIBRARY_PATH", orig, 1);
+    else
+      unsetenv("LD_LIBRARY_PATH");
+  }
+  ~CallerLibraryPath() {
+    if (!active_) return;
+    if (had_)
+      setenv("LD_LIBRARY_PATH", saved_.c_str(), 1);
+    else
+      unsetenv("LD_LIBRARY_PATH");
+  }
+  CallerLibraryPath(const CallerLibraryPath&) = delete;
+  CallerLibraryPath& operator=(const CallerLibraryPath&) = delete;
+  /// One line saying what the children get.
+  std::string describe() const {
+    const char* now = std::getenv("LD_LIBRARY_PATH");
+    const std::string child = now ? "'" + std::string(now) + "'" : "unset";
+    if (!active_) return "LD_LIBRARY_PATH " + child + " (inherited as it is; no LOOM_ORIG_LD_LIBRARY_PATH)";
+    return "LD_LIBRARY_PATH " + child + " (the caller's, saved by run.sh; this process has " +
+           (had_ ? "'" + saved_ + "'" : std::string("it unset")) + ")";
+  }
+
+ private:
+  bool active_ = false, had_ = false;
+  std::string saved_;
+};
 
 std::shared_ptr<nn::CausalLM> build(const Setup& s, Generator& gen, int64_t& matmul_params) {
   if (s.family == "gpt2") {
@@ -330,12 +381,17 @@ int main(int argc, char** argv) {
     std::printf("peak=%.4g FLOP/s dense bf16 (%s)\n", peak, peak_src.c_str());
   else
     std::printf("peak unknown (%s): mfu=n/a; give --peak FLOPS\n", peak_src.c_str());
+  const bool tf32 = loom_allows_tf32();
+  std::printf("tf32=%s for both sides (LOOM_ALLOW_TF32%s; PyTorch gets --allow-tf32 %d; affects f32 matmuls only)\n",
+              tf32 ? "on" : "off", std::getenv("LOOM_ALLOW_TF32") ? "" : " unset", tf32 ? 1 : 0);
   std::fflush(stdout);
 
   // The PyTorch peer first (see the header).
   double eager = 0, compiled = 0;
   int64_t torch_params = -1;
   if (torch_modes != "none") {
+    const CallerLibraryPath child_env;  // for find_python's probe too
+    std::printf("torch peer environment: %s\n", child_env.describe().c_str());
     const std::string py = find_python(get("python", ""));
     const std::string script = find_script(get("torch-script", ""));
     if (script.empty()) {
@@ -348,12 +404,12 @@ int main(int argc, char** argv) {
                     "%s %s --arch %s --layers %lld --width %lld --heads %lld "
                     "--kv-heads %lld --mlp %lld --vocab %lld --data-vocab %lld --tied %d --rope-theta %g --seq %lld "
                     "--batch %lld --warmup %lld --steps %lld --precision %s --device %s --peak %g --modes %s "
-                    "--threads %d 2>&1",
+                    "--threads %d --allow-tf32 %d 2>&1",
                     py.c_str(), script.c_str(), s.family.c_str(), (long long)s.layers, (long long)s.width,
                     (long long)s.heads, (long long)s.kv_heads, (long long)s.mlp, (long long)s.vocab,
                     (long long)s.data_vocab, s.tied ? 1 : 0, s.rope_theta, (long long)s.seq, (long long)s.batch,
                     (long long)warmup, (long long)steps, precision.c_str(), device.str().c_str(), peak,
-                    torch_modes.c_str(), threads);
+                    torch_modes.c_str(), threads, tf32 ? 1 : 0);
       FILE* p = popen(cmd, "r");
       char line[1024];
       while (p && std::fgets(line, sizeof line, p)) {

@@ -5,7 +5,7 @@ Usage (bench_gpt2_gpu passes every value; run it alone the same way):
   torch_gpt2_gpu.py --arch gpt2|llama --layers L --width C --heads H --kv-heads K --mlp F --vocab V
                     --data-vocab V0 --tied 0|1 --rope-theta THETA --seq T --batch B --warmup N --steps M
                     --precision bf16|f32|autocast --device cuda:0|cpu --peak FLOPS (0: unknown)
-                    --modes eager,compile --threads N
+                    --modes eager,compile --threads N --allow-tf32 0|1
 
 Prints `torch params=N matmul_params=N flops_per_token=F`, then per mode
 `torch_<mode> loss0=... loss_last=...` and `torch_<mode> tokens_per_s=... step_ms=... mfu=...`,
@@ -18,6 +18,9 @@ F.scaled_dot_product_attention(is_causal=True) pinned to the flash kernel on CUD
 says what ran). Precision as loom: bf16 = model.to(torch.bfloat16) (bf16 parameters, gradients and AdamW state);
 autocast = f32 parameters, forward and loss under torch.autocast("cuda", torch.bfloat16); f32. The optimizer is
 torch.optim.AdamW(fused=True) (lr 3e-4, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on >= 2-D parameters only).
+--allow-tf32 sets f32 matmuls to TF32 or full f32 with torch.set_float32_matmul_precision("high" / "highest"), and
+cuDNN's TF32 likewise (bench_gpt2_gpu passes loom's own setting, LOOM_ALLOW_TF32, so f32 runs compare like with like);
+the line `torch tf32=...` says what was set.
 Timing: N warm-up steps (compilation happens there), then M steps between two torch.cuda.synchronize();
 tokens_per_s = B*T*M / elapsed. MFU = tokens_per_s * (6*N + 12*L*T*C) / peak, N = parameters that enter a matmul
 (all but GPT-2's position embedding and an untied input embedding).
@@ -246,6 +249,25 @@ def pin_flash(a, device):
         return contextlib.nullcontext, f"sdpa (default kernel choice; flash refused: {why})"
 
 
+def set_tf32(on):
+    """TF32 for f32 matmuls and cuDNN on or off; returns what was set. set_float32_matmul_precision is the API every
+    PyTorch 2.x keeps; cuDNN takes the fp32_precision API where it exists (PyTorch >= 2.9, which refuses a mix of
+    that and the older allow_tf32 flags), else allow_tf32."""
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    desc = f"float32_matmul_precision={torch.get_float32_matmul_precision()}"
+    try:
+        conv = getattr(torch.backends.cudnn, "conv", None)
+        if conv is not None and hasattr(conv, "fp32_precision"):
+            conv.fp32_precision = "tf32" if on else "ieee"
+            desc += f", cudnn.conv.fp32_precision={conv.fp32_precision}"
+        else:
+            torch.backends.cudnn.allow_tf32 = on
+            desc += f", cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}"
+    except (AttributeError, RuntimeError, ValueError) as e:  # report, never stop the benchmark for it
+        desc += f", cudnn tf32 not set: {type(e).__name__}: {e}"
+    return desc
+
+
 def run_mode(mode, a, device, idx, tgt, attn_ctx, flops_per_token):
     model = build(a, device)
     opt, opt_kind = make_optimizer(model, device)
@@ -294,7 +316,7 @@ def main():
     p.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
     for k, d in [("layers", 12), ("width", 768), ("heads", 12), ("kv-heads", 12), ("mlp", 3072), ("vocab", 50304),
                  ("data-vocab", 50257), ("tied", 1), ("seq", 1024), ("batch", 16), ("warmup", 3), ("steps", 10),
-                 ("threads", 0)]:
+                 ("threads", 0), ("allow-tf32", 0)]:
         p.add_argument("--" + k, type=int, default=d)
     p.add_argument("--rope-theta", type=float, default=10000.0)
     p.add_argument("--precision", choices=["bf16", "f32", "autocast"], default="bf16")
@@ -310,9 +332,8 @@ def main():
         return 1
     if a.threads > 0 and device.type == "cpu":
         torch.set_num_threads(a.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # only f32 runs matmul in f32; bf16/autocast are unaffected
-        torch.backends.cudnn.allow_tf32 = True
+    # loom's setting (LOOM_ALLOW_TF32, passed by bench_gpt2_gpu); only f32 matmuls are affected, not bf16/autocast.
+    tf32_desc = set_tf32(bool(a.allow_tf32))
     if HAVE_SDPA:
         try:
             t = torch.zeros(1, 2, 4, 8)
@@ -328,6 +349,7 @@ def main():
     flops_per_token = 6 * matmul_params + 12 * a.layers * a.seq * a.width
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch version={torch.__version__} device={name}")
+    print(f"torch tf32={'on' if a.allow_tf32 else 'off'} ({tf32_desc})")
     print(f"torch params={n_params} matmul_params={matmul_params} flops_per_token={flops_per_token:.6g}")
     attn_ctx, attn_desc = pin_flash(a, device)
     print(f"torch attention={attn_desc} precision={a.precision}", flush=True)

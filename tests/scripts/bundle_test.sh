@@ -24,7 +24,7 @@ start=$SECONDS
 "$src/scripts/bundle.sh" "$build" "$b" >"$tmp/bundle.log" 2>&1 || { cat "$tmp/bundle.log"; fail "bundle.sh failed"; }
 tail -n1 "$tmp/bundle.log"
 echo "bundled in $((SECONDS - start)) s; $(sed -n 's/^total: *//p' "$b/MANIFEST")"
-for f in run.sh run_gpu_tests.sh MANIFEST bundle.env gpu_tests.txt configs/tiny_cpu.yaml bin/pretrain bin/trainlaunch; do
+for f in run.sh run_gpu_tests.sh gtest_results.awk MANIFEST bundle.env gpu_tests.txt configs/tiny_cpu.yaml bin/pretrain bin/trainlaunch; do
   [ -e "$b/$f" ] || fail "the bundle has no $f"
 done
 grep -q '^needs glibc: *>= 2\.[0-9]' "$b/MANIFEST" || fail "MANIFEST names no glibc version"
