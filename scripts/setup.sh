@@ -11,6 +11,7 @@ packages=(
   libhdf5-dev hdf5-tools libyaml-cpp-dev
   python3 python3-torch python3-h5py python3-numpy
   slurm-wlm gnuplot-nox ccache clang-format patchelf
+  iproute2 procps xz-utils zstd
 )
 
 missing=()
