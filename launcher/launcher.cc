@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -24,6 +25,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -67,7 +69,44 @@ std::string host_name() {
   return h.substr(0, h.find('.'));
 }
 
+/// True when a TCP socket can be bound to 127.0.0.1:port right now (no SO_REUSEADDR, so a port with connections in
+/// TIME_WAIT counts as taken too).
+bool port_bindable(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+  ::close(fd);
+  return ok;
+}
+
+/// The first port of the kernel's ephemeral range (net.ipv4.ip_local_port_range; Linux's default 32768).
+int ephemeral_low() {
+  std::ifstream f("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 0;
+  return (f >> low) && low > 0 ? low : 32768;
+}
+
+/// A port for rank 0's store under --standalone. Rank 0 binds it only after it starts, so the port is free for a
+/// moment: one from the kernel's ephemeral range (bind to port 0) could meanwhile become the source port of any
+/// outgoing connection on the machine. So it is drawn from 20000 up to the ephemeral range (20000-32767 by
+/// default), where only programs that bind a port on purpose take one; port 0 is the fallback when none of the tries
+/// binds or the ephemeral range starts below 20000.
 int free_port() {
+  constexpr int kLow = 20000;
+  const int high = std::min(ephemeral_low() - 1, 32767);
+  if (high > kLow) {
+    std::random_device rd;
+    std::mt19937 gen(rd());
+    std::uniform_int_distribution<int> pick(kLow, high);
+    for (int i = 0; i < 64; ++i) {
+      const int p = pick(gen);
+      if (port_bindable(p)) return p;
+    }
+  }
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   LOOM_CHECK_T(CommError, fd >= 0, "trainlaunch: socket() failed: ", std::strerror(errno));
   sockaddr_in a{};

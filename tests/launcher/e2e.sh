@@ -28,6 +28,16 @@ exit3)  # rank 1 exits 3 while the others sleep: non-zero within 5 s, report nam
   grep -q '| started' first.txt || fail "report lacks the log tail"
   grep -q 'rank 0 (local rank 0).*stopped by the launcher' out.txt || fail "rank 0 not listed as stopped by us"
   ;;
+standalone_port)  # --standalone gives rank 0 a port below the ephemeral range (no outgoing connection can take it
+  # before rank 0 binds it), one that was free, and the same to every rank
+  low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
+  for i in 1 2 3 4 5 6; do
+    "$TL" --standalone --nproc-per-node 2 -- sh -c 'echo "port $MASTER_PORT"' > out.txt 2>&1 || fail "exit non-zero"
+    p0=$(sed -n 's/^\[rank0\]: port //p' out.txt); p1=$(sed -n 's/^\[rank1\]: port //p' out.txt)
+    [ -n "$p0" ] && [ "$p0" = "$p1" ] || fail "ranks got ports '$p0' and '$p1'"
+    [ "$p0" -ge 20000 ] && [ "$p0" -lt "$low" ] || fail "port $p0 is not in 20000..$((low - 1))"
+  done
+  ;;
 sigkill)  # a rank killed by SIGKILL
   "$TL" --standalone --nproc-per-node 2 -- sh -c '[ "$RANK" = 0 ] && kill -9 $$; exec sleep 60' > out.txt 2>&1 && fail "exit 0"
   sed -n '/first failure/,$p' out.txt | grep -q 'signal SIGKILL' || fail "report does not say SIGKILL"

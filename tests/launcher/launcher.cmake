@@ -2,7 +2,7 @@
 # shell programs as ranks for failure, restart, output and signals; two
 # launchers on 127.0.0.1 for multi-node, and collectives_mp for a real all-reduce.
 if(TARGET trainlaunch)
-  set(_loom_e2e_cases exit3 sigkill restart_ok restart_short output sigint sigterm sigterm_failed sigterm_everyone sigint_twice twonode_env
+  set(_loom_e2e_cases exit3 standalone_port sigkill restart_ok restart_short output sigint sigterm sigterm_failed sigterm_everyone sigint_twice twonode_env
                       twonode_fail_restart launcher_killed twonode_sigint twonode_sigterm)
   if(TARGET collectives_mp)
     list(APPEND _loom_e2e_cases twonode_allreduce twonode_allreduce_restart)
