@@ -69,14 +69,14 @@ std::string host_name() {
   return h.substr(0, h.find('.'));
 }
 
-/// True when a TCP socket can be bound to 127.0.0.1:port right now (no SO_REUSEADDR, so a port with connections in
-/// TIME_WAIT counts as taken too).
+/// True when a TCP socket can be bound to port on every local address right now (no SO_REUSEADDR, so a port with
+/// connections in TIME_WAIT, or one a socket holds on any single address, counts as taken).
 bool port_bindable(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return false;
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
   a.sin_port = htons(static_cast<uint16_t>(port));
   const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
   ::close(fd);
@@ -90,23 +90,25 @@ int ephemeral_low() {
   return (f >> low) && low > 0 ? low : 32768;
 }
 
-/// A port for rank 0's store under --standalone. Rank 0 binds it only after it starts, so the port is free for a
-/// moment: one from the kernel's ephemeral range (bind to port 0) could meanwhile become the source port of any
-/// outgoing connection on the machine. So it is drawn from 20000 up to the ephemeral range (20000-32767 by
-/// default), where only programs that bind a port on purpose take one; port 0 is the fallback when none of the tries
-/// binds or the ephemeral range starts below 20000.
-int free_port() {
+}  // namespace
+
+int free_port(int count) {
+  LOOM_CHECK(count >= 1, "trainlaunch: free_port needs a count >= 1, got ", count);
   constexpr int kLow = 20000;
-  const int high = std::min(ephemeral_low() - 1, 32767);
+  const int high = std::min(ephemeral_low() - 1, 32767) - (count - 1);  // the last first port whose run fits
   if (high > kLow) {
     std::random_device rd;
     std::mt19937 gen(rd());
     std::uniform_int_distribution<int> pick(kLow, high);
-    for (int i = 0; i < 64; ++i) {
+    for (int i = 0; i < 256; ++i) {
       const int p = pick(gen);
-      if (port_bindable(p)) return p;
+      int k = 0;
+      while (k < count && port_bindable(p + k)) ++k;
+      if (k == count) return p;
     }
   }
+  LOOM_CHECK_T(CommError, count == 1, "trainlaunch: found no ", count, " consecutive free ports in 20000..",
+               std::min(ephemeral_low() - 1, 32767), "; free some, or give the port yourself (--master-port)");
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   LOOM_CHECK_T(CommError, fd >= 0, "trainlaunch: socket() failed: ", std::strerror(errno));
   sockaddr_in a{};
@@ -120,6 +122,8 @@ int free_port() {
   LOOM_CHECK_T(CommError, ok, "trainlaunch: could not find a free port on 127.0.0.1");
   return ntohs(a.sin_port);
 }
+
+namespace {
 
 /// One local rank of the current attempt.
 struct Rank {
@@ -208,7 +212,7 @@ void Launcher::setup_store() {
                "LOOM_STORE_SECRET=<same random string> on every node (e.g. $(openssl rand -hex 16))");
     secret_ = random_secret();
   }
-  if (o_.standalone) o_.master_port = free_port();
+  if (o_.standalone) o_.master_port = free_port(1);
   collectives::TCPStoreOptions so;
   so.secret = secret_;
   so.is_server = o_.node_rank == 0;

@@ -19,6 +19,13 @@ namespace loom::launcher {
 /// store unreachable).
 int run_launcher(const LaunchOptions& o);
 
+/// A port P such that P..P+count-1 can all be bound on every local address right now, drawn at random from 20000
+/// up to the start of the kernel's ephemeral range (32767 at most). Rank 0 binds it only later, so the port is free
+/// for a moment: a port from the ephemeral range could meanwhile become the source port of any outgoing connection,
+/// one below it is taken only by a program that binds it on purpose. With count 1 the kernel's own pick (port 0) is
+/// the fallback when no try binds; otherwise throws CommError.
+int free_port(int count);
+
 /// "SIGKILL" for 9, "SIG?" + number when unknown.
 std::string signal_name(int sig);
 

@@ -23,6 +23,10 @@ int main(int argc, char** argv) {
       std::fputs(usage().c_str(), stdout);
       return 0;
     }
+    if (o.free_port) {  // rank 0's store takes P, the launchers' store P+1
+      std::printf("%d\n", free_port(2));
+      return 0;
+    }
     std::map<std::string, std::string> env;
     for (char** e = environ; *e; ++e) {
       std::string kv = *e;

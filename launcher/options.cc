@@ -97,6 +97,9 @@ LaunchOptions parse_options(const std::vector<std::string>& args) {
     if (name == "--help" || name == "-h") {
       flag();
       o.help = true;
+    } else if (name == "--free-port") {
+      flag();
+      o.free_port = true;
     } else if (name == "--nproc-per-node") {
       std::string v = take("N|cpu|gpu");
       if (v == "cpu") {
@@ -203,6 +206,8 @@ prints which one failed and how. Underscore spellings (--nproc_per_node) work.
   --monitor-interval SECONDS  how often ranks and other nodes are checked (default 0.1)
   --grace-period SECONDS      time between SIGTERM and SIGKILL when ranks are stopped (default 5)
   --heartbeat-timeout SECONDS a node silent this long is taken as dead (default 30)
+  --free-port                 print a port P with P and P+1 free on this node, below the ephemeral
+                              range (for --master-port in batch scripts), and exit
   --help                      this text
 
 The job secret of the authenticated store is LOOM_STORE_SECRET; on one node a

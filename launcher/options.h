@@ -28,6 +28,8 @@ struct LaunchOptions {
   /// A node whose heartbeat is older than this is taken as dead.
   double heartbeat_timeout_s = 30.0;
   bool help = false;
+  /// --free-port: print a free MASTER_PORT for a job on this node (it and the port above it) and exit.
+  bool free_port = false;
   /// Which of nnodes/node_rank/master_addr/master_port the user gave.
   bool set_nnodes = false, set_node_rank = false, set_master_addr = false, set_master_port = false;
   /// Program and its arguments (everything after "--" or the first non-option).
@@ -38,7 +40,7 @@ struct LaunchOptions {
 /// and "--opt_name" spellings. --nproc-per-node takes N, "cpu" (cores present)
 /// or "gpu" (devices present). Throws InvalidArgument naming the option and the
 /// expected form on an unknown option, a missing or malformed value, or a
-/// missing program (unless --help).
+/// missing program (unless --help or --free-port).
 LaunchOptions parse_options(const std::vector<std::string>& args);
 
 /// Fills nnodes, node_rank and master_addr from SLURM_NNODES, SLURM_NODEID and

@@ -36,6 +36,9 @@ standalone_port)  # --standalone gives rank 0 a port below the ephemeral range (
     p0=$(sed -n 's/^\[rank0\]: port //p' out.txt); p1=$(sed -n 's/^\[rank1\]: port //p' out.txt)
     [ -n "$p0" ] && [ "$p0" = "$p1" ] || fail "ranks got ports '$p0' and '$p1'"
     [ "$p0" -ge 20000 ] && [ "$p0" -lt "$low" ] || fail "port $p0 is not in 20000..$((low - 1))"
+    # --free-port (the batch scripts' MASTER_PORT): P and P+1 below the ephemeral range
+    p=$("$TL" --free-port) || fail "--free-port exited non-zero"
+    [[ $p =~ ^[0-9]+$ ]] && [ "$p" -ge 20000 ] && [ $((p + 1)) -lt "$low" ] || fail "--free-port gave '$p'"
   done
   ;;
 sigkill)  # a rank killed by SIGKILL

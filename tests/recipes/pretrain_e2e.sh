@@ -286,8 +286,8 @@ SRUN
   grep -q "tiny_cpu.yaml:" bad.log || fail "no file:line in the batch script's error: $(cat bad.log)"
   ;;
 slurm_port_taken)
-  # The batch script's MASTER_PORT when ports are taken on the node: job 4244 derives 28488 (24244 before it kept
-  # below the ephemeral range); with both pairs held by listeners the job must still run, on a free port < 32768.
+  # The batch script's MASTER_PORT when ports are taken on the node: job 4244 once derived 24244, then 28488, from its
+  # id; with both pairs held by listeners the job must still run, on a free port < 32768 (trainlaunch --free-port).
   command -v python3 > /dev/null || { echo "needs python3 for the listeners: skipped"; exit 77; }
   mkdir -p bin
   printf '#!/usr/bin/env bash\nwhile [[ $# -gt 0 && $1 == --* ]]; do shift; done\nexport SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0\nexec "$@"\n' > bin/srun
