@@ -156,6 +156,13 @@ class Launcher {
   void reap(std::vector<Rank>& ranks);
   void signal_all(std::vector<Rank>& ranks, int sig);
   void stop_all(std::vector<Rank>& ranks, bool at_once);
+  /// Reaps the ranks, relays their output and heartbeats until every rank has exited (true), or until deadline or a
+  /// new SIGINT (false: the caller decides what comes next).
+  bool wait_ranks(std::vector<Rank>& ranks, Clock::time_point deadline);
+  /// --grace-period as a clock duration.
+  Clock::duration grace() const {
+    return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.grace_period_s));
+  }
   /// Forwards sig to the ranks and gives them the grace period to stop by themselves; records in clean_stop_
   /// whether every rank then exited 0. remote_why: empty when this launcher got the signal, else why another
   /// node's launcher stopped (it got the signal).
@@ -526,26 +533,28 @@ void Launcher::signal_all(std::vector<Rank>& ranks, int sig) {
   }
 }
 
-void Launcher::stop_all(std::vector<Rank>& ranks, bool at_once) {
-  if (!at_once) signal_all(ranks, SIGTERM);
-  auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                     std::chrono::duration<double>(at_once ? 0.0 : o_.grace_period_s));
-  int seen_int = g_sigint;
+bool Launcher::wait_ranks(std::vector<Rank>& ranks, Clock::time_point deadline) {
+  const int seen_int = g_sigint;
   for (;;) {
     reap(ranks);
-    bool any = false;
-    for (auto& r : ranks) any = any || r.running;
-    if (!any) break;
-    if (Clock::now() >= deadline || g_sigint > seen_int) {
-      signal_all(ranks, SIGKILL);
-      deadline = Clock::now() + std::chrono::hours(1);
-    }
+    if (std::none_of(ranks.begin(), ranks.end(), [](const Rank& r) { return r.running; })) return true;
+    if (Clock::now() >= deadline || g_sigint > seen_int) return false;
     pump(ranks, 20);
     try {
       heartbeat();
     } catch (const CommError&) {
       store_lost_ = true;
     }
+  }
+}
+
+void Launcher::stop_all(std::vector<Rank>& ranks, bool at_once) {
+  if (!at_once) signal_all(ranks, SIGTERM);
+  // Past the grace period (or on a second SIGINT) SIGKILL, again on every further SIGINT, until all are reaped.
+  if (!wait_ranks(ranks, Clock::now() + (at_once ? Clock::duration::zero() : grace()))) {
+    do {
+      signal_all(ranks, SIGKILL);
+    } while (!wait_ranks(ranks, Clock::time_point::max()));
   }
   // Drain what is left in the pipes (a grandchild may hold them open: do not wait for EOF).
   pump(ranks, 0);
@@ -606,13 +615,14 @@ int Launcher::remote_signal() {
 
 Outcome Launcher::stop_on_signal(std::vector<Rank>& ranks, int sig, const std::string& remote_why) {
   stop_signal_ = sig;
-  char grace[32];
-  std::snprintf(grace, sizeof(grace), "%g", o_.grace_period_s);
+  char grace_s[32];
+  std::snprintf(grace_s, sizeof(grace_s), "%g", o_.grace_period_s);
   if (remote_why.empty()) {
-    say("got " + signal_name(sig) + "; forwarding it to the ranks (grace period " + grace +
+    say("got " + signal_name(sig) + "; forwarding it to the ranks (grace period " + grace_s +
         " s; a second SIGINT kills at once)");
   } else {
-    say(remote_why + "; forwarding " + signal_name(sig) + " to the ranks of this node (grace period " + grace + " s)");
+    say(remote_why + "; forwarding " + signal_name(sig) + " to the ranks of this node (grace period " + grace_s +
+        " s)");
   }
   // A rank may already have the signal (Slurm signals every process of the step; a process manager may signal the
   // whole group): the ranks' handlers take a repeat as the same request, so forwarding is always safe.
@@ -630,26 +640,7 @@ Outcome Launcher::stop_on_signal(std::vector<Rank>& ranks, int sig, const std::s
   }
   // Repeated SIGTERMs (scancel sent twice, a whole-group signal) change nothing: only a second SIGINT (a person at
   // the terminal) or the end of the grace period cuts the ranks short.
-  int seen = g_sigint;
-  auto deadline =
-      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(o_.grace_period_s));
-  bool cut_short = false;
-  for (;;) {
-    reap(ranks);
-    bool any = false;
-    for (auto& r : ranks) any = any || r.running;
-    if (!any) break;
-    if (Clock::now() >= deadline || g_sigint > seen) {
-      cut_short = true;
-      break;
-    }
-    pump(ranks, 20);
-    try {
-      heartbeat();
-    } catch (const CommError&) {
-      store_lost_ = true;
-    }
-  }
+  const bool cut_short = !wait_ranks(ranks, Clock::now() + grace());
   stop_all(ranks, true);
   clean_stop_ = !cut_short;
   for (auto& r : ranks) clean_stop_ = clean_stop_ && WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0;
