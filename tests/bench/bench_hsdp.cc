@@ -77,9 +77,10 @@ int main(int argc, char** argv) {
     return nn::GPT2(cfg, gen).num_parameters();
   }();
   if (rank == 0) {
-    std::printf("# GPT-2 %lld layers, width %lld, seq %lld, batch %lld per rank, %lld parameters; %d ranks on 2 nodes\n",
-                static_cast<long long>(L), static_cast<long long>(C), static_cast<long long>(T),
-                static_cast<long long>(B), static_cast<long long>(numel), W);
+    std::printf(
+        "# GPT-2 %lld layers, width %lld, seq %lld, batch %lld per rank, %lld parameters; %d ranks on 2 nodes\n",
+        static_cast<long long>(L), static_cast<long long>(C), static_cast<long long>(T), static_cast<long long>(B),
+        static_cast<long long>(numel), W);
     std::printf("# layout backend ranks step_ms link_MB_per_step\n");
     std::fflush(stdout);
   }
