@@ -137,6 +137,24 @@ hsdp_resume)
     fail "HSDP run: exit $?"
   grep -q "DeviceMesh(dp=2, fsdp=2)" hsdp.log || fail "dp=2 fsdp=2 did not build a dp x fsdp mesh"
   grep -q '"layout": *"hsdp"' straight/step_00000020/metadata.json || fail "the checkpoint's layout is not hsdp"
+  # The replicas hold identical shards: between them every element of every tensor is written exactly once.
+  if command -v python3 > /dev/null; then
+    python3 - straight/step_00000020/metadata.json > pieces.log 2>&1 << 'PY' || fail "HSDP checkpoint pieces: $(cat pieces.log)"
+import json, math, sys
+md = json.load(open(sys.argv[1]))
+for name, t in md["tensors"].items():
+    n = math.prod(t["shape"])
+    seen = sorted(tuple(p["flat_range"]) for p in t["pieces"])  # one box per tensor here (no tp)
+    pos = 0
+    for b, e in seen:
+        if b != pos: sys.exit(f"{name}: pieces {seen} do not tile [0, {n}) once")
+        pos = e
+    if pos != n: sys.exit(f"{name}: pieces {seen} do not tile [0, {n}) once")
+    if len({p["file"] for p in t["pieces"]}) < min(len(t["pieces"]), 2) and n >= 4:
+        sys.exit(f"{name}: written by one rank only")
+print("every tensor's pieces tile it once")
+PY
+  fi
   "$trainlaunch" --standalone --nproc-per-node 4 -- "$pretrain" --config "$config" "${small[@]}" "${hs[@]}" \
     --set parallelism.fsdp=4 --set checkpoint.resume="$work/straight/step_00000020" > fsdp.log 2>&1 ||
     fail "FSDP resume: exit $?"
