@@ -9,11 +9,19 @@
 #include <gloo/transport/tcp/device.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
+#include <random>
+#include <sstream>
+#include <string>
 #include <vector>
+
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "collectives/netif.h"
 #include "collectives/reduce.h"
@@ -100,6 +108,17 @@ size_t env_bytes(const char* name, size_t fallback) {
   return static_cast<size_t>(x);
 }
 
+// What makes two processes able to read each other's memory with
+// process_vm_readv (cross-memory attach): the same kernel boot and the same
+// pid namespace (so the pid means the same process).
+std::string host_identity() {
+  std::string boot;
+  std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
+  char ns[256] = {0};
+  const ssize_t k = ::readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
+  return boot + "/" + (k > 0 ? std::string(ns, static_cast<size_t>(k)) : std::string("?"));
+}
+
 class GlooBackend : public Backend {
  public:
   explicit GlooBackend(const BackendContext& ctx) : rank_(ctx.rank), size_(ctx.size) {
@@ -128,6 +147,7 @@ class GlooBackend : public Backend {
       c->connectFullMesh(adapter, device_);
       context_ = c;
     });
+    if (size_ > 1) setup_cma(ctx);
   }
 
   std::string name() const override { return "gloo"; }
@@ -138,7 +158,7 @@ class GlooBackend : public Backend {
   void allreduce(Tensor& t, ReduceOp op, Millis timeout) override {
     const uint32_t tag = next_tag();
     if (size_ == 1 || t.numel() == 0) return;
-    gloo_call("allreduce", [&] { ring_allreduce(t, op, tag, timeout); });
+    gloo_call("allreduce", [&] { cma() ? cma_allreduce(t, op, tag, timeout) : ring_allreduce(t, op, tag, timeout); });
   }
 
   void reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, Millis timeout) override {
@@ -147,7 +167,9 @@ class GlooBackend : public Backend {
       if (out.nbytes() > 0) std::memcpy(out.data_ptr(), in.data_ptr(), out.nbytes());
       return;
     }
-    gloo_call("reduce_scatter", [&] { ring_reduce_scatter(out, in, op, tag, timeout); });
+    gloo_call("reduce_scatter", [&] {
+      cma() ? cma_reduce_scatter(out, in, op, tag, timeout) : ring_reduce_scatter(out, in, op, tag, timeout);
+    });
   }
 
   void all_gather(Tensor& out, const Tensor& in, Millis timeout) override {
@@ -156,7 +178,8 @@ class GlooBackend : public Backend {
       if (in.nbytes() > 0) std::memcpy(out.data_ptr(), in.data_ptr(), in.nbytes());
       return;
     }
-    gloo_call("all_gather", [&] { ring_all_gather(out, in, tag, timeout); });
+    gloo_call("all_gather",
+              [&] { cma() ? cma_all_gather(out, in, tag, timeout) : ring_all_gather(out, in, tag, timeout); });
   }
 
   void broadcast(Tensor& t, int root, Millis timeout) override {
@@ -428,6 +451,225 @@ class GlooBackend : public Backend {
     wait_sends(*ibuf, in_sends, deadline, name, right);
   }
 
+  // Cross-memory attach (CMA): when every rank of the group runs on this
+  // host, the rings move their bulk data with process_vm_readv, one copy from
+  // the left neighbour's memory into ours (as Open MPI's shared-memory
+  // transport does), and gloo's TCP pairs carry only 8-byte tokens: "segment
+  // ready at this address" and, at the end, "done reading your memory".
+  // LOOM_GLOO_CMA=0 turns it off (TCP for everything); otherwise each rank
+  // checks it can read its left neighbour (a nonce at a published address),
+  // and all ranks use CMA only if every check passed.
+  void setup_cma(const BackendContext& ctx) {
+    const char* env = std::getenv("LOOM_GLOO_CMA");
+    if (env && std::string(env) == "0") return;
+    std::random_device rd;
+    probe_ = (uint64_t{rd()} << 32) ^ rd() ^ static_cast<uint64_t>(::getpid());
+    const int left = (rank_ + size_ - 1) % size_;
+    std::ostringstream mine;
+    mine << host_identity() << " " << ::getpid() << " " << reinterpret_cast<uintptr_t>(&probe_) << " " << probe_;
+    auto& store = *ctx.store;
+    store.set("loom_cma/" + std::to_string(rank_), to_bytes(mine.str()));
+    const std::string lkey = "loom_cma/" + std::to_string(left);
+    store.wait({lkey}, ctx.timeout);
+    std::istringstream theirs(to_string(store.get(lkey)));
+    std::string host;
+    uintptr_t addr = 0;
+    uint64_t nonce = 0;
+    long pid = 0;
+    theirs >> host >> pid >> addr >> nonce;
+    bool ok = host == host_identity() && pid > 0;
+    if (ok) {
+      uint64_t seen = 0;
+      iovec l{&seen, sizeof seen}, r{reinterpret_cast<void*>(addr), sizeof seen};
+      ok = ::process_vm_readv(static_cast<pid_t>(pid), &l, 1, &r, 1, 0) == static_cast<ssize_t>(sizeof seen) &&
+           seen == nonce;
+    }
+    store.set("loom_cma_ok/" + std::to_string(rank_), to_bytes(ok ? "1" : "0"));
+    bool all = true;
+    for (int q = 0; q < size_; ++q) {
+      const std::string k = "loom_cma_ok/" + std::to_string(q);
+      store.wait({k}, ctx.timeout);
+      all = all && to_string(store.get(k)) == "1";
+    }
+    if (all) left_pid_ = static_cast<pid_t>(pid);
+    LOOM_DEBUG("gloo group ", ctx.group_name, ": ",
+               all ? "same host, rings read peers' memory (CMA)" : "rings over TCP");
+  }
+  bool cma() const { return left_pid_ > 0; }
+
+  // Copies len bytes at the left neighbour's address `from` into `to`.
+  void pull(void* to, uint64_t from, size_t len, const char* op) const {
+    auto* dst = static_cast<uint8_t*>(to);
+    while (len > 0) {
+      iovec l{dst, len}, r{reinterpret_cast<void*>(from), len};
+      const ssize_t k = ::process_vm_readv(left_pid_, &l, 1, &r, 1, 0);
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0)
+        LOOM_THROW(CommError, "gloo ", op, ": reading ", len, " bytes of rank ", (rank_ + size_ - 1) % size_, " (pid ",
+                   left_pid_, ") failed: ", k < 0 ? std::strerror(errno) : "nothing read",
+                   "; set LOOM_GLOO_CMA=0 to move data over TCP instead");
+      dst += k;
+      from += static_cast<uint64_t>(k);
+      len -= static_cast<size_t>(k);
+    }
+  }
+
+  // The tokens of one CMA ring: every "ready" token from the left is received
+  // up front (in order, one slot), ours go out to the right; finish() tells the
+  // left we are done reading it and waits until the right is done with us.
+  struct Tokens {
+    GlooBackend& g;
+    const char* op;
+    Clock::time_point deadline;
+    uint64_t ready_slot, done_slot;
+    std::vector<uint64_t> in, out;  // addresses received / sent
+    std::unique_ptr<UBuf> inbuf, outbuf;
+    size_t got = 0, sent = 0;
+    uint64_t done_out = 1, done_in = 0;
+    std::unique_ptr<UBuf> done_outbuf, done_inbuf;
+
+    Tokens(GlooBackend& g_, const char* op_, uint32_t tag, uint8_t prefix, size_t recvs, size_t sends,
+           Clock::time_point deadline_)
+        : g(g_),
+          op(op_),
+          deadline(deadline_),
+          ready_slot(slot(prefix, tag, 2)),
+          done_slot(slot(prefix, tag, 3)),
+          in(std::max<size_t>(recvs, 1)),
+          out(std::max<size_t>(sends, 1)) {
+      const int left = g.left(), right = g.right();
+      inbuf = g.context_->createUnboundBuffer(in.data(), in.size() * 8);
+      outbuf = g.context_->createUnboundBuffer(out.data(), out.size() * 8);
+      done_outbuf = g.context_->createUnboundBuffer(&done_out, 8);
+      done_inbuf = g.context_->createUnboundBuffer(&done_in, 8);
+      for (size_t i = 0; i < recvs; ++i) inbuf->recv(left, ready_slot, i * 8, 8);
+      done_inbuf->recv(right, done_slot, 0, 8);
+    }
+    // Announces that `len` bytes at p are ready for the right neighbour.
+    void ready(const void* p) {
+      LOOM_CHECK(sent < out.size(), "gloo ", op, ": more tokens than planned");
+      out[sent] = reinterpret_cast<uintptr_t>(p);
+      outbuf->send(g.right(), ready_slot, sent * 8, 8);
+      ++sent;
+    }
+    // The address of the left neighbour's next ready segment.
+    uint64_t next() {
+      wait_recv(*inbuf, deadline, op, g.left());
+      return in[got++];
+    }
+    void finish() {
+      done_outbuf->send(g.left(), done_slot, 0, 8);
+      wait_recv(*done_inbuf, deadline, op, g.right());
+      wait_sends(*done_outbuf, 1, deadline, op, g.left());
+      wait_sends(*outbuf, sent, deadline, op, g.right());
+    }
+  };
+  int left() const { return (rank_ + size_ - 1) % size_; }
+  int right() const { return (rank_ + 1) % size_; }
+
+  // Pulls len bytes of the left neighbour at `from` through a small cache-sized
+  // scratch and folds them into acc (acc = op(acc, left's)).
+  void pull_reduce(uint8_t* acc, uint64_t from, size_t len, DType d, ReduceOp op, const char* name) {
+    const size_t es = element_size(d), piece = (size_t{256} << 10) / es * es;
+    uint8_t* tmp = scratch(std::min(len, piece));
+    for (size_t off = 0; off < len; off += piece) {
+      const size_t k = std::min(piece, len - off);
+      pull(tmp, from + off, k, name);
+      detail::reduce_into(acc + off, tmp, k / es, d, op);
+    }
+  }
+
+  // The CMA twin of ring_allreduce: the same blocks, segments and order, but a
+  // message is a token; the reduce-scatter pulls each segment through a small
+  // scratch into t, the all-gather pulls straight into t.
+  void cma_allreduce(Tensor& t, ReduceOp op, uint32_t tag, Millis timeout) {
+    const char* name = "allreduce";
+    const int n = size_, r = rank_;
+    const SegmentPlan p(t.numel(), n, t.element_size(), segment_bytes_);
+    auto* data = static_cast<uint8_t*>(t.data_ptr());
+    auto mod = [n](int b) { return ((b % n) + n) % n; };
+    // Tokens from the left: its reduce-scatter messages, then its all-gather ones.
+    size_t recvs = 0;
+    for (int s = 0; s < n - 1; ++s)
+      for (int k = 0; k < p.segs; ++k) recvs += (p.seg_len(mod(r - s - 1), k) > 0) + (p.seg_len(mod(r - s), k) > 0);
+    Tokens tk(*this, name, tag, 0xA2, recvs, recvs + static_cast<size_t>(p.segs), Clock::now() + timeout);
+    for (int k = 0; k < p.segs; ++k)
+      if (p.seg_len(r, k) > 0) tk.ready(data + p.seg_off_bytes(r, k));
+    for (int s = 0; s < n - 1; ++s)
+      for (int k = 0; k < p.segs; ++k) {
+        const int b = mod(r - s - 1);
+        if (p.seg_len(b, k) == 0) continue;
+        pull_reduce(data + p.seg_off_bytes(b, k), tk.next(), p.seg_bytes(b, k), t.dtype(), op, name);
+        tk.ready(data + p.seg_off_bytes(b, k));  // next step's message, or (last step) the first all-gather one
+      }
+    for (int s = 0; s < n - 1; ++s)
+      for (int k = 0; k < p.segs; ++k) {
+        const int b = mod(r - s);
+        if (p.seg_len(b, k) == 0) continue;
+        pull(data + p.seg_off_bytes(b, k), tk.next(), p.seg_bytes(b, k), name);
+        if (s < n - 2) tk.ready(data + p.seg_off_bytes(b, k));
+      }
+    tk.finish();
+  }
+
+  // The CMA twin of ring_reduce_scatter. A middle step's partial sum is pulled
+  // into its own scratch region (n - 2 blocks in all), reduced with in's block
+  // and announced from there; the last step pulls into out and reduces there.
+  void cma_reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, uint32_t tag, Millis timeout) {
+    const char* name = "reduce_scatter";
+    const int n = size_, r = rank_;
+    const SegmentPlan p(in.numel(), n, in.element_size(), segment_bytes_);
+    auto* src = static_cast<uint8_t*>(in.data_ptr());
+    auto* dst = static_cast<uint8_t*>(out.data_ptr());
+    auto mod = [n](int b) { return ((b % n) + n) % n; };
+    const size_t cbytes = out.nbytes(), out_base = p.seg_off_bytes(r, 0);
+    size_t recvs = 0;
+    for (int s = 0; s < n - 1; ++s)
+      for (int k = 0; k < p.segs; ++k) recvs += p.seg_len(mod(r - s - 2), k) > 0;
+    Tokens tk(*this, name, tag, 0xA1, recvs, recvs + static_cast<size_t>(p.segs), Clock::now() + timeout);
+    uint8_t* mid = n > 2 ? scratch(static_cast<size_t>(n - 2) * cbytes) : nullptr;
+    for (int k = 0; k < p.segs; ++k)
+      if (p.seg_len(mod(r - 1), k) > 0) tk.ready(src + p.seg_off_bytes(mod(r - 1), k));
+    for (int s = 0; s < n - 1; ++s)
+      for (int k = 0; k < p.segs; ++k) {
+        const int b = mod(r - s - 2);
+        if (p.seg_len(b, k) == 0) continue;
+        const size_t in_block = p.seg_off_bytes(b, k) - p.seg_off_bytes(b, 0), len = p.seg_bytes(b, k);
+        uint8_t* at =
+            s == n - 2 ? dst + p.seg_off_bytes(r, k) - out_base : mid + static_cast<size_t>(s) * cbytes + in_block;
+        pull(at, tk.next(), len, name);
+        detail::reduce_into(at, src + p.seg_off_bytes(b, k), static_cast<size_t>(p.seg_len(b, k)), in.dtype(), op);
+        if (s < n - 2) tk.ready(at);
+      }
+    tk.finish();
+  }
+
+  // The CMA twin of ring_all_gather: every segment is pulled straight into out.
+  void cma_all_gather(Tensor& out, const Tensor& in, uint32_t tag, Millis timeout) {
+    const char* name = "all_gather";
+    const int n = size_, r = rank_;
+    const SegmentPlan p(out.numel(), n, out.element_size(), segment_bytes_);
+    auto* src = static_cast<uint8_t*>(in.data_ptr());
+    auto* dst = static_cast<uint8_t*>(out.data_ptr());
+    auto mod = [n](int b) { return ((b % n) + n) % n; };
+    const size_t in_base = p.seg_off_bytes(r, 0);
+    size_t recvs = 0;
+    for (int s = 0; s < n - 1; ++s)
+      for (int k = 0; k < p.segs; ++k) recvs += p.seg_len(mod(r - s - 1), k) > 0;
+    Tokens tk(*this, name, tag, 0xA3, recvs, recvs + static_cast<size_t>(p.segs), Clock::now() + timeout);
+    for (int k = 0; k < p.segs; ++k)
+      if (p.seg_len(r, k) > 0) tk.ready(src + p.seg_off_bytes(r, k) - in_base);
+    std::memcpy(dst + in_base, src, in.nbytes());
+    for (int s = 0; s < n - 1; ++s)
+      for (int k = 0; k < p.segs; ++k) {
+        const int b = mod(r - s - 1);
+        if (p.seg_len(b, k) == 0) continue;
+        pull(dst + p.seg_off_bytes(b, k), tk.next(), p.seg_bytes(b, k), name);
+        if (s < n - 2) tk.ready(dst + p.seg_off_bytes(b, k));
+      }
+    tk.finish();
+  }
+
   uint32_t next_tag() { return tag_++ & 0xffffffu; }
   static uint64_t p2p_slot(int tag) { return (uint64_t{0xB2} << 56) | (static_cast<uint64_t>(tag) & 0xffffffu); }
 
@@ -437,6 +679,8 @@ class GlooBackend : public Backend {
   std::shared_ptr<gloo::Context> context_;
   size_t segment_bytes_ = env_bytes("LOOM_GLOO_SEGMENT_BYTES", size_t{1} << 20);
   size_t window_ = env_bytes("LOOM_GLOO_WINDOW", 8);
+  uint64_t probe_ = 0;            // a nonce our right neighbour reads to check CMA works
+  pid_t left_pid_ = 0;            // the left neighbour's pid when the rings use CMA
   std::vector<uint8_t> scratch_;  // the rings' receive slots, reused across calls
 };
 

@@ -23,16 +23,21 @@ const std::vector<DType> kAllDTypes = {DType::f32, DType::f64, DType::f16, DType
 const std::vector<ReduceOp> kAllOps = {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax,
                                        ReduceOp::kProduct};
 
-// Sets LOOM_GLOO_SEGMENT_BYTES / LOOM_GLOO_WINDOW (read when a backend is built) for its lifetime.
+// Sets LOOM_GLOO_SEGMENT_BYTES, LOOM_GLOO_WINDOW and LOOM_GLOO_CMA (read when
+// a backend is built) for its lifetime. Ranks as threads share one process, so
+// with CMA on they read each other's memory with process_vm_readv on their own
+// pid, the code path separate processes take on one host.
 class RingEnv {
  public:
-  RingEnv(std::optional<size_t> segment_bytes, std::optional<size_t> window) {
+  RingEnv(std::optional<size_t> segment_bytes, std::optional<size_t> window, bool cma = true) {
     set("LOOM_GLOO_SEGMENT_BYTES", segment_bytes);
     set("LOOM_GLOO_WINDOW", window);
+    set("LOOM_GLOO_CMA", cma ? std::nullopt : std::optional<size_t>(0));
   }
   ~RingEnv() {
     ::unsetenv("LOOM_GLOO_SEGMENT_BYTES");
     ::unsetenv("LOOM_GLOO_WINDOW");
+    ::unsetenv("LOOM_GLOO_CMA");
   }
   std::string str() const { return description_; }
 
@@ -117,20 +122,23 @@ void expect_reduced(double got, DType d, ReduceOp op, int n, int64_t i, const st
   }
 }
 
-// Ring shapes worth covering: segments of 1-2 elements with a window of one
-// (every scratch slot reused at once), odd segments with a window of 3, and
-// the defaults (one segment at these sizes).
+// Ring shapes worth covering, over TCP (LOOM_GLOO_CMA=0) and with CMA:
+// segments of 1-2 elements with a window of one (every scratch slot reused at
+// once), odd segments with a window of 3, and the defaults (one segment at
+// these sizes).
 struct RingShape {
   std::optional<size_t> segment_bytes, window;
+  bool cma;
 };
-const std::vector<RingShape> kShapes = {{8, 1}, {20, 3}, {std::nullopt, std::nullopt}};
+const std::vector<RingShape> kShapes = {{8, 1, false}, {20, 3, false}, {std::nullopt, std::nullopt, false},
+                                        {8, 1, true},  {20, 3, true},  {std::nullopt, std::nullopt, true}};
 
 }  // namespace
 
 TEST(GlooRing, AllreduceOddSizesEveryDtypeAndOp) {
   for (int n : {2, 3, 4})
     for (const RingShape& sh : kShapes) {
-      RingEnv env(sh.segment_bytes, sh.window);
+      RingEnv env(sh.segment_bytes, sh.window, sh.cma);
       run_ranks(n, [&](ProcessGroup& pg) {
         for (int64_t len : {1, 2, 3, 5, 61, 203})
           for (DType d : kAllDTypes)
@@ -150,7 +158,7 @@ TEST(GlooRing, AllreduceOddSizesEveryDtypeAndOp) {
 TEST(GlooRing, ReduceScatterOddChunksEveryDtypeAndOpLeavesInAlone) {
   for (int n : {2, 3, 4})
     for (const RingShape& sh : kShapes) {
-      RingEnv env(sh.segment_bytes, sh.window);
+      RingEnv env(sh.segment_bytes, sh.window, sh.cma);
       run_ranks(n, [&](ProcessGroup& pg) {
         for (int64_t chunk : {1, 2, 7, 61, 67})
           for (DType d : kAllDTypes)
@@ -174,7 +182,7 @@ TEST(GlooRing, ReduceScatterOddChunksEveryDtypeAndOpLeavesInAlone) {
 TEST(GlooRing, AllGatherOddSizesEveryDtype) {
   for (int n : {2, 3, 4})
     for (const RingShape& sh : kShapes) {
-      RingEnv env(sh.segment_bytes, sh.window);
+      RingEnv env(sh.segment_bytes, sh.window, sh.cma);
       run_ranks(n, [&](ProcessGroup& pg) {
         for (int64_t len : {1, 2, 7, 61, 67})
           for (DType d : kAllDTypes) {
