@@ -9,6 +9,7 @@
 #include <gloo/transport/tcp/device.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -18,8 +19,11 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -108,6 +112,21 @@ size_t env_bytes(const char* name, size_t fallback) {
   return static_cast<size_t>(x);
 }
 
+// A rank's mailbox for the same-host rings: a small memfd mapping that its
+// two ring neighbours map too (read-only), through pidfd_getfd. Only its owner
+// writes it. `ready` counts the segment addresses published in `addr` (a ring
+// of kRing) for the right neighbour, `consumed` the ones taken from the left
+// neighbour's mailbox, `done` the collectives after which we no longer read
+// the left neighbour's memory.
+constexpr uint64_t kRing = 8192;
+struct Mailbox {
+  alignas(64) std::atomic<uint64_t> ready{0};
+  alignas(64) std::atomic<uint64_t> consumed{0};
+  alignas(64) std::atomic<uint64_t> done{0};
+  alignas(64) uint64_t addr[kRing];
+};
+static_assert(std::atomic<uint64_t>::is_always_lock_free, "mailbox counters are shared between processes");
+
 // What makes two processes able to read each other's memory with
 // process_vm_readv (cross-memory attach): the same kernel boot and the same
 // pid namespace (so the pid means the same process).
@@ -150,6 +169,12 @@ class GlooBackend : public Backend {
     if (size_ > 1) setup_cma(ctx);
   }
 
+  ~GlooBackend() override {
+    for (const void* m :
+         {static_cast<const void*>(box_), static_cast<const void*>(left_box_), static_cast<const void*>(right_box_)})
+      if (m) ::munmap(const_cast<void*>(m), sizeof(Mailbox));
+  }
+
   std::string name() const override { return "gloo"; }
 
   // allreduce, reduce_scatter and all_gather run loom's own segmented rings on
@@ -158,7 +183,7 @@ class GlooBackend : public Backend {
   void allreduce(Tensor& t, ReduceOp op, Millis timeout) override {
     const uint32_t tag = next_tag();
     if (size_ == 1 || t.numel() == 0) return;
-    gloo_call("allreduce", [&] { cma() ? cma_allreduce(t, op, tag, timeout) : ring_allreduce(t, op, tag, timeout); });
+    gloo_call("allreduce", [&] { cma() ? cma_allreduce(t, op, timeout) : ring_allreduce(t, op, tag, timeout); });
   }
 
   void reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, Millis timeout) override {
@@ -168,7 +193,7 @@ class GlooBackend : public Backend {
       return;
     }
     gloo_call("reduce_scatter", [&] {
-      cma() ? cma_reduce_scatter(out, in, op, tag, timeout) : ring_reduce_scatter(out, in, op, tag, timeout);
+      cma() ? cma_reduce_scatter(out, in, op, timeout) : ring_reduce_scatter(out, in, op, tag, timeout);
     });
   }
 
@@ -178,8 +203,7 @@ class GlooBackend : public Backend {
       if (in.nbytes() > 0) std::memcpy(out.data_ptr(), in.data_ptr(), in.nbytes());
       return;
     }
-    gloo_call("all_gather",
-              [&] { cma() ? cma_all_gather(out, in, tag, timeout) : ring_all_gather(out, in, tag, timeout); });
+    gloo_call("all_gather", [&] { cma() ? cma_all_gather(out, in, timeout) : ring_all_gather(out, in, tag, timeout); });
   }
 
   void broadcast(Tensor& t, int root, Millis timeout) override {
@@ -464,26 +488,48 @@ class GlooBackend : public Backend {
     if (env && std::string(env) == "0") return;
     std::random_device rd;
     probe_ = (uint64_t{rd()} << 32) ^ rd() ^ static_cast<uint64_t>(::getpid());
-    const int left = (rank_ + size_ - 1) % size_;
+    const int fd = ::memfd_create("loom-gloo-mailbox", MFD_CLOEXEC);
+    void* mine_map = MAP_FAILED;
+    if (fd >= 0 && ::ftruncate(fd, sizeof(Mailbox)) == 0)
+      mine_map = ::mmap(nullptr, sizeof(Mailbox), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     std::ostringstream mine;
-    mine << host_identity() << " " << ::getpid() << " " << reinterpret_cast<uintptr_t>(&probe_) << " " << probe_;
+    mine << host_identity() << " " << ::getpid() << " " << reinterpret_cast<uintptr_t>(&probe_) << " " << probe_ << " "
+         << (mine_map == MAP_FAILED ? -1 : fd);
     auto& store = *ctx.store;
     store.set("loom_cma/" + std::to_string(rank_), to_bytes(mine.str()));
-    const std::string lkey = "loom_cma/" + std::to_string(left);
-    store.wait({lkey}, ctx.timeout);
-    std::istringstream theirs(to_string(store.get(lkey)));
-    std::string host;
-    uintptr_t addr = 0;
-    uint64_t nonce = 0;
-    long pid = 0;
-    theirs >> host >> pid >> addr >> nonce;
-    bool ok = host == host_identity() && pid > 0;
-    if (ok) {
+    struct Peer {
+      long pid = 0;
+      void* box = MAP_FAILED;
+    };
+    // Reads a neighbour's entry, checks we can read its memory, maps its mailbox.
+    auto peer = [&](int q) {
+      Peer out;
+      const std::string key = "loom_cma/" + std::to_string(q);
+      store.wait({key}, ctx.timeout);
+      std::istringstream theirs(to_string(store.get(key)));
+      std::string host;
+      uintptr_t addr = 0;
+      uint64_t nonce = 0;
+      int their_fd = -1;
+      theirs >> host >> out.pid >> addr >> nonce >> their_fd;
+      if (host != host_identity() || out.pid <= 0 || their_fd < 0) return out;
       uint64_t seen = 0;
       iovec l{&seen, sizeof seen}, r{reinterpret_cast<void*>(addr), sizeof seen};
-      ok = ::process_vm_readv(static_cast<pid_t>(pid), &l, 1, &r, 1, 0) == static_cast<ssize_t>(sizeof seen) &&
-           seen == nonce;
-    }
+      if (::process_vm_readv(static_cast<pid_t>(out.pid), &l, 1, &r, 1, 0) != static_cast<ssize_t>(sizeof seen) ||
+          seen != nonce)
+        return out;
+      const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(out.pid), 0));
+      if (pidfd < 0) return out;
+      const int dup = static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, their_fd, 0));
+      ::close(pidfd);
+      if (dup < 0) return out;
+      out.box = ::mmap(nullptr, sizeof(Mailbox), PROT_READ, MAP_SHARED, dup, 0);
+      ::close(dup);
+      return out;
+    };
+    Peer l = mine_map == MAP_FAILED ? Peer{} : peer(left());
+    Peer r = l.box == MAP_FAILED ? Peer{} : peer(right());
+    const bool ok = l.box != MAP_FAILED && r.box != MAP_FAILED;
     store.set("loom_cma_ok/" + std::to_string(rank_), to_bytes(ok ? "1" : "0"));
     bool all = true;
     for (int q = 0; q < size_; ++q) {
@@ -491,7 +537,16 @@ class GlooBackend : public Backend {
       store.wait({k}, ctx.timeout);
       all = all && to_string(store.get(k)) == "1";
     }
-    if (all) left_pid_ = static_cast<pid_t>(pid);
+    if (fd >= 0) ::close(fd);  // every neighbour holds its own mapping by now
+    if (all) {
+      left_pid_ = static_cast<pid_t>(l.pid);
+      box_ = new (mine_map) Mailbox();
+      left_box_ = static_cast<const Mailbox*>(l.box);
+      right_box_ = static_cast<const Mailbox*>(r.box);
+    } else {
+      for (void* m : {mine_map, l.box, r.box})
+        if (m != MAP_FAILED) ::munmap(m, sizeof(Mailbox));
+    }
     LOOM_DEBUG("gloo group ", ctx.group_name, ": ",
                all ? "same host, rings read peers' memory (CMA)" : "rings over TCP");
   }
@@ -514,56 +569,69 @@ class GlooBackend : public Backend {
     }
   }
 
-  // The tokens of one CMA ring: every "ready" token from the left is received
-  // up front (in order, one slot), ours go out to the right; finish() tells the
-  // left we are done reading it and waits until the right is done with us.
+  // The tokens of one CMA ring, through the shared mailboxes: ready(p)
+  // publishes "the next segment is at p" to the right neighbour, next() waits
+  // for the left neighbour's next one, finish() tells the left we are done
+  // reading its memory and waits until the right is done with ours (so the
+  // caller may reuse its buffers). Counters are cumulative over the group's
+  // life; every rank runs the same collectives in the same order, so both ends
+  // of a counter agree on it.
   struct Tokens {
     GlooBackend& g;
     const char* op;
     Clock::time_point deadline;
-    uint64_t ready_slot, done_slot;
-    std::vector<uint64_t> in, out;  // addresses received / sent
-    std::unique_ptr<UBuf> inbuf, outbuf;
-    size_t got = 0, sent = 0;
-    uint64_t done_out = 1, done_in = 0;
-    std::unique_ptr<UBuf> done_outbuf, done_inbuf;
+    Millis timeout;
 
-    Tokens(GlooBackend& g_, const char* op_, uint32_t tag, uint8_t prefix, size_t recvs, size_t sends,
-           Clock::time_point deadline_)
-        : g(g_),
-          op(op_),
-          deadline(deadline_),
-          ready_slot(slot(prefix, tag, 2)),
-          done_slot(slot(prefix, tag, 3)),
-          in(std::max<size_t>(recvs, 1)),
-          out(std::max<size_t>(sends, 1)) {
-      const int left = g.left(), right = g.right();
-      inbuf = g.context_->createUnboundBuffer(in.data(), in.size() * 8);
-      outbuf = g.context_->createUnboundBuffer(out.data(), out.size() * 8);
-      done_outbuf = g.context_->createUnboundBuffer(&done_out, 8);
-      done_inbuf = g.context_->createUnboundBuffer(&done_in, 8);
-      for (size_t i = 0; i < recvs; ++i) inbuf->recv(left, ready_slot, i * 8, 8);
-      done_inbuf->recv(right, done_slot, 0, 8);
+    Tokens(GlooBackend& g_, const char* op_, Millis timeout_)
+        : g(g_), op(op_), deadline(Clock::now() + timeout_), timeout(timeout_) {
+      LOOM_CHECK_T(CommError, !g.broken_, "gloo ", op, ": the group is unusable after an earlier timeout");
     }
-    // Announces that `len` bytes at p are ready for the right neighbour.
     void ready(const void* p) {
-      LOOM_CHECK(sent < out.size(), "gloo ", op, ": more tokens than planned");
-      out[sent] = reinterpret_cast<uintptr_t>(p);
-      outbuf->send(g.right(), ready_slot, sent * 8, 8);
-      ++sent;
+      Mailbox& me = *g.box_;
+      const uint64_t w = me.ready.load(std::memory_order_relaxed);
+      // The right neighbour must have taken the token kRing places back.
+      g.await([&] { return g.right_box_->consumed.load(std::memory_order_acquire) + kRing > w; }, deadline, op,
+              g.right(), timeout);
+      me.addr[w % kRing] = reinterpret_cast<uintptr_t>(p);
+      me.ready.store(w + 1, std::memory_order_release);
     }
-    // The address of the left neighbour's next ready segment.
     uint64_t next() {
-      wait_recv(*inbuf, deadline, op, g.left());
-      return in[got++];
+      const Mailbox& left = *g.left_box_;
+      const uint64_t c = g.box_->consumed.load(std::memory_order_relaxed);
+      g.await([&] { return left.ready.load(std::memory_order_acquire) > c; }, deadline, op, g.left(), timeout);
+      const uint64_t a = left.addr[c % kRing];
+      g.box_->consumed.store(c + 1, std::memory_order_release);
+      return a;
     }
     void finish() {
-      done_outbuf->send(g.left(), done_slot, 0, 8);
-      wait_recv(*done_inbuf, deadline, op, g.right());
-      wait_sends(*done_outbuf, 1, deadline, op, g.left());
-      wait_sends(*outbuf, sent, deadline, op, g.right());
+      const uint64_t d = g.box_->done.load(std::memory_order_relaxed) + 1;
+      g.box_->done.store(d, std::memory_order_release);
+      g.await([&] { return g.right_box_->done.load(std::memory_order_acquire) >= d; }, deadline, op, g.right(),
+              timeout);
     }
   };
+
+  // Polls cond until true: spins briefly, then yields, then naps 20 us at a
+  // time; past the deadline the group is marked broken and Timeout thrown.
+  template <typename Cond>
+  void await(Cond&& cond, Clock::time_point deadline, const char* op, int peer, Millis timeout) {
+    const auto start = Clock::now();
+    for (uint64_t i = 0;; ++i) {
+      if (cond()) return;
+      if (i < 256) continue;
+      const auto now = Clock::now();
+      if (now > deadline) {
+        broken_ = true;
+        LOOM_THROW(Timeout, "gloo ", op, ": rank ", peer, " did not reach the matching step within ", timeout.count(),
+                   " ms (same-host ring)");
+      }
+      if (now - start < std::chrono::microseconds(500)) {
+        std::this_thread::yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      }
+    }
+  }
   int left() const { return (rank_ + size_ - 1) % size_; }
   int right() const { return (rank_ + 1) % size_; }
 
@@ -582,17 +650,13 @@ class GlooBackend : public Backend {
   // The CMA twin of ring_allreduce: the same blocks, segments and order, but a
   // message is a token; the reduce-scatter pulls each segment through a small
   // scratch into t, the all-gather pulls straight into t.
-  void cma_allreduce(Tensor& t, ReduceOp op, uint32_t tag, Millis timeout) {
+  void cma_allreduce(Tensor& t, ReduceOp op, Millis timeout) {
     const char* name = "allreduce";
     const int n = size_, r = rank_;
     const SegmentPlan p(t.numel(), n, t.element_size(), segment_bytes_);
     auto* data = static_cast<uint8_t*>(t.data_ptr());
     auto mod = [n](int b) { return ((b % n) + n) % n; };
-    // Tokens from the left: its reduce-scatter messages, then its all-gather ones.
-    size_t recvs = 0;
-    for (int s = 0; s < n - 1; ++s)
-      for (int k = 0; k < p.segs; ++k) recvs += (p.seg_len(mod(r - s - 1), k) > 0) + (p.seg_len(mod(r - s), k) > 0);
-    Tokens tk(*this, name, tag, 0xA2, recvs, recvs + static_cast<size_t>(p.segs), Clock::now() + timeout);
+    Tokens tk(*this, name, timeout);
     for (int k = 0; k < p.segs; ++k)
       if (p.seg_len(r, k) > 0) tk.ready(data + p.seg_off_bytes(r, k));
     for (int s = 0; s < n - 1; ++s)
@@ -615,7 +679,7 @@ class GlooBackend : public Backend {
   // The CMA twin of ring_reduce_scatter. A middle step's partial sum is pulled
   // into its own scratch region (n - 2 blocks in all), reduced with in's block
   // and announced from there; the last step pulls into out and reduces there.
-  void cma_reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, uint32_t tag, Millis timeout) {
+  void cma_reduce_scatter(Tensor& out, const Tensor& in, ReduceOp op, Millis timeout) {
     const char* name = "reduce_scatter";
     const int n = size_, r = rank_;
     const SegmentPlan p(in.numel(), n, in.element_size(), segment_bytes_);
@@ -623,10 +687,7 @@ class GlooBackend : public Backend {
     auto* dst = static_cast<uint8_t*>(out.data_ptr());
     auto mod = [n](int b) { return ((b % n) + n) % n; };
     const size_t cbytes = out.nbytes(), out_base = p.seg_off_bytes(r, 0);
-    size_t recvs = 0;
-    for (int s = 0; s < n - 1; ++s)
-      for (int k = 0; k < p.segs; ++k) recvs += p.seg_len(mod(r - s - 2), k) > 0;
-    Tokens tk(*this, name, tag, 0xA1, recvs, recvs + static_cast<size_t>(p.segs), Clock::now() + timeout);
+    Tokens tk(*this, name, timeout);
     uint8_t* mid = n > 2 ? scratch(static_cast<size_t>(n - 2) * cbytes) : nullptr;
     for (int k = 0; k < p.segs; ++k)
       if (p.seg_len(mod(r - 1), k) > 0) tk.ready(src + p.seg_off_bytes(mod(r - 1), k));
@@ -645,7 +706,7 @@ class GlooBackend : public Backend {
   }
 
   // The CMA twin of ring_all_gather: every segment is pulled straight into out.
-  void cma_all_gather(Tensor& out, const Tensor& in, uint32_t tag, Millis timeout) {
+  void cma_all_gather(Tensor& out, const Tensor& in, Millis timeout) {
     const char* name = "all_gather";
     const int n = size_, r = rank_;
     const SegmentPlan p(out.numel(), n, out.element_size(), segment_bytes_);
@@ -653,10 +714,7 @@ class GlooBackend : public Backend {
     auto* dst = static_cast<uint8_t*>(out.data_ptr());
     auto mod = [n](int b) { return ((b % n) + n) % n; };
     const size_t in_base = p.seg_off_bytes(r, 0);
-    size_t recvs = 0;
-    for (int s = 0; s < n - 1; ++s)
-      for (int k = 0; k < p.segs; ++k) recvs += p.seg_len(mod(r - s - 1), k) > 0;
-    Tokens tk(*this, name, tag, 0xA3, recvs, recvs + static_cast<size_t>(p.segs), Clock::now() + timeout);
+    Tokens tk(*this, name, timeout);
     for (int k = 0; k < p.segs; ++k)
       if (p.seg_len(r, k) > 0) tk.ready(src + p.seg_off_bytes(r, k) - in_base);
     std::memcpy(dst + in_base, src, in.nbytes());
@@ -679,9 +737,13 @@ class GlooBackend : public Backend {
   std::shared_ptr<gloo::Context> context_;
   size_t segment_bytes_ = env_bytes("LOOM_GLOO_SEGMENT_BYTES", size_t{1} << 20);
   size_t window_ = env_bytes("LOOM_GLOO_WINDOW", 8);
-  uint64_t probe_ = 0;            // a nonce our right neighbour reads to check CMA works
-  pid_t left_pid_ = 0;            // the left neighbour's pid when the rings use CMA
-  std::vector<uint8_t> scratch_;  // the rings' receive slots, reused across calls
+  uint64_t probe_ = 0;                  // a nonce our right neighbour reads to check CMA works
+  pid_t left_pid_ = 0;                  // the left neighbour's pid when the rings use CMA
+  Mailbox* box_ = nullptr;              // ours (CMA only)
+  const Mailbox* left_box_ = nullptr;   // the left neighbour's, read-only
+  const Mailbox* right_box_ = nullptr;  // the right neighbour's, read-only
+  bool broken_ = false;                 // a same-host ring timed out: the counters are out of step
+  std::vector<uint8_t> scratch_;        // the rings' receive slots, reused across calls
 };
 
 }  // namespace
