@@ -611,8 +611,8 @@ class GlooBackend : public Backend {
     }
   };
 
-  // Polls cond until true: spins briefly, then yields, then naps 20 us at a
-  // time; past the deadline the group is marked broken and Timeout thrown.
+  // Polls cond until true: spins briefly, yields for 0.5 ms, then naps 20 us
+  // at a time (200 us after 5 ms); past the deadline the group is marked broken and Timeout thrown.
   template <typename Cond>
   void await(Cond&& cond, Clock::time_point deadline, const char* op, int peer, Millis timeout) {
     const auto start = Clock::now();
@@ -625,10 +625,11 @@ class GlooBackend : public Backend {
         LOOM_THROW(Timeout, "gloo ", op, ": rank ", peer, " did not reach the matching step within ", timeout.count(),
                    " ms (same-host ring)");
       }
-      if (now - start < std::chrono::microseconds(500)) {
+      const auto waited = now - start;
+      if (waited < std::chrono::microseconds(500)) {
         std::this_thread::yield();
-      } else {
-        std::this_thread::sleep_for(std::chrono::microseconds(20));
+      } else {  // a peer still computing: nap, longer after 5 ms so a waiting rank costs the others little
+        std::this_thread::sleep_for(std::chrono::microseconds(waited < std::chrono::milliseconds(5) ? 20 : 200));
       }
     }
   }
