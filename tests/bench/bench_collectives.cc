@@ -94,15 +94,31 @@ int main(int argc, char** argv) {
     auto store = std::make_shared<TCPStore>("127.0.0.1", port ? std::atoi(port) : 29533, so);
     ProcessGroupOptions po = default_process_group_options();
     po.publish_progress = true;
-    // LOOM_BENCH_NO_GLOO=1 leaves the gloo group out (its threads then cannot
-    // compete with the others for the cores).
+    // LOOM_BENCH_NO_GLOO=1 leaves the gloo groups out (their threads then
+    // cannot compete with the others for the cores). Two gloo groups: the
+    // default (on one host its rings read the peers' memory) and "gloo-tcp"
+    // with LOOM_GLOO_CMA=0, every byte over TCP as between hosts.
     const bool with_gloo = !std::getenv("LOOM_BENCH_NO_GLOO");
-    std::unique_ptr<ProcessGroup> gloo_pg =
-        with_gloo ? std::make_unique<ProcessGroup>(store, rank, n, "gloo", po, "bench_gloo") : nullptr;
+    std::unique_ptr<ProcessGroup> gloo_pg, gloo_tcp;
+    if (with_gloo) {
+      gloo_pg = std::make_unique<ProcessGroup>(store, rank, n, "gloo", po, "bench_gloo");
+      const char* was = std::getenv("LOOM_GLOO_CMA");
+      const std::string saved = was ? was : "";
+      ::setenv("LOOM_GLOO_CMA", "0", 1);
+      gloo_tcp = std::make_unique<ProcessGroup>(store, rank, n, "gloo", po, "bench_gloo_tcp");
+      if (was) {
+        ::setenv("LOOM_GLOO_CMA", saved.c_str(), 1);
+      } else {
+        ::unsetenv("LOOM_GLOO_CMA");
+      }
+    }
     ProcessGroup mpi(store, rank, n, "mpi", po, "bench_mpi");
     std::vector<ProcessGroup*> groups{&mpi};
-    if (with_gloo) groups.push_back(gloo_pg.get());
-    auto backend_of = [&](ProcessGroup* pg) { return pg == &mpi ? "mpi" : "gloo"; };
+    if (with_gloo) {
+      groups.push_back(gloo_pg.get());
+      groups.push_back(gloo_tcp.get());
+    }
+    auto backend_of = [&](ProcessGroup* pg) { return pg == &mpi ? "mpi" : pg == gloo_pg.get() ? "gloo" : "gloo-tcp"; };
     if (rank == 0)
       std::printf(
           "# op            backend ranks      bytes      time_us algbw_GBps busbw_GBps vs_raw_ar vs_raw_op minflt\n");
@@ -198,8 +214,9 @@ int main(int argc, char** argv) {
           "# README table: busbw (GB/s), f32, %d ranks, median of %d rounds, this run; last column: loom gloo's "
           "busbw over raw MPI_Allreduce's at the same size\n",
           n, reps);
-      std::printf("| ranks, bytes | op | raw MPI | loom mpi | loom gloo | gloo / raw MPI_Allreduce |\n");
-      std::printf("|---|---|---|---|---|---|\n");
+      std::printf(
+          "| ranks, bytes | op | raw MPI | loom mpi | loom gloo | gloo / raw MPI_Allreduce | loom gloo, TCP only |\n");
+      std::printf("|---|---|---|---|---|---|---|\n");
       const char* raw_name[] = {"MPI_Allreduce", "MPI_Reduce_scatter_block", "MPI_Allgather"};
       const char* ops[] = {"allreduce", "reduce_scatter", "all_gather"};
       for (const auto& [bytes, by_op] : busbw)
@@ -215,12 +232,16 @@ int main(int argc, char** argv) {
           char ratio[32] = "—";
           if (by.count("gloo"))
             std::snprintf(ratio, sizeof ratio, "%.2f", by.at("gloo") / by_op.at("allreduce").at("raw"));
-          std::printf("| %d, %s | %s (raw: %s) | %s | %s | %s | %s |\n", n, size_str(bytes).c_str(), ops[o],
-                      raw_name[o], cell("raw").c_str(), cell("mpi").c_str(), cell("gloo").c_str(), ratio);
+          std::printf("| %d, %s | %s (raw: %s) | %s | %s | **%s** | %s | %s |\n", n, size_str(bytes).c_str(), ops[o],
+                      raw_name[o], cell("raw").c_str(), cell("mpi").c_str(), cell("gloo").c_str(), ratio,
+                      cell("gloo-tcp").c_str());
         }
       std::fflush(stdout);
     }
-    if (with_gloo) gloo_pg->barrier()->wait();
+    if (with_gloo) {
+      gloo_pg->barrier()->wait();
+      gloo_tcp->barrier()->wait();
+    }
     mpi.barrier()->wait();
   }
   MPI_Finalize();
