@@ -478,11 +478,12 @@ class GlooBackend : public Backend {
   // Cross-memory attach (CMA): when every rank of the group runs on this
   // host, the rings move their bulk data with process_vm_readv, one copy from
   // the left neighbour's memory into ours (as Open MPI's shared-memory
-  // transport does), and gloo's TCP pairs carry only 8-byte tokens: "segment
-  // ready at this address" and, at the end, "done reading your memory".
-  // LOOM_GLOO_CMA=0 turns it off (TCP for everything); otherwise each rank
-  // checks it can read its left neighbour (a nonce at a published address),
-  // and all ranks use CMA only if every check passed.
+  // transport does), and signal "segment ready at this address" and "done
+  // reading your memory" through the Mailboxes, polled, with no message and
+  // no thread wake-up in between. LOOM_GLOO_CMA=0 turns it off (TCP for
+  // everything); otherwise each rank checks that it can read both neighbours
+  // (a nonce at a published address) and map their mailboxes, and all ranks
+  // use CMA only if every rank's check passed (so all run the same rings).
   void setup_cma(const BackendContext& ctx) {
     const char* env = std::getenv("LOOM_GLOO_CMA");
     if (env && std::string(env) == "0") return;
