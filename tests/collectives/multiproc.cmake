@@ -13,6 +13,14 @@ foreach(n 2 3 4)
   add_test(NAME collectives_tcp_gloo_np${n}
            COMMAND ${_loom_with_port} ${CMAKE_CURRENT_LIST_DIR}/multiproc/run_tcp.sh ${n} $<TARGET_FILE:collectives_mp> gloo)
   set_tests_properties(collectives_tcp_gloo_np${n} PROPERTIES LABELS collectives TIMEOUT 120)
+  # The gloo rings between processes both ways: over TCP (LOOM_GLOO_CMA=0) and reading the neighbour's memory (the
+  # default on one host), each with 4 KiB segments so the test's buffers take many of them.
+  foreach(cma 0 1)
+    add_test(NAME collectives_tcp_gloo_cma${cma}_np${n}
+             COMMAND ${_loom_with_port} ${CMAKE_CURRENT_LIST_DIR}/multiproc/run_tcp.sh ${n} $<TARGET_FILE:collectives_mp> gloo)
+    set_tests_properties(collectives_tcp_gloo_cma${cma}_np${n} PROPERTIES LABELS collectives TIMEOUT 120
+                         ENVIRONMENT "LOOM_GLOO_CMA=${cma};LOOM_GLOO_SEGMENT_BYTES=4096")
+  endforeach()
   if(LOOM_MPIRUN)
     foreach(backend mpi gloo)
       add_test(NAME collectives_mpirun_${backend}_np${n}
