@@ -63,6 +63,7 @@ size_t FsdpState::prev_backward(size_t u) const {
 }
 
 void FsdpState::pre_forward(size_t u) {
+  if (u == root_unit() && !autograd::in_backward_pass()) check_not_awaiting("forward started");
   if (u == root_unit() && callback_queued && !autograd::in_backward_pass()) abandon_backward();
   issue_gather(u);
   if (opts.prefetch) {
@@ -81,7 +82,8 @@ void FsdpState::post_forward(size_t u) {
   if (u == root_unit()) {
     // The root stays gathered until backward ends; without backward nothing stays.
     if (!backward_follows) reshard_all();
-  } else if (opts.reshard_after_forward || !backward_follows) {
+  } else if ((opts.reshard_after_forward && u + 1 != root_unit()) || !backward_follows) {
+    // The last block stays gathered: backward needs it first, right after the head (torchtitan does the same).
     reshard(u);
   }
 }
@@ -99,6 +101,7 @@ void FsdpState::pre_backward(size_t u) {
 
 void FsdpState::ensure_callback() {
   if (callback_queued || !autograd::in_backward_pass()) return;
+  check_not_awaiting("a backward pass began");
   std::weak_ptr<FsdpState> w = weak_from_this();
   autograd::queue_callback([w] {
     if (auto s = w.lock()) s->finish_backward();
@@ -147,6 +150,7 @@ void FsdpState::reduce(size_t gi) {
   ro.rank_ordered = opts.grad_reduce == GradReduce::kRankOrdered;
   g.rs_work = pg->reduce_scatter(g.rs_out, g.rs_in, ro);
   g.reduced = true;
+  rs_order.push_back(gi);
   if (!opts.overlap) g.rs_work->wait();
   drain_completed();
 }
@@ -155,11 +159,37 @@ void FsdpState::finish_backward() {
   callback_queued = false;
   for (size_t gi = 0; gi < groups.size(); ++gi)
     if (!groups[gi].reduced) reduce(gi);
-  for (auto& g : groups) {
-    if (g.rs_work) accumulate(g);
-    reset_pass(g);
-  }
   reshard_all();
+  if (!opts.wait_in_backward) {
+    awaiting = true;
+    return;
+  }
+  complete(nullptr);
+}
+
+void FsdpState::complete(const std::function<void(FlatGroup&)>& on_group) {
+  awaiting = false;
+  try {
+    for (size_t gi : rs_order) {
+      FlatGroup& g = groups[gi];
+      if (g.rs_work) accumulate(g);
+      if (on_group) on_group(g);
+    }
+  } catch (...) {
+    abandon_backward();
+    throw;
+  }
+  for (auto& g : groups) reset_pass(g);
+  rs_order.clear();
+}
+
+void FsdpState::check_not_awaiting(const char* what) {
+  if (!awaiting) return;
+  abandon_backward();
+  LOOM_THROW(InvalidArgument, "FullyShard (rank ", rank, " of group '", pg->name(), "'): ", what,
+             " while the last backward pass's reduce-scatters were still pending (FullyShardOptions::"
+             "wait_in_backward = false): call step(optimizer) or wait_gradients() after backward; those gradients "
+             "were dropped");
 }
 
 void FsdpState::accumulate(FlatGroup& g) {
@@ -185,6 +215,8 @@ void FsdpState::drain_completed() {
 
 void FsdpState::abandon_backward() {
   callback_queued = false;
+  awaiting = false;
+  rs_order.clear();
   for (auto& g : groups) {
     if (g.rs_work) g.rs_work->wait();
     reset_pass(g);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -94,6 +95,8 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   std::vector<StateKey> state_keys;  // the root's state_dict() keys in order
   std::vector<std::pair<nn::Module*, nn::HookHandle>> hooks;
   bool callback_queued = false;  // finish_backward is queued for the running backward pass
+  bool awaiting = false;         // wait_in_backward = false: the last pass's reductions are pending complete()
+  std::vector<size_t> rs_order;  // groups in the order their reduce-scatters were issued in this pass
 
   size_t root_unit() const { return units.size() - 1; }
   DType pdt() const { return opts.mixed_precision.param_dtype; }
@@ -131,9 +134,16 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   /// parameters' own gradients and issues the reduce-scatter (average over the group) into a shard-sized buffer.
   void reduce(size_t gi);
 
-  /// End of a backward pass: reduce what the hooks did not (same collective sequence on every rank), wait for every
-  /// reduction, reshard everything.
+  /// End of a backward pass: reduce what the hooks did not (same collective sequence on every rank), reshard
+  /// everything and (wait_in_backward) complete(); otherwise leave the reductions in flight for complete().
   void finish_backward();
+
+  /// Waits for the pass's reductions in the order they were issued; after each, its shard gradient is final and
+  /// on_group (when set) runs on the group (FullyShard::step steps its shard there). Ends the pass.
+  void complete(const std::function<void(FlatGroup&)>& on_group);
+
+  /// Throws InvalidArgument (after dropping the pending pass) when reductions of the last pass are still pending.
+  void check_not_awaiting(const char* what);
 
   /// Waits for g's reduction, adds the averaged shard into the shard's gradient (f32, on the shard device) and frees
   /// the communication buffers.
