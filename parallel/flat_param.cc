@@ -29,7 +29,9 @@ void FsdpState::issue_gather(size_t u) {
 
 void FsdpState::finish_gather(FlatGroup& g) {
   if (g.state != GatherState::kInFlight) return;
+  const int64_t t0 = collectives::trace_now_ns();
   g.gather_work->wait();
+  step_wait_ns += collectives::trace_now_ns() - t0;
   g.gather_work.reset();
   g.state = GatherState::kFull;
 }
@@ -65,6 +67,7 @@ size_t FsdpState::prev_backward(size_t u) const {
 void FsdpState::pre_forward(size_t u) {
   if (u == root_unit() && !autograd::in_backward_pass()) check_not_awaiting("forward started");
   if (u == root_unit() && callback_queued && !autograd::in_backward_pass()) abandon_backward();
+  if (u == root_unit() && !autograd::in_backward_pass()) step_wait_ns = 0;
   issue_gather(u);
   if (opts.prefetch) {
     const size_t n = next_forward(u);
@@ -181,6 +184,7 @@ void FsdpState::complete(const std::function<void(FlatGroup&)>& on_group) {
   }
   for (auto& g : groups) reset_pass(g);
   rs_order.clear();
+  last_comm_wait_ns = step_wait_ns;
 }
 
 void FsdpState::check_not_awaiting(const char* what) {
@@ -194,7 +198,9 @@ void FsdpState::check_not_awaiting(const char* what) {
 
 void FsdpState::accumulate(FlatGroup& g) {
   autograd::NoGradGuard no_grad;
+  const int64_t t0 = collectives::trace_now_ns();
   g.rs_work->wait();
+  step_wait_ns += collectives::trace_now_ns() - t0;
   Tensor r = ops::to(ops::to(g.rs_out, DType::f32), shard_device);
   Tensor cur = g.shard.grad();
   if (!cur.defined()) {

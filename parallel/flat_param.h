@@ -94,9 +94,11 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   std::vector<FullyShard::UnitTime> timeline;
   std::vector<StateKey> state_keys;  // the root's state_dict() keys in order
   std::vector<std::pair<nn::Module*, nn::HookHandle>> hooks;
-  bool callback_queued = false;  // finish_backward is queued for the running backward pass
-  bool awaiting = false;         // wait_in_backward = false: the last pass's reductions are pending complete()
-  std::vector<size_t> rs_order;  // groups in the order their reduce-scatters were issued in this pass
+  bool callback_queued = false;   // finish_backward is queued for the running backward pass
+  bool awaiting = false;          // wait_in_backward = false: the last pass's reductions are pending complete()
+  std::vector<size_t> rs_order;   // groups in the order their reduce-scatters were issued in this pass
+  int64_t step_wait_ns = 0;       // the training thread blocked on collectives since the root's last forward began
+  int64_t last_comm_wait_ns = 0;  // step_wait_ns when the last backward pass's gradients became final
 
   size_t root_unit() const { return units.size() - 1; }
   DType pdt() const { return opts.mixed_precision.param_dtype; }

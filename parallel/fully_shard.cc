@@ -335,6 +335,8 @@ double FullyShard::clip_grad_norm_(double max_norm, double norm_type,
   return total;
 }
 
+int64_t FullyShard::last_comm_wait_ns() const { return state_->last_comm_wait_ns; }
+
 void FullyShard::wait_gradients() {
   if (state_->awaiting) state_->complete(nullptr);
 }

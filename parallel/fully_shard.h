@@ -154,6 +154,10 @@ class FullyShard {
   /// local range the pieces do not cover.
   void load_sharded_state_dict(const std::vector<ShardedTensor>& pieces);
 
+  /// Nanoseconds the training thread spent blocked on this wrapper's collectives (all-gathers and reduce-scatters)
+  /// from the start of the last forward until its backward's gradients were final (the communication the schedule
+  /// did not hide); 0 before the first pass.
+  int64_t last_comm_wait_ns() const;
   /// Per unit (blocks in order, the root last), the last forward.
   const std::vector<UnitTime>& forward_timeline() const;
   /// Units, root included.
