@@ -108,6 +108,31 @@ Optimizer::Optimizer(std::vector<ParamGroup> groups) : groups_(std::move(groups)
   }
 }
 
+void Optimizer::step_params(const std::vector<Tensor>& params) {
+  std::unordered_set<const TensorImpl*> only;
+  std::unordered_set<const TensorImpl*> mine;
+  for (const auto& p : flat_) mine.insert(p.impl_ptr().get());
+  for (size_t k = 0; k < params.size(); ++k) {
+    const TensorImpl* impl = params[k].defined() ? params[k].impl_ptr().get() : nullptr;
+    if (!mine.count(impl)) {
+      const auto* m = params[k].defined() ? autograd::meta(params[k]) : nullptr;
+      LOOM_THROW(InvalidArgument, name(), ".step_params: tensor ", k,
+                 (m && !m->name.empty() ? " (" + m->name + ")" : std::string()),
+                 " is not one of this optimizer's parameters; pass tensors from its param_groups()");
+    }
+    only.insert(impl);
+  }
+  if (only.empty()) return;
+  only_ = &only;
+  try {
+    step();
+  } catch (...) {
+    only_ = nullptr;
+    throw;
+  }
+  only_ = nullptr;
+}
+
 void Optimizer::zero_grad(bool set_to_none) {
   for (auto& p : flat_) {
     auto* m = autograd::meta(p);

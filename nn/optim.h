@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -58,6 +59,11 @@ class Optimizer {
 
   /// Applies one update to every parameter that has a gradient (others are skipped).
   virtual void step() = 0;
+  /// Applies one update to `params` only (those without a gradient are skipped), leaving the others untouched: each
+  /// parameter's update needs only its own gradient and state, so stepping the parameters in several parts gives the
+  /// same result as one step() (what overlapping the optimizer with the last gradient collectives needs). Throws
+  /// InvalidArgument naming the tensor when one is not a parameter of this optimizer.
+  void step_params(const std::vector<Tensor>& params);
   /// Clears the gradients of every parameter (undefined, or zero when !set_to_none).
   void zero_grad(bool set_to_none = true);
 
@@ -92,6 +98,8 @@ class Optimizer {
   std::vector<ParamGroup> groups_;
   std::vector<Tensor> flat_;  // parameters in index order
   std::map<int64_t, ParamState> state_;
+  /// While step_params runs: the parameters to update (for_each_param_with_grad skips the others).
+  const std::unordered_set<const TensorImpl*>* only_ = nullptr;
 };
 
 template <typename F>
@@ -101,6 +109,7 @@ void Optimizer::for_each_param_with_grad(F&& fn) {
   for (auto& group : groups_) {
     for (auto& p : group.params) {
       const int64_t i = idx++;
+      if (only_ && !only_->count(p.impl_ptr().get())) continue;
       Tensor g = p.grad();
       if (!g.defined()) continue;
       LOOM_CHECK(g.sizes() == p.sizes(), name(), ".step: gradient of parameter ", describe_param(i), " has shape ",

@@ -4,8 +4,10 @@
 #include "parallel/ddp.h"
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <sstream>
+#include <unordered_set>
 
 #include "autograd/autograd.h"
 #include "collectives/trace.h"
@@ -49,6 +51,10 @@ struct DdpState : std::enable_shared_from_this<DdpState> {
   int64_t pass_wait_ns = 0;  // the caller blocked on this pass's collectives so far
   int64_t last_comm_wait_ns = 0;
   nn::HookHandle forward_hook{};
+  // wait_in_backward = false: the pass's buckets are launched, complete() has not run yet.
+  bool awaiting = false;
+  Tensor used;  // find_unused_parameters: per slot, whether some rank used it (after used_work)
+  std::shared_ptr<collectives::Work> used_work;
 
   void on_grad(size_t i);
   void fill_slot(DdpSlot& s, const Tensor& grad);
@@ -56,6 +62,8 @@ struct DdpState : std::enable_shared_from_this<DdpState> {
   bool is_slot_view(const DdpSlot& s, const Tensor& t) const;
   void launch_ready();
   void finalize();
+  void complete(const std::function<void(const std::vector<Tensor>&)>& on_bucket);
+  void write_back(DdpSlot& s);
   void wait_launched_quietly();
   void reset_pass();
   void timed_wait(collectives::Work& w);
@@ -112,6 +120,13 @@ void DdpState::launch_ready() {
 
 void DdpState::on_grad(size_t i) {
   DdpSlot& s = slots[i];
+  if (awaiting) {
+    reset_pass();
+    LOOM_THROW(InvalidArgument, "DistributedDataParallel (rank ", group->rank(), " of group '", group->name(),
+               "'): a backward pass reached parameter '", s.name,
+               "' while the previous pass's all-reduces were still pending (DDPOptions::wait_in_backward = false): "
+               "call step(optimizer) or wait_gradients() after each backward");
+  }
   if (!sync) {
     s.accumulated = true;  // the local sum stays in .grad until the next synced pass
     return;
@@ -170,8 +185,6 @@ void DdpState::finalize() {
 
     // Which parameters some rank used: the others keep .grad as it was (undefined), as in PyTorch, instead of getting a
     // zero gradient that would still move them through AdamW's moments and weight decay.
-    Tensor used;
-    std::shared_ptr<collectives::Work> used_work;
     if (opts.find_unused_parameters) {
       used = ops::zeros({static_cast<int64_t>(slots.size())}, DType::i32);
       int32_t* u = used.data<int32_t>();
@@ -180,29 +193,50 @@ void DdpState::finalize() {
       used = ops::to(used, slots.front().param.device());
       used_work = group->allreduce(used, {collectives::ReduceOp::kMax});
     }
+  } catch (...) {
+    reset_pass();
+    throw;
+  }
+  if (!opts.wait_in_backward) {
+    awaiting = true;  // step() / wait_gradients() / the next forward's pre-hook runs complete()
+    return;
+  }
+  complete(nullptr);
+}
 
-    for (DdpBucket& b : buckets) {
-      timed_wait(*b.work);
-      b.work.reset();
-    }
+// The averaged gradient of a slot (its range of the bucket, now all-reduced) into .grad.
+void DdpState::write_back(DdpSlot& s) {
+  Tensor avg = slot_view(s);
+  Tensor g = s.param.grad();
+  if (is_slot_view(s, g)) {
+    g.bump_version();  // the all-reduce wrote it in place
+  } else if (g.defined()) {
+    ops::copy_(g, avg);
+    g.bump_version();
+  } else {
+    s.param.set_grad(opts.gradient_as_bucket_view ? avg : ops::clone(avg));
+  }
+}
+
+// Waits for the buckets in launch order; after each, writes its averages into .grad and hands its parameters (those
+// that got a gradient) to on_bucket. Ends the pass.
+void DdpState::complete(const std::function<void(const std::vector<Tensor>&)>& on_bucket) {
+  awaiting = false;
+  try {
     if (used_work) {
       timed_wait(*used_work);
       used = ops::to(used, kCPU);
     }
-
-    for (size_t i = 0; i < slots.size(); ++i) {
-      DdpSlot& s = slots[i];
-      if (used.defined() && used.data<int32_t>()[i] == 0) continue;  // no rank produced a gradient
-      Tensor avg = slot_view(s);
-      Tensor g = s.param.grad();
-      if (is_slot_view(s, g)) {
-        g.bump_version();  // the all-reduce wrote it in place
-      } else if (g.defined()) {
-        ops::copy_(g, avg);
-        g.bump_version();
-      } else {
-        s.param.set_grad(opts.gradient_as_bucket_view ? avg : ops::clone(avg));
+    for (DdpBucket& b : buckets) {
+      timed_wait(*b.work);
+      b.work.reset();
+      std::vector<Tensor> params;
+      for (size_t i : b.slots) {
+        if (used.defined() && used.data<int32_t>()[i] == 0) continue;  // no rank produced a gradient
+        write_back(slots[i]);
+        params.push_back(slots[i].param);
       }
+      if (on_bucket && !params.empty()) on_bucket(params);
     }
     last_comm_wait_ns = pass_wait_ns;
   } catch (...) {
@@ -223,6 +257,13 @@ void DdpState::wait_launched_quietly() {
     }
     b.work.reset();
   }
+  if (used_work) {
+    try {
+      used_work->wait();
+    } catch (...) {
+    }
+    used_work.reset();
+  }
 }
 
 void DdpState::reset_pass() {
@@ -232,6 +273,9 @@ void DdpState::reset_pass() {
   next_launch = 0;
   pass_active = false;
   pass_wait_ns = 0;
+  awaiting = false;
+  used = Tensor();
+  used_work.reset();
 }
 
 }  // namespace detail
@@ -335,8 +379,16 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<nn::Module> mod
   // inside a backward pass, where a forward is a recomputation (activation checkpointing) within the pass.
   st->forward_hook = st->module->register_forward_pre_hook([w](nn::Module&) {
     if (autograd::in_backward_pass()) return;
-    if (auto s = w.lock())
-      if (s->pass_active) s->reset_pass();
+    auto s = w.lock();
+    if (!s) return;
+    if (s->awaiting) {
+      s->reset_pass();
+      LOOM_THROW(InvalidArgument, "DistributedDataParallel (rank ", s->group->rank(), " of group '", s->group->name(),
+                 "'): forward started while the last backward pass's all-reduces were still pending "
+                 "(DDPOptions::wait_in_backward = false): call step(optimizer) or wait_gradients() after backward; "
+                 "those gradients were dropped");
+    }
+    if (s->pass_active) s->reset_pass();
   });
   state_ = std::move(st);
 }
@@ -373,6 +425,28 @@ std::vector<DistributedDataParallel::BucketInfo> DistributedDataParallel::bucket
     out.push_back(std::move(info));
   }
   return out;
+}
+
+void DistributedDataParallel::wait_gradients() {
+  if (state_->awaiting) state_->complete(nullptr);
+}
+
+void DistributedDataParallel::step(nn::Optimizer& opt) {
+  if (!state_->awaiting) {
+    opt.step();
+    return;
+  }
+  // Parameters of the optimizer outside the module (none in the usual case) are stepped after the buckets.
+  std::unordered_set<const TensorImpl*> stepped;
+  state_->complete([&](const std::vector<Tensor>& params) {
+    opt.step_params(params);
+    for (const auto& p : params) stepped.insert(p.impl_ptr().get());
+  });
+  std::vector<Tensor> rest;
+  for (const auto& g : opt.param_groups())
+    for (const auto& p : g.params)
+      if (!stepped.count(p.impl_ptr().get())) rest.push_back(p);
+  opt.step_params(rest);
 }
 
 int64_t DistributedDataParallel::last_backward_end_ns() const { return state_->last_backward_end_ns; }

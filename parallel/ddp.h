@@ -10,6 +10,7 @@
 
 #include "collectives/process_group.h"
 #include "nn/module.h"
+#include "nn/optim.h"
 #include "parallel/wrap_claim.h"
 #include "tensor/dtype.h"
 
@@ -38,6 +39,13 @@ struct DDPOptions {
   /// gradients accumulated under no_sync() go straight into the bucket. .grad then changes in place during the next
   /// synced backward pass: clone it to keep it.
   bool gradient_as_bucket_view = false;
+  /// true: backward() returns once every bucket's all-reduce finished and .grad holds the averages. false: it returns
+  /// as soon as every bucket was launched, with the last all-reduces still in flight; .grad is final only after
+  /// wait_gradients(), or use step(opt), which steps each bucket's parameters the moment that bucket's all-reduce
+  /// finishes, so the all-reduces backward cannot hide (the last buckets: the first layers and the embeddings, whose
+  /// gradient is final only when backward ends) run behind the optimizer's work on the earlier buckets. Starting the
+  /// next forward while gradients are still pending is an error.
+  bool wait_in_backward = true;
 };
 
 namespace detail {
@@ -101,6 +109,16 @@ class DistributedDataParallel {
   /// Nanoseconds the caller's thread spent blocked on the all-reduces of the last synced backward pass (the
   /// communication that overlap did not hide: with overlap off, all of it); 0 before the first one.
   int64_t last_comm_wait_ns() const;
+  /// With DDPOptions::wait_in_backward = false: waits for the last synced backward pass's all-reduces and writes the
+  /// averages into .grad (what backward() does itself by default), e.g. before clipping, which needs every gradient.
+  /// Does nothing when no all-reduce is pending. Throws CommError / Timeout from the collectives.
+  void wait_gradients();
+  /// Steps `opt` over the wrapped module's parameters. When all-reduces of the last backward pass are still pending
+  /// (wait_in_backward = false), waits for the buckets in launch order and steps each bucket's parameters right after
+  /// its all-reduce finished (Optimizer::step_params), while the later buckets are still on the wire: the same update
+  /// as wait_gradients() then opt.step(). Otherwise it is opt.step(). With find_unused_parameters the flags all-reduce
+  /// follows every bucket, so the first step_params waits for all of them.
+  void step(nn::Optimizer& opt);
   /// The group gradients are averaged over.
   const collectives::ProcessGroup& group() const;
 

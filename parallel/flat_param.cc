@@ -29,7 +29,9 @@ void FsdpState::issue_gather(size_t u) {
 
 void FsdpState::finish_gather(FlatGroup& g) {
   if (g.state != GatherState::kInFlight) return;
+  const int64_t t0 = collectives::trace_now_ns();
   g.gather_work->wait();
+  step_wait_ns += collectives::trace_now_ns() - t0;
   g.gather_work.reset();
   g.state = GatherState::kFull;
 }
@@ -63,7 +65,9 @@ size_t FsdpState::prev_backward(size_t u) const {
 }
 
 void FsdpState::pre_forward(size_t u) {
+  if (u == root_unit() && !autograd::in_backward_pass()) check_not_awaiting("forward started");
   if (u == root_unit() && callback_queued && !autograd::in_backward_pass()) abandon_backward();
+  if (u == root_unit() && !autograd::in_backward_pass()) step_wait_ns = 0;
   issue_gather(u);
   if (opts.prefetch) {
     const size_t n = next_forward(u);
@@ -81,7 +85,8 @@ void FsdpState::post_forward(size_t u) {
   if (u == root_unit()) {
     // The root stays gathered until backward ends; without backward nothing stays.
     if (!backward_follows) reshard_all();
-  } else if (opts.reshard_after_forward || !backward_follows) {
+  } else if ((opts.reshard_after_forward && u + 1 != root_unit()) || !backward_follows) {
+    // The last block stays gathered: backward needs it first, right after the head (torchtitan does the same).
     reshard(u);
   }
 }
@@ -99,6 +104,7 @@ void FsdpState::pre_backward(size_t u) {
 
 void FsdpState::ensure_callback() {
   if (callback_queued || !autograd::in_backward_pass()) return;
+  check_not_awaiting("a backward pass began");
   std::weak_ptr<FsdpState> w = weak_from_this();
   autograd::queue_callback([w] {
     if (auto s = w.lock()) s->finish_backward();
@@ -147,6 +153,7 @@ void FsdpState::reduce(size_t gi) {
   ro.rank_ordered = opts.grad_reduce == GradReduce::kRankOrdered;
   g.rs_work = pg->reduce_scatter(g.rs_out, g.rs_in, ro);
   g.reduced = true;
+  rs_order.push_back(gi);
   if (replicate) replica_pending.push_back(gi);
   if (!opts.overlap) {
     g.rs_work->wait();
@@ -173,18 +180,49 @@ void FsdpState::finish_backward() {
   callback_queued = false;
   for (size_t gi = 0; gi < groups.size(); ++gi)
     if (!groups[gi].reduced) reduce(gi);
-  issue_replica_reduces(true);
-  for (auto& g : groups) {
-    if (g.rs_work) accumulate(g);
-    reset_pass(g);
-  }
   reshard_all();
+  if (!opts.wait_in_backward) {
+    if (replicate) issue_replica_reduces(false);  // those whose reduce-scatter is done; complete() issues the rest
+    awaiting = true;
+    return;
+  }
+  complete(nullptr);
+}
+
+void FsdpState::complete(const std::function<void(FlatGroup&)>& on_group) {
+  awaiting = false;
+  try {
+    // Hybrid sharding: every replica all-reduce is issued, in order, before any is waited on.
+    if (replicate) issue_replica_reduces(true);
+    for (size_t gi : rs_order) {
+      FlatGroup& g = groups[gi];
+      if (g.rs_work) accumulate(g);
+      if (on_group) on_group(g);
+    }
+  } catch (...) {
+    abandon_backward();
+    throw;
+  }
+  for (auto& g : groups) reset_pass(g);
+  rs_order.clear();
+  last_comm_wait_ns = step_wait_ns;
+}
+
+void FsdpState::check_not_awaiting(const char* what) {
+  if (!awaiting) return;
+  abandon_backward();
+  LOOM_THROW(InvalidArgument, "FullyShard (rank ", rank, " of group '", pg->name(), "'): ", what,
+             " while the last backward pass's reduce-scatters were still pending (FullyShardOptions::"
+             "wait_in_backward = false): call step(optimizer) or wait_gradients() after backward; those gradients "
+             "were dropped");
 }
 
 void FsdpState::accumulate(FlatGroup& g) {
   autograd::NoGradGuard no_grad;
+  const int64_t t0 = collectives::trace_now_ns();
   g.rs_work->wait();
   if (g.ar_work) g.ar_work->wait();
+  step_wait_ns += collectives::trace_now_ns() - t0;
   Tensor r = ops::to(ops::to(g.rs_out, DType::f32), shard_device);
   Tensor cur = g.shard.grad();
   if (!cur.defined()) {
@@ -211,6 +249,8 @@ void FsdpState::drain_completed() {
 void FsdpState::abandon_backward() {
   callback_queued = false;
   if (replicate) issue_replica_reduces(true);  // every rank issues the same collectives, even on the way out
+  awaiting = false;
+  rs_order.clear();
   for (auto& g : groups) {
     if (g.rs_work) g.rs_work->wait();
     if (g.ar_work) g.ar_work->wait();

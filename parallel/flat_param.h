@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -97,7 +98,11 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   std::vector<FullyShard::UnitTime> timeline;
   std::vector<StateKey> state_keys;  // the root's state_dict() keys in order
   std::vector<std::pair<nn::Module*, nn::HookHandle>> hooks;
-  bool callback_queued = false;  // finish_backward is queued for the running backward pass
+  bool callback_queued = false;   // finish_backward is queued for the running backward pass
+  bool awaiting = false;          // wait_in_backward = false: the last pass's reductions are pending complete()
+  std::vector<size_t> rs_order;   // groups in the order their reduce-scatters were issued in this pass
+  int64_t step_wait_ns = 0;       // the training thread blocked on collectives since the root's last forward began
+  int64_t last_comm_wait_ns = 0;  // step_wait_ns when the last backward pass's gradients became final
 
   size_t root_unit() const { return units.size() - 1; }
   DType pdt() const { return opts.mixed_precision.param_dtype; }
@@ -135,14 +140,21 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   /// parameters' own gradients and issues the reduce-scatter (average over the group) into a shard-sized buffer.
   void reduce(size_t gi);
 
-  /// End of a backward pass: reduce what the hooks did not (same collective sequence on every rank), wait for every
-  /// reduction, reshard everything.
+  /// End of a backward pass: reduce what the hooks did not (same collective sequence on every rank), reshard
+  /// everything and (wait_in_backward) complete(); otherwise leave the reductions in flight for complete().
   void finish_backward();
 
   /// Hybrid sharding: issues the replica all-reduce of every pending group whose reduce-scatter has finished (all of
   /// them, waiting, when `wait`), strictly in the order the reduce-scatters were issued: every rank then issues the
   /// replica all-reduces in the same order, whatever the timing of its reduce-scatters.
   void issue_replica_reduces(bool wait);
+
+  /// Waits for the pass's reductions in the order they were issued; after each, its shard gradient is final and
+  /// on_group (when set) runs on the group (FullyShard::step steps its shard there). Ends the pass.
+  void complete(const std::function<void(FlatGroup&)>& on_group);
+
+  /// Throws InvalidArgument (after dropping the pending pass) when reductions of the last pass are still pending.
+  void check_not_awaiting(const char* what);
 
   /// Waits for g's reduction (the reduce-scatter, then the replica all-reduce), adds the averaged shard into the
   /// shard's gradient (f32, on the shard device) and frees the communication buffers.

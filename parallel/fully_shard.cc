@@ -341,6 +341,29 @@ double FullyShard::clip_grad_norm_(double max_norm, double norm_type,
   return total;
 }
 
+int64_t FullyShard::last_comm_wait_ns() const { return state_->last_comm_wait_ns; }
+
+void FullyShard::wait_gradients() {
+  if (state_->awaiting) state_->complete(nullptr);
+}
+
+void FullyShard::step(nn::Optimizer& opt) {
+  if (!state_->awaiting) {
+    opt.step();
+    return;
+  }
+  std::unordered_set<const TensorImpl*> stepped;
+  state_->complete([&](detail::FlatGroup& g) {
+    opt.step_params({g.shard});
+    stepped.insert(g.shard.impl_ptr().get());
+  });
+  std::vector<Tensor> rest;  // parameters of the optimizer that are not this wrapper's shards
+  for (const auto& pg : opt.param_groups())
+    for (const auto& p : pg.params)
+      if (!stepped.count(p.impl_ptr().get())) rest.push_back(p);
+  opt.step_params(rest);
+}
+
 void FullyShard::zero_grad() {
   for (auto& g : state_->groups) {
     if (auto* m = autograd::meta(g.shard)) m->grad = Tensor();

@@ -66,6 +66,12 @@ struct FullyShardOptions {
   /// in order — a tree, not the flat order of plain FSDP over F D ranks; against that flat order (or with the
   /// backends' own algorithms) results agree within summation tolerance only (tests/parallel/hsdp_test.cc).
   std::shared_ptr<collectives::ProcessGroup> replicate_group;
+  /// true: backward() returns once every reduce-scatter finished and the shards' gradients are final. false: it
+  /// returns with the last reduce-scatters (the first block's and the root's: the embeddings are final only when
+  /// backward ends) still in flight; call wait_gradients(), or step(opt), which steps each unit's shards the moment
+  /// their reduce-scatter finished, so the tail of the communication runs behind the optimizer's work. Starting the
+  /// next forward or backward while reductions are pending is an error.
+  bool wait_in_backward = true;
 };
 
 /// One rank's piece of one original parameter (or of a per-shard tensor such as an AdamW moment): the flat element
@@ -134,6 +140,15 @@ class FullyShard {
                          std::shared_ptr<collectives::ProcessGroup> tp_group = nullptr);
   /// Clears the shards' gradients (and any gradient left on the original parameters).
   void zero_grad();
+  /// With FullyShardOptions::wait_in_backward = false: waits for the last backward pass's reduce-scatters and makes
+  /// the shards' gradients final (what backward() does by default), e.g. before clip_grad_norm_. Does nothing when
+  /// none is pending.
+  void wait_gradients();
+  /// Steps `opt` (built over parameters() / param_groups()). When reduce-scatters of the last backward pass are
+  /// pending (wait_in_backward = false), waits for them in the order they were issued and steps each flat shard right
+  /// after its gradient is final (Optimizer::step_params), while the later ones are still on the wire: the same update
+  /// as wait_gradients() then opt.step(). Otherwise it is opt.step().
+  void step(nn::Optimizer& opt);
 
   /// The full parameters (gathered, f32, on the CPU) and persistent buffers under the module's state_dict() names and
   /// shapes (tied weights under each name). Collective over the shard group. With rank0_only, ranks other than 0 of
@@ -155,6 +170,10 @@ class FullyShard {
   /// local range the pieces do not cover.
   void load_sharded_state_dict(const std::vector<ShardedTensor>& pieces);
 
+  /// Nanoseconds the training thread spent blocked on this wrapper's collectives (all-gathers and reduce-scatters)
+  /// from the start of the last forward until its backward's gradients were final (the communication the schedule
+  /// did not hide); 0 before the first pass.
+  int64_t last_comm_wait_ns() const;
   /// Per unit (blocks in order, the root last), the last forward.
   const std::vector<UnitTime>& forward_timeline() const;
   /// Units, root included.

@@ -32,6 +32,39 @@ TEST(AdamW, SingleStepMatchesHandComputation) {
   EXPECT_EQ(opt.state(0).step, 1);
 }
 
+TEST(Optimizer, StepParamsInPartsEqualsOneStepAndRejectsForeignTensors) {
+  // Two copies of three parameters with the same gradients over three steps: one optimizer steps all at once, the
+  // other in two parts per step (in the order DDP's buckets come back). Every element must agree bit for bit.
+  auto make = [] { return std::vector<Tensor>{param({1.0f, -2.0f, 0.5f}), param({0.25f, 3.0f}), param({-1.5f})}; };
+  std::vector<Tensor> a = make(), b = make();
+  AdamW whole(a, AdamWOptions{0.1, 0.9, 0.999, 1e-8, 0.1});
+  AdamW parts(b, AdamWOptions{0.1, 0.9, 0.999, 1e-8, 0.1});
+  const std::vector<std::vector<float>> grads = {{0.5f, -0.25f, 1.0f}, {2.0f, -0.125f}, {0.75f}};
+  for (int step = 0; step < 3; ++step) {
+    for (size_t i = 0; i < a.size(); ++i) {
+      std::vector<float> g = grads[i];
+      for (float& x : g) x *= static_cast<float>(step + 1);
+      set_grad(a[i], g);
+      set_grad(b[i], g);
+    }
+    whole.step();
+    parts.step_params({b[2], b[1]});
+    parts.step_params({b[0]});
+  }
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(a[i].to_vector<float>(), b[i].to_vector<float>()) << "parameter " << i;
+  for (int64_t i = 0; i < 3; ++i) EXPECT_EQ(parts.state(i).step, 3) << "parameter " << i;
+  Tensor stranger = param({1.0f});
+  set_grad(stranger, {1.0f});
+  try {
+    parts.step_params({stranger});
+    FAIL() << "a tensor outside the optimizer must be rejected";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("not one of this optimizer's parameters"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(stranger.to_vector<float>(), std::vector<float>{1.0f});
+}
+
 TEST(SGD, SingleStepMatchesHandComputation) {
   Tensor p = param({1.0f, -2.0f});
   set_grad(p, {0.5f, -0.25f});

@@ -414,6 +414,72 @@ TEST(DDPBuckets, SplitByDtype) {
   EXPECT_TRUE(a->weight.grad().defined());
 }
 
+/// Three AdamW steps (no clipping: it needs every gradient before any step) with DDP over small buckets, stepping with
+/// ddp.step(opt); returns the parameters.
+nn::StateDict train_ddp_stepping(Family f, bool wait_in_backward) {
+  auto g = world();
+  auto model = ptest::tiny_model(f);
+  DDPOptions o;
+  o.first_bucket_cap_bytes = 4 << 10;  // several buckets, so step() steps the model in several parts
+  o.bucket_cap_bytes = 16 << 10;
+  o.wait_in_backward = wait_in_backward;
+  DistributedDataParallel ddp(model, g, o);
+  nn::AdamW opt(nn::weight_decay_groups(model->named_parameters(), 1e-3, 0.1), nn::AdamWOptions{});
+  for (int step = 0; step < 3; ++step) {
+    ptest::Batch b = ptest::rows(ptest::global_batch(step), g->rank(), g->size());
+    opt.zero_grad();
+    model->loss(b.idx, b.targets).backward();
+    ddp.step(opt);
+  }
+  return model->state_dict();
+}
+
+TEST(DDPOptimizerOverlap, SteppingEachBucketAsItsAllReduceEndsEqualsWaitingThenStepping) {
+  for (Family f : ptest::families()) {
+    SCOPED_TRACE(ptest::family_name(f));
+    const nn::StateDict want = train_ddp_stepping(f, /*wait_in_backward=*/true);
+    const nn::StateDict got = train_ddp_stepping(f, /*wait_in_backward=*/false);
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [name, w] : want) {
+      const Tensor& t = got.at(name);
+      ASSERT_EQ(t.numel(), w.numel()) << name;
+      const float* a = t.data<float>();
+      const float* b = w.data<float>();
+      int64_t differ = 0;
+      for (int64_t i = 0; i < w.numel(); ++i) differ += a[i] != b[i];
+      EXPECT_EQ(differ, 0) << name << ": elements that differ (bit for bit) from waiting in backward";
+    }
+  }
+}
+
+TEST(DDPOptimizerOverlap, ForwardOrBackwardWithGradientsPendingIsAnErrorAndWaitGradientsFinishes) {
+  auto g = world();
+  auto model = ptest::tiny_model(Family::kGPT2);
+  DDPOptions o;
+  o.wait_in_backward = false;
+  DistributedDataParallel ddp(model, g, o);
+  ptest::Batch b = ptest::rows(ptest::global_batch(0), g->rank(), g->size());
+  model->loss(b.idx, b.targets).backward();
+  try {
+    model->loss(b.idx, b.targets);
+    FAIL() << "a forward with all-reduces pending must throw";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("wait_gradients()"), std::string::npos) << e.what();
+  }
+  // The pass was dropped: a new one works, and wait_gradients() leaves the group average in .grad.
+  model->zero_grad();
+  model->loss(b.idx, b.targets).backward();
+  ddp.wait_gradients();
+  ddp.wait_gradients();  // nothing pending: no-op
+  const Tensor grad = model->parameters().front().grad();
+  ASSERT_TRUE(grad.defined());
+  Tensor mine = ops::clone(grad), avg = ops::clone(grad);
+  g->allreduce(avg, {collectives::ReduceOp::kAvg})->wait();
+  const float* x = mine.data<float>();
+  const float* y = avg.data<float>();
+  for (int64_t i = 0; i < mine.numel(); ++i) ASSERT_EQ(x[i], y[i]) << "element " << i << " is not replicated";
+}
+
 TEST(DDPOverlap, AllReduceStartsBeforeBackwardEnds) {
   auto g = world();
   // A batch large enough that backward takes milliseconds: on a loaded machine the worker thread may wait that long for

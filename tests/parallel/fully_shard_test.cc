@@ -151,14 +151,18 @@ TEST(FullyShardReshard, BlocksAreFreedAfterForwardUnlessZero2) {
       return bytes;
     };
     // Registered after FullyShard's hooks, so it sees the state they leave.
-    size_t blocks_after_forward = 0, root_after_forward = 0;
+    // All blocks but the last: backward needs the last one first, so it stays gathered from its forward on.
+    size_t blocks_after_forward = 0, last_after_forward = 0, root_after_forward = 0;
     model->register_forward_hook([&](nn::Module&) {
-      for (const auto& b : model->blocks()) blocks_after_forward += held(*b);
+      const auto& blocks = model->blocks();
+      for (size_t i = 0; i + 1 < blocks.size(); ++i) blocks_after_forward += held(*blocks[i]);
+      last_after_forward = held(*blocks.back());
       root_after_forward = dynamic_cast<nn::GPT2&>(*model).transformer->wte->weight.storage()->nbytes();
     });
     ptest::Batch b = ptest::rows(ptest::global_batch(0), world()->rank(), world()->size());
     Tensor loss = model->loss(b.idx, b.targets);
     EXPECT_GT(root_after_forward, 0u) << "the root stays gathered from forward to the end of backward";
+    EXPECT_GT(last_after_forward, 0u) << "the last block stays gathered for the start of backward";
     if (zero2) {
       EXPECT_GT(blocks_after_forward, 0u);
     } else {
@@ -260,6 +264,64 @@ TEST(FullyShardMemory, EachRankHoldsItsShareOfParamsGradsAndAdamState) {
         << "rank " << world()->rank() << " of " << W << " holds " << held << " bytes; single-rank total " << total;
     EXPECT_GE(held, total / W - slack) << "the shards, their gradients and both AdamW moments";
   }
+}
+
+/// Three AdamW steps (no clipping) under FullyShard, stepping with fsdp.step(opt); returns the full parameters.
+nn::StateDict train_fsdp_stepping(Family f, bool wait_in_backward) {
+  auto g = world();
+  auto model = ptest::tiny_model(f);
+  FullyShardOptions o;
+  o.wait_in_backward = wait_in_backward;
+  FullyShard fsdp(model, g, o);
+  nn::AdamW opt(fsdp.param_groups(1e-3, 0.1), nn::AdamWOptions{});
+  for (int step = 0; step < 3; ++step) {
+    ptest::Batch b = ptest::rows(ptest::global_batch(step), g->rank(), g->size());
+    fsdp.zero_grad();
+    model->loss(b.idx, b.targets).backward();
+    fsdp.step(opt);
+  }
+  return fsdp.full_state_dict(/*rank0_only=*/false);
+}
+
+TEST(FullyShardOptimizerOverlap, SteppingEachShardAsItsReduceScatterEndsEqualsWaitingThenStepping) {
+  for (Family f : ptest::families()) {
+    SCOPED_TRACE(ptest::family_name(f));
+    const nn::StateDict want = train_fsdp_stepping(f, /*wait_in_backward=*/true);
+    const nn::StateDict got = train_fsdp_stepping(f, /*wait_in_backward=*/false);
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [name, w] : want) {
+      const Tensor& t = got.at(name);
+      ASSERT_EQ(t.numel(), w.numel()) << name;
+      const float* a = t.data<float>();
+      const float* b = w.data<float>();
+      int64_t differ = 0;
+      for (int64_t i = 0; i < w.numel(); ++i) differ += a[i] != b[i];
+      EXPECT_EQ(differ, 0) << name << ": elements that differ (bit for bit) from waiting in backward";
+    }
+  }
+}
+
+TEST(FullyShardOptimizerOverlap, ForwardWithReductionsPendingIsAnError) {
+  auto g = world();
+  auto model = ptest::tiny_model(Family::kLlama);
+  FullyShardOptions o;
+  o.wait_in_backward = false;
+  FullyShard fsdp(model, g, o);
+  nn::AdamW opt(fsdp.param_groups(1e-3, 0.1), nn::AdamWOptions{});
+  ptest::Batch b = ptest::rows(ptest::global_batch(0), g->rank(), g->size());
+  model->loss(b.idx, b.targets).backward();
+  try {
+    model->loss(b.idx, b.targets);
+    FAIL() << "a forward with reduce-scatters pending must throw";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("step(optimizer) or wait_gradients()"), std::string::npos) << e.what();
+  }
+  // The pass was dropped: the next one trains, and wait_gradients() makes every shard's gradient final.
+  fsdp.zero_grad();
+  model->loss(b.idx, b.targets).backward();
+  fsdp.wait_gradients();
+  for (const Tensor& shard : fsdp.parameters()) EXPECT_TRUE(shard.grad().defined());
+  fsdp.step(opt);  // nothing pending: a plain step
 }
 
 TEST(FullyShardOverlap, NextUnitGatherStartsBeforeCurrentForwardEnds) {
