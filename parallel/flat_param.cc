@@ -93,6 +93,9 @@ void FsdpState::post_forward(size_t u) {
 
 void FsdpState::pre_backward(size_t u) {
   ensure_callback();
+  // A reduce-scatter that finished during the previous unit's backward starts its replica all-reduce now, not only at
+  // the next reduce().
+  if (replicate) issue_replica_reduces(false);
   issue_gather(u);
   if (opts.prefetch) {
     const size_t p = prev_backward(u);

@@ -1,7 +1,9 @@
 // Hybrid sharding (HSDP) against plain FSDP on a 2-node job: bytes over the inter-node link per step and step time. Run
 // by scripts/bench_hsdp_netns.sh on two simulated nodes (network namespaces joined by a rate-limited link), 2 ranks per
 // node under trainlaunch; every rank runs:
-//   bench_hsdp [BACKEND LAYERS WIDTH HEADS SEQ BATCH_PER_RANK VOCAB STEPS]   (default gloo 4 256 4 64 2 2048 5)
+//   bench_hsdp [BACKEND LAYERS WIDTH HEADS SEQ BATCH_PER_RANK VOCAB STEPS]   (default gloo 4 256 4 32 1 2048 5)
+// The default is a link-bound step (3.7M parameters, 32 tokens per rank): on a small CPU more tokens per rank make the
+// step compute-bound and the link's share of it small.
 // Layouts over W ranks, ranks [0, W/2) on node 0 and the rest on node 1 (the launcher's node ranks):
 //   fsdp: FullyShard over all W ranks (its all-gathers and reduce-scatters cross the link);
 //   hsdp: dp 2 x fsdp W/2: sharded within a node, the shard gradient all-reduced across the 2 nodes.
@@ -51,7 +53,7 @@ double node_tx_bytes(bool local_leader, const std::string& iface) {
 
 int main(int argc, char** argv) {
   const std::string backend = argc > 1 ? argv[1] : "gloo";
-  std::vector<int64_t> a = {4, 256, 4, 64, 2, 2048, 5};
+  std::vector<int64_t> a = {4, 256, 4, 32, 1, 2048, 5};
   for (int i = 2; i < argc && i <= 8; ++i) a[i - 2] = std::atoll(argv[i]);
   const int64_t L = a[0], C = a[1], H = a[2], T = a[3], B = a[4], V = a[5], steps = std::max<int64_t>(a[6], 1);
   const char* iface_env = std::getenv("LOOM_BENCH_IFACE");

@@ -99,13 +99,13 @@ Run train_hsdp(Family f, const DeviceMesh& mesh, FullyShardOptions opts, const p
 /// Losses and gradient norms within 1e-5 of whole-batch single-rank training; parameters within 1e-5 of the
 /// single-rank replay of HSDP's rank-ordered tree (after a default-reduction run checked within summation tolerance);
 /// every rank, replicas included, ends with the same parameters.
-void expect_hsdp_matches_single_rank(Family f) {
+void expect_hsdp_matches_single_rank(Family f, const FullyShardOptions& base = {}) {
   SCOPED_TRACE(ptest::family_name(f));
   const HsdpMesh m = hsdp_mesh();
   DeviceMesh mesh(world(), {{"dp", m.dp}, {"fsdp", m.fsdp}});
   Run last;
   auto train = [&](bool rank_ordered) {
-    FullyShardOptions o;
+    FullyShardOptions o = base;
     if (rank_ordered) o.grad_reduce = GradReduce::kRankOrdered;
     last = train_hsdp(f, mesh, o);
     return last;
@@ -122,6 +122,16 @@ void expect_hsdp_matches_single_rank(Family f) {
 TEST(Hsdp, GPT2MatchesSingleRankAfterThreeSteps) { expect_hsdp_matches_single_rank(Family::kGPT2); }
 
 TEST(Hsdp, LlamaMatchesSingleRankAfterThreeSteps) { expect_hsdp_matches_single_rank(Family::kLlama); }
+
+TEST(Hsdp, WithoutOverlapAndAsZero2MatchesSingleRank) {
+  FullyShardOptions no_overlap;
+  no_overlap.overlap = false;
+  no_overlap.prefetch = false;
+  expect_hsdp_matches_single_rank(Family::kGPT2, no_overlap);
+  FullyShardOptions zero2;
+  zero2.reshard_after_forward = false;
+  expect_hsdp_matches_single_rank(Family::kLlama, zero2);
+}
 
 TEST(Hsdp, EachGradientIsReduceScatteredThenAllReducedAcrossReplicasInOrder) {
   const HsdpMesh m = hsdp_mesh();
