@@ -120,7 +120,7 @@ void FsdpState::on_grad(size_t gi, size_t si) {
   const Unit& unit = units[g.unit];
   if (unit.is_root) return;
   bool all = true;
-  for (size_t k : unit.groups) all = all && groups[k].reduced;
+  for (size_t k : unit.groups) all = all && (groups[k].reduced || !groups[k].trainable);
   if (all) reshard(g.unit);
 }
 
@@ -141,6 +141,7 @@ void FsdpState::reduce(size_t gi) {
   }
   if (g.padded > g.numel) ops::zero_(ops::narrow(flat, 0, g.numel, g.padded - g.numel));
   g.rs_in = flat;
+  rs_bytes += static_cast<int64_t>(flat.nbytes());
   g.rs_out = empty({g.shard_numel}, rdt, compute);
   collectives::ReduceScatterOptions ro;
   ro.op = collectives::ReduceOp::kAvg;
@@ -154,7 +155,7 @@ void FsdpState::reduce(size_t gi) {
 void FsdpState::finish_backward() {
   callback_queued = false;
   for (size_t gi = 0; gi < groups.size(); ++gi)
-    if (!groups[gi].reduced) reduce(gi);
+    if (!groups[gi].reduced && groups[gi].trainable) reduce(gi);
   for (auto& g : groups) {
     if (g.rs_work) accumulate(g);
     reset_pass(g);

@@ -35,12 +35,14 @@ struct LocalRange {
   int64_t lo = 0, hi = 0, shard_off = 0;
 };
 
-/// One flat parameter: the parameters of one unit with one weight-decay setting, laid end to end and padded to a
-/// multiple of the world size; this rank's f32 shard, the full storage the parameters view, and the state of its
-/// all-gather and of its gradient reduction in the running backward pass.
+/// One flat parameter: the parameters of one unit with one weight-decay setting, all trainable or all frozen, laid end
+/// to end and padded to a multiple of the world size; this rank's f32 shard, the full storage the parameters view, and
+/// the state of its all-gather and of its gradient reduction in the running backward pass. A frozen group (parameters
+/// with requires_grad false) is gathered like the others but has no gradient hooks, no reduce-scatter and no gradient.
 struct FlatGroup {
   size_t unit = 0;
   bool decay = false;
+  bool trainable = true;
   std::vector<ParamSlot> params;
   int64_t numel = 0, padded = 0, shard_numel = 0;
   Tensor shard;                   // (shard_numel) f32 leaf on the shard device
@@ -93,7 +95,9 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   std::vector<FullyShard::UnitTime> timeline;
   std::vector<StateKey> state_keys;  // the root's state_dict() keys in order
   std::vector<std::pair<nn::Module*, nn::HookHandle>> hooks;
-  bool callback_queued = false;  // finish_backward is queued for the running backward pass
+  bool callback_queued = false;   // finish_backward is queued for the running backward pass
+  std::vector<size_t> trainable;  // indices of the trainable groups: FullyShard::parameters() in order
+  int64_t rs_bytes = 0;           // bytes of flat gradients handed to reduce_scatter since construction
 
   size_t root_unit() const { return units.size() - 1; }
   DType pdt() const { return opts.mixed_precision.param_dtype; }
