@@ -29,18 +29,18 @@ LoRALinear::LoRALinear(const Linear& base, LoRAOptions opts, Generator& gen)
     bias.set_requires_grad(false);
   }
   const DType dt = base.weight.dtype();
-  lora_A = register_module("lora_A", std::make_shared<Linear>(in_features, opts.rank,
-                                                              LinearOptions{false, opts.init_std, dt}, gen));
-  lora_B = register_module("lora_B", std::make_shared<Linear>(opts.rank, out_features,
-                                                              LinearOptions{false, opts.init_std, dt}, gen));
+  lora_A = register_module(
+      "lora_A", std::make_shared<Linear>(in_features, opts.rank, LinearOptions{false, opts.init_std, dt}, gen));
+  lora_B = register_module(
+      "lora_B", std::make_shared<Linear>(opts.rank, out_features, LinearOptions{false, opts.init_std, dt}, gen));
   if (opts.zero_init_b) init::zeros_(lora_B->weight);
   lora_A->to(base.weight.device());
   lora_B->to(base.weight.device());
 }
 
 Tensor LoRALinear::forward(const Tensor& x) {
-  Tensor y = Linear::forward(x);                                  // (..., out), frozen
-  Tensor u = (*lora_B)((*lora_A)(x));                             // (..., out) through (..., r)
+  Tensor y = Linear::forward(x);       // (..., out), frozen
+  Tensor u = (*lora_B)((*lora_A)(x));  // (..., out) through (..., r)
   return add(y, mul(u, scaling()));
 }
 

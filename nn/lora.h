@@ -12,9 +12,9 @@
 namespace loom::nn {
 
 struct LoRAOptions {
-  int64_t rank = 8;       // r
-  double alpha = 16.0;    // the update is scaled by alpha / r
-  double init_std = 0.02; // A ~ normal(0, init_std)
+  int64_t rank = 8;        // r
+  double alpha = 16.0;     // the update is scaled by alpha / r
+  double init_std = 0.02;  // A ~ normal(0, init_std)
   /// true (PEFT's default): B starts at zero, so the wrapped layer computes what the base did until B moves; false: B
   /// ~ normal(0, init_std) too (tests use it so both adapters get gradients from the first step).
   bool zero_init_b = true;

@@ -88,6 +88,14 @@ void FsdpState::post_forward(size_t u) {
 
 void FsdpState::pre_backward(size_t u) {
   ensure_callback();
+  // Backward reaching u means it is done with the blocks it went through before (blocks run one after another). A block
+  // with frozen parameters cannot tell that from its gradients: free it here.
+  for (size_t v = 0; v < root_unit(); ++v)
+    if (v != u && units[v].in_backward) {
+      reshard(v);
+      units[v].in_backward = false;
+    }
+  if (units[u].has_frozen && !units[u].is_root) units[u].in_backward = true;
   issue_gather(u);
   if (opts.prefetch) {
     const size_t p = prev_backward(u);
@@ -118,7 +126,7 @@ void FsdpState::on_grad(size_t gi, size_t si) {
   reduce(gi);
   // Once every gradient of a block is final its full parameters are no longer needed.
   const Unit& unit = units[g.unit];
-  if (unit.is_root) return;
+  if (unit.is_root || unit.has_frozen) return;
   bool all = true;
   for (size_t k : unit.groups) all = all && (groups[k].reduced || !groups[k].trainable);
   if (all) reshard(g.unit);
@@ -160,6 +168,7 @@ void FsdpState::finish_backward() {
     if (g.rs_work) accumulate(g);
     reset_pass(g);
   }
+  for (auto& unit : units) unit.in_backward = false;
   reshard_all();
 }
 
@@ -192,6 +201,7 @@ void FsdpState::abandon_backward() {
     for (auto& s : g.params)
       if (auto* m = autograd::meta(s.param)) m->grad = Tensor();
   }
+  for (auto& unit : units) unit.in_backward = false;
   reshard_all();
 }
 

@@ -71,6 +71,8 @@ struct Unit {
   bool is_root = false;
   std::vector<size_t> groups;
   std::vector<uint64_t> pending_seqs;  // all-gathers issued since its last use
+  bool has_frozen = false;             // holds a frozen group: freed in backward when backward reaches another unit
+  bool in_backward = false;            // its backward started in the running pass and it is not freed yet
 };
 
 /// A state_dict key: a parameter slot or a buffer.
@@ -122,12 +124,14 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   void pre_forward(size_t u);
   /// Forward hook: record the end; reshard a block (ZeRO-3, or when no backward follows).
   void post_forward(size_t u);
-  /// Backward pre-hook: gather u again if it was resharded, prefetch the unit backward reaches next.
+  /// Backward pre-hook: free the blocks with frozen parameters whose backward is over, gather u again if it was
+  /// resharded, prefetch the unit backward reaches next.
   void pre_backward(size_t u);
   /// Queues finish_backward at the end of the running backward pass, once per pass.
   void ensure_callback();
   /// Post-accumulate hook of parameter si of group gi: when the group's gradients are all final, reduce it; when a
-  /// block's groups are all reduced, reshard the block.
+  /// block's groups are all reduced, reshard the block (unless it holds frozen parameters: backward may still need
+  /// them, e.g. for a norm's input gradient after its last trainable gradient).
   void on_grad(size_t gi, size_t si);
 
   // ------------------------------------------------------------ gradient reduction

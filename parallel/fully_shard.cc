@@ -192,6 +192,7 @@ FullyShard::FullyShard(std::shared_ptr<nn::Module> root, std::vector<std::shared
       g.padded = (g.numel + W - 1) / W * W;
       g.shard_numel = g.padded / W;
       if (trainable) st->trainable.push_back(st->groups.size());
+      st->units[u].has_frozen = st->units[u].has_frozen || !trainable;
       st->units[u].groups.push_back(st->groups.size());
       st->groups.push_back(std::move(g));
     }

@@ -182,16 +182,17 @@ struct TensorParallelOptions {
 
 /// Converts a GPT2 or Llama (every tp rank built with the same weights) in place: attention heads (q, k and v by
 /// heads, the output projection by its input columns), MLP columns then rows, the token embedding and lm_head by
-/// vocabulary. Each rank keeps copies of its slices of the existing weights (frozen ones stay frozen), so the model
-/// computes what it did before; forward now returns this rank's vocab columns of the logits (B, T, V/tp) and
-/// CausalLM::loss uses vocab_parallel_cross_entropy. A tied lm_head stays tied (one local tensor). Norms, position
-/// embeddings and the biases of row-parallel layers stay replicated; every sharded parameter gets a
-/// parallel::tp_placement record. Convert before wrapping with FullyShard and before building the optimizer. Throws
-/// InvalidArgument naming the config field and both numbers when tp does not divide n_head, n_kv_head, the MLP hidden
-/// size or vocab_size, when the model is neither a GPT2 nor a Llama, is already tensor-parallel, or is wrapped
-/// (FullyShard, DistributedDataParallel); the model is unchanged then. Dropout: replicated activations draw the same
-/// masks on every rank (same generator state), but the attention-probability masks of different ranks' heads are then
-/// drawn from the same offsets too, unlike the unsplit model's (exact comparisons use dropout 0).
+/// vocabulary. Each rank keeps copies of its slices of the existing weights, so the model computes what it did
+/// before; forward now returns this rank's vocab columns of the logits (B, T, V/tp) and CausalLM::loss uses
+/// vocab_parallel_cross_entropy. A tied lm_head stays tied (one local tensor). Norms, position embeddings and the
+/// biases of row-parallel layers stay replicated; every sharded parameter gets a parallel::tp_placement record.
+/// Convert before wrapping with FullyShard and before building the optimizer. Throws InvalidArgument naming the
+/// config field and both numbers when tp does not divide n_head, n_kv_head, the MLP hidden size or vocab_size, when
+/// the model is neither a GPT2 nor a Llama, is already tensor-parallel, or is wrapped (FullyShard,
+/// DistributedDataParallel); the model is unchanged then. Dropout: replicated activations draw the same masks on every
+/// rank (same generator state), but the attention-probability masks of different ranks' heads are then drawn from
+/// the same offsets too, unlike the unsplit model's (exact comparisons use dropout 0).
+/// Frozen parameters (requires_grad false) stay frozen: their slices do not require grad either.
 void tensor_parallelize(nn::CausalLM& model, std::shared_ptr<collectives::ProcessGroup> tp,
                         TensorParallelOptions opts = {});
 
