@@ -104,8 +104,8 @@ FrozenRun reference(const std::function<std::shared_ptr<nn::CausalLM>()>& make, 
 }
 
 /// Frozen tensors of got equal init bit for bit; every trainable one moved.
-void expect_only_trainable_moved(const nn::StateDict& got, const nn::StateDict& init, const std::set<std::string>& frozen,
-                                 const std::set<std::string>& trainable) {
+void expect_only_trainable_moved(const nn::StateDict& got, const nn::StateDict& init,
+                                 const std::set<std::string>& frozen, const std::set<std::string>& trainable) {
   ASSERT_FALSE(frozen.empty());
   ASSERT_FALSE(trainable.empty());
   nn::StateDict got_frozen, init_frozen;
@@ -182,7 +182,8 @@ TEST(FullyShardFrozen, LoraAdaptersMatchSingleRankWithoutGradientsStateOrTraffic
   const nn::StateDict init = cloned(model->state_dict());
   const auto [frozen, trainable] = split_names(*model);
   int64_t trainable_numel = 0, frozen_numel = 0;
-  for (const auto& [name, p] : model->named_parameters()) (p.requires_grad() ? trainable_numel : frozen_numel) += p.numel();
+  for (const auto& [name, p] : model->named_parameters())
+    (p.requires_grad() ? trainable_numel : frozen_numel) += p.numel();
 
   FullyShardOptions o;
   if (W > 2) o.grad_reduce = GradReduce::kRankOrdered;
@@ -267,9 +268,9 @@ TEST(FullyShardFrozen, MemoryCountersShowNoGradientBytesForFrozenParameters) {
   // Frozen: the f32 shard only. Trainable: shard, its gradient, exp_avg, exp_avg_sq.
   const int64_t want = 4 * c.frozen_shard_numel + 16 * c.trainable_shard_numel;
   const int64_t slack = 4096;
-  EXPECT_LE(held, want + largest_unit + slack) << "rank " << world()->rank() << " holds " << held << " bytes; "
-                                               << "frozen shards " << 4 * c.frozen_shard_numel << ", trainable x4 "
-                                               << 16 * c.trainable_shard_numel;
+  EXPECT_LE(held, want + largest_unit + slack)
+      << "rank " << world()->rank() << " holds " << held << " bytes; "
+      << "frozen shards " << 4 * c.frozen_shard_numel << ", trainable x4 " << 16 * c.trainable_shard_numel;
   EXPECT_GE(held, want - slack) << "rank " << world()->rank() << " holds " << held << " bytes";
   EXPECT_EQ(grad_shard_bytes, 4 * c.trainable_shard_numel);
 }
