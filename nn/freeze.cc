@@ -88,7 +88,7 @@ FreezeStats freeze_parameters(Module& m, const std::vector<std::string>& globs, 
   }
   if (total > 0)
     LOOM_CHECK(left > 0, key, " freezes all ", total, " trainable parameters (", freeze_stats(m).trainable_numel,
-               " elements); nothing would train. Leave at least one parameter out of ", key);
+               " elements); nothing would train: leave at least one parameter out of the globs");
   for (const auto& [name, p] : params)
     if (hit.count(p.impl_ptr().get())) {
       Tensor t = p;
