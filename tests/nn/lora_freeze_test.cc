@@ -40,9 +40,10 @@ TEST(LoRALinear, WrapsTheFrozenBaseAndAddsTheScaledLowRankUpdate) {
 
   Tensor x = ops::randn({3, 6}, gen);
   Tensor y = lora(x);
-  Tensor want = ops::add(base.forward(x), ops::mul(ops::matmul(ops::matmul(x, ops::transpose(lora.lora_A->weight, 0, 1)),
-                                                               ops::transpose(lora.lora_B->weight, 0, 1)),
-                                                    3.0));
+  Tensor want =
+      ops::add(base.forward(x), ops::mul(ops::matmul(ops::matmul(x, ops::transpose(lora.lora_A->weight, 0, 1)),
+                                                     ops::transpose(lora.lora_B->weight, 0, 1)),
+                                         3.0));
   EXPECT_LE(max_abs_diff(y, want), 1e-5);
   loom::sum(y).backward();
   EXPECT_FALSE(lora.weight.grad().defined()) << "the frozen weight got a gradient";
@@ -93,9 +94,10 @@ TEST(FreezeParameters, BadGlobsNameKeyIndexAndCountsAndChangeNothing) {
     freeze_parameters(*m, {"transformer.wte.*", "transformer.h.*.mlp.x"}, "model.freeze");
     ADD_FAILURE() << "a glob that matches nothing must fail";
   } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("model.freeze[1] 'transformer.h.*.mlp.x' matches none of the " +
-                                         std::to_string(n) + " parameters; names look like transformer.h.0.mlp.c_fc.weight"),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("model.freeze[1] 'transformer.h.*.mlp.x' matches none of the " + std::to_string(n) +
+                                   " parameters; names look like transformer.h.0.mlp.c_fc.weight"),
+        std::string::npos)
         << e.what();
   }
   EXPECT_EQ(freeze_stats(*m).frozen_params, 0) << "the first glob was applied before the error";
@@ -119,7 +121,8 @@ TEST(OptimizersWithFrozenParameters, SkipThemWithoutStateOrWeightDecay) {
     frozen.weight.set_requires_grad(false);
     frozen.bias.set_requires_grad(false);
     const Tensor before = ops::clone(frozen.weight);
-    std::vector<ParamGroup> groups = {{{frozen.weight, trained.weight}, 1e-2, 0.1}, {{frozen.bias, trained.bias}, 1e-2, 0.0}};
+    std::vector<ParamGroup> groups = {{{frozen.weight, trained.weight}, 1e-2, 0.1},
+                                      {{frozen.bias, trained.bias}, 1e-2, 0.0}};
     std::unique_ptr<Optimizer> opt;
     if (adamw) {
       opt = std::make_unique<AdamW>(groups, AdamWOptions{});
@@ -137,7 +140,8 @@ TEST(OptimizersWithFrozenParameters, SkipThemWithoutStateOrWeightDecay) {
     }
     EXPECT_EQ(max_abs_diff(frozen.weight, before), 0.0) << "a frozen weight moved (weight decay?)";
     const OptimizerState st = opt->state_dict();
-    for (int64_t i : {0, 2}) EXPECT_TRUE(!st.state.count(i) || st.state.at(i).tensors.empty()) << "state for frozen " << i;
+    for (int64_t i : {0, 2})
+      EXPECT_TRUE(!st.state.count(i) || st.state.at(i).tensors.empty()) << "state for frozen " << i;
     for (int64_t i : {1, 3}) EXPECT_FALSE(st.state.at(i).tensors.empty()) << "no state for trainable " << i;
     opt->load_state_dict(st);  // a state without entries for the frozen ones loads back
   }

@@ -2,7 +2,8 @@
 // embeddings and block weights and LoRA adapters beside them trains three AdamW steps to what single-rank training of
 // the same model reaches; the frozen parameters end bit for bit where they started, get no gradient and no optimizer
 // state; FullyShard keeps no gradient bytes and reduce-scatters nothing for them. The suites are named DDP*,
-// FullyShard* and TensorParallel* so the mpirun entries of those wrappers run them on 2 and 4 ranks, gloo and mpi.
+// FullyShard*, TensorParallel* and FsdpTp* so the mpirun entries of those wrappers run them (2 and 4 ranks, gloo and
+// mpi; FsdpTp on 4).
 #include <gtest/gtest.h>
 
 #include <set>
@@ -12,6 +13,7 @@
 #include "nn/freeze.h"
 #include "nn/lora.h"
 #include "parallel/ddp.h"
+#include "parallel/device_mesh.h"
 #include "parallel/fully_shard.h"
 #include "parallel/tensor_parallel.h"
 #include "tensor/storage.h"
@@ -306,6 +308,43 @@ TEST(TensorParallelFrozen, FrozenShardsStayFrozenAndTrainingMatchesSingleRank) {
   const FrozenRun ref = reference(frozen_attention_gpt2, 1);
   ptest::expect_values_near(run.losses, ref.losses, 1e-5, "loss");
   // Row-parallel layers add their partial products in another order than one rank: AdamW's bound, as the TP tests.
+  ptest::expect_state_near_reordered(run.params, ref.params);
+  expect_only_trainable_moved(run.params, init, frozen, trainable);
+}
+
+// FSDP over TP-local shards with frozen ones among them (the FsdpTp entry runs it on 4 ranks: fsdp 2 x tp 2; on fewer
+// the mesh shrinks as in fsdp_tp_test.cc).
+TEST(FsdpTpFrozen, FrozenTpShardsInFsdpUnitsStayFrozenAndTrainingMatchesSingleRank) {
+  const int W = world()->size();
+  const int fsdp_size = W >= 2 ? 2 : 1, tp_size = W / fsdp_size;
+  ASSERT_EQ(fsdp_size * tp_size, W) << "FsdpTp runs on 1, 2 or 4 ranks";
+  DeviceMesh mesh(world(), {{"fsdp", fsdp_size}, {"tp", tp_size}});
+  auto tp = mesh.group("tp"), fsdp = mesh.group("fsdp");
+  auto model = frozen_attention_gpt2();
+  const nn::StateDict init = cloned(model->state_dict());
+  const auto [frozen, trainable] = split_names(*model);
+  TensorParallelOptions to;
+  to.reduce = TpReduce::kRankOrdered;
+  tensor_parallelize(*model, tp, to);
+  FullyShardOptions fo;
+  fo.grad_reduce = GradReduce::kRankOrdered;
+  FullyShard sharded(model, fsdp, fo);
+  nn::AdamW opt(sharded.param_groups(kLr, kWd), nn::AdamWOptions{});
+  FrozenRun run;
+  for (int step = 0; step < kSteps; ++step) {
+    ptest::Batch b = ptest::rows(ptest::global_batch(step), mesh.coordinate("fsdp"), fsdp_size);
+    opt.zero_grad();
+    Tensor loss = model->loss(b.idx, b.targets);
+    loss.backward();
+    EXPECT_EQ(sharded.grad_shard_bytes(), 4 * sharded.param_counts().trainable_shard_numel);
+    run.losses.push_back(ptest::group_mean(*fsdp, loss.item<double>()));
+    sharded.clip_grad_norm_(kClip, 2.0, tp);
+    opt.step();
+  }
+  expect_state_only_for_trainable(opt, sharded.param_counts().trainable_shard_numel);
+  run.params = cloned(tp_gather_state_dict(*model, sharded.full_state_dict(/*rank0_only=*/false), *tp));
+  const FrozenRun ref = reference(frozen_attention_gpt2, fsdp_size);
+  ptest::expect_values_near(run.losses, ref.losses, 1e-5, "loss");
   ptest::expect_state_near_reordered(run.params, ref.params);
   expect_only_trainable_moved(run.params, init, frozen, trainable);
 }
