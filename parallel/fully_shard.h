@@ -129,9 +129,8 @@ class FullyShard {
   /// anything. Not collective.
   void load_full_state_dict(const nn::StateDict& full);
   /// This rank's pieces of every original parameter, frozen ones included (a parameter that falls wholly on other ranks
-  /// has no piece here),
-  /// for checkpoints. `local` views the live shard. Parameters only: buffers are replicated, take them from
-  /// module().state_dict().
+  /// has no piece here), for checkpoints. `local` views the live shard. Parameters only: buffers are replicated, take
+  /// them from module().state_dict().
   std::vector<ShardedTensor> sharded_state_dict() const;
   /// The pieces of another tensor laid out like parameters()[param_index] (e.g. its AdamW exp_avg), under the original
   /// parameter names; `local` views shard_like. Throws when shard_like has another number of elements.
