@@ -787,6 +787,10 @@ void prepare_optimizer(const Target& t, const Metadata& md) {
   st.state.clear();
   for (const auto& g : t.optimizer->param_groups()) {
     for (const auto& p : g.params) {
+      if (!p.requires_grad()) {  // frozen: never stepped, so no state was saved (PyTorch's optimizers skip it too)
+        ++i;
+        continue;
+      }
       int64_t step = -1;
       if (t.module) {
         for (const auto& [n, q] : named)

@@ -30,7 +30,7 @@ std::string Linear::extra_repr() const {
 void Linear::tie_weight(const Tensor& w) {
   LOOM_CHECK(w.sizes() == weight.sizes(), "Linear.tie_weight: weight of shape ", shape_str(w.sizes()),
              " does not match this layer's ", shape_str(weight.sizes()));
-  weight = register_parameter("weight", w);
+  weight = register_parameter("weight", w, /*requires_grad=*/false);  // keeps w's own flag (a frozen embedding)
 }
 
 }  // namespace loom::nn

@@ -24,7 +24,8 @@ class Linear : public Module {
     return call([&] { return forward(x); });
   }
   std::string extra_repr() const override;
-  /// Replaces the weight with `w` (same shape), e.g. to tie an output head to an embedding.
+  /// Replaces the weight with `w` (same shape), e.g. to tie an output head to an embedding. w keeps its requires_grad
+  /// (tying to a frozen embedding leaves it frozen).
   void tie_weight(const Tensor& w);
 
   int64_t in_features, out_features;

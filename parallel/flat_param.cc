@@ -96,6 +96,14 @@ void FsdpState::pre_backward(size_t u) {
   // A reduce-scatter that finished during the previous unit's backward starts its replica all-reduce now, not only at
   // the next reduce().
   if (replicate) issue_replica_reduces(false);
+  // Backward reaching u means it is done with the blocks it went through before (blocks run one after another). A block
+  // with frozen parameters cannot tell that from its gradients: free it here.
+  for (size_t v = 0; v < root_unit(); ++v)
+    if (v != u && units[v].in_backward) {
+      reshard(v);
+      units[v].in_backward = false;
+    }
+  if (units[u].has_frozen && !units[u].is_root) units[u].in_backward = true;
   issue_gather(u);
   if (opts.prefetch) {
     const size_t p = prev_backward(u);
@@ -127,9 +135,9 @@ void FsdpState::on_grad(size_t gi, size_t si) {
   reduce(gi);
   // Once every gradient of a block is final its full parameters are no longer needed.
   const Unit& unit = units[g.unit];
-  if (unit.is_root) return;
+  if (unit.is_root || unit.has_frozen) return;
   bool all = true;
-  for (size_t k : unit.groups) all = all && groups[k].reduced;
+  for (size_t k : unit.groups) all = all && (groups[k].reduced || !groups[k].trainable);
   if (all) reshard(g.unit);
 }
 
@@ -150,6 +158,7 @@ void FsdpState::reduce(size_t gi) {
   }
   if (g.padded > g.numel) ops::zero_(ops::narrow(flat, 0, g.numel, g.padded - g.numel));
   g.rs_in = flat;
+  rs_bytes += static_cast<int64_t>(flat.nbytes());
   g.rs_out = empty({g.shard_numel}, rdt, compute);
   collectives::ReduceScatterOptions ro;
   ro.op = collectives::ReduceOp::kAvg;
@@ -182,7 +191,8 @@ void FsdpState::issue_replica_reduces(bool wait) {
 void FsdpState::finish_backward() {
   callback_queued = false;
   for (size_t gi = 0; gi < groups.size(); ++gi)
-    if (!groups[gi].reduced) reduce(gi);
+    if (!groups[gi].reduced && groups[gi].trainable) reduce(gi);
+  for (auto& unit : units) unit.in_backward = false;
   reshard_all();
   if (!opts.wait_in_backward) {
     if (replicate) issue_replica_reduces(false);  // those whose reduce-scatter is done; complete() issues the rest
@@ -261,6 +271,7 @@ void FsdpState::abandon_backward() {
     for (auto& s : g.params)
       if (auto* m = autograd::meta(s.param)) m->grad = Tensor();
   }
+  for (auto& unit : units) unit.in_backward = false;
   reshard_all();
 }
 

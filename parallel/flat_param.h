@@ -37,12 +37,14 @@ struct LocalRange {
   int64_t lo = 0, hi = 0, shard_off = 0;
 };
 
-/// One flat parameter: the parameters of one unit with one weight-decay setting, laid end to end and padded to a
-/// multiple of the world size; this rank's f32 shard, the full storage the parameters view, and the state of its
-/// all-gather and of its gradient reduction in the running backward pass.
+/// One flat parameter: the parameters of one unit with one weight-decay setting, all trainable or all frozen, laid end
+/// to end and padded to a multiple of the world size; this rank's f32 shard, the full storage the parameters view, and
+/// the state of its all-gather and of its gradient reduction in the running backward pass. A frozen group (parameters
+/// with requires_grad false) is gathered like the others but has no gradient hooks, no reduce-scatter and no gradient.
 struct FlatGroup {
   size_t unit = 0;
   bool decay = false;
+  bool trainable = true;
   std::vector<ParamSlot> params;
   int64_t numel = 0, padded = 0, shard_numel = 0;
   Tensor shard;                   // (shard_numel) f32 leaf on the shard device
@@ -72,6 +74,8 @@ struct Unit {
   bool is_root = false;
   std::vector<size_t> groups;
   std::vector<uint64_t> pending_seqs;  // all-gathers issued since its last use
+  bool has_frozen = false;             // holds a frozen group: freed in backward when backward reaches another unit
+  bool in_backward = false;            // its backward started in the running pass and it is not freed yet
 };
 
 /// A state_dict key: a parameter slot or a buffer.
@@ -103,6 +107,8 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   std::vector<size_t> rs_order;   // groups in the order their reduce-scatters were issued in this pass
   int64_t step_wait_ns = 0;       // the training thread blocked on collectives since the root's last forward began
   int64_t last_comm_wait_ns = 0;  // step_wait_ns when the last backward pass's gradients became final
+  std::vector<size_t> trainable;  // indices of the trainable groups: FullyShard::parameters() in order
+  int64_t rs_bytes = 0;           // bytes of flat gradients handed to reduce_scatter since construction
 
   size_t root_unit() const { return units.size() - 1; }
   DType pdt() const { return opts.mixed_precision.param_dtype; }
@@ -127,12 +133,14 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   void pre_forward(size_t u);
   /// Forward hook: record the end; reshard a block (ZeRO-3, or when no backward follows).
   void post_forward(size_t u);
-  /// Backward pre-hook: gather u again if it was resharded, prefetch the unit backward reaches next.
+  /// Backward pre-hook: free the blocks with frozen parameters whose backward is over, gather u again if it was
+  /// resharded, prefetch the unit backward reaches next.
   void pre_backward(size_t u);
   /// Queues finish_backward at the end of the running backward pass, once per pass.
   void ensure_callback();
   /// Post-accumulate hook of parameter si of group gi: when the group's gradients are all final, reduce it; when a
-  /// block's groups are all reduced, reshard the block.
+  /// block's groups are all reduced, reshard the block (unless it holds frozen parameters: backward may still need
+  /// them, e.g. for a norm's input gradient after its last trainable gradient).
   void on_grad(size_t gi, size_t si);
 
   // ------------------------------------------------------------ gradient reduction

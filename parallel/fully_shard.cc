@@ -3,9 +3,10 @@
 // state dicts. The runtime the hooks drive is in flat_param.cc.
 //
 // Layout: each unit's parameters are split into flat groups (decay: >= 2-D, no-decay), so param_groups() can reproduce
-// nn::weight_decay_groups. A flat group of N elements is padded to P (a multiple of the world size W); rank r owns
-// elements [r P/W, (r+1) P/W) as a 1-D f32 leaf (the shard). The original parameter tensors are re-pointed in place to
-// views of one "full" Storage per group (param_dtype), which holds 0 bytes while resharded.
+// nn::weight_decay_groups, and trainable parameters apart from frozen ones (requires_grad false: gathered for compute,
+// never reduced, not given to the optimizer). A flat group of N elements is padded to P (a multiple of the world size
+// W); rank r owns elements [r P/W, (r+1) P/W) as a 1-D f32 leaf (the shard). The original parameter tensors are
+// re-pointed in place to views of one "full" Storage per group (param_dtype), which holds 0 bytes while resharded.
 #include "parallel/fully_shard.h"
 
 #include <algorithm>
@@ -138,9 +139,6 @@ FullyShard::FullyShard(std::shared_ptr<nn::Module> root, std::vector<std::shared
   st->compute = named.front().second.device();
   st->shard_device = opts.cpu_offload ? kCPU : st->compute;
   for (const auto& [name, p] : named) {
-    LOOM_CHECK(p.requires_grad(), "FullyShard: parameter '", name,
-               "' does not require grad; frozen parameters are not supported "
-               "(leave them out of the wrapped model)");
     LOOM_CHECK(is_floating(p.dtype()), "FullyShard: parameter '", name, "' has dtype ", dtype_name(p.dtype()),
                "; only floating parameters can be sharded");
     LOOM_CHECK(p.device() == st->compute, "FullyShard: parameter '", name, "' is on ", p.device().str(),
@@ -175,15 +173,18 @@ FullyShard::FullyShard(std::shared_ptr<nn::Module> root, std::vector<std::shared
   // State-dict keys (taken before re-pointing, matched by storage and offset).
   std::map<std::tuple<const Storage*, int64_t, Shape>, std::pair<size_t, size_t>> param_at;
 
-  // Flat groups per unit (decay, then no-decay), parameters in named order.
+  // Flat groups per unit (trainable decay, trainable no-decay, then the same two of frozen parameters), parameters in
+  // named order.
   const int W = st->world;
   for (size_t u = 0; u <= units.size(); ++u) {
-    for (bool decay : {true, false}) {
+    for (int kind = 0; kind < 4; ++kind) {
+      const bool trainable = kind < 2, decay = kind % 2 == 0;
       FlatGroup g;
       g.unit = u;
       g.decay = decay;
+      g.trainable = trainable;
       for (const auto& [name, p] : named) {
-        if (owner(p) != u || (p.dim() >= 2) != decay) continue;
+        if (owner(p) != u || (p.dim() >= 2) != decay || p.requires_grad() != trainable) continue;
         ParamSlot s;
         s.name = name;
         s.param = p;
@@ -196,6 +197,8 @@ FullyShard::FullyShard(std::shared_ptr<nn::Module> root, std::vector<std::shared
       if (g.params.empty()) continue;
       g.padded = (g.numel + W - 1) / W * W;
       g.shard_numel = g.padded / W;
+      if (trainable) st->trainable.push_back(st->groups.size());
+      st->units[u].has_frozen = st->units[u].has_frozen || !trainable;
       st->units[u].groups.push_back(st->groups.size());
       st->groups.push_back(std::move(g));
     }
@@ -237,7 +240,7 @@ FullyShard::FullyShard(std::shared_ptr<nn::Module> root, std::vector<std::shared
         src = ops::to(ops::to(ops::narrow(src, 0, r->lo, r->hi - r->lo), DType::f32), st->shard_device);
         ops::copy_(ops::narrow(shard, 0, r->shard_off, r->hi - r->lo), src);
       }
-      shard.set_requires_grad(true);
+      shard.set_requires_grad(g.trainable);
       g.shard = shard;
       g.full = std::make_shared<Storage>(0, st->compute);
       for (const auto& s : g.params) {
@@ -270,7 +273,7 @@ FullyShard::FullyShard(std::shared_ptr<nn::Module> root, std::vector<std::shared
       if (auto s = w.lock()) s->pre_backward(u);
     }));
   }
-  for (size_t gi = 0; gi < st->groups.size(); ++gi)
+  for (size_t gi : st->trainable)  // frozen parameters get no gradient: nothing to reduce
     for (size_t si = 0; si < st->groups[gi].params.size(); ++si)
       autograd::register_post_accumulate_grad_hook(st->groups[gi].params[si].param, [w, gi, si](const Tensor&) {
         if (auto s = w.lock()) s->on_grad(gi, si);
@@ -292,13 +295,16 @@ nn::Module& FullyShard::module() { return *state_->root; }
 
 std::vector<Tensor> FullyShard::parameters() const {
   std::vector<Tensor> out;
-  for (const auto& g : state_->groups) out.push_back(g.shard);
+  for (size_t gi : state_->trainable) out.push_back(state_->groups[gi].shard);
   return out;
 }
 
 std::vector<nn::ParamGroup> FullyShard::param_groups(double lr, double weight_decay) const {
   nn::ParamGroup decay{{}, lr, weight_decay}, no_decay{{}, lr, 0.0};
-  for (const auto& g : state_->groups) (g.decay ? decay : no_decay).params.push_back(g.shard);
+  for (size_t gi : state_->trainable) {
+    const FlatGroup& g = state_->groups[gi];
+    (g.decay ? decay : no_decay).params.push_back(g.shard);
+  }
   std::vector<nn::ParamGroup> out;
   if (!decay.params.empty()) out.push_back(std::move(decay));
   if (!no_decay.params.empty()) out.push_back(std::move(no_decay));
@@ -451,8 +457,8 @@ void FullyShard::load_full_state_dict(const nn::StateDict& full) {
 
 std::vector<ShardedTensor> FullyShard::sharded_state_dict() const {
   std::vector<ShardedTensor> out;
-  for (size_t gi = 0; gi < state_->groups.size(); ++gi) {
-    auto pieces = shard_pieces(gi, state_->groups[gi].shard);
+  for (size_t gi = 0; gi < state_->groups.size(); ++gi) {  // frozen groups too: checkpoints hold both
+    auto pieces = group_pieces(gi, state_->groups[gi].shard);
     for (auto& p : pieces) out.push_back(std::move(p));
   }
   return out;
@@ -460,11 +466,16 @@ std::vector<ShardedTensor> FullyShard::sharded_state_dict() const {
 
 std::vector<ShardedTensor> FullyShard::shard_pieces(size_t param_index, const Tensor& shard_like) const {
   const auto& st = *state_;
-  LOOM_CHECK(param_index < st.groups.size(), "FullyShard.shard_pieces: param_index ", param_index,
-             " is out of range; there are ", st.groups.size(), " flat parameters");
-  const FlatGroup& g = st.groups[param_index];
+  LOOM_CHECK(param_index < st.trainable.size(), "FullyShard.shard_pieces: param_index ", param_index,
+             " is out of range; there are ", st.trainable.size(), " flat parameters");
+  return group_pieces(st.trainable[param_index], shard_like);
+}
+
+std::vector<ShardedTensor> FullyShard::group_pieces(size_t gi, const Tensor& shard_like) const {
+  const auto& st = *state_;
+  const FlatGroup& g = st.groups[gi];
   LOOM_CHECK(shard_like.defined() && shard_like.numel() == g.shard_numel && shard_like.is_contiguous(),
-             "FullyShard.shard_pieces: parameter ", param_index, " has a shard of ", g.shard_numel,
+             "FullyShard.shard_pieces: flat group ", gi, " has a shard of ", g.shard_numel,
              " elements; got a tensor of shape ", shard_like.defined() ? shape_str(shard_like.sizes()) : "(undefined)",
              " (it must be contiguous with as many elements)");
   Tensor flat = ops::view(loom::detach(shard_like), {g.shard_numel});
@@ -548,6 +559,35 @@ int64_t FullyShard::unit_full_bytes(size_t unit) const {
   for (size_t gi : state_->units[unit].groups)
     bytes += state_->groups[gi].padded * static_cast<int64_t>(element_size(state_->pdt()));
   return bytes;
+}
+
+int64_t FullyShard::unit_grad_bytes(size_t unit) const {
+  LOOM_CHECK(unit < state_->units.size(), "FullyShard.unit_grad_bytes: unit ", unit, " is out of range; there are ",
+             state_->units.size());
+  int64_t bytes = 0;
+  for (size_t gi : state_->units[unit].groups)
+    if (state_->groups[gi].trainable)
+      bytes +=
+          state_->groups[gi].padded * static_cast<int64_t>(element_size(state_->opts.mixed_precision.reduce_dtype));
+  return bytes;
+}
+
+int64_t FullyShard::reduce_scatter_bytes() const { return state_->rs_bytes; }
+
+int64_t FullyShard::grad_shard_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& g : state_->groups)
+    if (Tensor grad = g.shard.grad(); grad.defined()) bytes += static_cast<int64_t>(grad.nbytes());
+  return bytes;
+}
+
+FullyShard::ParamCounts FullyShard::param_counts() const {
+  ParamCounts c;
+  for (const auto& g : state_->groups) {
+    (g.trainable ? c.trainable_numel : c.frozen_numel) += g.numel;
+    (g.trainable ? c.trainable_shard_numel : c.frozen_shard_numel) += g.shard_numel;
+  }
+  return c;
 }
 
 const std::string& FullyShard::unit_name(size_t unit) const {

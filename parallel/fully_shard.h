@@ -103,9 +103,10 @@ class FullyShard {
 
   /// Wraps a causal LM: units are model->blocks() in order, plus the root (embeddings, final norm, head, tied weights).
   /// Issues no collective itself, but every rank of `group` must wrap the same architecture with the same options: the
-  /// hooks then issue the same collectives in the same order on every rank. Throws
-  /// InvalidArgument when the model is already wrapped (by FullyShard or DistributedDataParallel) or a parameter does
-  /// not require grad.
+  /// hooks then issue the same collectives in the same order on every rank. Frozen parameters (requires_grad false)
+  /// are sharded and gathered with their unit but get no gradient, no reduce-scatter and no optimizer state (they are
+  /// left out of parameters()); freeze before wrapping. Throws InvalidArgument when the model is already wrapped (by
+  /// FullyShard or DistributedDataParallel).
   FullyShard(std::shared_ptr<nn::CausalLM> model, std::shared_ptr<collectives::ProcessGroup> group,
              FullyShardOptions opts = {});
   /// Wraps `root` with the given units (modules inside root, none inside another); parameters outside every unit, or
@@ -123,7 +124,7 @@ class FullyShard {
   /// The wrapped root module (call it as usual; the hooks gather and shard).
   nn::Module& module();
   /// The flat f32 shards (leaf tensors requiring grad) the optimizer steps on, per unit in order, decay group then
-  /// no-decay group.
+  /// no-decay group. Frozen parameters' shards are not among them.
   std::vector<Tensor> parameters() const;
   /// The shards split as nn::weight_decay_groups splits the original parameters: weight_decay on shards of >= 2-D
   /// parameters, 0 on the rest (empty groups dropped). Each group keeps the order of parameters(); to pair optimizer
@@ -158,9 +159,9 @@ class FullyShard {
   /// listing missing and unexpected keys, or naming the key and both shapes on a shape mismatch, before changing
   /// anything. Not collective.
   void load_full_state_dict(const nn::StateDict& full);
-  /// This rank's pieces of every original parameter (a parameter that falls wholly on other ranks has no piece here),
-  /// for checkpoints. `local` views the live shard. Parameters only: buffers are replicated, take them from
-  /// module().state_dict().
+  /// This rank's pieces of every original parameter, frozen ones included (a parameter that falls wholly on other ranks
+  /// has no piece here), for checkpoints. `local` views the live shard. Parameters only: buffers are replicated, take
+  /// them from module().state_dict().
   std::vector<ShardedTensor> sharded_state_dict() const;
   /// The pieces of another tensor laid out like parameters()[param_index] (e.g. its AdamW exp_avg), under the original
   /// parameter names; `local` views shard_like. Throws when shard_like has another number of elements.
@@ -182,8 +183,21 @@ class FullyShard {
   int64_t unit_full_bytes(size_t unit) const;
   /// The unit's name: its dotted module name in the root ("transformer.h.0"), "root" for the root.
   const std::string& unit_name(size_t unit) const;
+  /// Bytes of unit `unit`'s flat gradient that one backward pass reduce-scatters (padded, in reduce_dtype): its
+  /// trainable parameters only, 0 for a unit of frozen parameters.
+  int64_t unit_grad_bytes(size_t unit) const;
+  /// Bytes of flat gradients handed to reduce_scatter since construction (the sum of unit_grad_bytes per pass).
+  int64_t reduce_scatter_bytes() const;
+  /// Bytes of the shard gradients this rank holds now (f32; none for frozen parameters).
+  int64_t grad_shard_bytes() const;
+  /// Elements of the trainable and the frozen parameters (whole, unpadded) and of this rank's shards of them (padded).
+  struct ParamCounts {
+    int64_t trainable_numel = 0, frozen_numel = 0, trainable_shard_numel = 0, frozen_shard_numel = 0;
+  };
+  ParamCounts param_counts() const;
 
  private:
+  std::vector<ShardedTensor> group_pieces(size_t group, const Tensor& shard_like) const;
   std::shared_ptr<detail::FsdpState> state_;
   WrapClaim claim_;
 };

@@ -114,6 +114,14 @@ Tensor gather_from_tp(const Tensor& x, ProcessGroup& tp) {
   return y;
 }
 
+namespace {
+/// A slice of a frozen parameter (requires_grad false) stays frozen.
+void keep_frozen(nn::Linear& layer, const nn::Linear& full) {
+  if (!full.weight.requires_grad()) layer.weight.set_requires_grad(false);
+  if (full.bias.defined() && !full.bias.requires_grad()) layer.bias.set_requires_grad(false);
+}
+}  // namespace
+
 // ---------------------------------------------------------------- ColumnParallelLinear
 
 ColumnParallelLinear::ColumnParallelLinear(int64_t in, int64_t out, std::shared_ptr<ProcessGroup> tp,
@@ -145,6 +153,7 @@ std::shared_ptr<ColumnParallelLinear> ColumnParallelLinear::from_linear(const nn
       full.bias.defined(), full.weight.dtype()));
   layer->to(full.weight.device());
   layer->take_slices(full.weight, full.bias);
+  keep_frozen(*layer, full);
   return layer;
 }
 
@@ -209,6 +218,7 @@ std::shared_ptr<RowParallelLinear> RowParallelLinear::from_linear(const nn::Line
       full.bias.defined(), full.weight.dtype()));
   layer->to(full.weight.device());
   layer->take_slices(full.weight, full.bias);
+  keep_frozen(*layer, full);
   return layer;
 }
 
@@ -272,6 +282,7 @@ std::shared_ptr<VocabParallelEmbedding> VocabParallelEmbedding::from_embedding(c
       full.weight.dtype()));
   layer->to(full.weight.device());
   layer->take_slice(full.weight);
+  if (!full.weight.requires_grad()) layer->weight.set_requires_grad(false);  // a frozen embedding stays frozen
   return layer;
 }
 

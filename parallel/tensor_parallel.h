@@ -192,6 +192,7 @@ struct TensorParallelOptions {
 /// DistributedDataParallel); the model is unchanged then. Dropout: replicated activations draw the same masks on every
 /// rank (same generator state), but the attention-probability masks of different ranks' heads are then drawn from
 /// the same offsets too, unlike the unsplit model's (exact comparisons use dropout 0).
+/// Frozen parameters (requires_grad false) stay frozen: their slices do not require grad either.
 void tensor_parallelize(nn::CausalLM& model, std::shared_ptr<collectives::ProcessGroup> tp,
                         TensorParallelOptions opts = {});
 

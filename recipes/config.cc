@@ -28,7 +28,7 @@ namespace {
 
 constexpr const char* kSections[] = {"model", "data", "training", "parallelism", "checkpoint", "logging"};
 
-enum class Kind { Int, Int32, UInt, Double, Bool, String };
+enum class Kind { Int, Int32, UInt, Double, Bool, String, StringList };
 
 template <typename T>
 constexpr Kind kind_of() {
@@ -42,6 +42,8 @@ constexpr Kind kind_of() {
     return Kind::Double;
   else if constexpr (std::is_same_v<T, bool>)
     return Kind::Bool;
+  else if constexpr (std::is_same_v<T, std::vector<std::string>>)
+    return Kind::StringList;
   else {
     static_assert(std::is_same_v<T, std::string>, "config field of an unsupported type");
     return Kind::String;
@@ -61,6 +63,8 @@ const char* kind_name(Kind k) {
       return "true or false";
     case Kind::String:
       return "a string";
+    case Kind::StringList:
+      return "a list of strings";
   }
   return "?";
 }
@@ -127,6 +131,7 @@ const std::vector<Key>& schema() {
     add(LOOM_CONFIG_KEY(model, tie_embeddings));
     add(LOOM_CONFIG_KEY(model, rope_theta)).above(0);
     add(LOOM_CONFIG_KEY(model, init_from));
+    add(LOOM_CONFIG_KEY(model, freeze));
 
     add(LOOM_CONFIG_KEY(data, source)).one_of({"synthetic", "text", "llmc", "nanogpt"});
     add(LOOM_CONFIG_KEY(data, train_path));
@@ -293,6 +298,22 @@ constexpr RetiredKey kRetired[] = {
 void assign(RecipeConfig& cfg, const Key& key, const YAML::Node& node, const std::string& where) {
   void* field = key.field(cfg);
   const std::string expected = std::string("expected ") + kind_name(key.kind);
+  if (key.kind == Kind::StringList) {  // a list of scalars; one scalar is a list of one; no value is the empty list
+    auto& out = *static_cast<std::vector<std::string>*>(field);
+    out.clear();
+    if (!node.IsDefined() || node.IsNull()) return;
+    if (node.IsMap()) fail(where, key.path(), expected + ", got a mapping");
+    if (node.IsScalar()) {
+      out.push_back(node.Scalar());
+      return;
+    }
+    for (size_t i = 0; i < node.size(); ++i) {
+      if (!node[i].IsScalar() || node[i].Scalar().empty())
+        fail(where, key.path() + "[" + std::to_string(i) + "]", "expected a non-empty string");
+      out.push_back(node[i].Scalar());
+    }
+    return;
+  }
   if (!node.IsDefined() || node.IsNull()) {
     if (key.kind == Kind::String) {
       *static_cast<std::string*>(field) = "";
@@ -360,6 +381,7 @@ void assign(RecipeConfig& cfg, const Key& key, const YAML::Node& node, const std
       return;
     }
     case Kind::String:
+    case Kind::StringList:
       break;
   }
 }
@@ -381,6 +403,8 @@ std::optional<double> numeric(RecipeConfig& cfg, const Key& k) {
   }
 }
 
+std::string yaml_quote(const std::string& s);
+
 std::string value_text(RecipeConfig& cfg, const Key& k) {
   void* f = k.field(cfg);
   switch (k.kind) {
@@ -396,6 +420,12 @@ std::string value_text(RecipeConfig& cfg, const Key& k) {
       return *static_cast<bool*>(f) ? "true" : "false";
     case Kind::String:
       return *static_cast<std::string*>(f);
+    case Kind::StringList: {  // a YAML flow sequence
+      std::string out = "[";
+      for (const auto& v : *static_cast<std::vector<std::string>*>(f))
+        out += (out.size() > 1 ? ", " : "") + yaml_quote(v);
+      return out + "]";
+    }
   }
   return "";
 }

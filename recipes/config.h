@@ -29,6 +29,10 @@ struct ModelConfig {
   /// A safetensors file with Hugging Face names and layouts (e.g. GPT-2's model.safetensors, or `loomckpt export`'s
   /// output) whose weights start the run instead of the random init; ignored when the run resumes from a checkpoint.
   std::string init_from;
+  /// Globs of parameter names to freeze (requires_grad false: no gradient, no optimizer state, no gradient traffic),
+  /// e.g. ["transformer.wte.*", "transformer.h.[0-5].*"]; `*` also matches dots. Applied after init_from, before the
+  /// model is split and wrapped; a glob that matches nothing, or globs that freeze everything, are errors.
+  std::vector<std::string> freeze;
   // After parse_config, n_kv_head and intermediate_size hold their resolved values (never 0):
   // n_kv_head = n_head unless set; intermediate_size = 4 n_embd for gpt2, the Llama rule for llama.
   bool operator==(const ModelConfig&) const = default;

@@ -38,6 +38,7 @@
 #include "collectives/init.h"
 #include "collectives/store.h"
 #include "nn/clip_grad.h"
+#include "nn/freeze.h"
 #include "nn/gpt2.h"
 #include "nn/llama.h"
 #include "nn/lr_scheduler.h"
@@ -409,6 +410,20 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     if (r.rank0) std::printf("initial weights: %s\n", init_from.c_str());
   } else if (!init_from.empty() && r.rank0) {
     std::printf("model.init_from (%s) not used: the run resumes from a checkpoint\n", init_from.c_str());
+  }
+  if (!cfg.model.freeze.empty()) {
+    auto origin = cfg.origins.find("model.freeze");
+    nn::FreezeStats fs;
+    try {
+      fs = nn::freeze_parameters(*r.model, cfg.model.freeze,
+                                 (origin != cfg.origins.end() ? origin->second + ": " : "") + "model.freeze");
+    } catch (const InvalidArgument& e) {
+      throw ConfigError(e.what());  // a config mistake: exit 2 like the others
+    }
+    if (r.rank0)
+      std::printf("model.freeze: %lld trainable parameters (%lld elements), %lld frozen (%lld elements)\n",
+                  static_cast<long long>(fs.trainable_params), static_cast<long long>(fs.trainable_numel),
+                  static_cast<long long>(fs.frozen_params), static_cast<long long>(fs.frozen_numel));
   }
   // Under nccl each rank computes on its local GPU (cuda:LOCAL_RANK; cuda:0 for one process without a launcher).
   if (P.backend == "nccl") {

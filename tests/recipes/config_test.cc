@@ -536,3 +536,28 @@ TEST(RecipeConfig, ShippedConfigsParseAndFitTheirWorlds) {
   }
   EXPECT_GE(seen, 1);
 }
+
+TEST(RecipeConfig, FreezeIsAListOfGlobsFromTheFileOrSet) {
+  EXPECT_TRUE(parse_config(kGpt2, "cfg.yaml").model.freeze.empty());
+  RecipeConfig c =
+      parse_config(with_line(7, "  seq_len: 32\n  freeze: [transformer.wte.*, \"transformer.h.0.*\"]"), "cfg.yaml");
+  EXPECT_EQ(c.model.freeze, (std::vector<std::string>{"transformer.wte.*", "transformer.h.0.*"}));
+  EXPECT_EQ(c.origins.at("model.freeze"), "cfg.yaml:8");
+  // Block style, a single glob, and --set.
+  c = parse_config(with_line(7, "  seq_len: 32\n  freeze:\n    - lm_head.weight\n    - transformer.wpe.*"), "cfg.yaml");
+  EXPECT_EQ(c.model.freeze, (std::vector<std::string>{"lm_head.weight", "transformer.wpe.*"}));
+  EXPECT_EQ(parse_config(with_line(7, "  seq_len: 32\n  freeze: transformer.wte.weight"), "cfg.yaml").model.freeze,
+            (std::vector<std::string>{"transformer.wte.weight"}));
+  c = parse_config(kGpt2, "cfg.yaml", {"model.freeze=[transformer.h.*.attn.*, transformer.ln_f.bias]"});
+  EXPECT_EQ(c.model.freeze, (std::vector<std::string>{"transformer.h.*.attn.*", "transformer.ln_f.bias"}));
+  // to_yaml writes a flow list that reads back equal.
+  EXPECT_NE(c.to_yaml().find("  freeze: [\"transformer.h.*.attn.*\", \"transformer.ln_f.bias\"]"), std::string::npos)
+      << c.to_yaml();
+  EXPECT_TRUE(parse_config(c.to_yaml(), "resolved") == c);
+  EXPECT_TRUE(parse_config(parse_config(kGpt2, "cfg.yaml").to_yaml(), "resolved").model.freeze.empty());
+  // Not a list of strings: named with file, line and index.
+  EXPECT_HAS(parse_error(with_line(7, "  seq_len: 32\n  freeze: {a: 1}")),
+             "cfg.yaml:8: model.freeze: expected a list of strings, got a mapping");
+  EXPECT_HAS(parse_error(with_line(7, "  seq_len: 32\n  freeze: [a, [b]]")),
+             "cfg.yaml:8: model.freeze[1]: expected a non-empty string");
+}

@@ -2,7 +2,7 @@
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
 # Cases: main_job, one_rank, two_ranks, resume, hsdp_resume, sigterm, sigterm_group, layouts, straggler, slurm_script, slurm_port_taken, config_error, validate, plot,
-# init_from. Exit 0 pass, 1 fail, 77 skipped.
+# init_from, freeze. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
 case_name=$1 pretrain=$2 trainlaunch=$3 src=$4 bindir=$5 work=$5/pretrain_e2e_$1
@@ -73,6 +73,62 @@ init_from)
   "$pretrain" --config "$config" "${small[@]}" --set checkpoint.dir="$work/run3" --set training.steps=3 \
     --set training.warmup_steps=0 --set model.init_from="$work/missing.safetensors" > missing.log 2>&1 && fail "a missing init_from file succeeded"
   grep -q "missing.safetensors" missing.log || fail "the error does not name the missing file"
+  ;;
+freeze)
+  # model.freeze on 2 FSDP ranks (frozen and trainable parameters in every unit): the frozen embeddings (and the tied
+  # head) and first block are bit for bit the same after steps 1 and 6 (AdamW's weight decay alone would move them
+  # every step), everything else trains; the checkpoint holds them but optimizer state only for trainable parameters;
+  # the run resumes from it. Globs that match nothing or freeze everything are config errors naming key and numbers.
+  run=("$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}"
+       --set parallelism.fsdp=2 --set checkpoint.interval=1 --set checkpoint.keep_last=10
+       --set training.warmup_steps=0 --set 'model.freeze=[transformer.wte.*, transformer.h.0.*]')
+  "${run[@]}" --set training.steps=6 > freeze.log 2>&1 || fail "exit $?"
+  grep -Eq "model.freeze: [0-9]+ trainable parameters \([0-9]+ elements\), [0-9]+ frozen \([0-9]+ elements\)" freeze.log ||
+    fail "no line counting trainable and frozen parameters"
+  "$bindir/checkpoint/loomckpt" export run/step_00000001 s1.safetensors > export1.log 2>&1 || fail "export step 1: exit $?"
+  "$bindir/checkpoint/loomckpt" export run/step_00000006 s6.safetensors > export6.log 2>&1 || fail "export step 6: exit $?"
+  /usr/bin/python3 - s1.safetensors s6.safetensors > compare.log 2>&1 << 'PY' || fail "frozen/trainable check: $(tail -3 compare.log)"
+import json, re, struct, sys
+def load(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    header.pop("__metadata__", None)
+    return {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items()}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+frozen = re.compile(r"(^|\.)(wte|h\.0)\.")
+nf = nt = 0
+for name in a:
+    if frozen.search(name):
+        nf += 1
+        if a[name] != b[name]: sys.exit(f"frozen {name} changed between steps 1 and 6")
+    else:
+        nt += 1
+        if a[name] == b[name]: sys.exit(f"trainable {name} did not change between steps 1 and 6")
+if nf == 0 or nt == 0: sys.exit(f"{nf} frozen and {nt} trainable tensors: the names are not what the test expects")
+print(f"{nf} frozen tensors unchanged, {nt} trainable ones changed")
+PY
+  md=run/step_00000006/metadata.json
+  grep -q '"model/transformer.wte.weight"' $md || fail "the checkpoint lacks the frozen embedding"
+  grep -q '"model/transformer.h.0.mlp.c_fc.weight"' $md || fail "the checkpoint lacks a frozen block weight"
+  grep -q '"optim/exp_avg/transformer.wte.weight"' $md && fail "the checkpoint has optimizer state for a frozen parameter"
+  grep -q '"optim/exp_avg/transformer.h.0.ln_1.weight"' $md && fail "the checkpoint has optimizer state for a frozen parameter"
+  grep -q '"optim/exp_avg/transformer.h.1.mlp.c_fc.weight"' $md || fail "no optimizer state for a trainable parameter"
+  "${run[@]}" --set training.steps=8 > resume.log 2>&1 || fail "resume: exit $?"
+  grep -q "resumed from step 6" resume.log || fail "the run did not resume from step 6"
+  "$pretrain" --config "$config" "${small[@]}" --set training.steps=1 --set training.warmup_steps=0 --set checkpoint.dir="$work/bad" \
+    --set 'model.freeze=[transformer.wte.*, transformer.h.*.mlp.x]' > nomatch.log 2>&1
+  rc=$?
+  [[ $rc -eq 2 ]] || fail "a glob matching nothing: exit $rc, expected 2"
+  grep -q "model.freeze\[1\] 'transformer.h.\*.mlp.x' matches none of the 28 parameters; names look like transformer.h.0.mlp.c_fc.weight" nomatch.log ||
+    fail "the error does not name the glob, the count and a similar name: $(tail -1 nomatch.log)"
+  "$pretrain" --config "$config" "${small[@]}" --set training.steps=1 --set training.warmup_steps=0 \
+    --set checkpoint.dir="$work/bad" --set 'model.freeze=["*"]' > all.log 2>&1
+  rc=$?
+  [[ $rc -eq 2 ]] || fail "freezing everything: exit $rc, expected 2"
+  grep -Eq "model.freeze freezes all 28 trainable parameters \([0-9]+ elements\); nothing would train" all.log ||
+    fail "the error does not say everything is frozen: $(tail -1 all.log)"
   ;;
 one_rank)
   "$pretrain" --config "$config" "${small[@]}" --set training.steps=80 > one.log 2>&1 || fail "exit $?"

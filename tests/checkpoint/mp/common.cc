@@ -4,6 +4,7 @@
 
 #include "autograd/functions.h"
 #include "nn/clip_grad.h"
+#include "nn/freeze.h"
 #include "parallel/tensor_parallel.h"
 #include "tensor/ops.h"
 
@@ -11,9 +12,17 @@ namespace loom::ctest {
 
 namespace {
 constexpr double kLr = 1e-2, kWd = 0.1, kClip = 0.5;
-}
 
-TrainRun::TrainRun(Layout l, bool perturb, std::shared_ptr<collectives::ProcessGroup> g, ptest::Family family)
+/// Every parameter, frozen ones included, in the decay (>= 2-D) and no-decay groups.
+std::vector<nn::ParamGroup> all_param_groups(const nn::Module& m) {
+  nn::ParamGroup decay{{}, kLr, kWd}, no_decay{{}, kLr, 0.0};
+  for (const auto& [name, p] : m.named_parameters()) (p.dim() >= 2 ? decay : no_decay).params.push_back(p);
+  return {decay, no_decay};
+}
+}  // namespace
+
+TrainRun::TrainRun(Layout l, bool perturb, std::shared_ptr<collectives::ProcessGroup> g, ptest::Family family,
+                   const std::vector<std::string>& freeze)
     : layout(l), group(std::move(g)) {
   model = ptest::tiny_model(family);
   if (perturb) {
@@ -23,6 +32,7 @@ TrainRun::TrainRun(Layout l, bool perturb, std::shared_ptr<collectives::ProcessG
       for (int64_t i = 0; i < p.numel(); ++i) d[i] = 0.25f;
     }
   }
+  if (!freeze.empty()) nn::freeze_parameters(*model, freeze, "test.freeze");
   if (layout == Layout::kDDP || layout == Layout::kFSDP) dp = group;
   if (layout == Layout::kTP) tp = group;
   if (layout == Layout::kFsdpTp) {
@@ -35,13 +45,17 @@ TrainRun::TrainRun(Layout l, bool perturb, std::shared_ptr<collectives::ProcessG
     opt = std::make_unique<nn::AdamW>(fsdp->param_groups(kLr, kWd), nn::AdamWOptions{});
   } else if (layout == Layout::kDDP) {
     ddp = std::make_unique<parallel::DistributedDataParallel>(model, group);
-    opt = std::make_unique<nn::AdamW>(nn::weight_decay_groups(model->named_parameters(), kLr, kWd), nn::AdamWOptions{});
+    opt = std::make_unique<nn::AdamW>(
+        freeze.empty() ? nn::weight_decay_groups(model->named_parameters(), kLr, kWd) : all_param_groups(*model),
+        nn::AdamWOptions{});
   } else if (layout == Layout::kFSDP) {
     fsdp = std::make_unique<parallel::FullyShard>(model, group);
     opt = std::make_unique<nn::AdamW>(fsdp->param_groups(kLr, kWd), nn::AdamWOptions{});
   } else {
     parallel::tensor_parallelize(*model, group);
-    opt = std::make_unique<nn::AdamW>(nn::weight_decay_groups(model->named_parameters(), kLr, kWd), nn::AdamWOptions{});
+    opt = std::make_unique<nn::AdamW>(
+        freeze.empty() ? nn::weight_decay_groups(model->named_parameters(), kLr, kWd) : all_param_groups(*model),
+        nn::AdamWOptions{});
   }
   sched = std::make_unique<nn::WarmupCosineLR>(*opt, kLr, kLr / 10, 3, 20);
 }

@@ -19,10 +19,12 @@ namespace loom::ctest {
 /// kFsdpTp: a DeviceMesh (fsdp = world / 2, tp = 2); the model is TP-converted over tp, then FSDP-wrapped over fsdp.
 enum class Layout { kDDP, kFSDP, kTP, kFsdpTp };
 
-/// One run's objects. perturb: overwrite the initial weights first, so only a load can make it match.
+/// One run's objects. perturb: overwrite the initial weights first, so only a load can make it match. freeze: globs of
+/// parameters to freeze (nn::freeze_parameters) before wrapping; then the DDP and TP optimizers are built over every
+/// parameter, frozen ones included, as PyTorch users do.
 struct TrainRun {
   TrainRun(Layout layout, bool perturb, std::shared_ptr<collectives::ProcessGroup> group = ptest::world(),
-           ptest::Family family = ptest::Family::kGPT2);
+           ptest::Family family = ptest::Family::kGPT2, const std::vector<std::string>& freeze = {});
   ~TrainRun();
   /// One optimizer step on global batch `step` (rows of this rank); returns the loss averaged over the group.
   double train_step(int step);

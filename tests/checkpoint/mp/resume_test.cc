@@ -5,7 +5,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "tests/checkpoint/mp/common.h"
@@ -13,15 +15,16 @@
 namespace loom::ctest {
 namespace {
 
-void resume_case(Layout layout, const std::string& name, ptest::Family family = ptest::Family::kGPT2) {
+void resume_case(Layout layout, const std::string& name, ptest::Family family = ptest::Family::kGPT2,
+                 const std::vector<std::string>& freeze = {}) {
   const std::string root = fresh_root(name);
   std::vector<double> straight;
   {
-    TrainRun a(layout, false, ptest::world(), family);
+    TrainRun a(layout, false, ptest::world(), family, freeze);
     for (int s = 0; s < 10; ++s) straight.push_back(a.train_step(s));
   }
   {
-    TrainRun b(layout, false, ptest::world(), family);
+    TrainRun b(layout, false, ptest::world(), family, freeze);
     for (int s = 0; s < 5; ++s) ASSERT_EQ(b.train_step(s), straight[s]) << "the two runs diverge before any save";
     checkpoint::Checkpointer ck(root, ptest::world());
     checkpoint::TrainState st;
@@ -30,7 +33,7 @@ void resume_case(Layout layout, const std::string& name, ptest::Family family = 
     st.config = "model: tiny-gpt2\nlr: 0.01\n";
     ck.save(b.target(), st);
   }
-  TrainRun c(layout, true, ptest::world(), family);
+  TrainRun c(layout, true, ptest::world(), family, freeze);
   const double before = c.eval_loss();
   checkpoint::Checkpointer ck(root, ptest::world());
   checkpoint::TrainState st = ck.load(c.target());
@@ -122,6 +125,42 @@ TEST(CheckpointResume, FsdpAsyncSaveWhileTrainingResumesExactly) {
 TEST(CheckpointResume, DdpTenStepsEqualFiveSavedResumedFive) { resume_case(Layout::kDDP, "resume_ddp"); }
 TEST(CheckpointResume, FsdpTenStepsEqualFiveSavedResumedFive) { resume_case(Layout::kFSDP, "resume_fsdp"); }
 TEST(CheckpointResume, TpTenStepsEqualFiveSavedResumedFive) { resume_case(Layout::kTP, "resume_tp"); }
+// Frozen embeddings (and the tied head), a wholly frozen first block and every attention c_attn frozen: the checkpoint
+// holds the frozen parameters (the perturbed run gets them back only from it) and optimizer state for the trainable
+// ones only; resuming continues bit for bit.
+void frozen_resume_case(Layout layout, const std::string& name) {
+  const std::vector<std::string> freeze = {"transformer.w?e.weight", "transformer.h.0.*",
+                                           "transformer.h.*.attn.c_attn.*"};
+  resume_case(layout, name, ptest::Family::kGPT2, freeze);
+  if (ptest::world()->rank() == 0) {
+    std::ifstream in(checkpoint::latest_checkpoint(std::string(LOOM_BINARY_DIR) + "/checkpoint_mp_tmp/" + name) +
+                     "/metadata.json");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string md = ss.str();
+    ASSERT_FALSE(md.empty());
+    auto has = [&](const std::string& tensor) { return md.find("\"" + tensor + "\"") != std::string::npos; };
+    for (const char* frozen : {"transformer.wte.weight", "transformer.h.0.mlp.c_fc.weight",
+                               "transformer.h.2.attn.c_attn.bias", "transformer.h.0.ln_1.weight"}) {
+      EXPECT_TRUE(has(std::string("model/") + frozen)) << frozen << " is not in the checkpoint";
+      EXPECT_FALSE(has(std::string("optim/exp_avg/") + frozen)) << frozen << " has optimizer state";
+      EXPECT_FALSE(has(std::string("optim/exp_avg_sq/") + frozen)) << frozen << " has optimizer state";
+    }
+    for (const char* trainable :
+         {"transformer.h.1.mlp.c_fc.weight", "transformer.h.2.attn.c_proj.bias", "transformer.ln_f.weight"}) {
+      EXPECT_TRUE(has(std::string("model/") + trainable)) << trainable;
+      EXPECT_TRUE(has(std::string("optim/exp_avg/") + trainable)) << trainable << " has no optimizer state";
+    }
+  }
+  ptest::world()->barrier()->wait();
+}
+
+TEST(CheckpointResume, DdpWithFrozenParametersResumesExactly) { frozen_resume_case(Layout::kDDP, "resume_frozen_ddp"); }
+TEST(CheckpointResume, FsdpWithFrozenParametersResumesExactly) {
+  frozen_resume_case(Layout::kFSDP, "resume_frozen_fsdp");
+}
+TEST(CheckpointResume, TpWithFrozenParametersResumesExactly) { frozen_resume_case(Layout::kTP, "resume_frozen_tp"); }
+
 TEST(CheckpointResume, LlamaFsdpTenStepsEqualFiveSavedResumedFive) {
   resume_case(Layout::kFSDP, "resume_llama_fsdp", ptest::Family::kLlama);
 }
