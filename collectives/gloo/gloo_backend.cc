@@ -127,15 +127,22 @@ struct Mailbox {
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "mailbox counters are shared between processes");
 
-// What makes two processes able to read each other's memory with
-// process_vm_readv (cross-memory attach): the same kernel boot and the same
-// pid namespace (so the pid means the same process).
+// Which ranks count as one host for the same-host rings: the same kernel boot
+// and pid namespace (so a pid means the same process to process_vm_readv),
+// and the same network namespace, so that ranks in different network
+// namespaces (scripts/netns_cluster.sh's simulated nodes, containers) keep
+// talking over the network between them as real hosts would.
 std::string host_identity() {
   std::string boot;
   std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
-  char ns[256] = {0};
-  const ssize_t k = ::readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
-  return boot + "/" + (k > 0 ? std::string(ns, static_cast<size_t>(k)) : std::string("?"));
+  std::string id = boot;
+  for (const char* ns : {"/proc/self/ns/pid", "/proc/self/ns/net"}) {
+    char link[256] = {0};
+    const ssize_t k = ::readlink(ns, link, sizeof link - 1);
+    id.push_back('/');
+    id.append(k > 0 ? link : "?");
+  }
+  return id;
 }
 
 class GlooBackend : public Backend {
