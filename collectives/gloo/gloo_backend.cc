@@ -493,7 +493,12 @@ class GlooBackend : public Backend {
   // use CMA only if every rank's check passed (so all run the same rings).
   void setup_cma(const BackendContext& ctx) {
     const char* env = std::getenv("LOOM_GLOO_CMA");
-    if (env && std::string(env) == "0") return;
+    auto& store = *ctx.store;
+    if (env && std::string(env) == "0") {  // say so, so that the others do not wait for us and use TCP too
+      store.set("loom_cma/" + std::to_string(rank_), to_bytes("off"));
+      store.set("loom_cma_ok/" + std::to_string(rank_), to_bytes("0"));
+      return;
+    }
     std::random_device rd;
     probe_ = (uint64_t{rd()} << 32) ^ rd() ^ static_cast<uint64_t>(::getpid());
     const int fd = ::memfd_create("loom-gloo-mailbox", MFD_CLOEXEC);
@@ -503,7 +508,6 @@ class GlooBackend : public Backend {
     std::ostringstream mine;
     mine << host_identity() << " " << ::getpid() << " " << reinterpret_cast<uintptr_t>(&probe_) << " " << probe_ << " "
          << (mine_map == MAP_FAILED ? -1 : fd);
-    auto& store = *ctx.store;
     store.set("loom_cma/" + std::to_string(rank_), to_bytes(mine.str()));
     struct Peer {
       long pid = 0;
