@@ -494,9 +494,17 @@ class GlooBackend : public Backend {
   void setup_cma(const BackendContext& ctx) {
     const char* env = std::getenv("LOOM_GLOO_CMA");
     auto& store = *ctx.store;
+    // The group's verdict: every rank adds 1 to "loom_cma_bad" if its check
+    // failed, then 1 to "loom_cma_checked"; the rank that brings the latter to
+    // size_ publishes "loom_cma_all" (O(size_) store calls in all).
+    auto vote = [&](bool ok) {
+      if (!ok) store.add("loom_cma_bad", 1);
+      if (store.add("loom_cma_checked", 1) == size_)
+        store.set("loom_cma_all", to_bytes(store.add("loom_cma_bad", 0) == 0 ? "1" : "0"));
+    };
     if (env && std::string(env) == "0") {  // say so, so that the others do not wait for us and use TCP too
       store.set("loom_cma/" + std::to_string(rank_), to_bytes("off"));
-      store.set("loom_cma_ok/" + std::to_string(rank_), to_bytes("0"));
+      vote(false);
       return;
     }
     std::random_device rd;
@@ -542,13 +550,9 @@ class GlooBackend : public Backend {
     Peer l = mine_map == MAP_FAILED ? Peer{} : peer(left());
     Peer r = l.box == MAP_FAILED ? Peer{} : peer(right());
     const bool ok = l.box != MAP_FAILED && r.box != MAP_FAILED;
-    store.set("loom_cma_ok/" + std::to_string(rank_), to_bytes(ok ? "1" : "0"));
-    bool all = true;
-    for (int q = 0; q < size_; ++q) {
-      const std::string k = "loom_cma_ok/" + std::to_string(q);
-      store.wait({k}, ctx.timeout);
-      all = all && to_string(store.get(k)) == "1";
-    }
+    vote(ok);
+    store.wait({"loom_cma_all"}, ctx.timeout);
+    const bool all = to_string(store.get("loom_cma_all")) == "1";
     if (fd >= 0) ::close(fd);  // every neighbour holds its own mapping by now
     if (all) {
       left_pid_ = static_cast<pid_t>(l.pid);
