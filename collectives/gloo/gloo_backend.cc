@@ -103,12 +103,15 @@ struct SegmentPlan {
 };
 
 // Environment knobs for measuring the rings: segment size and the number of
-// segments the allreduce / reduce-scatter may receive ahead of their reduction.
-size_t env_bytes(const char* name, size_t fallback) {
+// segments the TCP rings may receive ahead of their reduction. Throws
+// InvalidArgument naming the variable when it is not a positive integer.
+size_t env_count(const char* name, size_t fallback, const char* what) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
-  const long long x = std::strtoll(v, nullptr, 10);
-  LOOM_CHECK(x > 0, name, "=", v, ": expected a positive number of bytes");
+  char* end = nullptr;
+  const long long x = std::strtoll(v, &end, 10);
+  LOOM_CHECK_T(InvalidArgument, x > 0 && end && *end == '\0', name, "=", v, ": expected a positive integer (", what,
+               "); unset it for the default, ", fallback);
   return static_cast<size_t>(x);
 }
 
@@ -752,8 +755,8 @@ class GlooBackend : public Backend {
   uint32_t tag_ = 0;
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> context_;
-  size_t segment_bytes_ = env_bytes("LOOM_GLOO_SEGMENT_BYTES", size_t{1} << 20);
-  size_t window_ = env_bytes("LOOM_GLOO_WINDOW", 8);
+  size_t segment_bytes_ = env_count("LOOM_GLOO_SEGMENT_BYTES", size_t{1} << 20, "bytes per ring segment");
+  size_t window_ = env_count("LOOM_GLOO_WINDOW", 8, "segments a TCP ring receives ahead");
   uint64_t probe_ = 0;                  // a nonce our right neighbour reads to check CMA works
   pid_t left_pid_ = 0;                  // the left neighbour's pid when the rings use CMA
   Mailbox* box_ = nullptr;              // ours (CMA only)
