@@ -103,12 +103,15 @@ struct SegmentPlan {
 };
 
 // Environment knobs for measuring the rings: segment size and the number of
-// segments the allreduce / reduce-scatter may receive ahead of their reduction.
-size_t env_bytes(const char* name, size_t fallback) {
+// segments the TCP rings may receive ahead of their reduction. Throws
+// InvalidArgument naming the variable when it is not a positive integer.
+size_t env_count(const char* name, size_t fallback, const char* what) {
   const char* v = std::getenv(name);
   if (!v || !*v) return fallback;
-  const long long x = std::strtoll(v, nullptr, 10);
-  LOOM_CHECK(x > 0, name, "=", v, ": expected a positive number of bytes");
+  char* end = nullptr;
+  const long long x = std::strtoll(v, &end, 10);
+  LOOM_CHECK_T(InvalidArgument, x > 0 && end && *end == '\0', name, "=", v, ": expected a positive integer (", what,
+               "); unset it for the default, ", fallback);
   return static_cast<size_t>(x);
 }
 
@@ -127,15 +130,22 @@ struct Mailbox {
 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free, "mailbox counters are shared between processes");
 
-// What makes two processes able to read each other's memory with
-// process_vm_readv (cross-memory attach): the same kernel boot and the same
-// pid namespace (so the pid means the same process).
+// Which ranks count as one host for the same-host rings: the same kernel boot
+// and pid namespace (so a pid means the same process to process_vm_readv),
+// and the same network namespace, so that ranks in different network
+// namespaces (scripts/netns_cluster.sh's simulated nodes, containers) keep
+// talking over the network between them as real hosts would.
 std::string host_identity() {
   std::string boot;
   std::ifstream("/proc/sys/kernel/random/boot_id") >> boot;
-  char ns[256] = {0};
-  const ssize_t k = ::readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
-  return boot + "/" + (k > 0 ? std::string(ns, static_cast<size_t>(k)) : std::string("?"));
+  std::string id = boot;
+  for (const char* ns : {"/proc/self/ns/pid", "/proc/self/ns/net"}) {
+    char link[256] = {0};
+    const ssize_t k = ::readlink(ns, link, sizeof link - 1);
+    id.push_back('/');
+    id.append(k > 0 ? link : "?");
+  }
+  return id;
 }
 
 class GlooBackend : public Backend {
@@ -486,7 +496,20 @@ class GlooBackend : public Backend {
   // use CMA only if every rank's check passed (so all run the same rings).
   void setup_cma(const BackendContext& ctx) {
     const char* env = std::getenv("LOOM_GLOO_CMA");
-    if (env && std::string(env) == "0") return;
+    auto& store = *ctx.store;
+    // The group's verdict: every rank adds 1 to "loom_cma_bad" if its check
+    // failed, then 1 to "loom_cma_checked"; the rank that brings the latter to
+    // size_ publishes "loom_cma_all" (O(size_) store calls in all).
+    auto vote = [&](bool ok) {
+      if (!ok) store.add("loom_cma_bad", 1);
+      if (store.add("loom_cma_checked", 1) == size_)
+        store.set("loom_cma_all", to_bytes(store.add("loom_cma_bad", 0) == 0 ? "1" : "0"));
+    };
+    if (env && std::string(env) == "0") {  // say so, so that the others do not wait for us and use TCP too
+      store.set("loom_cma/" + std::to_string(rank_), to_bytes("off"));
+      vote(false);
+      return;
+    }
     std::random_device rd;
     probe_ = (uint64_t{rd()} << 32) ^ rd() ^ static_cast<uint64_t>(::getpid());
     const int fd = ::memfd_create("loom-gloo-mailbox", MFD_CLOEXEC);
@@ -496,7 +519,6 @@ class GlooBackend : public Backend {
     std::ostringstream mine;
     mine << host_identity() << " " << ::getpid() << " " << reinterpret_cast<uintptr_t>(&probe_) << " " << probe_ << " "
          << (mine_map == MAP_FAILED ? -1 : fd);
-    auto& store = *ctx.store;
     store.set("loom_cma/" + std::to_string(rank_), to_bytes(mine.str()));
     struct Peer {
       long pid = 0;
@@ -531,13 +553,9 @@ class GlooBackend : public Backend {
     Peer l = mine_map == MAP_FAILED ? Peer{} : peer(left());
     Peer r = l.box == MAP_FAILED ? Peer{} : peer(right());
     const bool ok = l.box != MAP_FAILED && r.box != MAP_FAILED;
-    store.set("loom_cma_ok/" + std::to_string(rank_), to_bytes(ok ? "1" : "0"));
-    bool all = true;
-    for (int q = 0; q < size_; ++q) {
-      const std::string k = "loom_cma_ok/" + std::to_string(q);
-      store.wait({k}, ctx.timeout);
-      all = all && to_string(store.get(k)) == "1";
-    }
+    vote(ok);
+    store.wait({"loom_cma_all"}, ctx.timeout);
+    const bool all = to_string(store.get("loom_cma_all")) == "1";
     if (fd >= 0) ::close(fd);  // every neighbour holds its own mapping by now
     if (all) {
       left_pid_ = static_cast<pid_t>(l.pid);
@@ -737,8 +755,8 @@ class GlooBackend : public Backend {
   uint32_t tag_ = 0;
   std::shared_ptr<gloo::transport::Device> device_;
   std::shared_ptr<gloo::Context> context_;
-  size_t segment_bytes_ = env_bytes("LOOM_GLOO_SEGMENT_BYTES", size_t{1} << 20);
-  size_t window_ = env_bytes("LOOM_GLOO_WINDOW", 8);
+  size_t segment_bytes_ = env_count("LOOM_GLOO_SEGMENT_BYTES", size_t{1} << 20, "bytes per ring segment");
+  size_t window_ = env_count("LOOM_GLOO_WINDOW", 8, "segments a TCP ring receives ahead");
   uint64_t probe_ = 0;                  // a nonce our right neighbour reads to check CMA works
   pid_t left_pid_ = 0;                  // the left neighbour's pid when the rings use CMA
   Mailbox* box_ = nullptr;              // ours (CMA only)

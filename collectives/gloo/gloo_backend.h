@@ -1,5 +1,8 @@
 // The gloo backend: CPU tensors over Gloo's TCP transport (Debian's
-// libgloo-dev), rendezvous through our Store. Gloo headers stay in the .cc.
+// libgloo-dev), rendezvous through our Store. allreduce, reduce_scatter and
+// all_gather are loom's own segmented rings; when the whole group is on one
+// host they read the neighbour's memory (process_vm_readv) instead of using
+// TCP. Gloo headers stay in the .cc.
 #pragma once
 
 #include <memory>

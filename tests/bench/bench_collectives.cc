@@ -10,8 +10,9 @@
 // ratio to raw MPI_Allreduce's busbw at that size (vs_raw_ar), the ratio to the
 // same op's raw MPI call (vs_raw_op), and the page faults rank 0 took per call
 // (minflt: fresh memory the call touched). Then README's table (lines starting
-// with '|'): per size and op, raw / mpi / gloo busbw and gloo / raw MPI_Allreduce.
-// LOOM_BENCH_NO_GLOO=1 leaves the gloo group out.
+// with '|'): per size and op, raw / mpi / gloo busbw, gloo / raw MPI_Allreduce,
+// and gloo-tcp (a second gloo group with LOOM_GLOO_CMA=0: every byte over TCP).
+// LOOM_BENCH_NO_GLOO=1 leaves both gloo groups out.
 #include <mpi.h>
 
 #include <sys/resource.h>

@@ -21,6 +21,11 @@ foreach(n 2 3 4)
     set_tests_properties(collectives_tcp_gloo_cma${cma}_np${n} PROPERTIES LABELS collectives TIMEOUT 120
                          ENVIRONMENT "LOOM_GLOO_CMA=${cma};LOOM_GLOO_SEGMENT_BYTES=4096")
   endforeach()
+  # Rank 1 alone has LOOM_GLOO_CMA=0: the group must agree on TCP rings instead of waiting for it or mixing paths.
+  add_test(NAME collectives_tcp_gloo_cma_mixed_np${n}
+           COMMAND ${_loom_with_port} ${CMAKE_CURRENT_LIST_DIR}/multiproc/run_tcp.sh ${n} /bin/sh -c
+                   "if [ \"$RANK\" = 1 ]; then export LOOM_GLOO_CMA=0; fi; exec \"$0\" gloo" $<TARGET_FILE:collectives_mp>)
+  set_tests_properties(collectives_tcp_gloo_cma_mixed_np${n} PROPERTIES LABELS collectives TIMEOUT 120)
   if(LOOM_MPIRUN)
     foreach(backend mpi gloo)
       add_test(NAME collectives_mpirun_${backend}_np${n}
