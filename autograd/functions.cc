@@ -7,6 +7,7 @@
 #include "autograd/functions.h"
 
 #include "autograd/autocast.h"
+#include "autograd/checkpoint.h"
 
 namespace loom {
 namespace {
@@ -698,7 +699,15 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     autograd::detail::AutocastSuspend off;
     return linear(lx, lw, lb);
   }
-  Tensor out = ops::linear(x, w, b);
+  // Selective activation checkpointing keeps the matmul's output from the first run and reuses it in the recompute.
+  Tensor out;
+  auto* sac = autograd::detail::selective_cache();
+  if (sac && sac->replaying()) {
+    out = sac->replay("linear")[0];
+  } else {
+    out = ops::linear(x, w, b);
+    if (sac) sac->save("linear", {out});
+  }
   if (recording({x, w, b})) {
     bool nx = needs(x), nw = needs(w), nbias = needs(b);
     SavedTensor X(nw ? x : Tensor()), W(nx ? w : Tensor());
@@ -717,7 +726,18 @@ Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
     autograd::detail::AutocastSuspend off;
     return linear_gelu(lx, lw, lb);
   }
-  ops::LinearGeluResult r = ops::linear_gelu(x, w, b);
+  ops::LinearGeluResult r;
+  auto* sac = autograd::detail::selective_cache();
+  if (sac && sac->replaying()) {
+    // Both outputs of the fused op: its GELU runs in the matmul's epilogue on the unrounded product, so under
+    // autocast gelu(pre) in bf16 would not give its bits.
+    auto kept = sac->replay("linear_gelu");
+    r.out = kept[0];
+    r.pre = kept[1];
+  } else {
+    r = ops::linear_gelu(x, w, b);
+    if (sac) sac->save("linear_gelu", {r.out, r.pre});
+  }
   if (recording({x, w, b})) {
     bool nx = needs(x), nw = needs(w), nbias = needs(b);
     SavedTensor X(nw ? x : Tensor()), W(nx ? w : Tensor()), P(r.pre);
