@@ -167,6 +167,33 @@ TEST(ActivationCheckpointing, CheckpointFunctionReplaysDropoutAndRestoresTheStre
   EXPECT_FALSE(same_bits(ref[1], no_replay[1]));
 }
 
+TEST(ActivationCheckpointing, WeightUsedInsideAndOutsideARegionUnderAutocastGetsBothGradients) {
+  // Autocast caches a parameter's bf16 cast for the rest of the forward; a cast made inside a checkpointed region has
+  // no history (no grad mode there) and must not be reused by a later use with grad mode on.
+  Generator gen(1);
+  nn::Linear lin(8, 8, {}, gen);
+  Generator data(2);
+  Tensor x0 = ops::rand({4, 8}, data);
+  auto weight_grad = [&](bool ckpt) {
+    lin.zero_grad();
+    Tensor x = ops::clone(x0).set_requires_grad(true);
+    auto f = [&](const std::vector<Tensor>& in) { return std::vector<Tensor>{lin(in[0])}; };
+    Tensor z;
+    {
+      AutocastGuard ag(DType::bf16);
+      Tensor y = ckpt ? autograd::checkpoint(f, {x})[0] : f({x})[0];
+      z = lin(y);  // the same weight again, outside the region
+    }
+    sum(z).backward();
+    return ops::clone(lin.weight.grad());
+  };
+  // Not bit for bit: without checkpointing both uses share one cast, whose bf16 gradients add before the cast back to
+  // f32; with it each use has its own cast. A lost use would be off by its whole share.
+  Tensor want = weight_grad(false), got = weight_grad(true);
+  const double scale = ops::max(ops::abs(want)).item();
+  EXPECT_LE(ops::max(ops::abs(ops::sub(got, want))).item(), 1e-2 * scale);
+}
+
 TEST(ActivationCheckpointing, RecomputeThatDiffersIsAnError) {
   int calls = 0;
   auto f = [&](const std::vector<Tensor>& in) {
