@@ -12,6 +12,7 @@
 
 #include "autograd/functions.h"
 #include "nn/activation_checkpointing.h"
+#include "nn/transformer.h"
 #include "parallel/ddp.h"
 #include "parallel/device_mesh.h"
 #include "parallel/fully_shard.h"
@@ -137,6 +138,45 @@ void expect_bit_identical(Layout layout) {
       }
     }
   }
+}
+
+/// Two checkpointed blocks and no other parameter: every gradient hook fires inside a recompute's backward.
+struct TwoBlocks : nn::Module {
+  explicit TwoBlocks(Generator& gen) : nn::Module("TwoBlocks") {
+    nn::BlockOptions o;
+    o.attn.n_embd = o.mlp.n_embd = 16;
+    o.attn.n_head = 2;
+    o.attn.max_seq_len = 8;
+    a = register_module("a", std::make_shared<nn::TransformerBlock>(o, gen));
+    b = register_module("b", std::make_shared<nn::TransformerBlock>(o, gen));
+  }
+  Tensor operator()(const Tensor& x) {
+    return call(x, [this](const Tensor& in) { return (*b)((*a)(in)); });
+  }
+  std::shared_ptr<nn::TransformerBlock> a, b;
+};
+
+TEST(ActivationCheckpointingParallel, DdpWaitsForEveryRecomputeBeforeItFinishes) {
+  // DDP queues its end-of-backward callback from the first gradient hook, here inside block b's recompute: it must run
+  // when the whole backward ends, not when that recompute's inner pass does (block a's gradients would be missing).
+  auto grads = [&](bool ckpt) {
+    Generator gen(3);
+    auto m = std::make_shared<TwoBlocks>(gen);
+    if (ckpt) {
+      nn::checkpoint_module(*m, "a", nn::CheckpointMode::kFull);
+      nn::checkpoint_module(*m, "b", nn::CheckpointMode::kFull);
+    }
+    DistributedDataParallel ddp(m, world());
+    Generator data(4 + static_cast<uint64_t>(world()->rank()));
+    Tensor x = ops::rand({2, 8, 16}, data);
+    sum((*m)(x)).backward();
+    std::vector<Tensor> out;
+    for (const auto& p : m->parameters()) out.push_back(ops::clone(p.grad()));
+    return out;
+  };
+  const auto want = grads(false), got = grads(true);
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(same_bits(got[i], want[i])) << "gradient " << i;
 }
 
 TEST(ActivationCheckpointingParallel, DdpBitIdentical) { expect_bit_identical(Layout::kDDP); }
