@@ -16,7 +16,7 @@ namespace loom::autograd {
 enum class CheckpointMode {
   kNone,       // nothing special: every op saves what it saves
   kFull,       // only the inputs; everything is recomputed in backward
-  kSelective,  // the inputs and the outputs of linear, linear_gelu (out and pre) and attention (out, lse)
+  kSelective,  // the inputs and the outputs of linear, linear_gelu (pre; out too in bf16/f16) and attention (out, lse)
 };
 
 /// "none", "full" or "selective".

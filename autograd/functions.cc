@@ -729,14 +729,20 @@ Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
   ops::LinearGeluResult r;
   auto* sac = autograd::detail::selective_cache();
   if (sac && sac->replaying()) {
-    // Both outputs of the fused op: its GELU runs in the matmul's epilogue on the unrounded product, so under
-    // autocast gelu(pre) in bf16 would not give its bits.
+    // The matmul's output (pre) is kept and the GELU recomputed: in f32/f64 gelu(pre) gives the fused op's bits. In
+    // bf16/f16 the fused GELU runs on the unrounded product (the matmul's epilogue), so both outputs are kept there.
     auto kept = sac->replay("linear_gelu");
-    r.out = kept[0];
-    r.pre = kept[1];
+    if (kept.size() == 1) {
+      r.pre = kept[0];
+      r.out = ops::gelu(r.pre, GeluApprox::kTanh);
+    } else {
+      r.out = kept[0];
+      r.pre = kept[1];
+    }
   } else {
     r = ops::linear_gelu(x, w, b);
-    if (sac) sac->save("linear_gelu", {r.out, r.pre});
+    const bool full_precision = r.pre.dtype() == DType::f32 || r.pre.dtype() == DType::f64;
+    if (sac) sac->save("linear_gelu", full_precision ? std::vector<Tensor>{r.pre} : std::vector<Tensor>{r.out, r.pre});
   }
   if (recording({x, w, b})) {
     bool nx = needs(x), nw = needs(w), nbias = needs(b);

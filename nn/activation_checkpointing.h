@@ -13,8 +13,9 @@ namespace loom::nn {
 struct ActivationCheckpointing {
   /// kNone: everything; kFull: each block's input only (the block is recomputed in backward); kSelective with every
   /// == 0: each block's input plus the outputs of its linear layers and attention (out, lse), the cheap ops (norms,
-  /// SwiGLU, residual adds, RoPE, dropout masks) recomputed. GPT-2's c_fc + GELU is one fused op on the CPU (the GELU
-  /// in the matmul's epilogue): both its outputs are kept, so its GELU is not recomputed.
+  /// GELU / SwiGLU, residual adds, RoPE, dropout masks) recomputed. GPT-2's fused c_fc + GELU keeps its matmul's
+  /// output and recomputes the GELU in f32; in bf16/f16 (autocast) it keeps the GELU's output too, since the fused
+  /// GELU runs on the unrounded product and gelu of the rounded one would not give its bits.
   CheckpointMode mode = CheckpointMode::kNone;
   /// selective:K (K >= 1): blocks 0, K, 2K, ... full, the others none (mode is kSelective).
   int every = 0;
