@@ -1,11 +1,13 @@
 // Step time and peak memory of GPT-2 training with activation checkpointing none / selective / selective:2 / full on
 // the CPU, in one process on the same model and batch: the recompute overhead in % of the step time without
-// checkpointing, and the peak bytes above the resting state (parameters, gradients, AdamW state) of a step, i.e. the
-// activations. The modes take turns step by step, so a change in the machine's load touches them all alike; the
-// median step of each is reported. Prints one line per mode, then the rows of README's table and the command.
+// checkpointing (by the process's CPU time, which a loaded machine disturbs less than wall time; wall time too), and
+// the peak bytes above the resting state (parameters, gradients, AdamW state) of a step, i.e. the activations. The
+// modes take turns step by step, so a change in the machine's load touches them all alike; the median step of each is
+// reported. Prints one line per mode, then the rows of README's table and the command.
 //
 // Usage: bench_activation_checkpointing [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]   (default 6 256 4 256 8 1024 5)
 #include <omp.h>
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
@@ -25,12 +27,19 @@ using namespace loom;
 
 namespace {
 
+double cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 struct Mode {
   std::string spec;
   std::unique_ptr<Generator> gen;  // the model's dropout draws from it: one per mode, the same stream in each
   std::shared_ptr<nn::GPT2> model;
   std::unique_ptr<nn::AdamW> opt;
-  std::vector<double> times;
+  std::vector<double> times;      // wall seconds per step
+  std::vector<double> cpu_times;  // CPU seconds of the process per step (all threads): steadier on a loaded machine
   int64_t peak = 0;
   int64_t kept = 0;  // bytes the forward leaves allocated for backward (with the logits and the loss)
   double loss = 0;
@@ -90,13 +99,16 @@ int main(int argc, char** argv) {
       const int64_t base = memory_stats().allocated_bytes;
       reset_peak_memory_stats();
       auto t0 = std::chrono::steady_clock::now();
+      const double c0 = cpu_seconds();
       Tensor loss = m.model->loss(idx, tgt);
       const int64_t after_forward = memory_stats().allocated_bytes - base;
       loss.backward();
       m.opt->step();
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double cpu = cpu_seconds() - c0;
       if (i == 0) continue;
       m.times.push_back(sec);
+      m.cpu_times.push_back(cpu);
       m.peak = std::max(m.peak, memory_stats().peak_bytes - base);
       m.kept = std::max(m.kept, after_forward);
       m.loss = loss.item();
@@ -113,25 +125,26 @@ int main(int argc, char** argv) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  const double base_t = median(modes[0].times);
+  const double base_t = median(modes[0].times), base_c = median(modes[0].cpu_times);
   const double base_peak = static_cast<double>(modes[0].peak);
   for (const auto& m : modes) {
     const double t = median(m.times);
+    const double c = median(m.cpu_times);
     std::printf(
-        "mode=%s step_ms=%.1f overhead_pct=%.1f activation_peak_mib=%.1f peak_vs_none_pct=%.1f "
-        "kept_after_forward_mib=%.1f loss=%.6f\n",
-        m.spec.c_str(), t * 1e3, 100.0 * (t - base_t) / base_t, static_cast<double>(m.peak) / (1 << 20),
-        100.0 * static_cast<double>(m.peak) / base_peak, static_cast<double>(m.kept) / (1 << 20), m.loss);
+        "mode=%s step_ms=%.1f overhead_pct=%.1f step_cpu_ms=%.1f cpu_overhead_pct=%.1f activation_peak_mib=%.1f "
+        "peak_vs_none_pct=%.1f kept_after_forward_mib=%.1f loss=%.6f\n",
+        m.spec.c_str(), t * 1e3, 100.0 * (t - base_t) / base_t, c * 1e3, 100.0 * (c - base_c) / base_c,
+        static_cast<double>(m.peak) / (1 << 20), 100.0 * static_cast<double>(m.peak) / base_peak,
+        static_cast<double>(m.kept) / (1 << 20), m.loss);
   }
   std::printf(
-      "\n| activation checkpointing | step (ms) | recompute overhead | kept after forward (MiB) | activation peak "
-      "(MiB) "
-      "| peak vs none |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+      "\n| activation checkpointing | step (ms) | CPU time per step (ms) | recompute overhead (CPU time) | kept after "
+      "forward (MiB) | activation peak (MiB) | peak vs none |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
   for (const auto& m : modes) {
-    const double t = median(m.times);
-    std::printf("| %s | %.0f | %+.0f%% | %.1f | %.1f | %.0f%% |\n", m.spec.c_str(), t * 1e3,
-                100.0 * (t - base_t) / base_t, static_cast<double>(m.kept) / (1 << 20),
+    const double t = median(m.times), c = median(m.cpu_times);
+    std::printf("| %s | %.0f | %.0f | %+.0f%% | %.1f | %.1f | %.0f%% |\n", m.spec.c_str(), t * 1e3, c * 1e3,
+                100.0 * (c - base_c) / base_c, static_cast<double>(m.kept) / (1 << 20),
                 static_cast<double>(m.peak) / (1 << 20), 100.0 * static_cast<double>(m.peak) / base_peak);
   }
   // Same losses in every mode: the checkpointed steps compute what the plain ones do.
