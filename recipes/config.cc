@@ -21,6 +21,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "nn/activation_checkpointing.h"
 #include "tensor/error.h"
 
 namespace loom::recipes {
@@ -154,6 +155,7 @@ const std::vector<Key>& schema() {
     add(LOOM_CONFIG_KEY(training, grad_clip)).at_least(0);
     add(LOOM_CONFIG_KEY(training, precision)).one_of({"f32", "bf16"});
     add(LOOM_CONFIG_KEY(training, seed));
+    add(LOOM_CONFIG_KEY(training, activation_checkpointing));  // none | full | selective | selective:K (validate())
 
     add(LOOM_CONFIG_KEY(parallelism, dp)).at_least(0);
     add(LOOM_CONFIG_KEY(parallelism, fsdp)).at_least(1);
@@ -645,6 +647,13 @@ void check_consistency(RecipeConfig& cfg) {
              std::string(" (data.source '") + d.source + "' reads its tokens from files)");
 
   const TrainingConfig& t = cfg.training;
+  try {
+    (void)nn::ActivationCheckpointing::parse(t.activation_checkpointing);
+  } catch (const InvalidArgument&) {
+    fail(where_of(cfg, "training.activation_checkpointing"), "training.activation_checkpointing",
+         "must be one of none, full, selective, selective:K (K a positive integer: every K-th block full), got '" +
+             t.activation_checkpointing + "'");
+  }
   if (t.min_lr > t.lr)
     fail(where_of(cfg, "training.min_lr"), "training.min_lr",
          "must be <= training.lr (" + fmt_double(t.lr) + "), got " + fmt_double(t.min_lr));
