@@ -85,14 +85,15 @@ void clear();
 void drop_before(int64_t t_ns);
 
 /// A span from construction to destruction on the calling thread; records
-/// nothing when tracing was off at construction.
+/// nothing when tracing was off at construction. Spans of one thread nest.
 class Span {
  public:
   Span(const char* name, const char* cat) {
     if (enabled()) begin(name, cat);
   }
+  /// An empty name records nothing (for callers that trace only some objects).
   Span(const std::string& name, const char* cat) {
-    if (enabled()) begin(name, cat);
+    if (enabled() && !name.empty()) begin(name, cat);
   }
   ~Span() {
     if (active_) end();
