@@ -129,9 +129,10 @@ std::shared_ptr<Work> ProcessGroup::enqueue(const std::string& op, const Tensor&
   e.peer = peer;
   e.enqueue_ns = trace_now_ns();
   if (trace::enabled() && collective)
-    trace::record_instant("enqueue " + op, trace::kEnqueue,
-                          {trace::num("seq", static_cast<int64_t>(seq)), trace::str("op", op), trace::str("group", name_),
-                           trace::num("bytes", t.defined() ? static_cast<int64_t>(t.nbytes()) : 0)});
+    trace::record_instant(
+        "enqueue " + op, trace::kEnqueue,
+        {trace::num("seq", static_cast<int64_t>(seq)), trace::str("op", op), trace::str("group", name_),
+         trace::num("bytes", t.defined() ? static_cast<int64_t>(t.nbytes()) : 0)});
   Task task;
   task.work = work;
   task.trace_handle = trace_.record(e);
@@ -300,8 +301,8 @@ std::string ProcessGroup::diagnose(const Task& task) {
           first_missing = ::loom::detail::str_cat("rank ", r, " never entered ", op, " #", seq, " (its last was ",
                                                   p.desc, " #", p.seq, ")");
       } else if (p.seq == seq && p.desc != task.desc && mismatch.empty()) {
-        mismatch = ::loom::detail::str_cat("rank ", r, " called ", p.desc, " #", seq, " where rank ", rank_,
-                                           " called ", task.desc, " #", seq);
+        mismatch = ::loom::detail::str_cat("rank ", r, " called ", p.desc, " #", seq, " where rank ", rank_, " called ",
+                                           task.desc, " #", seq);
       }
     }
     store_->set("trace/" + std::to_string(rank_), trace_.format());
@@ -338,14 +339,13 @@ std::exception_ptr ProcessGroup::make_timeout(const Task& task, const std::strin
   } catch (const std::exception& e) {
     timeline = std::string("(not written: ") + e.what() + ")";
   }
-  std::string msg = ::loom::detail::str_cat("ProcessGroup '", name_, "' (", backend_name_, ", rank ", rank_, " of ",
-                                            size_, ", members ", ranks_str(global_ranks_), "): ", task.desc, " #",
-                                            task.work->seq(), " timed out after ", task.timeout.count(),
-                                            " ms (collective timeout; set LOOM_COLLECTIVE_TIMEOUT_S or the op's "
-                                            "options.timeout); cause: ",
-                                            cause, "\ntrace of the last collectives written to ", path,
-                                            "\ntimeline of the last steps (Chrome trace JSON) written to ", timeline,
-                                            "\n", diag);
+  std::string msg = ::loom::detail::str_cat(
+      "ProcessGroup '", name_, "' (", backend_name_, ", rank ", rank_, " of ", size_, ", members ",
+      ranks_str(global_ranks_), "): ", task.desc, " #", task.work->seq(), " timed out after ", task.timeout.count(),
+      " ms (collective timeout; set LOOM_COLLECTIVE_TIMEOUT_S or the op's "
+      "options.timeout); cause: ",
+      cause, "\ntrace of the last collectives written to ", path,
+      "\ntimeline of the last steps (Chrome trace JSON) written to ", timeline, "\n", diag);
   {
     std::lock_guard<std::mutex> g(mu_);
     if (broken_.empty()) broken_ = task.desc + " #" + std::to_string(task.work->seq()) + " timed out";
@@ -370,10 +370,10 @@ std::string ProcessGroup::dump_trace(const std::string& reason) const {
 }
 
 void ProcessGroup::record_comm_span(const Task& task, int64_t t0) const {
-  trace::record_span(task.work->op(), trace::kComm, t0, trace::now_ns(),
-                     {trace::num("seq", static_cast<int64_t>(task.work->seq())), trace::str("op", task.work->op()),
-                      trace::str("group", name_), trace::num("bytes", task.bytes),
-                      trace::num("p2p", task.collective ? 0 : 1)});
+  trace::record_span(
+      task.work->op(), trace::kComm, t0, trace::now_ns(),
+      {trace::num("seq", static_cast<int64_t>(task.work->seq())), trace::str("op", task.work->op()),
+       trace::str("group", name_), trace::num("bytes", task.bytes), trace::num("p2p", task.collective ? 0 : 1)});
 }
 
 std::string ProcessGroup::dump_timeline() const {
@@ -411,8 +411,7 @@ std::string ProcessGroup::dump_timeline() const {
   std::string path = opts_.trace_dir + "/loom_timeline_" + safe + "_rank" + std::to_string(grank) + "_pid" +
                      std::to_string(::getpid()) + ".json";
   std::ofstream f(path, std::ios::trunc);
-  LOOM_CHECK_T(IoError, f.good(), "dump_timeline: cannot write ", path,
-               "; set LOOM_TRACE_DIR to a writable directory");
+  LOOM_CHECK_T(IoError, f.good(), "dump_timeline: cannot write ", path, "; set LOOM_TRACE_DIR to a writable directory");
   f << trace::to_chrome_json(events, grank, trace::thread_names(), 0);
   return path;
 }

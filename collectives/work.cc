@@ -33,9 +33,9 @@ void Work::wait(Millis timeout) {
     int64_t t0;
     ~Record() {
       if (t0 != 0)
-        trace::record_span("wait " + w.op_, trace::kWait, t0, trace::now_ns(),
-                           {trace::num("seq", static_cast<int64_t>(w.seq_)), trace::str("op", w.op_),
-                            trace::str("group", w.group_)});
+        trace::record_span(
+            "wait " + w.op_, trace::kWait, t0, trace::now_ns(),
+            {trace::num("seq", static_cast<int64_t>(w.seq_)), trace::str("op", w.op_), trace::str("group", w.group_)});
     }
   } record{*this, t0};
   std::unique_lock<std::mutex> lk(mu_);

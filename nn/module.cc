@@ -344,12 +344,13 @@ void Module::attach_backward_pre_hooks(const std::vector<Tensor>& outs) {
   Module* self = this;
   std::string span = traced ? "backward " + trace_name_ : std::string();
   const int depth = trace_depth_;
+  std::string path = trace_depth_ == 0 ? std::string() : trace_name_;
   for (const auto& o : outs) {
     if (!o.defined() || !o.requires_grad()) continue;
-    autograd::register_hook(o, [fired, self, span, depth](const Tensor&) -> Tensor {
+    autograd::register_hook(o, [fired, self, span, depth, path](const Tensor&) -> Tensor {
       if (!*fired) {
         *fired = true;
-        if (!span.empty()) trace::open_span(span, trace::kBackward, depth);
+        if (!span.empty()) trace::open_span(span, trace::kBackward, depth, path);
         self->run_backward_pre_hooks();
       }
       return Tensor();

@@ -604,7 +604,7 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
 
   // logging.trace_steps: the timeline of those steps under <run dir>/trace (the checkpoint directory, else the
   // metrics file's).
-  const std::string run_dir = !ck_dir.empty()            ? ck_dir
+  const std::string run_dir = !ck_dir.empty()         ? ck_dir
                               : !metrics_path.empty() ? std::filesystem::path(metrics_path).parent_path().string()
                                                       : std::string(".");
   TraceWindow tracer(*r.world, cfg.logging.trace_steps[0], cfg.logging.trace_steps[1],

@@ -35,8 +35,8 @@ void write_file(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-TraceWindow::TraceWindow(collectives::ProcessGroup& world, int64_t from, int64_t to, std::string dir,
-                         nn::Module* model, int module_depth)
+TraceWindow::TraceWindow(collectives::ProcessGroup& world, int64_t from, int64_t to, std::string dir, nn::Module* model,
+                         int module_depth)
     : world_(world), from_(from), to_(to), dir_(std::move(dir)) {
   if (from_ <= 0) return;
   LOOM_CHECK(to_ >= from_, "TraceWindow: steps [", from_, ", ", to_, "] are not a range with from <= to");

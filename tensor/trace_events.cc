@@ -50,7 +50,13 @@ struct OpenSpan {
   const char* cat;
   int depth;
   int64_t begin_ns;
+  std::string path;
 };
+
+bool below(const std::string& path, const std::string& ancestor) {
+  return ancestor.empty() || (path.size() > ancestor.size() && path.compare(0, ancestor.size(), ancestor) == 0 &&
+                              path[ancestor.size()] == '.');
+}
 thread_local std::vector<OpenSpan> t_open;
 
 }  // namespace
@@ -163,10 +169,23 @@ void Span::begin(std::string name, const char* cat) {
 
 void Span::end() { record_span(std::move(name_), cat_, begin_ns_, now_ns(), std::move(args_)); }
 
-void open_span(std::string name, const char* cat, int depth) {
+void open_span(std::string name, const char* cat, int depth, const std::string& path) {
   if (!enabled()) return;
-  close_spans(depth);
-  t_open.push_back(OpenSpan{std::move(name), cat, depth, now_ns()});
+  std::vector<OpenSpan> kept;  // descendants on top of the stack, innermost first
+  while (!t_open.empty() && t_open.back().depth >= depth && below(t_open.back().path, path)) {
+    kept.push_back(std::move(t_open.back()));
+    t_open.pop_back();
+  }
+  const int64_t t = now_ns();
+  if (!t_open.empty() && t_open.back().depth >= depth) {
+    // A finished sibling subtree is below: the kept spans began inside it, so they end with it.
+    for (auto& k : kept) record_span(std::move(k.name), k.cat, k.begin_ns, t);
+    kept.clear();
+    close_spans(depth);
+  }
+  const int64_t begin = kept.empty() ? t : kept.back().begin_ns;
+  t_open.push_back(OpenSpan{std::move(name), cat, depth, begin, path});
+  for (auto it = kept.rbegin(); it != kept.rend(); ++it) t_open.push_back(std::move(*it));
 }
 
 void close_spans(int depth) {

@@ -118,7 +118,10 @@ class Span {
 /// Spans opened and closed by events rather than scopes (module backward: it
 /// starts in a gradient hook and ends when a module at the same or an outer
 /// depth starts, or the backward pass ends). A per-thread stack keeps them nested.
-void open_span(std::string name, const char* cat, int depth);
+/// `path` is the dotted module path ("" for the root): open spans on top of the
+/// stack whose path lies below it (a child whose output is also this module's,
+/// so its hook fired first) are kept and moved inside the new span.
+void open_span(std::string name, const char* cat, int depth, const std::string& path = "");
 /// Closes (records) the open spans of depth >= depth, innermost first.
 void close_spans(int depth);
 /// Number of spans open on this thread; close_to(n) closes down to n of them.

@@ -76,7 +76,8 @@ int64_t union_ns(const std::vector<Event>& events, const std::string& cat, int64
 std::string to_chrome_json(const std::vector<Event>& events, int rank,
                            const std::vector<std::pair<int, std::string>>& thread_names, int64_t offset_ns) {
   json ev = json::array();
-  ev.push_back({{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", "rank " + std::to_string(rank)}}}});
+  ev.push_back(
+      {{"name", "process_name"}, {"ph", "M"}, {"pid", rank}, {"args", {{"name", "rank " + std::to_string(rank)}}}});
   ev.push_back({{"name", "process_sort_index"}, {"ph", "M"}, {"pid", rank}, {"args", {{"sort_index", rank}}}});
   for (const auto& [tid, name] : thread_names)
     ev.push_back({{"name", "thread_name"}, {"ph", "M"}, {"pid", rank}, {"tid", tid}, {"args", {{"name", name}}}});

@@ -32,21 +32,21 @@ std::string merge_chrome_json(const std::vector<std::string>& per_rank);
 
 /// Exposed communication of one rank in a window.
 struct ExposedComm {
-  double comm_s = 0;         // union of collective execution spans (kComm) inside the window
-  double blocked_s = 0;      // union of wait spans (kWait) inside the window: the caller blocked
-  double hidden_s = 0;       // comm_s - blocked_s, at least 0: communication behind compute
-  double hidden_frac = 0;    // hidden_s / comm_s; 0 when there was no communication
+  double comm_s = 0;       // union of collective execution spans (kComm) inside the window
+  double blocked_s = 0;    // union of wait spans (kWait) inside the window: the caller blocked
+  double hidden_s = 0;     // comm_s - blocked_s, at least 0: communication behind compute
+  double hidden_frac = 0;  // hidden_s / comm_s; 0 when there was no communication
 };
 /// Computed from one rank's events, clipped to [begin_ns, end_ns).
 ExposedComm exposed_comm(const std::vector<Event>& events, int64_t begin_ns, int64_t end_ns);
 
 /// Who held the others up, from a merged timeline (all ranks on one clock).
 struct StragglerReport {
-  int straggler = -1;                 // the rank with the largest late_s; -1 when no collective matched
-  std::vector<double> late_s;         // per rank: sum over collectives of (its enqueue - the earliest rank's)
-  std::vector<double> blocked_s;      // per rank: union of its wait spans
-  std::vector<int64_t> last_event_ns; // per rank: end of its last event
-  int oldest_last_event = -1;         // the rank whose last event is the oldest (a hang's likely culprit)
+  int straggler = -1;                  // the rank with the largest late_s; -1 when no collective matched
+  std::vector<double> late_s;          // per rank: sum over collectives of (its enqueue - the earliest rank's)
+  std::vector<double> blocked_s;       // per rank: union of its wait spans
+  std::vector<int64_t> last_event_ns;  // per rank: end of its last event
+  int oldest_last_event = -1;          // the rank whose last event is the oldest (a hang's likely culprit)
 };
 /// Collectives are matched across ranks by (group, seq) of their enqueue instants.
 StragglerReport find_straggler(const std::vector<Event>& merged, int world);

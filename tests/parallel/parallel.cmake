@@ -4,7 +4,7 @@
 # suite so they run side by side and time out separately.
 file(GLOB _loom_parallel_srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.cc)
 add_executable(test_parallel ${_loom_parallel_srcs})
-target_link_libraries(test_parallel PRIVATE loom::parallel GTest::gtest)
+target_link_libraries(test_parallel PRIVATE loom::parallel loom::recipes GTest::gtest)
 target_include_directories(test_parallel PRIVATE ${PROJECT_SOURCE_DIR})
 target_compile_definitions(test_parallel PRIVATE LOOM_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
                                                  LOOM_BINARY_DIR="${PROJECT_BINARY_DIR}")
@@ -18,7 +18,7 @@ if(LOOM_MPIRUN)
   set(_loom_with_port ${PROJECT_SOURCE_DIR}/tests/with_port.sh --)  # a free MASTER_PORT, retried on EADDRINUSE
   # suite name -> gtest filter and the world sizes it runs on
   set(_loom_psuites "ddp|DDP*:DeviceMesh*|2,4" "fsdp|FullyShard*|2,4" "tp|TensorParallel*|2,4"
-                    "fsdp_tp|FsdpTp*|4")
+                    "fsdp_tp|FsdpTp*|4" "trace|Trace*|2")
   foreach(entry ${_loom_psuites})
     string(REPLACE "|" ";" parts "${entry}")
     list(GET parts 0 suite)
