@@ -58,6 +58,7 @@ bool below(const std::string& path, const std::string& ancestor) {
                               path[ancestor.size()] == '.');
 }
 thread_local std::vector<OpenSpan> t_open;
+void close_spans_at(int depth, int64_t t);  // closes the open spans of depth >= depth at time t
 
 }  // namespace
 
@@ -181,20 +182,23 @@ void open_span(std::string name, const char* cat, int depth, const std::string& 
     // A finished sibling subtree is below: the kept spans began inside it, so they end with it.
     for (auto& k : kept) record_span(std::move(k.name), k.cat, k.begin_ns, t);
     kept.clear();
-    close_spans(depth);
+    close_spans_at(depth, t);
   }
   const int64_t begin = kept.empty() ? t : kept.back().begin_ns;
   t_open.push_back(OpenSpan{std::move(name), cat, depth, begin, path});
   for (auto it = kept.rbegin(); it != kept.rend(); ++it) t_open.push_back(std::move(*it));
 }
 
-void close_spans(int depth) {
-  const int64_t t = now_ns();
+void close_spans(int depth) { close_spans_at(depth, now_ns()); }
+
+namespace {
+void close_spans_at(int depth, int64_t t) {
   while (!t_open.empty() && t_open.back().depth >= depth) {
     record_span(std::move(t_open.back().name), t_open.back().cat, t_open.back().begin_ns, t);
     t_open.pop_back();
   }
 }
+}  // namespace
 
 size_t open_spans() { return t_open.size(); }
 

@@ -27,9 +27,14 @@ if(LOOM_MPIRUN)
     string(REPLACE "," ";" sizes "${sizes}")
     foreach(n ${sizes})
       foreach(backend gloo mpi)
+        set(_f ${filter})
+        # An MPI collective that never completes cannot be abandoned: the timeout case runs on gloo only.
+        if(suite STREQUAL "trace" AND backend STREQUAL "mpi")
+          set(_f "${filter}:-Trace.Timeout*")
+        endif()
         add_test(NAME parallel_${suite}_${backend}_np${n}
                  COMMAND ${_loom_with_port} ${LOOM_MPIRUN} --oversubscribe -np ${n} $<TARGET_FILE:test_parallel>
-                         --gtest_filter=${filter})
+                         --gtest_filter=${_f})
         set_tests_properties(parallel_${suite}_${backend}_np${n} PROPERTIES LABELS parallel TIMEOUT 300
                              ENVIRONMENT "${_loom_penv};LOOM_TEST_BACKEND=${backend}")
       endforeach()
