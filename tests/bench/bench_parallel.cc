@@ -79,7 +79,26 @@ struct Variant {
   std::vector<double> times;                  // seconds per timed step, max over ranks
   std::vector<double> waits;                  // DDP: seconds blocked on all-reduces per timed step, max over ranks
   std::vector<double> hidden, comm, blocked;  // traced: per timed step, mean over ranks, from the timeline
+  size_t events = 0;                          // traced: events rank 0 recorded in its last step
 };
+
+// What recording one span costs on this thread (ns), timed on 200k spans like a module's: a name built from a string,
+// one argument. A load-independent estimate of tracing overhead: events per step x this, against the step time.
+double ns_per_span() {
+  trace::clear();
+  trace::set_enabled(true);
+  const std::string name = "transformer.h.0.attn";
+  const int n = 200000;
+  const int64_t t0 = trace::now_ns();
+  for (int i = 0; i < n; ++i) {
+    trace::Span s("forward " + name, trace::kForward);
+    s.arg(trace::num("i", i));
+  }
+  const int64_t t1 = trace::now_ns();
+  trace::set_enabled(false);
+  trace::clear();
+  return static_cast<double>(t1 - t0) / n;
+}
 
 // README's table: one row per backend.
 void print_table_header() {
@@ -226,7 +245,9 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (v.traced) {
         trace::set_enabled(false);
-        const trace::ExposedComm x = trace::exposed_comm(trace::collect(), b_ns, trace::now_ns());
+        const std::vector<trace::Event> ev = trace::collect();
+        v.events = ev.size();
+        const trace::ExposedComm x = trace::exposed_comm(ev, b_ns, trace::now_ns());
         Tensor t = from_vector<double>({x.hidden_frac, x.comm_s, x.blocked_s}, {3});
         sync->allreduce(t, {collectives::ReduceOp::kAvg})->wait();
         const auto m = t.to_vector<double>();
@@ -263,6 +284,7 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
     comm_alone = median(t);
   }
 
+  const double span_ns = ns_per_span();
   if (rank == 0) {
     const char* be = backend.c_str();
     const double t_compute = median(variants[0].times);
@@ -293,6 +315,12 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
           "%-5s %-5s %-13s overhead=%+.1f%% (step traced %.1f ms vs untraced %.1f ms; median of per-round "
           "ratios)\n",
           be, w, "trace_overhead", 100 * overhead(*traced, *on), median(traced->times) * 1e3, median(on->times) * 1e3);
+      const double cost_ms = static_cast<double>(traced->events) * span_ns * 1e-6;
+      std::printf(
+          "%-5s %-5s %-13s overhead=%.2f%% (%zu events per step x %.0f ns per event = %.2f ms of a %.1f ms step: the "
+          "recording itself, whatever the load)\n",
+          be, w, "trace_cost", 100 * cost_ms / (median(on->times) * 1e3), traced->events, span_ns, cost_ms,
+          median(on->times) * 1e3);
       if (comm > 0) {
         std::printf(
             "%-5s %-5s %-13s fraction=%.2f (saved_ms / comm_ms: medians of per-round differences; the table row "
