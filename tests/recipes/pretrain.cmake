@@ -4,12 +4,17 @@
 # (exit 2 naming file, line and key), --validate, scripts/plot_metrics; and --validate of every shipped config at the
 # world size it is written for.
 if(TARGET pretrain AND TARGET trainlaunch)
-  foreach(c one_rank two_ranks resume sigterm sigterm_group layouts straggler slurm_script slurm_port_taken config_error validate plot trace init_from)
+  foreach(c one_rank two_ranks resume sigterm sigterm_group layouts straggler slurm_script slurm_port_taken config_error validate plot init_from)
     add_test(NAME Pretrain.${c}
              COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh ${c} $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>
                      ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
     set_tests_properties(Pretrain.${c} PROPERTIES LABELS recipes TIMEOUT 180 SKIP_RETURN_CODE 77)
   endforeach()
+  # logging.trace_steps: per-rank and merged Chrome trace, exposed communication in metrics, scripts/plot_trace.
+  add_test(NAME Pretrain.trace
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh trace $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>
+                   ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  set_tests_properties(Pretrain.trace PROPERTIES LABELS recipes TIMEOUT 180 SKIP_RETURN_CODE 77)
   # Pinned to cores with busy loops beside one rank: other tests running at the same time would blur which is slow.
   set_tests_properties(Pretrain.straggler PROPERTIES RUN_SERIAL TRUE)
   # eval_layouts: one checkpoint evaluated (pretrain --eval) on 1 rank, 2 DDP, 2 FSDP and 2 TP ranks gives one eval loss.
