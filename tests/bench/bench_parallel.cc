@@ -82,22 +82,32 @@ struct Variant {
   size_t events = 0;                          // traced: events rank 0 recorded in its last step
 };
 
-// What recording one span costs on this thread (ns), timed on 200k spans like a module's: a name built from a string,
-// one argument. A load-independent estimate of tracing overhead: events per step x this, against the step time.
-double ns_per_span() {
-  trace::clear();
-  trace::set_enabled(true);
+// What one module span costs on this thread (ns), timed on 200k spans built as Module::call builds them (a name from
+// a string, one argument), with tracing on (recorded) and off (one relaxed load). A load-independent estimate of
+// tracing overhead: events per step x the cost, against the step time.
+struct SpanCost {
+  double on_ns = 0, off_ns = 0;
+};
+SpanCost span_cost() {
   const std::string name = "transformer.h.0.attn";
   const int n = 200000;
-  const int64_t t0 = trace::now_ns();
-  for (int i = 0; i < n; ++i) {
-    trace::Span s("forward " + name, trace::kForward);
-    s.arg(trace::num("i", i));
-  }
-  const int64_t t1 = trace::now_ns();
-  trace::set_enabled(false);
-  trace::clear();
-  return static_cast<double>(t1 - t0) / n;
+  auto time = [&](bool on) {
+    trace::clear();
+    trace::set_enabled(on);
+    const int64_t t0 = trace::now_ns();
+    for (int i = 0; i < n; ++i) {
+      trace::Span s(trace::enabled() ? "forward " + name : std::string(), trace::kForward);
+      s.arg(trace::num("i", i));
+    }
+    const int64_t t1 = trace::now_ns();
+    trace::set_enabled(false);
+    trace::clear();
+    return static_cast<double>(t1 - t0) / n;
+  };
+  SpanCost c;
+  c.on_ns = time(true);
+  c.off_ns = time(false);
+  return c;
 }
 
 // README's table: one row per backend.
@@ -284,7 +294,8 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
     comm_alone = median(t);
   }
 
-  const double span_ns = ns_per_span();
+  const SpanCost cost = span_cost();
+  const double span_ns = cost.on_ns;
   if (rank == 0) {
     const char* be = backend.c_str();
     const double t_compute = median(variants[0].times);
@@ -321,6 +332,10 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
           "recording itself, whatever the load)\n",
           be, w, "trace_cost", 100 * cost_ms / (median(on->times) * 1e3), traced->events, span_ns, cost_ms,
           median(on->times) * 1e3);
+      std::printf("%-5s %-5s %-13s off_ns=%.1f per span with tracing off (%.4f%% of the step for the same %zu spans)\n",
+                  be, w, "trace_off", cost.off_ns,
+                  100 * static_cast<double>(traced->events) * cost.off_ns * 1e-6 / (median(on->times) * 1e3),
+                  traced->events);
       if (comm > 0) {
         std::printf(
             "%-5s %-5s %-13s fraction=%.2f (saved_ms / comm_ms: medians of per-round differences; the table row "
