@@ -2,6 +2,7 @@
 // grad mode, set_history/record, hooks, and backward()/grad() with dependency
 // counts and a ready queue ordered by sequence number (reverse creation order).
 #include "autograd/autograd.h"
+#include "tensor/trace_events.h"
 
 #include <algorithm>
 #include <atomic>
@@ -441,7 +442,11 @@ std::vector<Tensor> run_with_callbacks(const std::vector<Tensor>& roots, const s
     std::vector<std::function<void()>>* outer;
     ~Restore() { t_callbacks = outer; }
   } restore{outer};
+  // The timeline: the whole pass as one span; module backward spans opened by hooks inside it close with it.
+  trace::Span span(api, trace::kBackward);
+  const size_t open = trace::open_spans();
   auto out = run_engine(roots, grad_roots, retain_graph, inputs, api);
+  trace::close_to(open);
   for (size_t i = 0; i < callbacks.size(); ++i) {
     auto fn = std::move(callbacks[i]);  // fn may queue more (callbacks may grow)
     fn();

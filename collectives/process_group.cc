@@ -13,6 +13,8 @@
 #include "collectives/reduce.h"
 #include "tensor/logging.h"
 #include "tensor/ops.h"
+#include "tensor/trace_events.h"
+#include "tensor/trace_json.h"
 
 namespace loom::collectives {
 
@@ -31,6 +33,26 @@ ProcessGroupOptions default_process_group_options() {
 }
 
 namespace {
+// Wall-clock milliseconds: the one clock ranks on different hosts share (NTP), for "whose last event is oldest".
+int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// "seq wall_ms desc" as published in progress/<rank>.
+struct Progress {
+  uint64_t seq = 0;
+  int64_t wall_ms = 0;
+  std::string desc;
+};
+Progress parse_progress(const std::string& v) {
+  Progress p;
+  std::istringstream is(v);
+  is >> p.seq >> p.wall_ms;
+  std::getline(is >> std::ws, p.desc);
+  return p;
+}
+
 std::string ranks_str(const std::vector<int>& v) {
   std::string s = "[";
   for (size_t i = 0; i < v.size(); ++i) {
@@ -98,7 +120,7 @@ std::shared_ptr<Work> ProcessGroup::enqueue(const std::string& op, const Tensor&
   std::function<void()> before = backend_->on_enqueue();
   std::lock_guard<std::mutex> g(mu_);
   uint64_t seq = collective ? next_seq_++ : next_p2p_++;
-  auto work = std::make_shared<Work>(op, seq);
+  auto work = std::make_shared<Work>(op, seq, name_);
   TraceEntry e;
   e.seq = seq;
   e.op = op;
@@ -106,10 +128,16 @@ std::shared_ptr<Work> ProcessGroup::enqueue(const std::string& op, const Tensor&
   e.dtype = t.defined() ? t.dtype() : DType::u8;
   e.peer = peer;
   e.enqueue_ns = trace_now_ns();
+  if (trace::enabled() && collective)
+    trace::record_instant(
+        "enqueue " + op, trace::kEnqueue,
+        {trace::num("seq", static_cast<int64_t>(seq)), trace::str("op", op), trace::str("group", name_),
+         trace::num("bytes", t.defined() ? static_cast<int64_t>(t.nbytes()) : 0)});
   Task task;
   task.work = work;
   task.trace_handle = trace_.record(e);
   task.collective = collective;
+  task.bytes = t.defined() ? static_cast<int64_t>(t.nbytes()) : 0;
   std::ostringstream d;
   d << op << "(";
   if (t.defined()) d << dtype_name(t.dtype()) << ", " << t.numel() << " elements";
@@ -131,6 +159,7 @@ std::shared_ptr<Work> ProcessGroup::enqueue(const std::string& op, const Tensor&
 }
 
 void ProcessGroup::worker_loop() {
+  trace::set_thread_name("comm " + name_);
   for (;;) {
     Task task;
     {
@@ -190,14 +219,18 @@ void ProcessGroup::execute(Task& task) {
                    ")");
     }
     if (task.collective && opts_.publish_progress)
-      store_->set("progress/" + std::to_string(rank_), std::to_string(task.work->seq()) + " " + task.desc);
+      store_->set("progress/" + std::to_string(rank_),
+                  std::to_string(task.work->seq()) + " " + std::to_string(wall_ms()) + " " + task.desc);
     if (task.collective && opts_.check) check_agreement(task);
     if (task.before) task.before();
+    const int64_t t0 = trace::enabled() ? trace::now_ns() : 0;
     task.run(task.timeout);
+    if (t0 != 0) record_comm_span(task, t0);
     trace_.finish(task.trace_handle, true);
     task.work->finish();
   } catch (const Timeout& e) {
     trace_.finish(task.trace_handle, false);
+    if (trace::enabled()) record_comm_span(task, trace_now_ns());
     task.work->finish(make_timeout(task, e.what()));
   } catch (...) {
     trace_.finish(task.trace_handle, false);
@@ -232,28 +265,43 @@ std::string ProcessGroup::diagnose(const Task& task) {
   const std::string op = task.work->op();
   std::vector<int> missing;
   std::string mismatch, first_missing;
+  // The rank whose last recorded collective is the oldest: a rank stuck outside collectives (a hang in its own
+  // compute, a straggler) stopped publishing first. A rank that never entered any is older than all.
+  int oldest = -1;
+  int64_t oldest_ms = INT64_MAX;
+  std::string oldest_what;
+  const int64_t now_ms = wall_ms();
   try {
     for (int r = 0; r < size_; ++r) {
-      if (r == rank_) continue;
       std::string key = "progress/" + std::to_string(r);
       if (!store_->check({key})) {
+        if (r == rank_) continue;
         missing.push_back(r);
         if (first_missing.empty())
           first_missing =
               ::loom::detail::str_cat("rank ", r, " never entered ", op, " #", seq, " (it entered no collective)");
+        if (oldest_ms != INT64_MIN) {
+          oldest_ms = INT64_MIN;
+          oldest = r;
+          oldest_what = "it recorded no collective";
+        }
         continue;
       }
-      std::string v = store_->get_string(key);
-      size_t sp = v.find(' ');
-      uint64_t s = std::strtoull(v.c_str(), nullptr, 10);
-      std::string desc = sp == std::string::npos ? v : v.substr(sp + 1);
-      if (s < seq) {
+      Progress p = parse_progress(store_->get_string(key));
+      if (p.wall_ms < oldest_ms) {
+        oldest_ms = p.wall_ms;
+        oldest = r;
+        oldest_what = ::loom::detail::str_cat("its last, ", p.desc, " #", p.seq, ", began ", now_ms - p.wall_ms,
+                                              " ms before this report");
+      }
+      if (r == rank_) continue;
+      if (p.seq < seq) {
         missing.push_back(r);
         if (first_missing.empty())
-          first_missing = ::loom::detail::str_cat("rank ", r, " never entered ", op, " #", seq, " (its last was ", desc,
-                                                  " #", s, ")");
-      } else if (s == seq && desc != task.desc && mismatch.empty()) {
-        mismatch = ::loom::detail::str_cat("rank ", r, " called ", desc, " #", seq, " where rank ", rank_, " called ",
+          first_missing = ::loom::detail::str_cat("rank ", r, " never entered ", op, " #", seq, " (its last was ",
+                                                  p.desc, " #", p.seq, ")");
+      } else if (p.seq == seq && p.desc != task.desc && mismatch.empty()) {
+        mismatch = ::loom::detail::str_cat("rank ", r, " called ", p.desc, " #", seq, " where rank ", rank_, " called ",
                                            task.desc, " #", seq);
       }
     }
@@ -269,7 +317,12 @@ std::string ProcessGroup::diagnose(const Task& task) {
                                                    "; a peer stalled or died inside it, or the network is too slow");
   std::vector<int> missing_global;
   for (int r : missing) missing_global.push_back(r);
-  return ::loom::detail::str_cat("ranks that never arrived: ", ranks_str(missing_global), "\ndiagnosis: ", line);
+  std::string oldest_line;
+  if (oldest >= 0)
+    oldest_line = ::loom::detail::str_cat("\noldest last event: rank ", global_ranks_[static_cast<size_t>(oldest)],
+                                          " (group rank ", oldest, "; ", oldest_what, ")");
+  return ::loom::detail::str_cat("ranks that never arrived: ", ranks_str(missing_global), "\ndiagnosis: ", line,
+                                 oldest_line);
 }
 
 std::exception_ptr ProcessGroup::make_timeout(const Task& task, const std::string& cause) {
@@ -280,12 +333,19 @@ std::exception_ptr ProcessGroup::make_timeout(const Task& task, const std::strin
   } catch (const std::exception& e) {
     path = std::string("(not written: ") + e.what() + ")";
   }
-  std::string msg = ::loom::detail::str_cat("ProcessGroup '", name_, "' (", backend_name_, ", rank ", rank_, " of ",
-                                            size_, ", members ", ranks_str(global_ranks_), "): ", task.desc, " #",
-                                            task.work->seq(), " timed out after ", task.timeout.count(),
-                                            " ms (collective timeout; set LOOM_COLLECTIVE_TIMEOUT_S or the op's "
-                                            "options.timeout); cause: ",
-                                            cause, "\ntrace of the last collectives written to ", path, "\n", diag);
+  std::string timeline;
+  try {
+    timeline = dump_timeline();
+  } catch (const std::exception& e) {
+    timeline = std::string("(not written: ") + e.what() + ")";
+  }
+  std::string msg = ::loom::detail::str_cat(
+      "ProcessGroup '", name_, "' (", backend_name_, ", rank ", rank_, " of ", size_, ", members ",
+      ranks_str(global_ranks_), "): ", task.desc, " #", task.work->seq(), " timed out after ", task.timeout.count(),
+      " ms (collective timeout; set LOOM_COLLECTIVE_TIMEOUT_S or the op's "
+      "options.timeout); cause: ",
+      cause, "\ntrace of the last collectives written to ", path,
+      "\ntimeline of the last steps (Chrome trace JSON) written to ", timeline, "\n", diag);
   {
     std::lock_guard<std::mutex> g(mu_);
     if (broken_.empty()) broken_ = task.desc + " #" + std::to_string(task.work->seq()) + " timed out";
@@ -306,6 +366,53 @@ std::string ProcessGroup::dump_trace(const std::string& reason) const {
   f << "# loom collective trace: group " << name_ << ", backend " << backend_name_ << ", rank " << rank_ << " of "
     << size_ << "\n# reason: " << reason << "\n"
     << trace_.format();
+  return path;
+}
+
+void ProcessGroup::record_comm_span(const Task& task, int64_t t0) const {
+  trace::record_span(
+      task.work->op(), trace::kComm, t0, trace::now_ns(),
+      {trace::num("seq", static_cast<int64_t>(task.work->seq())), trace::str("op", task.work->op()),
+       trace::str("group", name_), trace::num("bytes", task.bytes), trace::num("p2p", task.collective ? 0 : 1)});
+}
+
+std::string ProcessGroup::dump_timeline() const {
+  std::vector<trace::Event> events = trace::collect();
+  if (events.empty()) {
+    // Tracing was off: the always-on collective ring of this group is the timeline.
+    for (const TraceEntry& e : trace_.snapshot()) {
+      std::vector<trace::Arg> args{trace::num("seq", static_cast<int64_t>(e.seq)), trace::str("op", e.op),
+                                   trace::str("group", name_),
+                                   trace::num("bytes", e.numel * static_cast<int64_t>(element_size(e.dtype))),
+                                   trace::str("state", trace_state_name(e.state))};
+      trace::Event q;
+      q.name = "enqueue " + e.op;
+      q.cat = trace::kEnqueue;
+      q.ph = 'i';
+      q.ts_ns = e.enqueue_ns;
+      q.args = args;
+      events.push_back(q);
+      if (e.start_ns > 0) {
+        trace::Event x;
+        x.name = e.op;
+        x.cat = trace::kComm;
+        x.tid = 1;
+        x.ts_ns = e.start_ns;
+        x.dur_ns = (e.end_ns > 0 ? e.end_ns : trace_now_ns()) - e.start_ns;
+        x.args = args;
+        events.push_back(x);
+      }
+    }
+  }
+  std::string safe = name_;
+  for (char& c : safe)
+    if (c == '/' || c == ' ') c = '_';
+  const int grank = global_ranks_[static_cast<size_t>(rank_)];
+  std::string path = opts_.trace_dir + "/loom_timeline_" + safe + "_rank" + std::to_string(grank) + "_pid" +
+                     std::to_string(::getpid()) + ".json";
+  std::ofstream f(path, std::ios::trunc);
+  LOOM_CHECK_T(IoError, f.good(), "dump_timeline: cannot write ", path, "; set LOOM_TRACE_DIR to a writable directory");
+  f << trace::to_chrome_json(events, grank, trace::thread_names(), 0);
   return path;
 }
 

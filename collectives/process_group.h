@@ -99,7 +99,8 @@ class ProcessGroup {
   std::vector<TraceEntry> trace() const { return trace_.snapshot(); }
   /// Collectives issued so far (the next sequence number).
   uint64_t seq() const { return next_seq_; }
-  /// Writes this rank's trace to a file; returns its path.
+  /// Writes this rank's trace to a file; returns its path. On a timeout the
+  /// timeline of the last steps is written beside it (loom_timeline_*.json).
   std::string dump_trace(const std::string& reason) const;
   /// Blocks until every queued call finished (errors stay in their Works).
   void flush();
@@ -113,6 +114,7 @@ class ProcessGroup {
     Millis timeout;
     std::function<void(Millis)> run;
     std::function<void()> before;  // Backend::on_enqueue()'s, run right before `run`
+    int64_t bytes = 0;             // of the input on this rank (timeline)
   };
   std::shared_ptr<Work> enqueue(const std::string& op, const Tensor& t, int peer, bool collective, Millis timeout,
                                 std::function<void(Millis)> run, std::string extra = "");
@@ -122,6 +124,11 @@ class ProcessGroup {
   void check_agreement(const Task& task);
   std::string diagnose(const Task& task);
   std::exception_ptr make_timeout(const Task& task, const std::string& cause);
+  /// The collective's execution span in the timeline (tensor/trace_events.h), from t0 to now.
+  void record_comm_span(const Task& task, int64_t t0) const;
+  /// Writes the timeline of the last steps (the recorder's events, or this group's collective ring when tracing
+  /// is off) as Chrome trace JSON next to the collective trace; returns its path.
+  std::string dump_timeline() const;
   Millis effective(Millis t) const { return t.count() > 0 ? t : opts_.timeout; }
 
   std::shared_ptr<Store> base_store_;  // unprefixed, for sub-groups

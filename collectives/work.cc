@@ -1,6 +1,7 @@
 #include "collectives/work.h"
 
 #include "tensor/error.h"
+#include "tensor/trace_events.h"
 
 namespace loom::collectives {
 
@@ -26,6 +27,17 @@ bool Work::is_completed() const {
 }
 
 void Work::wait(Millis timeout) {
+  const int64_t t0 = trace::enabled() ? trace::now_ns() : 0;
+  struct Record {  // the wait span, also when wait throws
+    const Work& w;
+    int64_t t0;
+    ~Record() {
+      if (t0 != 0)
+        trace::record_span(
+            "wait " + w.op_, trace::kWait, t0, trace::now_ns(),
+            {trace::num("seq", static_cast<int64_t>(w.seq_)), trace::str("op", w.op_), trace::str("group", w.group_)});
+    }
+  } record{*this, t0};
   std::unique_lock<std::mutex> lk(mu_);
   if (timeout == Millis::max()) {
     cv_.wait(lk, [&] { return done_; });

@@ -15,11 +15,14 @@ namespace loom::collectives {
 
 class Work {
  public:
-  Work(std::string op, uint64_t seq) : op_(std::move(op)), seq_(seq) {}
+  /// `group` names the process group (for the timeline's wait spans).
+  Work(std::string op, uint64_t seq, std::string group = "")
+      : op_(std::move(op)), seq_(seq), group_(std::move(group)) {}
 
   /// True once the collective finished, successfully or not (never blocks).
   bool is_completed() const;
-  /// Blocks until completion. Rethrows the collective's error (Timeout,
+  /// Blocks until completion; with tracing on (tensor/trace_events.h) records
+  /// the time blocked as a "wait" span carrying op, group and seq. Rethrows the collective's error (Timeout,
   /// CommError, InvalidArgument). Throws Timeout naming op and sequence number
   /// if it is still running after `timeout` (the collective itself goes on).
   void wait(Millis timeout = Millis::max());
@@ -36,6 +39,7 @@ class Work {
  private:
   std::string op_;
   uint64_t seq_;
+  std::string group_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;

@@ -353,18 +353,36 @@ void Module::throw_not_checkpointable() const {
 void Module::attach_backward_pre_hooks(const Tensor& out) { attach_backward_pre_hooks(std::vector<Tensor>{out}); }
 
 void Module::attach_backward_pre_hooks(const std::vector<Tensor>& outs) {
-  if (backward_pre_hooks_.empty() || !autograd::grad_mode_enabled()) return;
+  // With tracing on, a traced module's backward span opens when the first gradient reaches its output (and is
+  // closed by the next module at its depth or an outer one, or by the end of the backward pass).
+  const bool traced = !trace_name_.empty() && trace::enabled();
+  if ((backward_pre_hooks_.empty() && !traced) || !autograd::grad_mode_enabled()) return;
   auto fired = std::make_shared<bool>(false);
   Module* self = this;
+  std::string span = traced ? "backward " + trace_name_ : std::string();
+  const int depth = trace_depth_;
+  std::string path = trace_depth_ == 0 ? std::string() : trace_name_;
   for (const auto& o : outs) {
     if (!o.defined() || !o.requires_grad()) continue;
-    autograd::register_hook(o, [fired, self](const Tensor&) -> Tensor {
+    autograd::register_hook(o, [fired, self, span, depth, path](const Tensor&) -> Tensor {
       if (!*fired) {
         *fired = true;
+        if (!span.empty()) trace::open_span(span, trace::kBackward, depth, path);
         self->run_backward_pre_hooks();
       }
       return Tensor();
     });
+  }
+}
+
+void set_trace_names(Module& root, int max_depth, const std::string& root_name) {
+  for (auto& [name, m] : root.named_modules()) {
+    const int depth = name.empty() ? 0 : 1 + static_cast<int>(std::count(name.begin(), name.end(), '.'));
+    if (max_depth >= 0 && depth > max_depth) {
+      m->set_trace_name("", 0);
+    } else {
+      m->set_trace_name(name.empty() ? root_name : name, depth);
+    }
   }
 }
 

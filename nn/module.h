@@ -17,6 +17,7 @@
 #include "autograd/checkpoint.h"
 #include "nn/ordered_dict.h"
 #include "tensor/tensor.h"
+#include "tensor/trace_events.h"
 
 namespace loom::nn {
 
@@ -120,6 +121,13 @@ class Module {
   HookHandle register_backward_pre_hook(ModuleHook fn);
   /// Removes a hook of either kind; unknown handles are ignored.
   void remove_hook(HookHandle handle);
+  /// The name this module's forward/backward spans carry in the timeline
+  /// (tensor/trace_events.h); empty: not traced. Set by set_trace_names().
+  void set_trace_name(std::string name, int depth) {
+    trace_name_ = std::move(name);
+    trace_depth_ = depth;
+  }
+  const std::string& trace_name() const { return trace_name_; }
   /// Whether any forward, forward-pre or backward-pre hook is registered, or activation
   /// checkpointing is set. Fused paths that compute a submodule's output without its
   /// call() (TransformerBlock's residual add + norm, GeluMLP's c_fc + GELU) take the
@@ -162,6 +170,9 @@ class Module {
   }
   template <typename F>
   auto call_hooks(F&& forward_fn) -> decltype(forward_fn()) {
+    // A span over the whole call (hooks included: FSDP's all-gather wait belongs to this module's forward).
+    trace::Span span(trace_name_.empty() || !trace::enabled() ? std::string() : "forward " + trace_name_,
+                     trace::kForward);
     run_forward_pre_hooks();
     auto out = forward_fn();
     attach_backward_pre_hooks(out);
@@ -201,7 +212,16 @@ class Module {
   int64_t next_hook_id_ = 0;
   CheckpointMode checkpoint_mode_ = CheckpointMode::kNone;
   int64_t forward_count_ = 0;
+  std::string trace_name_;
+  int trace_depth_ = 0;
 };
+
+/// Names root and every module below it, down to max_depth dots deep ("" is
+/// the root, "transformer.h.0" depth 3), for the timeline: their forward and
+/// backward spans then show under these names whenever tracing is on. The root
+/// is named `root_name`. Modules deeper than max_depth are left untraced
+/// (max_depth < 0: all).
+void set_trace_names(Module& root, int max_depth = -1, const std::string& root_name = "model");
 
 /// A list of modules registered as "0", "1", … (PyTorch's nn.ModuleList).
 class ModuleList : public Module {

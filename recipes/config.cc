@@ -4,6 +4,7 @@
 #include "recipes/config.h"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -29,7 +30,7 @@ namespace {
 
 constexpr const char* kSections[] = {"model", "data", "training", "parallelism", "checkpoint", "logging"};
 
-enum class Kind { Int, Int32, UInt, Double, Bool, String, StringList };
+enum class Kind { Int, Int32, UInt, Double, Bool, String, StringList, StepRange };
 
 template <typename T>
 constexpr Kind kind_of() {
@@ -45,6 +46,8 @@ constexpr Kind kind_of() {
     return Kind::Bool;
   else if constexpr (std::is_same_v<T, std::vector<std::string>>)
     return Kind::StringList;
+  else if constexpr (std::is_same_v<T, std::array<int64_t, 2>>)
+    return Kind::StepRange;
   else {
     static_assert(std::is_same_v<T, std::string>, "config field of an unsupported type");
     return Kind::String;
@@ -66,6 +69,8 @@ const char* kind_name(Kind k) {
       return "a string";
     case Kind::StringList:
       return "a list of strings";
+    case Kind::StepRange:
+      return "a list [from, to] of step numbers with 1 <= from <= to";
   }
   return "?";
 }
@@ -177,6 +182,7 @@ const std::vector<Key>& schema() {
     add(LOOM_CONFIG_KEY(logging, eval_interval)).at_least(0);
     add(LOOM_CONFIG_KEY(logging, eval_sequences)).at_least(1);
     add(LOOM_CONFIG_KEY(logging, progress));
+    add(LOOM_CONFIG_KEY(logging, trace_steps));
     return s;
   }();
   return keys;
@@ -321,7 +327,25 @@ void assign(RecipeConfig& cfg, const Key& key, const YAML::Node& node, const std
       *static_cast<std::string*>(field) = "";
       return;
     }
+    if (key.kind == Kind::StepRange) {
+      *static_cast<std::array<int64_t, 2>*>(field) = {0, 0};
+      return;
+    }
     fail(where, key.path(), expected + ", got no value");
+  }
+  if (key.kind == Kind::StepRange) {
+    std::array<int64_t, 2> v{};
+    if (!node.IsSequence() || node.size() != 2) fail(where, key.path(), expected);
+    for (size_t i = 0; i < 2; ++i) {
+      const std::string t = node[i].IsScalar() ? node[i].Scalar() : "";
+      auto r = std::from_chars(t.data(), t.data() + t.size(), v[i]);
+      if (t.empty() || r.ec != std::errc() || r.ptr != t.data() + t.size())
+        fail(where, key.path(), expected + ", got '" + t + "'");
+    }
+    if (v[0] < 1 || v[1] < v[0])
+      fail(where, key.path(), expected + ", got [" + std::to_string(v[0]) + ", " + std::to_string(v[1]) + "]");
+    *static_cast<std::array<int64_t, 2>*>(field) = v;
+    return;
   }
   if (node.IsSequence()) fail(where, key.path(), expected + ", got a list");
   if (node.IsMap()) fail(where, key.path(), expected + ", got a mapping (is '" + key.name + ":' indented too far?)");
@@ -384,6 +408,7 @@ void assign(RecipeConfig& cfg, const Key& key, const YAML::Node& node, const std
     }
     case Kind::String:
     case Kind::StringList:
+    case Kind::StepRange:
       break;
   }
 }
@@ -427,6 +452,9 @@ std::string value_text(RecipeConfig& cfg, const Key& k) {
       for (const auto& v : *static_cast<std::vector<std::string>*>(f))
         out += (out.size() > 1 ? ", " : "") + yaml_quote(v);
       return out + "]";
+    case Kind::StepRange: {
+      const auto& v = *static_cast<std::array<int64_t, 2>*>(f);
+      return v[0] == 0 ? "null" : "[" + std::to_string(v[0]) + ", " + std::to_string(v[1]) + "]";
     }
   }
   return "";

@@ -6,6 +6,7 @@
 // file, line and key, raised before any rank allocates memory.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -98,6 +99,9 @@ struct LoggingConfig {
   /// across the data-parallel ranks, so the same weights give the same eval loss on every layout.
   int64_t eval_sequences = 64;
   bool progress = true;  // a progress bar when stdout is a terminal
+  /// [from, to]: record the timeline of steps from..to (1-based, inclusive) on every rank and write it as Chrome trace
+  /// JSON under <run dir>/trace/; [0, 0] (null): off.
+  std::array<int64_t, 2> trace_steps{0, 0};
   bool operator==(const LoggingConfig&) const = default;
 };
 

@@ -82,6 +82,9 @@ std::string metrics_json(const StepMetrics& m) {
     }
   }
   if (m.eval_loss) os << ",\"eval_loss\":" << num(*m.eval_loss);
+  if (m.comm)
+    os << ",\"comm_s\":" << num(m.comm->comm_s) << ",\"comm_blocked_s\":" << num(m.comm->blocked_s)
+       << ",\"comm_hidden_s\":" << num(m.comm->hidden_s) << ",\"comm_hidden_frac\":" << num(m.comm->hidden_frac);
   os << "}";
   return os.str();
 }
@@ -152,6 +155,11 @@ std::string console_line(const StepMetrics& m, int64_t total_steps, double eta_s
   }
   if (m.eval_loss) {
     std::snprintf(buf, sizeof(buf), " | eval loss %.4f", *m.eval_loss);
+    s += buf;
+  }
+  if (m.comm) {
+    std::snprintf(buf, sizeof(buf), " | comm %.0f ms, blocked %.0f ms, %.0f%% hidden", 1e3 * m.comm->comm_s,
+                  1e3 * m.comm->blocked_s, 100 * m.comm->hidden_frac);
     s += buf;
   }
   s += " | ETA " + format_duration(eta_s);

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "tensor/trace_json.h"
+
 namespace loom::recipes {
 
 /// Dense peak FLOP/s of a GPU model for a compute precision ("bf16" or "f32"), from the vendors' data sheets
@@ -36,15 +38,19 @@ struct StepMetrics {
   double step_time_s = 0;                // rank 0's wall time of the step
   std::vector<double> rank_step_time_s;  // every rank's own step time (DDP: without waiting on the all-reduce)
   std::optional<double> eval_loss;       // when the step ran an evaluation
+  // rank 0's exposed communication, when the step was traced (logging.trace_steps)
+  std::optional<trace::ExposedComm> comm;
 };
 
 /// The step as one line of JSON (no trailing newline): step, loss, lr, grad_norm, tokens_per_s, mfu, mem_bytes,
 /// step_time_s, step_time_max_s, step_time_min_s, slowest_rank, step_time_by_rank (omitted beyond 64 ranks) and
-/// eval_loss when present. Non-finite numbers are written as null (JSON has no NaN).
+/// eval_loss when present, comm_s, comm_blocked_s, comm_hidden_s and comm_hidden_frac when the step was traced.
+/// Non-finite numbers are written as null (JSON has no NaN).
 std::string metrics_json(const StepMetrics& m);
 
 /// The console line: "step 40/300 | loss 2.1034 | lr 2.9e-03 | grad norm 0.512 | 21.3k tok/s | MFU 12.1% |
-/// mem 18.2 MiB | step 48 ms (ranks 47-49 ms, slowest r1) | ETA 12s".
+/// mem 18.2 MiB | step 48 ms (ranks 47-49 ms, slowest r1) | ETA 12s"; a traced step adds
+/// "| comm 12 ms, blocked 3 ms, 75% hidden".
 std::string console_line(const StepMetrics& m, int64_t total_steps, double eta_s);
 
 /// A one-line progress bar for a terminal (no newline): "[#####.....]  40/300  13% | loss 2.10 | ETA 12s".

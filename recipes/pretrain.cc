@@ -51,6 +51,7 @@
 #include "recipes/config.h"
 #include "recipes/data.h"
 #include "recipes/metrics.h"
+#include "recipes/trace_window.h"
 #include "tensor/storage.h"
 
 using namespace loom;
@@ -623,14 +624,23 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     st.data_position = loader.state();
     st.config = cfg.to_yaml();
     if (tty) std::printf("\r\033[K");  // the checkpoint library logs the save on its own line
+    trace::Span span("checkpoint save", trace::kStep);
     ck->save(target, st);
     last_saved = step_done;
   };
 
+  // logging.trace_steps: the timeline of those steps under <run dir>/trace (the checkpoint directory, else the
+  // metrics file's).
+  const std::string run_dir = !ck_dir.empty()         ? ck_dir
+                              : !metrics_path.empty() ? std::filesystem::path(metrics_path).parent_path().string()
+                                                      : std::string(".");
+  TraceWindow tracer(*r.world, cfg.logging.trace_steps[0], cfg.logging.trace_steps[1],
+                     (run_dir.empty() ? std::string(".") : run_dir) + "/trace", r.model.get());
   const auto t_run = Clock::now();
   int stop_signal = 0;
   int64_t step_done = start_step;
   for (int64_t step = start_step; step < T.steps; ++step) {
+    tracer.begin_step(step + 1);
     const auto t0 = Clock::now();
     if (r.fsdp) {
       r.fsdp->zero_grad();
@@ -639,7 +649,10 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     }
     double loss_sum = 0;
     for (int64_t m = 0; m < accum; ++m) {
-      Batch b = loader.next();
+      Batch b = [&] {
+        trace::Span span("data", trace::kStep);
+        return loader.next();
+      }();
       auto fwd_bwd = [&] {
         Tensor loss = r.model->loss(ops::to(b.idx, r.device), ops::to(b.targets, r.device));
         loss_sum += loss.item();
@@ -655,13 +668,24 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     }
     const double gnorm = r.clip();
     const double lr = r.sched->last_lr();
-    r.opt->step();
-    r.sched->step();
+    {
+      trace::Span span("optimizer", trace::kStep);
+      r.opt->step();
+      r.sched->step();
+    }
     // This rank's own time for the step. Under DDP the time blocked on the gradient all-reduce is taken out: a fast
     // rank waits there for a slow one, so with it every rank would show the slowest rank's time. (FSDP and TP ranks
     // wait for each other inside every layer, which no counter here separates out: their times converge.)
     double local_time = seconds_since(t0);
     if (r.ddp) local_time -= 1e-9 * static_cast<double>(r.ddp->last_comm_wait_ns());
+    const std::optional<trace::ExposedComm> comm = tracer.end_step(step + 1);
+    if (r.rank0 && !tracer.merged_path().empty() && step + 1 == cfg.logging.trace_steps[1]) {
+      const auto& rep = tracer.report();
+      std::printf("%strace of steps %lld..%lld: %s (one track per rank; straggler r%d, late by %.0f ms in all)\n",
+                  tty ? "\r\033[K" : "", static_cast<long long>(cfg.logging.trace_steps[0]),
+                  static_cast<long long>(cfg.logging.trace_steps[1]), tracer.merged_path().c_str(), rep.straggler,
+                  rep.straggler >= 0 ? 1e3 * rep.late_s[static_cast<size_t>(rep.straggler)] : 0.0);
+    }
 
     // One small all-gather per step: every rank's step time (so a straggler shows), its stop request and its loss.
     Tensor mine = from_vector<double>({local_time, static_cast<double>(g_stop_signal), loss_sum / accum}, {3});
@@ -678,6 +702,7 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
       loss += v[3 * i + 2] / W;
     }
     sm.loss = loss;
+    sm.comm = comm;
     sm.lr = lr;
     sm.grad_norm = gnorm;
     const double wall = seconds_since(t0);
@@ -709,6 +734,7 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     if (cfg.checkpoint.interval > 0 && step_done % cfg.checkpoint.interval == 0) save(step_done);
   }
   if (tty) std::printf("\n");
+  tracer.finish();  // a run that stopped inside the trace window still writes it
   // The final checkpoint, at the end or at the step every rank agreed to stop at.
   save(step_done);
   if (ck) ck->wait();

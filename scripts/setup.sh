@@ -8,7 +8,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libopenblas-dev libgtest-dev libgmock-dev
   libssl-dev libgloo-dev libopenmpi-dev openmpi-bin
-  libhdf5-dev hdf5-tools libyaml-cpp-dev
+  libhdf5-dev hdf5-tools libyaml-cpp-dev nlohmann-json3-dev
   python3 python3-torch python3-h5py python3-numpy
   slurm-wlm gnuplot-nox ccache clang-format patchelf
   iproute2 procps xz-utils zstd

@@ -4,7 +4,11 @@
 //   comm time       = T_off - T_compute
 //   hidden fraction = (T_off - T_on) / (T_off - T_compute)
 // and, for DDP, the time the training thread spent blocked on all-reduces per step with overlap on and off (the
-// schedule's overlap, whatever the cores: 1 - blocked_on / blocked_off). On CPU backends the collectives' copies and
+// schedule's overlap, whatever the cores: 1 - blocked_on / blocked_off).
+// The overlap-on steps of DDP and FSDP are also run traced (tensor/trace_events.h): the fraction hidden then comes from
+// the timeline of the very steps timed (comm = union of the collectives' execution on the worker thread, blocked =
+// the training thread's waits, hidden = 1 - blocked / comm), and the tracing overhead is the traced step time over the
+// untraced one (median over rounds of the per-round ratio). On CPU backends the collectives' copies and
 // reductions run on cores too; when every core computes, hiding them in the step time needs spare cores.
 //
 // Started plainly it starts its own ranks (gloo: forked with torchrun-style variables; mpi: under mpirun). Started
@@ -42,6 +46,7 @@
 #include "nn/optim.h"
 #include "parallel/ddp.h"
 #include "parallel/fully_shard.h"
+#include "tensor/trace_json.h"
 
 extern char** environ;
 
@@ -66,19 +71,51 @@ double group_max(collectives::ProcessGroup& g, double v) {
 struct Variant {
   std::string wrapper;  // "none", "ddp", "fsdp"
   bool overlap = true;
+  bool traced = false;  // recorded with the timeline on (overlap on only)
   std::shared_ptr<nn::GPT2> model;
   std::unique_ptr<parallel::DistributedDataParallel> ddp;
   std::unique_ptr<parallel::FullyShard> fsdp;
   std::unique_ptr<nn::AdamW> opt;
-  std::vector<double> times;  // seconds per timed step, max over ranks
-  std::vector<double> waits;  // DDP: seconds blocked on all-reduces per timed step, max over ranks
+  std::vector<double> times;                  // seconds per timed step, max over ranks
+  std::vector<double> waits;                  // DDP: seconds blocked on all-reduces per timed step, max over ranks
+  std::vector<double> hidden, comm, blocked;  // traced: per timed step, mean over ranks, from the timeline
+  size_t events = 0;                          // traced: events rank 0 recorded in its last step
 };
+
+// What one module span costs on this thread (ns), timed on 200k spans built as Module::call builds them (a name from
+// a string, one argument), with tracing on (recorded) and off (one relaxed load). A load-independent estimate of
+// tracing overhead: events per step x the cost, against the step time.
+struct SpanCost {
+  double on_ns = 0, off_ns = 0;
+};
+SpanCost span_cost() {
+  const std::string name = "transformer.h.0.attn";
+  const int n = 200000;
+  auto time = [&](bool on) {
+    trace::clear();
+    trace::set_enabled(on);
+    const int64_t t0 = trace::now_ns();
+    for (int i = 0; i < n; ++i) {
+      trace::Span s(trace::enabled() ? "forward " + name : std::string(), trace::kForward);
+      s.arg(trace::num("i", i));
+    }
+    const int64_t t1 = trace::now_ns();
+    trace::set_enabled(false);
+    trace::clear();
+    return static_cast<double>(t1 - t0) / n;
+  };
+  SpanCost c;
+  c.on_ns = time(true);
+  c.off_ns = time(false);
+  return c;
+}
 
 // README's table: one row per backend.
 void print_table_header() {
   std::printf(
       "| backend | compute only | DDP on / off | DDP hidden | FSDP on / off | FSDP hidden | DDP blocked on "
-      "all-reduces, on / off |\n|---|---|---|---|---|---|---|\n");
+      "all-reduces, on / off | DDP / FSDP hidden, from the trace | trace overhead DDP / FSDP |\n"
+      "|---|---|---|---|---|---|---|---|---|\n");
 }
 
 // Rounds seconds to whole ms (step times) or tenths of a ms (blocked times), as the row prints them.
@@ -93,22 +130,38 @@ std::string hidden_cell(double compute_ms, double on_ms, double off_ms) {
   return buf;
 }
 
+// A variant by wrapper, overlap and tracing.
+const Variant* find(const std::vector<Variant>& variants, const std::string& w, bool overlap, bool traced = false) {
+  for (const auto& v : variants)
+    if (v.wrapper == w && v.overlap == overlap && v.traced == traced) return &v;
+  return nullptr;
+}
+
+// Median over rounds of traced / untraced - 1 (the rounds ran both back to back).
+double overhead(const Variant& traced, const Variant& plain) {
+  std::vector<double> r;
+  for (size_t i = 0; i < traced.times.size() && i < plain.times.size(); ++i)
+    r.push_back(traced.times[i] / plain.times[i] - 1);
+  return median(r);
+}
+
 void print_table_row(const char* backend, double t_compute, const std::vector<Variant>& variants, double wait_on,
                      double wait_off) {
-  auto med_ms = [&](const char* w, bool overlap) {
-    for (const auto& v : variants)
-      if (v.wrapper == w && v.overlap == overlap) return ms_rounded(median(v.times), 1);
-    return 0.0;
-  };
+  auto med_ms = [&](const char* w, bool overlap) { return ms_rounded(median(find(variants, w, overlap)->times), 1); };
   const double c = ms_rounded(t_compute, 1);
   const double d_on = med_ms("ddp", true), d_off = med_ms("ddp", false);
   const double f_on = med_ms("fsdp", true), f_off = med_ms("fsdp", false);
   const double b_on = ms_rounded(wait_on, 0.1), b_off = ms_rounded(wait_off, 0.1);
   char less[48] = "";
   if (b_off > 0) std::snprintf(less, sizeof less, " (%.0f%% less)", 100.0 * (b_off - b_on) / b_off);
-  std::printf("| %s | %.0f ms | %.0f / %.0f ms | %s | %.0f / %.0f ms | %s | %.1f / %.1f ms%s |\n", backend, c, d_on,
-              d_off, hidden_cell(c, d_on, d_off).c_str(), f_on, f_off, hidden_cell(c, f_on, f_off).c_str(), b_on, b_off,
-              less);
+  const Variant* dt = find(variants, "ddp", true, true);
+  const Variant* ft = find(variants, "fsdp", true, true);
+  std::printf(
+      "| %s | %.0f ms | %.0f / %.0f ms | %s | %.0f / %.0f ms | %s | %.1f / %.1f ms%s | %.0f%% / %.0f%% | %+.1f%% / "
+      "%+.1f%% |\n",
+      backend, c, d_on, d_off, hidden_cell(c, d_on, d_off).c_str(), f_on, f_off, hidden_cell(c, f_on, f_off).c_str(),
+      b_on, b_off, less, 100 * median(dt->hidden), 100 * median(ft->hidden),
+      100 * overhead(*dt, *find(variants, "ddp", true)), 100 * overhead(*ft, *find(variants, "fsdp", true)));
 }
 
 int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
@@ -138,13 +191,16 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
 
   std::vector<Variant> variants;
   for (const char* w : {"none", "ddp", "fsdp"})
-    for (bool overlap : {true, false}) {
-      if (std::string(w) == "none" && !overlap) continue;
+    for (int mode : {0, 1, 2}) {  // overlap on traced, on, off
+      const bool overlap = mode < 2;
+      if (std::string(w) == "none" && mode != 1) continue;
       Variant v;
       v.wrapper = w;
       v.overlap = overlap;
+      v.traced = mode == 0;
       Generator gen(0);
       v.model = std::make_shared<nn::GPT2>(cfg, gen);
+      nn::set_trace_names(*v.model);  // every module's spans when traced; nothing when not
       const double lr = 1e-4, wd = 0.1;
       if (v.wrapper == "ddp") {
         parallel::DDPOptions o;
@@ -176,7 +232,8 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
         numel / 1e6, numel * 4 / (1024.0 * 1024.0), static_cast<long long>(steps));
     // The last bucket holds the embeddings (final only when backward ends): its all-reduce can never be hidden.
     std::printf("# ddp buckets (launch order, MiB):");
-    for (const auto& b : variants[1].ddp->buckets()) std::printf(" %.1f", static_cast<double>(b.bytes) / (1 << 20));
+    for (const auto& b : find(variants, "ddp", true)->ddp->buckets())
+      std::printf(" %.1f", static_cast<double>(b.bytes) / (1 << 20));
     std::printf("\n");
     std::fflush(stdout);
   }
@@ -184,6 +241,11 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
   for (int64_t round = 0; round < steps + 2; ++round) {
     for (auto& v : variants) {
       sync->barrier()->wait();  // start together: a step then includes waiting for the slower rank
+      if (v.traced) {
+        trace::clear();
+        trace::set_enabled(true);
+      }
+      const int64_t b_ns = trace::now_ns();
       auto t0 = std::chrono::steady_clock::now();
       v.opt->zero_grad();
       if (v.fsdp) v.fsdp->zero_grad();
@@ -191,6 +253,20 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
       loss.backward();
       v.opt->step();
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (v.traced) {
+        trace::set_enabled(false);
+        const std::vector<trace::Event> ev = trace::collect();
+        v.events = ev.size();
+        const trace::ExposedComm x = trace::exposed_comm(ev, b_ns, trace::now_ns());
+        Tensor t = from_vector<double>({x.hidden_frac, x.comm_s, x.blocked_s}, {3});
+        sync->allreduce(t, {collectives::ReduceOp::kAvg})->wait();
+        const auto m = t.to_vector<double>();
+        if (round >= 2) {
+          v.hidden.push_back(m[0]);
+          v.comm.push_back(m[1]);
+          v.blocked.push_back(m[2]);
+        }
+      }
       if (v.ddp) {
         const double waited = group_max(*sync, static_cast<double>(v.ddp->last_comm_wait_ns()) * 1e-9);
         if (round >= 2) v.waits.push_back(waited);
@@ -204,7 +280,8 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
   double comm_alone = 0;
   {
     std::vector<Tensor> bufs;
-    for (const auto& b : variants[1].ddp->buckets()) bufs.push_back(ops::zeros({b.bytes / 4}, b.dtype));
+    for (const auto& b : find(variants, "ddp", true)->ddp->buckets())
+      bufs.push_back(ops::zeros({b.bytes / 4}, b.dtype));
     std::vector<double> t;
     for (int64_t r = 0; r < steps + 1; ++r) {
       sync->barrier()->wait();
@@ -217,15 +294,16 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
     comm_alone = median(t);
   }
 
+  const SpanCost cost = span_cost();
+  const double span_ns = cost.on_ns;
   if (rank == 0) {
     const char* be = backend.c_str();
     const double t_compute = median(variants[0].times);
     std::printf("%-5s %-5s %-13s step_ms=%8.1f\n", be, "none", "compute_only", t_compute * 1e3);
     for (const char* w : {"ddp", "fsdp"}) {
-      const Variant* on = nullptr;
-      const Variant* off = nullptr;
-      for (const auto& v : variants)
-        if (v.wrapper == w) (v.overlap ? on : off) = &v;
+      const Variant* on = find(variants, w, true);
+      const Variant* off = find(variants, w, false);
+      const Variant* traced = find(variants, w, true, true);
       const double t_on = median(on->times), t_off = median(off->times);
       // Differences taken within each round (the variants ran back to back), then the median: load from other
       // processes that comes and goes shifts a whole round rather than one variant.
@@ -240,6 +318,24 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
       std::printf("%-5s %-5s %-13s comm_ms=%8.1f (T_off - T_compute, median over rounds)\n", be, w, "comm", comm * 1e3);
       std::printf("%-5s %-5s %-13s saved_ms=%8.1f (T_off - T_on, median over rounds)\n", be, w, "overlap_saved",
                   saved * 1e3);
+      std::printf(
+          "%-5s %-5s %-13s fraction=%.2f (from the trace of the timed steps: comm %.1f ms, blocked %.1f ms per step; "
+          "medians over rounds of the mean over ranks)\n",
+          be, w, "hidden_trace", median(traced->hidden), median(traced->comm) * 1e3, median(traced->blocked) * 1e3);
+      std::printf(
+          "%-5s %-5s %-13s overhead=%+.1f%% (step traced %.1f ms vs untraced %.1f ms; median of per-round "
+          "ratios)\n",
+          be, w, "trace_overhead", 100 * overhead(*traced, *on), median(traced->times) * 1e3, median(on->times) * 1e3);
+      const double cost_ms = static_cast<double>(traced->events) * span_ns * 1e-6;
+      std::printf(
+          "%-5s %-5s %-13s overhead=%.2f%% (%zu events per step x %.0f ns per event = %.2f ms of a %.1f ms step: the "
+          "recording itself, whatever the load)\n",
+          be, w, "trace_cost", 100 * cost_ms / (median(on->times) * 1e3), traced->events, span_ns, cost_ms,
+          median(on->times) * 1e3);
+      std::printf("%-5s %-5s %-13s off_ns=%.1f per span with tracing off (%.4f%% of the step for the same %zu spans)\n",
+                  be, w, "trace_off", cost.off_ns,
+                  100 * static_cast<double>(traced->events) * cost.off_ns * 1e-6 / (median(on->times) * 1e3),
+                  traced->events);
       if (comm > 0) {
         std::printf(
             "%-5s %-5s %-13s fraction=%.2f (saved_ms / comm_ms: medians of per-round differences; the table row "
@@ -251,8 +347,8 @@ int run_rank(const std::string& backend, const std::vector<int64_t>& a) {
       }
     }
     double wait_on = 0, wait_off = 0;
-    for (const auto& v : variants)
-      if (v.ddp) (v.overlap ? wait_on : wait_off) = median(v.waits);
+    wait_on = median(find(variants, "ddp", true)->waits);
+    wait_off = median(find(variants, "ddp", false)->waits);
     std::printf("%-5s %-5s %-13s wait_ms=%8.1f (training thread blocked on all-reduces per step)\n", be, "ddp",
                 "blocked_on", wait_on * 1e3);
     std::printf("%-5s %-5s %-13s wait_ms=%8.1f (training thread blocked on all-reduces per step)\n", be, "ddp",

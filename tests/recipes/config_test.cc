@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -298,6 +299,22 @@ TEST(RecipeConfig, ToYamlRoundTripsToAnEqualConfig) {
   std::string llama = with_line(2, "  family: llama");
   RecipeConfig l = parse_config(llama, "l.yaml", {"model.n_kv_head=2", "model.rope_theta=500000", "model.dropout=0.1"});
   EXPECT_TRUE(parse_config(l.to_yaml(), "l2.yaml") == l);
+}
+
+TEST(RecipeConfig, TraceStepsIsARangeOfSteps) {
+  EXPECT_EQ(parse_config(kGpt2, "cfg.yaml").logging.trace_steps, (std::array<int64_t, 2>{0, 0}));  // off
+  RecipeConfig a = parse_config(kGpt2, "cfg.yaml", {"logging.trace_steps=[3, 5]"});
+  EXPECT_EQ(a.logging.trace_steps, (std::array<int64_t, 2>{3, 5}));
+  EXPECT_HAS(a.to_yaml(), "  trace_steps: [3, 5]\n");
+  EXPECT_TRUE(parse_config(a.to_yaml(), "resolved.yaml") == a);
+  EXPECT_TRUE(parse_config(parse_config(kGpt2, "c").to_yaml(), "r") == parse_config(kGpt2, "c"));
+  EXPECT_HAS(parse_error(kGpt2, {"logging.trace_steps=[5, 3]"}),
+             "--set logging.trace_steps=[5, 3]: logging.trace_steps: expected a list [from, to] of step numbers with 1 "
+             "<= from <= to, got [5, 3]");
+  EXPECT_HAS(parse_error(kGpt2, {"logging.trace_steps=[0, 3]"}), "got [0, 3]");
+  EXPECT_HAS(parse_error(kGpt2, {"logging.trace_steps=4"}), "logging.trace_steps: expected a list [from, to]");
+  EXPECT_HAS(parse_error(kGpt2, {"logging.trace_steps=[1, x]"}), "got 'x'");
+  EXPECT_HAS(parse_error(kGpt2, {"logging.trace_steps=[1, 2, 3]"}), "expected a list [from, to]");
 }
 
 TEST(RecipeConfig, GradAccumStepsDividesExactly) {

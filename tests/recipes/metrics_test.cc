@@ -59,6 +59,20 @@ TEST(Metrics, ConsoleLineNamesTheStraggler) {
   EXPECT_NE(s.find("ETA 12s"), std::string::npos) << s;
 }
 
+TEST(Metrics, TracedStepShowsExposedCommunication) {
+  StepMetrics m;
+  m.step = 3;
+  EXPECT_EQ(metrics_json(m).find("comm_"), std::string::npos);  // untraced steps carry none
+  EXPECT_EQ(console_line(m, 10, 1).find("hidden"), std::string::npos);
+  m.comm = trace::ExposedComm{0.02, 0.005, 0.015, 0.75};
+  const std::string j = metrics_json(m);
+  EXPECT_NE(j.find("\"comm_s\":0.02,\"comm_blocked_s\":0.005,\"comm_hidden_s\":0.015,\"comm_hidden_frac\":0.75"),
+            std::string::npos)
+      << j;
+  EXPECT_NE(console_line(m, 10, 1).find("| comm 20 ms, blocked 5 ms, 75% hidden"), std::string::npos)
+      << console_line(m, 10, 1);
+}
+
 TEST(Metrics, GpuPeakTable) {
   EXPECT_DOUBLE_EQ(*gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16"), 989e12);
   EXPECT_DOUBLE_EQ(*gpu_peak_flops("NVIDIA H100 PCIe", "bf16"), 756e12);

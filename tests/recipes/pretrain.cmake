@@ -11,6 +11,11 @@ if(TARGET pretrain AND TARGET trainlaunch)
                      ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
     set_tests_properties(Pretrain.${c} PROPERTIES LABELS recipes TIMEOUT 180 SKIP_RETURN_CODE 77)
   endforeach()
+  # logging.trace_steps: per-rank and merged Chrome trace, exposed communication in metrics, scripts/plot_trace.
+  add_test(NAME Pretrain.trace
+           COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh trace $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>
+                   ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  set_tests_properties(Pretrain.trace PROPERTIES LABELS recipes TIMEOUT 180 SKIP_RETURN_CODE 77)
   # Pinned to cores with busy loops beside one rank: other tests running at the same time would blur which is slow.
   set_tests_properties(Pretrain.straggler PROPERTIES RUN_SERIAL TRUE)
   # eval_layouts: one checkpoint evaluated (pretrain --eval) on 1 rank, 2 DDP, 2 FSDP and 2 TP ranks gives one eval loss.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: main_job, one_rank, two_ranks, resume, hsdp_resume, sigterm, sigterm_group, layouts, activation_checkpointing, straggler, slurm_script, slurm_port_taken, config_error, validate, plot,
+# Cases: main_job, one_rank, two_ranks, resume, hsdp_resume, sigterm, sigterm_group, layouts, activation_checkpointing, straggler, slurm_script, slurm_port_taken, config_error, validate, plot, trace,
 # init_from, freeze. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
@@ -504,6 +504,29 @@ plot)
   [[ $(stat -c %s out.png) -gt 5000 ]] || fail "out.png is suspiciously small"
   echo '{"nothing":1}' > empty.jsonl
   "$src/scripts/plot_metrics" empty.jsonl e.png > /dev/null 2>&1 && fail "a file without losses should be an error"
+  ;;
+trace)
+  # logging.trace_steps on 2 DDP ranks: per-rank and merged Chrome trace under run/trace, exposed communication in the
+  # console and metrics.jsonl for the traced steps only, and scripts/plot_trace draws the merged file.
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+    --set training.steps=6 --set training.warmup_steps=2 --set logging.interval=1 --set "logging.trace_steps=[3, 4]" \
+    > trace.log 2>&1 || fail "exit $?"
+  for f in trace_rank0.json trace_rank1.json trace.json; do [[ -s run/trace/$f ]] || fail "run/trace/$f missing"; done
+  python3 -c "import json,sys; d=json.load(open('run/trace/trace.json')); sys.exit(0 if {0,1} <= {e['pid'] for e in d['traceEvents']} else 1)" \
+    || fail "run/trace/trace.json is not JSON with both ranks' tracks"
+  n=$(grep -c '"comm_hidden_frac"' run/metrics.jsonl)
+  [[ $n -eq 2 ]] || fail "$n metrics lines carry comm_hidden_frac (want the 2 traced steps)"
+  grep '"step":3,' run/metrics.jsonl | grep -q '"comm_blocked_s"' || fail "step 3 has no comm_blocked_s"
+  grep -q 'step 4/6 .*% hidden' trace.log || fail "the console line of step 4 does not show the hidden fraction"
+  grep -q 'trace of steps 3..4: .*run/trace/trace.json' trace.log || fail "the merged trace's path is not printed"
+  if command -v gnuplot > /dev/null; then
+    "$src/scripts/plot_trace" run/trace/trace.json t.png > plot.log 2>&1 || fail "plot_trace: exit $?"
+    [[ "$(head -c 4 t.png | od -An -c | tr -d ' ')" == '211PNG' ]] || fail "t.png is not a PNG"
+    [[ $(stat -c %s t.png) -gt 5000 ]] || fail "t.png is suspiciously small"
+    echo '{"nothing":1}' > bad.json
+    "$src/scripts/plot_trace" bad.json b.png > bad.log 2>&1 && fail "a file that is not a trace should be an error"
+    grep -q "not a Chrome trace" bad.log || fail "plot_trace's error does not say what is wrong: $(cat bad.log)"
+  fi
   ;;
 *)
   echo "unknown case $case_name" >&2
