@@ -452,6 +452,7 @@ std::string value_text(RecipeConfig& cfg, const Key& k) {
       for (const auto& v : *static_cast<std::vector<std::string>*>(f))
         out += (out.size() > 1 ? ", " : "") + yaml_quote(v);
       return out + "]";
+    }
     case Kind::StepRange: {
       const auto& v = *static_cast<std::array<int64_t, 2>*>(f);
       return v[0] == 0 ? "null" : "[" + std::to_string(v[0]) + ", " + std::to_string(v[1]) + "]";

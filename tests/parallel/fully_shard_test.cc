@@ -324,6 +324,7 @@ TEST(FullyShardOptimizerOverlap, ForwardWithReductionsPendingIsAnError) {
   fsdp.wait_gradients();
   for (const Tensor& shard : fsdp.parameters()) EXPECT_TRUE(shard.grad().defined());
   fsdp.step(opt);  // nothing pending: a plain step
+}
 
 /// Peak bytes above what is allocated before the forward, over one forward + backward of an 8-layer GPT-2 under
 /// FullyShard with `spec` activation checkpointing. Activations dominate: the batch is large against the weights.
