@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -530,7 +531,8 @@ TEST(RecipeConfig, ShippedConfigsParseAndFitTheirWorlds) {
   // The world size each config's comment block names; a config not listed must at least parse.
   const std::map<std::string, std::vector<int>> worlds = {
       {"tiny_cpu.yaml", {1, 2}},         {"gpt2_124m_1gpu.yaml", {1}},          {"gpt2_124m_8gpu_ddp.yaml", {8}},
-      {"gpt2_124m_8gpu_fsdp.yaml", {8}}, {"llama_1b_2node_fsdp_tp.yaml", {16}}, {"llama3_8b_4node.yaml", {32}}};
+      {"gpt2_124m_8gpu_fsdp.yaml", {8}}, {"llama_1b_2node_fsdp_tp.yaml", {16}}, {"llama3_8b_4node.yaml", {32}},
+      {"llama3_8b_1node.yaml", {8}},     {"llama3_8b_4node_hsdp.yaml", {32}},   {"llama3_70b_8node.yaml", {64}}};
   int seen = 0;
   for (const auto& e : fs::directory_iterator(fs::path(LOOM_SOURCE_DIR) / "configs")) {
     if (e.path().extension() != ".yaml") continue;
@@ -547,4 +549,30 @@ TEST(RecipeConfig, ShippedConfigsParseAndFitTheirWorlds) {
     }
   }
   EXPECT_GE(seen, 1);
+}
+
+TEST(RecipeConfig, ClusterConfigsFitEightyGigabyteGpusByTheirOwnEstimate) {
+  // Each cluster config states its estimate in its header ("estimates the step's peak at ~N GiB per GPU"): the
+  // number must be what the estimator gives at the config's world size, and that must leave >= 10 % of an 80 GB GPU
+  // (the CUDA context, NCCL and the caching allocator's slack live there).
+  const std::map<std::string, int> worlds = {
+      {"llama3_8b_1node.yaml", 8}, {"llama3_8b_4node_hsdp.yaml", 32}, {"llama3_70b_8node.yaml", 64}};
+  for (const auto& [name, world] : worlds) {
+    SCOPED_TRACE(name);
+    const std::string path = std::string(LOOM_SOURCE_DIR) + "/configs/" + name;
+    RecipeConfig c;
+    ASSERT_NO_THROW(c = load_config(path));
+    const MemoryEstimate e = estimate_memory_per_rank(c, world);
+    const double gib = static_cast<double>(e.total) / (1 << 30);
+    EXPECT_LT(static_cast<double>(e.total), 0.9 * 80e9) << gib << " GiB";
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    const std::string key = "estimates the step's peak at ~";
+    const std::string t = text.str();
+    const size_t at = t.find(key);
+    ASSERT_NE(at, std::string::npos) << "no '" << key << "N GiB' in the header";
+    const double stated = std::stod(t.substr(at + key.size()));
+    EXPECT_NEAR(stated, gib, 1.0) << "the header says ~" << stated << " GiB, the estimate is " << gib << " GiB";
+  }
 }
