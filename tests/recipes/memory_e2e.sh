@@ -54,6 +54,26 @@ peak)
   done < m.jsonl
   grep -q "| mem [0-9.]* [KMG]*i*B peak [0-9.]* [KMG]*i*B (max [0-9.]* [KMG]*i*B r[01]) |" run.log ||
     fail "the console line does not show 'mem A peak P (max M rN)'"
+
+  # Each step's own peak: a checkpoint saved after a step, or loaded before the first step of a resumed run, needs
+  # more memory than these steps (a wide, shallow model on 16-token sequences: the states dominate), and must not
+  # show in the next step's peak. Steps 3 and 4 follow a save (and, resumed, a load): their peaks equal step 2's.
+  small=(--set model.n_layer=1 --set model.n_embd=256 --set model.seq_len=16 --set training.micro_batch=1
+         --set training.global_batch_tokens=32 --set checkpoint.interval=1 --set checkpoint.dir="$work/ck")
+  for run in "3 fresh" "4 resumed"; do
+    set -- $run
+    "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${common[@]}" "${small[@]}" \
+      --set training.steps="$1" > "ck_$2.log" 2>&1 || fail "checkpointed run ($2): exit $?"
+  done
+  grep -q "resumed from step 3" ck_resumed.log || fail "the second run did not resume from step 3"
+  peaks=$(grep -o '"peak_mem_bytes":[0-9]*' ck/metrics.jsonl | cut -d: -f2 | tr '\n' ' ')
+  echo "checkpointed steps 1-4 peaks: $peaks"
+  read -r p1 p2 p3 p4 <<< "$peaks"
+  [[ -n ${p4:-} ]] || fail "expected 4 steps in ck/metrics.jsonl, got peaks '$peaks'"
+  for p in "$p3" "$p4"; do
+    awk -v a="$p" -v b="$p2" 'BEGIN { exit !(a <= b * 1.02 && a >= b * 0.98) }' ||
+      fail "a step after a checkpoint save or load peaks at $p, step 2 at $p2: the save's or load's memory is charged to it"
+  done
   ;;
 estimate)
   # One row per line: NAME RANKS --set ... (added to the tiny job shrunk to 4 layers of 128, vocabulary 512).
