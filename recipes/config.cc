@@ -882,9 +882,10 @@ BlockActivations block_activations(const ModelConfig& m, int64_t tp, double ea, 
   const double masks = drop * (gpt2 ? 2.0 : 1.0) * C;  // u8 dropout masks after the projections
   a.full = replicated + attention + out_heads + mlp + masks;
   a.input = C * ea;
-  // Matmul outputs: q, k, v (or c_attn), the output projection, the MLP's up-projections and its down projection.
-  a.selective = C * ea + (q + kv) * ea + C * ea + (gpt2 ? 1.0 : 2.0) * I / t * ea + C * ea +
-                (fused ? q * ee + (H / t) * 4.0 : q * ea) + masks;
+  // Matmul outputs: q, k, v (or c_attn), the output projection, the MLP's up-projections (GPT-2's fused c_fc + GELU
+  // keeps both its output and its pre-activation; Llama: gate and up) and its down projection.
+  a.selective =
+      C * ea + (q + kv) * ea + C * ea + 2.0 * I / t * ea + C * ea + (fused ? q * ee + (H / t) * 4.0 : q * ea) + masks;
   // Backward: the residual stream's gradient, plus the larger of the MLP's (GPT-2: the GELU input's and output's
   // gradients while the GELU output is freed; Llama: SwiGLU's two products' gradients beside the product's) and
   // attention's (the gradient of out and of q, k, v; per-query-head k/v gradients under grouped-query attention;

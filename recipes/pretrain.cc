@@ -256,13 +256,11 @@ int run_validate(const RecipeConfig& cfg, int world) {
               static_cast<long long>(cfg.training.grad_accum_steps(cfg.model.seq_len, p.dp_world())),
               static_cast<long long>(cfg.training.micro_batch));
   std::printf("parameters: %lld (%s)\n", static_cast<long long>(n), format_count(static_cast<double>(n)).c_str());
-  std::printf(
-      "estimated memory per rank: %s at the step's peak (params %s, grads %s, optimizer %s, activations %s, buffers "
-      "%s, "
-      "transient %s; activation checkpointing: %s)\n",
-      format_bytes(mem.total).c_str(), format_bytes(mem.params).c_str(), format_bytes(mem.grads).c_str(),
-      format_bytes(mem.optimizer).c_str(), format_bytes(mem.activations).c_str(), format_bytes(mem.buffers).c_str(),
-      format_bytes(mem.transient).c_str(), cfg.training.activation_checkpointing.c_str());
+  std::printf("estimated memory per rank: %s at the step's peak (params %s, grads %s, optimizer %s, activations %s, ",
+              format_bytes(mem.total).c_str(), format_bytes(mem.params).c_str(), format_bytes(mem.grads).c_str(),
+              format_bytes(mem.optimizer).c_str(), format_bytes(mem.activations).c_str());
+  std::printf("buffers %s, transient %s; activation checkpointing: %s)\n", format_bytes(mem.buffers).c_str(),
+              format_bytes(mem.transient).c_str(), cfg.training.activation_checkpointing.c_str());
   if (mem.host_offloaded > 0)
     std::printf("host memory per rank for offloaded shards: %s\n", format_bytes(mem.host_offloaded).c_str());
   // The same in bytes, for scripts (tests/recipes/memory_estimate.sh compares it with a run's peak_mem_bytes_max).
