@@ -850,6 +850,8 @@ struct BlockActivations {
   double full = 0;       // what the block's ops save for backward, no checkpointing
   double selective = 0;  // selective checkpointing: its input, every matmul's output, attention's out and lse
   double input = 0;      // its input (B, T, C): all that full checkpointing keeps
+  double selective_extra = 0;  // kept by selective checkpointing but not among full's saved tensors (matmul outputs
+                               // the unfused graph lets go): live beside the recomputed block
   double transient = 0;  // the most its backward holds beyond the saved tensors (activation gradients, temporaries)
 };
 
@@ -886,6 +888,9 @@ BlockActivations block_activations(const ModelConfig& m, int64_t tp, double ea, 
   // keeps both its output and its pre-activation; Llama: gate and up) and its down projection.
   a.selective =
       C * ea + (q + kv) * ea + C * ea + 2.0 * I / t * ea + C * ea + (fused ? q * ee + (H / t) * 4.0 : q * ea) + masks;
+  // GPT-2: c_attn's output (split into q, k, v copies) and the two c_proj outputs; Llama: the q, k, v projections'
+  // outputs (before the head layout and RoPE), o_proj's and down_proj's.
+  a.selective_extra = (q + kv) * ea + 2.0 * C * ea;
   // Backward: the residual stream's gradient, plus the larger of the MLP's (GPT-2: the GELU input's and output's
   // gradients while the GELU output is freed; Llama: SwiGLU's two products' gradients beside the product's) and
   // attention's (the gradient of out and of q, k, v; per-query-head k/v gradients under grouped-query attention;
@@ -951,6 +956,10 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   const BlockActivations blk = block_activations(m, tp, ea, ee, fused);
   auto full_block = [&](int64_t i) {  // selective:K: blocks 0, K, 2K, ... recompute fully
     return ck.mode == "full" || (ck.mode == "selective" && ck.every > 0 && i % ck.every == 0);
+  };
+  // The block being recomputed: its full set of saved tensors, beside what selective checkpointing kept of it.
+  auto recomputed = [&](int64_t i) {
+    return blk.full + (!full_block(i) && ck.mode == "selective" ? blk.selective_extra : 0.0);
   };
   auto kept = [&](int64_t i) {
     if (full_block(i)) return blk.input;
@@ -1023,7 +1032,7 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
     } else {
       ph.grads = std::max(accumulated, 4.0 * (head + blocks_done * static_cast<double>(block_local)));
     }
-    ph.acts = tokens * (kept_below + blk.full);
+    ph.acts = tokens * (kept_below + recomputed(i));
     ph.transient = tokens * blk.transient;
     phases.push_back(ph);
   }
