@@ -936,6 +936,7 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   const bool sharded = p.fsdp > 1 || bf16;
   const int64_t W = p.fsdp > 1 ? p.fsdp : (sharded ? p.dp : 1);
   const bool ddp = !sharded && p.dp > 1;
+  const bool hsdp = p.fsdp > 1 && p.dp > 1;  // FullyShard over fsdp, its shard gradients all-reduced over dp
   const int64_t accum = tr.grad_accum_steps(m.seq_len, p.dp_world());
   const CkptMode ck = parse_ckpt_mode(tr.activation_checkpointing).value_or(CkptMode{});
 
@@ -986,7 +987,8 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   auto shard_grads = [&](double units_done) {
     if (offload || !sharded) return 0.0;
     if (accum > 1) return own_grads;
-    return std::min(own_grads, 4.0 * units_done * static_cast<double>(block_local) / static_cast<double>(W));
+    const double done = std::max(0.0, units_done);
+    return std::min(own_grads, 4.0 * done * static_cast<double>(block_local) / static_cast<double>(W));
   };
   const double buckets = ddp ? 4.0 * static_cast<double>(P) : 0.0;
   const double root_full = pe * static_cast<double>(root_local), block_full = pe * static_cast<double>(block_local);
@@ -1028,7 +1030,10 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
       ph.params = root_full + gathered * block_full;
       // Blocks above i + 1 are reduced and accumulated into the shard; block i + 1's reduce-scatter is in flight.
       ph.grads = pe * head + block_full + shard_grads(blocks_done - 2.0);
-      ph.buffers = i + 1 < m.n_layer ? 4.0 * static_cast<double>(block_local) : 0.0;  // block i+1's reduce-scatter
+      // Block i+1's reduce-scatter input, in flight; under HSDP also block i+2's, whose replica all-reduce starts only
+      // once its reduce-scatter is done (the buffer goes when both are).
+      const double in_flight = std::min(static_cast<double>(m.n_layer - 1 - i), hsdp ? 2.0 : 1.0);
+      ph.buffers = in_flight * 4.0 * static_cast<double>(block_local);
     } else {
       ph.grads = std::max(accumulated, 4.0 * (head + blocks_done * static_cast<double>(block_local)));
     }
