@@ -958,9 +958,12 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   auto full_block = [&](int64_t i) {  // selective:K: blocks 0, K, 2K, ... recompute fully
     return ck.mode == "full" || (ck.mode == "selective" && ck.every > 0 && i % ck.every == 0);
   };
-  // The block being recomputed: its full set of saved tensors, beside what selective checkpointing kept of it.
+  // The block being recomputed: its full set of saved tensors, beside what selective checkpointing kept of it; a
+  // checkpointed block's backward also holds the recomputed output and the gradient the outer pass hands to the
+  // region's nested backward (two (B, T, C) tensors).
   auto recomputed = [&](int64_t i) {
-    return blk.full + (!full_block(i) && ck.mode == "selective" ? blk.selective_extra : 0.0);
+    if (ck.mode == "none" || (ck.every > 0 && !full_block(i))) return blk.full;
+    return blk.full + 2.0 * blk.input + (full_block(i) ? 0.0 : blk.selective_extra);
   };
   auto kept = [&](int64_t i) {
     if (full_block(i)) return blk.input;
