@@ -847,9 +847,9 @@ namespace {
 
 /// One transformer block's activation memory, in bytes per token of the micro-batch (see estimate_memory_per_rank).
 struct BlockActivations {
-  double full = 0;       // what the block's ops save for backward, no checkpointing
-  double selective = 0;  // selective checkpointing: its input, every matmul's output, attention's out and lse
-  double input = 0;      // its input (B, T, C): all that full checkpointing keeps
+  double full = 0;             // what the block's ops save for backward, no checkpointing
+  double selective = 0;        // selective checkpointing: its input, every matmul's output, attention's out and lse
+  double input = 0;            // its input (B, T, C): all that full checkpointing keeps
   double selective_extra = 0;  // kept by selective checkpointing but not among full's saved tensors (matmul outputs
                                // the unfused graph lets go): live beside the recomputed block
   double transient = 0;  // the most its backward holds beyond the saved tensors (activation gradients, temporaries)
@@ -914,10 +914,12 @@ BlockActivations block_activations(const ModelConfig& m, int64_t tp, double ea, 
 //               norm's input and output, the logits (B T V / tp) and their gradient; FullyShard: the root unit
 //               gathered (embeddings, final norm, head), every block too without reshard_after_forward.
 //   block i     its backward (i = L-1 .. 0): the activations kept by blocks < i, block i's full set (recomputed
-//               under checkpointing), its backward temporaries; gradients: without FullyShard every one produced so
-//               far (all of them from the first micro-step on under accumulation), under FullyShard the root's full
-//               gradients (the head's, until the embedding's arrives at the end), block i's, and the previous
-//               block's reduce-scatter input (f32, in flight); gathered: the root and blocks i and i-1 (prefetch).
+//               under checkpointing, beside its recomputed output, the outer gradient and, selective, the matmul
+//               outputs kept), its backward temporaries; gradients: without FullyShard every one produced so far
+//               (all of them from the first micro-step on under accumulation), under FullyShard the root's full
+//               gradients (the head's, until the embedding's arrives at the end), block i's, the shard's part of
+//               the blocks done, and the previous block's reduce-scatter input (f32, in flight; HSDP: the previous
+//               two, the replica all-reduce waiting on the reduce-scatter); gathered: the root and blocks i and i-1.
 //   end         every gradient (DDP: plus a copy of the largest, as the averages replace them), or FullyShard's root
 //               reduce-scatter input beside the root's gradients.
 // Activations are per token (block_activations) times micro_batch x seq_len. Not counted: the CUDA context, NCCL's
