@@ -858,8 +858,9 @@ struct BlockActivations {
 /// What each op of a block saves, as autograd/functions.cc, autograd/attention.cc, nn/*.cc and
 /// parallel/tensor_parallel.cc have it. ea: the activations' element size; ee: that of the tensors attention saves
 /// (the CPU kernel computes bf16 attention in f32); fused: attention saves q, k, v, out and lse (the CPU kernel and
-/// CUDA's flash kernel) rather than the composed ops' (B, H, T, T) probabilities.
-BlockActivations block_activations(const ModelConfig& m, int64_t tp, double ea, double ee, bool fused) {
+/// CUDA's flash kernel) rather than the composed ops' (B, H, T, T) probabilities; cpu_half: bf16 on the CPU, whose
+/// matrix products convert their operands to f32.
+BlockActivations block_activations(const ModelConfig& m, int64_t tp, double ea, double ee, bool fused, bool cpu_half) {
   const double C = static_cast<double>(m.n_embd), H = static_cast<double>(m.n_head);
   const double Hkv = static_cast<double>(m.n_kv_head > 0 ? m.n_kv_head : m.n_head);
   const double D = C / H, I = static_cast<double>(mlp_hidden(m)), T = static_cast<double>(m.seq_len);
@@ -899,6 +900,8 @@ BlockActivations block_activations(const ModelConfig& m, int64_t tp, double ea, 
   const double mlp_bwd = (gpt2 ? 1.0 : 2.0) * I / t * ea;
   const double attn_bwd = fused ? (2.0 * q + kv + grouped * 2.0 * q) * ee : 2.0 * (H / t) * T * ea + (q + kv) * ea;
   a.transient = C * ea + std::max(mlp_bwd, attn_bwd) + (tp > 1 ? C * ea : 0.0);
+  // The CPU multiplies bf16 in f32: the MLP's weight-gradient product converts its (N, I) gradient and (N, C) input.
+  if (cpu_half) a.transient += 4.0 * (I / t + C);
   return a;
 }
 
@@ -956,7 +959,7 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   const bool flash_head = head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
   const bool fused = !cuda || (flash_head && m.dropout == 0.0);
   const double ee = cuda ? ea : 4.0;
-  const BlockActivations blk = block_activations(m, tp, ea, ee, fused);
+  const BlockActivations blk = block_activations(m, tp, ea, ee, fused, !cuda && bf16);
   auto full_block = [&](int64_t i) {  // selective:K: blocks 0, K, 2K, ... recompute fully
     return ck.mode == "full" || (ck.mode == "selective" && ck.every > 0 && i % ck.every == 0);
   };
