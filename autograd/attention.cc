@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "autograd/autocast.h"
+#include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "tensor/cuda/attention_plan.h"
 #include "tensor/cuda_dispatch.h"
@@ -333,9 +334,16 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   const bool f64 = ct == DType::f64;
   Tensor qc = ops::contiguous(ops::to(q, ct)), kc = ops::contiguous(ops::to(k, ct)),
          vc = ops::contiguous(ops::to(v, ct));
-  Tensor oc = empty({sh.B, sh.H, sh.T, sh.D}, ct);
-  Tensor lse = empty({sh.B, sh.H, sh.T}, ct);
-  {
+  Tensor oc, lse;
+  // Selective activation checkpointing keeps out and lse from the first run and reuses them in the recompute.
+  auto* sac = autograd::detail::selective_cache();
+  if (sac && sac->replaying()) {
+    auto kept = sac->replay("scaled_dot_product_attention");
+    oc = kept[0];
+    lse = kept[1];
+  } else {
+    oc = empty({sh.B, sh.H, sh.T, sh.D}, ct);
+    lse = empty({sh.B, sh.H, sh.T}, ct);
     NoGradGuard no_grad;
     if (f64) {
       sdpa_forward<double>(sh, qc.data<double>(), kc.data<double>(), vc.data<double>(), oc.data<double>(),
@@ -344,6 +352,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
       sdpa_forward<float>(sh, qc.data<float>(), kc.data<float>(), vc.data<float>(), oc.data<float>(),
                           lse.data<float>());
     }
+    if (sac) sac->save("scaled_dot_product_attention", {oc, lse});
   }
   Tensor out = ops::to(oc, q.dtype());
   if (autograd::any_requires_grad({q, k, v})) {

@@ -28,6 +28,9 @@ Tensor cast(const Tensor& t, DType dtype) {
   auto it = state.cache.find(t.impl_ptr().get());
   if (it != state.cache.end() && it->second.version == t.version() && it->second.cast.dtype() == dtype)
     return it->second.cast;
+  // A cast made without grad mode has no history: caching it would cut the parameter's gradient off from a later use
+  // with grad mode on (activation checkpointing runs a block's first forward without grad mode inside the guard).
+  if (!autograd::grad_mode_enabled()) return to(t, dtype);
   Tensor c = to(t, dtype);
   state.cache[t.impl_ptr().get()] = CastEntry{c, t.version()};
   return c;

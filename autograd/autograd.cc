@@ -462,6 +462,16 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_
   run_with_callbacks(roots, grad_roots, retain_graph, nullptr, "backward");
 }
 
+namespace detail {
+void backward_within_pass(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots) {
+  if (t_callbacks == nullptr) {
+    run_with_callbacks(roots, grad_roots, false, nullptr, "backward");
+    return;
+  }
+  run_engine(roots, grad_roots, false, nullptr, "backward");
+}
+}  // namespace detail
+
 std::vector<Tensor> grad(const std::vector<Tensor>& outputs, const std::vector<Tensor>& inputs,
                          const std::vector<Tensor>& grad_outputs, bool retain_graph) {
   LOOM_CHECK(!inputs.empty(), "grad: no inputs to differentiate with respect to");

@@ -141,6 +141,13 @@ void queue_callback(std::function<void()> fn);
 /// True while a backward pass runs on this thread.
 bool in_backward_pass();
 
+namespace detail {
+/// Runs a backward pass from roots as part of the pass running on this thread (activation checkpointing's recompute
+/// backward, started from inside a node): callbacks queued by hooks join the running pass's queue and run when it
+/// ends, not when this inner pass does. Outside a pass, the same as backward(roots, grad_roots).
+void backward_within_pass(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots);
+}  // namespace detail
+
 /// Registers a hook on t's gradient; it may return a replacement (or undefined to keep).
 /// Hooks run in registration order, before the gradient reaches t's .grad or grad_fn.
 void register_hook(const Tensor& t, std::function<Tensor(const Tensor&)> hook);

@@ -7,6 +7,7 @@
 #include "autograd/functions.h"
 
 #include "autograd/autocast.h"
+#include "autograd/checkpoint.h"
 
 namespace loom {
 namespace {
@@ -698,7 +699,15 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
     autograd::detail::AutocastSuspend off;
     return linear(lx, lw, lb);
   }
-  Tensor out = ops::linear(x, w, b);
+  // Selective activation checkpointing keeps the matmul's output from the first run and reuses it in the recompute.
+  Tensor out;
+  auto* sac = autograd::detail::selective_cache();
+  if (sac && sac->replaying()) {
+    out = sac->replay("linear")[0];
+  } else {
+    out = ops::linear(x, w, b);
+    if (sac) sac->save("linear", {out});
+  }
   if (recording({x, w, b})) {
     bool nx = needs(x), nw = needs(w), nbias = needs(b);
     SavedTensor X(nw ? x : Tensor()), W(nx ? w : Tensor());
@@ -717,7 +726,24 @@ Tensor linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
     autograd::detail::AutocastSuspend off;
     return linear_gelu(lx, lw, lb);
   }
-  ops::LinearGeluResult r = ops::linear_gelu(x, w, b);
+  ops::LinearGeluResult r;
+  auto* sac = autograd::detail::selective_cache();
+  if (sac && sac->replaying()) {
+    // The matmul's output (pre) is kept and the GELU recomputed: in f32/f64 gelu(pre) gives the fused op's bits. In
+    // bf16/f16 the fused GELU runs on the unrounded product (the matmul's epilogue), so both outputs are kept there.
+    auto kept = sac->replay("linear_gelu");
+    if (kept.size() == 1) {
+      r.pre = kept[0];
+      r.out = ops::gelu(r.pre, GeluApprox::kTanh);
+    } else {
+      r.out = kept[0];
+      r.pre = kept[1];
+    }
+  } else {
+    r = ops::linear_gelu(x, w, b);
+    const bool full_precision = r.pre.dtype() == DType::f32 || r.pre.dtype() == DType::f64;
+    if (sac) sac->save("linear_gelu", full_precision ? std::vector<Tensor>{r.pre} : std::vector<Tensor>{r.out, r.pre});
+  }
   if (recording({x, w, b})) {
     bool nx = needs(x), nw = needs(w), nbias = needs(b);
     SavedTensor X(nw ? x : Tensor()), W(nx ? w : Tensor()), P(r.pre);

@@ -12,7 +12,7 @@ class GELU : public Module {
   explicit GELU(ops::GeluApprox approximate = ops::GeluApprox::kNone);
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
   std::string extra_repr() const override;
 
@@ -24,7 +24,7 @@ class SiLU : public Module {
   SiLU() : Module("SiLU") {}
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
 };
 

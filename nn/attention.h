@@ -32,7 +32,7 @@ class CausalSelfAttention : public Module {
   /// x (B, T, C) -> (B, T, C). Throws when C != n_embd or T > max_seq_len with rope.
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
   std::string extra_repr() const override;
 

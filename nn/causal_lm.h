@@ -18,7 +18,7 @@ class CausalLM : public Module {
   /// idx (B, T) i64 token ids -> logits (B, T, vocab_size).
   virtual Tensor forward(const Tensor& idx) = 0;
   Tensor operator()(const Tensor& idx) {
-    return call([&] { return forward(idx); });
+    return call(idx, [this](const Tensor& in) { return forward(in); });
   }
   /// Mean cross-entropy of forward(idx) against targets (B, T) i64, over the
   /// flattened (B*T, V) logits; targets equal to -100 are ignored. Computed by

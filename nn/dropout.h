@@ -12,7 +12,7 @@ class Dropout : public Module {
   explicit Dropout(double p = 0.5, Generator& gen = default_generator());
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
   std::string extra_repr() const override;
 

@@ -15,7 +15,7 @@ class Embedding : public Module {
   /// Virtual so a vocabulary-parallel embedding (parallel/tensor_parallel.h) can stand in for it.
   virtual Tensor forward(const Tensor& indices);
   Tensor operator()(const Tensor& indices) {
-    return call([&] { return forward(indices); });
+    return call(indices, [this](const Tensor& in) { return forward(in); });
   }
   std::string extra_repr() const override;
 

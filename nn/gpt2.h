@@ -32,7 +32,7 @@ class GPT2Model : public Module {
   /// idx (B, T) -> hidden states (B, T, C) after ln_f.
   Tensor forward(const Tensor& idx);
   Tensor operator()(const Tensor& idx) {
-    return call([&] { return forward(idx); });
+    return call(idx, [this](const Tensor& in) { return forward(in); });
   }
 
   std::shared_ptr<Embedding> wte, wpe;

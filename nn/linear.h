@@ -21,7 +21,7 @@ class Linear : public Module {
   /// Virtual so tensor-parallel layers (parallel/tensor_parallel.h) can stand in for a Linear a model holds.
   virtual Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
   std::string extra_repr() const override;
   /// Replaces the weight with `w` (same shape), e.g. to tie an output head to an embedding.

@@ -35,7 +35,7 @@ class LlamaModel : public Module {
   /// idx (B, T) -> hidden states (B, T, C) after the final norm.
   Tensor forward(const Tensor& idx);
   Tensor operator()(const Tensor& idx) {
-    return call([&] { return forward(idx); });
+    return call(idx, [this](const Tensor& in) { return forward(in); });
   }
 
   std::shared_ptr<Embedding> embed_tokens;

@@ -26,7 +26,7 @@ class GeluMLP : public Module {
   /// x (..., C) -> (..., C).
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
 
   std::shared_ptr<Linear> c_fc, c_proj;
@@ -41,7 +41,7 @@ class SwiGLUMLP : public Module {
   /// x (..., C) -> (..., C).
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
 
   std::shared_ptr<Linear> gate_proj, up_proj, down_proj;

@@ -333,6 +333,23 @@ void Module::run_backward_pre_hooks() {
   for (auto& [id, fn] : hooks) fn(*this);
 }
 
+Tensor Module::checkpointed_forward(const Tensor& x, std::function<Tensor(const Tensor&)> fn) {
+  autograd::CheckpointOptions opts;
+  opts.mode = checkpoint_mode_;
+  opts.name = type_name_;
+  auto outs = autograd::checkpoint(
+      [fn = std::move(fn)](const std::vector<Tensor>& in) { return std::vector<Tensor>{fn(in[0])}; }, {x}, opts);
+  return outs[0];
+}
+
+void Module::throw_not_checkpointable() const {
+  LOOM_THROW(InvalidArgument, type_name_, ": activation checkpointing is set (",
+             autograd::checkpoint_mode_name(checkpoint_mode_),
+             ") but this module's operator() calls call(fn), which "
+             "does not say what the forward's input is; route it through call(x, fn) or checkpoint a module that does "
+             "(a transformer block, an MLP, a layer of nn/)");
+}
+
 void Module::attach_backward_pre_hooks(const Tensor& out) { attach_backward_pre_hooks(std::vector<Tensor>{out}); }
 
 void Module::attach_backward_pre_hooks(const std::vector<Tensor>& outs) {

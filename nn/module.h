@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "autograd/autograd.h"
+#include "autograd/checkpoint.h"
 #include "nn/ordered_dict.h"
 #include "tensor/tensor.h"
 
@@ -22,6 +23,9 @@ namespace loom::nn {
 /// name -> tensor in registration order (parameters, then persistent buffers, per module, pre-order).
 using StateDict = OrderedDict<Tensor>;
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+/// What a module's forward keeps for backward under activation checkpointing (autograd::CheckpointMode).
+using CheckpointMode = autograd::CheckpointMode;
 
 /// Identifies a registered hook so it can be removed.
 struct HookHandle {
@@ -116,18 +120,48 @@ class Module {
   HookHandle register_backward_pre_hook(ModuleHook fn);
   /// Removes a hook of either kind; unknown handles are ignored.
   void remove_hook(HookHandle handle);
-  /// Whether any forward, forward-pre or backward-pre hook is registered. Fused paths
-  /// that compute a submodule's output without its call() (TransformerBlock's residual
-  /// add + norm, GeluMLP's c_fc + GELU) take the unfused path when it has hooks.
+  /// Whether any forward, forward-pre or backward-pre hook is registered, or activation
+  /// checkpointing is set. Fused paths that compute a submodule's output without its
+  /// call() (TransformerBlock's residual add + norm, GeluMLP's c_fc + GELU) take the
+  /// unfused path when it has hooks.
   bool has_hooks() const {
-    return !forward_pre_hooks_.empty() || !forward_hooks_.empty() || !backward_pre_hooks_.empty();
+    return !forward_pre_hooks_.empty() || !forward_hooks_.empty() || !backward_pre_hooks_.empty() ||
+           checkpoint_mode_ != CheckpointMode::kNone;
   }
 
+  // ------------------------------------------------------------ activation checkpointing
+  /// Sets what this module's forward keeps for backward (autograd::checkpoint): kFull keeps its input only and
+  /// recomputes the forward in backward (RNG and autocast state replayed); kSelective also keeps the outputs of its
+  /// linear layers and attention; kNone (the default) turns it off. Takes effect in training forwards with grad mode
+  /// on. Every layer of nn/ supports it; a module whose operator() does not pass its input to call(x, fn) throws
+  /// InvalidArgument naming it at its next forward. To catch a module that is set but never runs, use
+  /// nn::checkpoint_module on the root instead.
+  void set_activation_checkpointing(CheckpointMode mode) { checkpoint_mode_ = mode; }
+  CheckpointMode activation_checkpointing() const { return checkpoint_mode_; }
+  /// How many times this module's forward ran through call(x, fn) (checkpointed or not).
+  int64_t forward_count() const { return forward_count_; }
+
  protected:
+  /// The call path of a layer whose forward takes one tensor: call(F) around fn(x), or, with activation
+  /// checkpointing set, around autograd::checkpoint of fn with x as its input. fn is kept for the recompute in
+  /// backward: capture only `this`, take the input from the argument.
+  template <typename F>
+  Tensor call(const Tensor& x, F&& fn) {
+    ++forward_count_;
+    if (checkpoint_mode_ == CheckpointMode::kNone) return call_hooks([&] { return fn(x); });
+    std::function<Tensor(const Tensor&)> f(std::forward<F>(fn));
+    return call_hooks([&] { return checkpointed_forward(x, std::move(f)); });
+  }
   /// The call path every layer's operator() uses: forward pre-hooks, then
   /// forward_fn(), then backward pre-hooks attached to the output tensor(s).
+  /// Throws InvalidArgument when activation checkpointing is set (use call(x, fn)).
   template <typename F>
   auto call(F&& forward_fn) -> decltype(forward_fn()) {
+    if (checkpoint_mode_ != CheckpointMode::kNone) throw_not_checkpointable();
+    return call_hooks(std::forward<F>(forward_fn));
+  }
+  template <typename F>
+  auto call_hooks(F&& forward_fn) -> decltype(forward_fn()) {
     run_forward_pre_hooks();
     auto out = forward_fn();
     attach_backward_pre_hooks(out);
@@ -153,6 +187,8 @@ class Module {
   void collect_state(const std::string& prefix, NamedTensors& out, bool params, bool buffers,
                      bool persistent_only) const;
   void run_backward_pre_hooks();
+  Tensor checkpointed_forward(const Tensor& x, std::function<Tensor(const Tensor&)> fn);
+  [[noreturn]] void throw_not_checkpointable() const;
 
   std::string type_name_;
   bool training_ = true;
@@ -163,6 +199,8 @@ class Module {
   std::map<int64_t, ModuleHook> forward_hooks_;
   std::map<int64_t, ModuleHook> backward_pre_hooks_;
   int64_t next_hook_id_ = 0;
+  CheckpointMode checkpoint_mode_ = CheckpointMode::kNone;
+  int64_t forward_count_ = 0;
 };
 
 /// A list of modules registered as "0", "1", … (PyTorch's nn.ModuleList).

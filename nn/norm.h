@@ -12,7 +12,7 @@ class LayerNorm : public Module {
   /// x (..., C) -> (..., C).
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
   std::string extra_repr() const override;
 
@@ -29,7 +29,7 @@ class RMSNorm : public Module {
   /// x (..., C) -> x / rms(x) * weight.
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
   std::string extra_repr() const override;
 

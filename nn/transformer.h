@@ -28,7 +28,7 @@ class TransformerBlock : public Module {
   /// x (B, T, C) -> (B, T, C).
   Tensor forward(const Tensor& x);
   Tensor operator()(const Tensor& x) {
-    return call([&] { return forward(x); });
+    return call(x, [this](const Tensor& in) { return forward(in); });
   }
   BlockStyle style() const { return style_; }
 

@@ -4,6 +4,7 @@
 #include "parallel/flat_param.h"
 
 #include "autograd/autograd.h"
+#include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "collectives/trace.h"
 #include "tensor/ops.h"
@@ -63,6 +64,13 @@ size_t FsdpState::prev_backward(size_t u) const {
 }
 
 void FsdpState::pre_forward(size_t u) {
+  if (autograd::in_checkpoint_recompute()) {
+    // A unit inside a checkpointed region, rerun in backward: gather it (the backward pre-hook may not have fired
+    // yet), but prefetch nothing (the unit forward would run next is done) and keep the forward timeline.
+    wait_gather(u);
+    units[u].pending_seqs.clear();
+    return;
+  }
   if (u == root_unit() && callback_queued && !autograd::in_backward_pass()) abandon_backward();
   issue_gather(u);
   if (opts.prefetch) {
@@ -76,6 +84,8 @@ void FsdpState::pre_forward(size_t u) {
 }
 
 void FsdpState::post_forward(size_t u) {
+  // A recompute's backward follows at once: the unit stays gathered until its gradients are reduced (on_grad).
+  if (autograd::in_checkpoint_recompute()) return;
   timeline[u].forward_end_ns = collectives::trace_now_ns();
   const bool backward_follows = autograd::grad_mode_enabled();
   if (u == root_unit()) {

@@ -21,6 +21,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "nn/activation_checkpointing.h"
 #include "tensor/error.h"
 
 namespace loom::recipes {
@@ -149,7 +150,7 @@ const std::vector<Key>& schema() {
     add(LOOM_CONFIG_KEY(training, grad_clip)).at_least(0);
     add(LOOM_CONFIG_KEY(training, precision)).one_of({"f32", "bf16"});
     add(LOOM_CONFIG_KEY(training, seed));
-    add(LOOM_CONFIG_KEY(training, activation_checkpointing));
+    add(LOOM_CONFIG_KEY(training, activation_checkpointing));  // none | full | selective | selective:K (validate())
 
     add(LOOM_CONFIG_KEY(parallelism, dp)).at_least(0);
     add(LOOM_CONFIG_KEY(parallelism, fsdp)).at_least(1);
@@ -492,26 +493,6 @@ int64_t llama_intermediate(int64_t n_embd) {
   return (h + 255) / 256 * 256;
 }
 
-/// training.activation_checkpointing as the memory estimate reads it: mode "none", "full" or "selective", and for
-/// "selective:K" (torchtitan's layer-level SAC: blocks 0, K, 2K, ... full, the others none) every = K.
-struct CkptMode {
-  std::string mode = "none";
-  int64_t every = 0;
-};
-
-/// Parses an activation_checkpointing value; nullopt when it is none of none | full | selective | selective:K.
-std::optional<CkptMode> parse_ckpt_mode(const std::string& v) {
-  if (v == "none" || v == "full" || v == "selective") return CkptMode{v, 0};
-  const std::string prefix = "selective:";
-  if (v.rfind(prefix, 0) != 0 || v.size() == prefix.size()) return std::nullopt;
-  int64_t k = 0;
-  const char* b = v.data() + prefix.size();
-  const char* e = v.data() + v.size();
-  auto r = std::from_chars(b, e, k);
-  if (r.ec != std::errc() || r.ptr != e || k < 1) return std::nullopt;
-  return CkptMode{"selective", k};
-}
-
 int64_t mlp_hidden(const ModelConfig& m) {
   if (m.intermediate_size > 0) return m.intermediate_size;
   return m.family == "llama" ? llama_intermediate(m.n_embd) : 4 * m.n_embd;
@@ -636,10 +617,13 @@ void check_consistency(RecipeConfig& cfg) {
              std::string(" (data.source '") + d.source + "' reads its tokens from files)");
 
   const TrainingConfig& t = cfg.training;
-  if (!parse_ckpt_mode(t.activation_checkpointing))
+  try {
+    (void)nn::ActivationCheckpointing::parse(t.activation_checkpointing);
+  } catch (const InvalidArgument&) {
     fail(where_of(cfg, "training.activation_checkpointing"), "training.activation_checkpointing",
-         "expected 'none', 'full', 'selective' or 'selective:K' with K >= 1 (every K-th block full), got '" +
+         "must be one of none, full, selective, selective:K (K a positive integer: every K-th block full), got '" +
              t.activation_checkpointing + "'");
+  }
   if (t.min_lr > t.lr)
     fail(where_of(cfg, "training.min_lr"), "training.min_lr",
          "must be <= training.lr (" + fmt_double(t.lr) + "), got " + fmt_double(t.min_lr));
@@ -885,10 +869,10 @@ BlockActivations block_activations(const ModelConfig& m, int64_t tp, double ea, 
   const double masks = drop * (gpt2 ? 2.0 : 1.0) * C;  // u8 dropout masks after the projections
   a.full = replicated + attention + out_heads + mlp + masks;
   a.input = C * ea;
-  // Matmul outputs: q, k, v (or c_attn), the output projection, the MLP's up-projections (GPT-2's fused c_fc + GELU
-  // keeps both its output and its pre-activation; Llama: gate and up) and its down projection.
-  a.selective =
-      C * ea + (q + kv) * ea + C * ea + 2.0 * I / t * ea + C * ea + (fused ? q * ee + (H / t) * 4.0 : q * ea) + masks;
+  // Matmul outputs: q, k, v (or c_attn), the output projection, the MLP's up-projections (GPT-2's fused c_fc + GELU:
+  // its product, and in 16-bit also the GELU's output; Llama: gate and up) and its down projection.
+  a.selective = C * ea + (q + kv) * ea + C * ea + (gpt2 && ea == 4.0 ? 1.0 : 2.0) * I / t * ea + C * ea +
+                (fused ? q * ee + (H / t) * 4.0 : q * ea) + masks;
   // GPT-2: c_attn's output (split into q, k, v copies) and the two c_proj outputs; Llama: the q, k, v projections'
   // outputs (before the head layout and RoPE), o_proj's and down_proj's.
   a.selective_extra = (q + kv) * ea + 2.0 * C * ea;
@@ -943,7 +927,7 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   const bool ddp = !sharded && p.dp > 1;
   const bool hsdp = p.fsdp > 1 && p.dp > 1;  // FullyShard over fsdp, its shard gradients all-reduced over dp
   const int64_t accum = tr.grad_accum_steps(m.seq_len, p.dp_world());
-  const CkptMode ck = parse_ckpt_mode(tr.activation_checkpointing).value_or(CkptMode{});
+  const nn::ActivationCheckpointing ck = nn::ActivationCheckpointing::parse(tr.activation_checkpointing);
 
   const ParamSplit s = split_parameters(m);
   const int64_t block_local = s.block_sharded / tp + s.block_replicated;
@@ -960,20 +944,19 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   const bool fused = !cuda || (flash_head && m.dropout == 0.0);
   const double ee = cuda ? ea : 4.0;
   const BlockActivations blk = block_activations(m, tp, ea, ee, fused, !cuda && bf16);
-  auto full_block = [&](int64_t i) {  // selective:K: blocks 0, K, 2K, ... recompute fully
-    return ck.mode == "full" || (ck.mode == "selective" && ck.every > 0 && i % ck.every == 0);
-  };
+  using autograd::CheckpointMode;
+  auto mode_of = [&](int64_t i) { return ck.block_mode(static_cast<size_t>(i)); };  // selective:K: 0, K, ... full
   // The block being recomputed: its full set of saved tensors, beside what selective checkpointing kept of it; a
   // checkpointed block's backward also holds the recomputed output and the gradient the outer pass hands to the
   // region's nested backward (two (B, T, C) tensors).
   auto recomputed = [&](int64_t i) {
-    if (ck.mode == "none" || (ck.every > 0 && !full_block(i))) return blk.full;
-    return blk.full + 2.0 * blk.input + (full_block(i) ? 0.0 : blk.selective_extra);
+    const CheckpointMode md = mode_of(i);
+    if (md == CheckpointMode::kNone) return blk.full;
+    return blk.full + 2.0 * blk.input + (md == CheckpointMode::kSelective ? blk.selective_extra : 0.0);
   };
   auto kept = [&](int64_t i) {
-    if (full_block(i)) return blk.input;
-    if (ck.mode == "selective" && ck.every == 0) return blk.selective;
-    return blk.full;
+    const CheckpointMode md = mode_of(i);
+    return md == CheckpointMode::kFull ? blk.input : md == CheckpointMode::kSelective ? blk.selective : blk.full;
   };
   const double tokens = static_cast<double>(tr.micro_batch * m.seq_len);
   const double C = static_cast<double>(m.n_embd), V = static_cast<double>(m.vocab_size), t = static_cast<double>(tp);

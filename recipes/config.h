@@ -54,8 +54,8 @@ struct TrainingConfig {
   double grad_clip = 1.0;           // 0: no clipping
   std::string precision = "f32";    // "f32" | "bf16" (bf16 compute, f32 master weights)
   uint64_t seed = 1337;
-  /// "none" | "full" | "selective" | "selective:K" (K >= 1): what each transformer block keeps for backward (see the
-  /// README's activation checkpointing section).
+  /// What each transformer block keeps for backward: "none" | "full" | "selective" | "selective:K"
+  /// (nn::ActivationCheckpointing::parse).
   std::string activation_checkpointing = "none";
   /// Derived: global_batch_tokens / (seq_len * micro_batch * dp_world); must divide exactly.
   /// Throws ConfigError naming the numbers (and what would fit) when it does not.

@@ -37,6 +37,7 @@
 #include "checkpoint/export.h"
 #include "collectives/init.h"
 #include "collectives/store.h"
+#include "nn/activation_checkpointing.h"
 #include "nn/clip_grad.h"
 #include "nn/gpt2.h"
 #include "nn/llama.h"
@@ -424,6 +425,9 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     if (r.rank0) std::printf("device: %s per rank (local rank)\n", r.device.str().c_str());
   }
   if (r.tp_group) parallel::tensor_parallelize(*r.model, r.tp_group);
+  const auto ac = nn::ActivationCheckpointing::parse(cfg.training.activation_checkpointing);
+  nn::apply_activation_checkpointing(*r.model, ac);
+  if (r.rank0 && ac.mode != nn::CheckpointMode::kNone) std::printf("activation checkpointing: %s\n", ac.str().c_str());
   const bool bf16 = cfg.training.precision == "bf16";
   if (P.fsdp > 1 || bf16) {
     parallel::FullyShardOptions o;

@@ -18,6 +18,25 @@ std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, uint64_t key) {
   return c;
 }
 
+namespace detail {
+namespace {
+thread_local RngTracker* t_tracker = nullptr;
+}  // namespace
+
+RngTracker::RngTracker() : outer_(t_tracker) { t_tracker = this; }
+RngTracker::~RngTracker() { t_tracker = outer_; }
+
+void RngTracker::note(Generator& gen) {
+  for (RngTracker* t = this; t != nullptr; t = t->outer_) {
+    bool seen = false;
+    for (const auto& [g, st] : t->states_) seen = seen || g == &gen;
+    if (!seen) t->states_.push_back({&gen, {gen.seed(), gen.offset()}});
+  }
+}
+
+RngTracker* active_rng_tracker() { return t_tracker; }
+}  // namespace detail
+
 Generator& default_generator() {
   static Generator g(0x5eed);
   return g;

@@ -5,8 +5,35 @@
 
 #include <array>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace loom {
+
+class Generator;
+
+namespace detail {
+/// Records, while alive on this thread, the state every Generator had when it was first drawn from (its first
+/// advance() in the scope), so the draws of a region can be replayed: activation checkpointing restores these states
+/// before it recomputes a block, so dropout masks are the same bits. Trackers nest (each sees every draw).
+class RngTracker {
+ public:
+  RngTracker();
+  ~RngTracker();
+  RngTracker(const RngTracker&) = delete;
+  RngTracker& operator=(const RngTracker&) = delete;
+  /// Called by Generator::advance when a tracker is active.
+  void note(Generator& gen);
+  /// Each generator drawn from in the scope, with its (seed, offset) before the first draw.
+  const std::vector<std::pair<Generator*, std::pair<uint64_t, uint64_t>>>& states() const { return states_; }
+
+ private:
+  std::vector<std::pair<Generator*, std::pair<uint64_t, uint64_t>>> states_;
+  RngTracker* outer_;
+};
+/// The innermost live tracker on this thread, or null.
+RngTracker* active_rng_tracker();
+}  // namespace detail
 
 /// Philox4x32-10 block: 4 outputs for a 128-bit counter and a 64-bit key.
 std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> counter, uint64_t key);
@@ -24,6 +51,7 @@ class Generator {
   void manual_seed(uint64_t seed) { set_state(seed, 0); }
   /// Reserves n_blocks blocks and returns the first block's index.
   uint64_t advance(uint64_t n_blocks) {
+    if (detail::RngTracker* t = detail::active_rng_tracker()) t->note(*this);
     uint64_t start = offset_;
     offset_ += n_blocks;
     return start;

@@ -188,6 +188,17 @@ TEST(RecipeConfig, BadChoiceSuggestsTheClosest) {
   EXPECT_HAS(parse_error(with_line(16, "  backend: ncll")), "cfg.yaml:16: parallelism.backend: must be one of");
 }
 
+TEST(RecipeConfig, ActivationCheckpointingTakesNoneFullSelectiveOrSelectiveK) {
+  for (const char* v : {"none", "full", "selective", "selective:1", "selective:4"})
+    EXPECT_EQ(parse_config(with_line(14, std::string("  lr: 1.0e-3\n  activation_checkpointing: ") + v), "x")
+                  .training.activation_checkpointing,
+              v);
+  EXPECT_HAS(parse_error(with_line(14, "  lr: 1.0e-3\n  activation_checkpointing: selective:0")),
+             "cfg.yaml:15: training.activation_checkpointing: must be one of none, full, selective, selective:K");
+  EXPECT_HAS(parse_error(kGpt2, {"training.activation_checkpointing=partial"}),
+             "--set training.activation_checkpointing=partial: training.activation_checkpointing: must be one of");
+}
+
 TEST(RecipeConfig, MissingRequiredKeyNamesTheSection) {
   EXPECT_HAS(parse_error(with_line(3, "")), "cfg.yaml:1: model.n_layer: missing required key model.n_layer");
   EXPECT_HAS(parse_error(with_line(13, "")), "cfg.yaml:10: training.steps: missing required key training.steps");

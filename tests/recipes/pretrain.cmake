@@ -4,7 +4,7 @@
 # (exit 2 naming file, line and key), --validate, scripts/plot_metrics; and --validate of every shipped config at the
 # world size it is written for.
 if(TARGET pretrain AND TARGET trainlaunch)
-  foreach(c one_rank two_ranks resume sigterm sigterm_group layouts straggler slurm_script slurm_port_taken config_error validate plot init_from)
+  foreach(c one_rank two_ranks resume sigterm sigterm_group layouts activation_checkpointing straggler slurm_script slurm_port_taken config_error validate plot init_from)
     add_test(NAME Pretrain.${c}
              COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh ${c} $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>
                      ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})

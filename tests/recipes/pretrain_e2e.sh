@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: main_job, one_rank, two_ranks, resume, sigterm, sigterm_group, layouts, straggler, slurm_script, slurm_port_taken, config_error, validate, plot,
+# Cases: main_job, one_rank, two_ranks, resume, sigterm, sigterm_group, layouts, activation_checkpointing, straggler, slurm_script, slurm_port_taken, config_error, validate, plot,
 # init_from. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
@@ -202,6 +202,33 @@ layouts)
       awk -v tol=$tol -v l=$l '{ d = $2 - $4; if (d < 0) d = -d; if (d > tol) { print l " step " $1 ": loss " $4 " vs ddp " $2; bad = 1 } }
                                END { exit bad }' || fail "$l losses differ from ddp's"
   done
+  ;;
+activation_checkpointing)
+  # training.activation_checkpointing full / selective / selective:2 give the loss sequence none gives, bit for bit
+  # (dropout on: the recompute replays the masks), on 2 FullyShard ranks; a bad value is an error naming the key (and
+  # the file and line when it comes from the file), exit 2.
+  for ac in none full selective selective:2; do
+    name=${ac/:/_}
+    "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" \
+      --set training.steps=10 --set logging.interval=1 --set model.dropout=0.1 --set parallelism.fsdp=2 \
+      --set checkpoint.dir="$work/$name" --set training.activation_checkpointing=$ac > "$name.log" 2>&1 ||
+      fail "$ac: exit $?"
+  done
+  grep -q "activation checkpointing: full" full.log || fail "full: no 'activation checkpointing: full' line"
+  [[ $(column none/metrics.jsonl loss | wc -l) -eq 10 ]] || fail "none: expected 10 logged losses"
+  for name in full selective selective_2; do
+    cmp <(column none/metrics.jsonl loss) <(column $name/metrics.jsonl loss) ||
+      fail "$name: losses differ from none's: $(paste <(column none/metrics.jsonl loss) <(column $name/metrics.jsonl loss))"
+  done
+  "$pretrain" --config "$config" --set training.activation_checkpointing=fulll > /dev/null 2> bad_set.log
+  [[ $? -eq 2 ]] || fail "bad value through --set: exit code is not 2"
+  grep -q "training.activation_checkpointing" bad_set.log || fail "the error does not name the key: $(cat bad_set.log)"
+  sed 's/^  seed: 1337$/  seed: 1337\n  activation_checkpointing: selective:0/' "$config" > bad.yaml
+  line=$(grep -n "activation_checkpointing" bad.yaml | cut -d: -f1)
+  "$pretrain" --config bad.yaml > /dev/null 2> bad_file.log
+  [[ $? -eq 2 ]] || fail "bad value in the file: exit code is not 2"
+  grep -q "bad.yaml:$line" bad_file.log || fail "the error does not name bad.yaml:$line: $(cat bad_file.log)"
+  grep -q "selective:0" bad_file.log || fail "the error does not quote the value: $(cat bad_file.log)"
   ;;
 eval_layouts)
   # One checkpoint evaluated on 1 rank (two micro-batch sizes), 2 DDP ranks, 2 FSDP ranks and 2 TP ranks gives the
