@@ -164,10 +164,12 @@ Json train_state_json(const Target& t, const TrainState& s, int world) {
   j.set("dp_size", Json(static_cast<double>(t.coords.dp_size)));
   j.set("tp_size", Json(static_cast<double>(t.coords.tp_size)));
   j.set("world_size", Json(static_cast<double>(world)));
-  j.set("layout", Json(t.fsdp                 ? (t.coords.tp_size > 1 ? "fsdp+tp" : "fsdp")
-                       : t.coords.tp_size > 1 ? (t.coords.dp_size > 1 ? "ddp+tp" : "tp")
-                       : t.coords.dp_size > 1 ? "ddp"
-                                              : "single"));
+  if (t.coords.replica_size > 1) j.set("replicas", Json(static_cast<double>(t.coords.replica_size)));
+  j.set("layout",
+        Json(t.fsdp ? std::string(t.coords.replica_size > 1 ? "hsdp" : "fsdp") + (t.coords.tp_size > 1 ? "+tp" : "")
+             : t.coords.tp_size > 1 ? (t.coords.dp_size > 1 ? "ddp+tp" : "tp")
+             : t.coords.dp_size > 1 ? "ddp"
+                                    : "single"));
   if (t.scheduler) j.set("scheduler_step", Json(static_cast<double>(t.scheduler->state_dict().step)));
   if (t.optimizer) {
     Json o = Json::object();

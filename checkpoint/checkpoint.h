@@ -34,8 +34,12 @@ constexpr int64_t kChecksumBlock = 1 << 20;
 /// Where this rank sits in the layout. Replicated data (DDP parameters, TP-replicated parameters) is written once: its
 /// flat range is split across the ranks that hold copies, so they write in parallel.
 struct Coords {
-  int dp_rank = 0, dp_size = 1;  // data-parallel (DDP replicas or the FSDP group)
+  int dp_rank = 0, dp_size = 1;  // data-parallel (DDP replicas, the FSDP group, or under HSDP all dp x fsdp ranks)
   int tp_rank = 0, tp_size = 1;  // tensor-parallel
+  /// Hybrid sharding: this rank's replica of the FSDP group (its dp coordinate) and the number of replicas. Replicas
+  /// hold identical FSDP pieces: each writes its share of every piece (as replicated tensors are written), every
+  /// replica reads what its shard needs.
+  int replica_rank = 0, replica_size = 1;
 };
 
 /// What a checkpoint is saved from and loaded into. Give module (a single-rank model, ddp.module(), or a TP model) or

@@ -56,9 +56,10 @@ void add_sharded(std::vector<LocalTensor>& out, const std::string& prefix, const
   lt.data = s.local;
   LOOM_CHECK(s.local.is_contiguous() && s.local.numel() == s.flat_end - s.flat_begin, "checkpoint: FSDP piece of ",
              s.name, " holds ", s.local.numel(), " elements for the range [", s.flat_begin, ", ", s.flat_end, ")");
-  // FSDP pieces of a TP-replicated parameter are the same on every tp rank: each writes its share.
-  lt.replica_index = s.tp ? 0 : c.tp_rank;
-  lt.replicas = s.tp ? 1 : c.tp_size;
+  // FSDP pieces of a TP-replicated parameter are the same on every tp rank, and under HSDP every piece is the same on
+  // every replica of the FSDP group: each copy writes its share.
+  lt.replica_index = (s.tp ? 0 : c.tp_rank) * c.replica_size + c.replica_rank;
+  lt.replicas = (s.tp ? 1 : c.tp_size) * c.replica_size;
   out.push_back(std::move(lt));
 }
 

@@ -98,6 +98,9 @@ void FsdpState::post_forward(size_t u) {
 
 void FsdpState::pre_backward(size_t u) {
   ensure_callback();
+  // A reduce-scatter that finished during the previous unit's backward starts its replica all-reduce now, not only at
+  // the next reduce().
+  if (replicate) issue_replica_reduces(false);
   issue_gather(u);
   if (opts.prefetch) {
     const size_t p = prev_backward(u);
@@ -157,14 +160,33 @@ void FsdpState::reduce(size_t gi) {
   ro.rank_ordered = opts.grad_reduce == GradReduce::kRankOrdered;
   g.rs_work = pg->reduce_scatter(g.rs_out, g.rs_in, ro);
   g.reduced = true;
-  if (!opts.overlap) g.rs_work->wait();
+  if (replicate) replica_pending.push_back(gi);
+  if (!opts.overlap) {
+    g.rs_work->wait();
+    issue_replica_reduces(true);
+    if (g.ar_work) g.ar_work->wait();
+  }
   drain_completed();
+}
+
+void FsdpState::issue_replica_reduces(bool wait) {
+  while (!replica_pending.empty()) {
+    FlatGroup& g = groups[replica_pending.front()];
+    if (!wait && !g.rs_work->is_completed()) return;
+    g.rs_work->wait();
+    collectives::AllreduceOptions ao;
+    ao.op = collectives::ReduceOp::kAvg;
+    ao.rank_ordered = opts.grad_reduce == GradReduce::kRankOrdered;
+    g.ar_work = replicate->allreduce(g.rs_out, ao);
+    replica_pending.pop_front();
+  }
 }
 
 void FsdpState::finish_backward() {
   callback_queued = false;
   for (size_t gi = 0; gi < groups.size(); ++gi)
     if (!groups[gi].reduced) reduce(gi);
+  issue_replica_reduces(true);
   for (auto& g : groups) {
     if (g.rs_work) accumulate(g);
     reset_pass(g);
@@ -175,6 +197,7 @@ void FsdpState::finish_backward() {
 void FsdpState::accumulate(FlatGroup& g) {
   autograd::NoGradGuard no_grad;
   g.rs_work->wait();
+  if (g.ar_work) g.ar_work->wait();
   Tensor r = ops::to(ops::to(g.rs_out, DType::f32), shard_device);
   Tensor cur = g.shard.grad();
   if (!cur.defined()) {
@@ -184,19 +207,26 @@ void FsdpState::accumulate(FlatGroup& g) {
     cur.bump_version();
   }
   g.rs_work.reset();
+  g.ar_work.reset();
   g.rs_out = Tensor();
   g.rs_in = Tensor();
 }
 
 void FsdpState::drain_completed() {
-  for (auto& g : groups)
-    if (g.rs_work && g.rs_work->is_completed()) accumulate(g);
+  if (replicate) issue_replica_reduces(false);
+  for (auto& g : groups) {
+    if (!g.rs_work || !g.rs_work->is_completed()) continue;
+    if (replicate && !(g.ar_work && g.ar_work->is_completed())) continue;  // not issued yet, or still running
+    accumulate(g);
+  }
 }
 
 void FsdpState::abandon_backward() {
   callback_queued = false;
+  if (replicate) issue_replica_reduces(true);  // every rank issues the same collectives, even on the way out
   for (auto& g : groups) {
     if (g.rs_work) g.rs_work->wait();
+    if (g.ar_work) g.ar_work->wait();
     reset_pass(g);
     for (auto& s : g.params)
       if (auto* m = autograd::meta(s.param)) m->grad = Tensor();
@@ -206,6 +236,7 @@ void FsdpState::abandon_backward() {
 
 void FsdpState::reset_pass(FlatGroup& g) {
   g.rs_work.reset();
+  g.ar_work.reset();
   g.rs_out = Tensor();
   g.rs_in = Tensor();
   g.ready = 0;

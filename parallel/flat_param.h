@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <deque>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -51,7 +52,8 @@ struct FlatGroup {
   size_t ready = 0;
   bool reduced = false;
   std::shared_ptr<collectives::Work> rs_work;
-  Tensor rs_out, rs_in;  // kept alive until the reduce-scatter is waited on
+  Tensor rs_out, rs_in;                        // kept alive until the reduce-scatter is waited on
+  std::shared_ptr<collectives::Work> ar_work;  // hybrid sharding: the all-reduce of rs_out across the replicas
 
   /// The part of s that lies in rank's shard, or nullopt when it lies wholly on other ranks.
   std::optional<LocalRange> local_range(const ParamSlot& s, int rank) const {
@@ -85,6 +87,8 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   std::shared_ptr<nn::Module> root;
   std::vector<std::shared_ptr<nn::Module>> unit_modules;
   std::shared_ptr<collectives::ProcessGroup> pg;
+  std::shared_ptr<collectives::ProcessGroup> replicate;  // hybrid sharding: the replica group (null: plain FSDP)
+  std::deque<size_t> replica_pending;  // groups whose replica all-reduce waits for their reduce-scatter, in issue order
   FullyShardOptions opts;
   int rank = 0, world = 1;
   Device compute, shard_device;  // where full parameters live; where shards, their grads and optimizer state live
@@ -135,8 +139,13 @@ struct FsdpState : std::enable_shared_from_this<FsdpState> {
   /// reduction, reshard everything.
   void finish_backward();
 
-  /// Waits for g's reduction, adds the averaged shard into the shard's gradient (f32, on the shard device) and frees
-  /// the communication buffers.
+  /// Hybrid sharding: issues the replica all-reduce of every pending group whose reduce-scatter has finished (all of
+  /// them, waiting, when `wait`), strictly in the order the reduce-scatters were issued: every rank then issues the
+  /// replica all-reduces in the same order, whatever the timing of its reduce-scatters.
+  void issue_replica_reduces(bool wait);
+
+  /// Waits for g's reduction (the reduce-scatter, then the replica all-reduce), adds the averaged shard into the
+  /// shard's gradient (f32, on the shard device) and frees the communication buffers.
   void accumulate(FlatGroup& g);
 
   /// Finalises the reductions that already finished, so a backward pass holds the flat gradient buffers of the

@@ -123,6 +123,12 @@ FullyShard::FullyShard(std::shared_ptr<nn::Module> root, std::vector<std::shared
   st->root = root;
   st->unit_modules = units;
   st->pg = group;
+  if (opts.replicate_group) {
+    LOOM_CHECK(opts.replicate_group != group,
+               "FullyShard: replicate_group is the shard group itself; pass the group of "
+               "ranks holding the same shard (DeviceMesh::group(\"dp\")) or none");
+    if (opts.replicate_group->size() > 1) st->replicate = opts.replicate_group;
+  }
   st->opts = opts;
   st->rank = group->rank();
   st->world = group->size();

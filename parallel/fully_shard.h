@@ -51,8 +51,21 @@ struct FullyShardOptions {
   bool prefetch = true;
   /// false: wait on every collective right after issuing it (the benchmark baseline without overlap).
   bool overlap = true;
-  /// The algorithm of the gradient reduce-scatter (see GradReduce).
+  /// The algorithm of the gradient reduce-scatter (see GradReduce). kRankOrdered also makes the replica all-reduce
+  /// rank-ordered (AllreduceOptions::rank_ordered).
   GradReduce grad_reduce = GradReduce::kReduceScatter;
+  /// Hybrid sharding (HSDP, the dp x fsdp mesh): the group of ranks that hold the same shards as this one (same
+  /// coordinate in the shard group, one per replica; DeviceMesh::group("dp")). Parameters are sharded over the
+  /// FullyShard group and replicated over this one; each unit's averaged shard gradient is then averaged across the
+  /// replicas by an all-reduce, issued (in the reduce-scatters' order, the same on every rank) as soon as its
+  /// reduce-scatter has finished and waited at the end of backward like them. Null or a group of one: plain FSDP.
+  ///
+  /// Numerics: the gradient is (sum over replicas d of (sum over shard ranks f of g_(d,f)) / F) / D. With
+  /// kRankOrdered both sums run in rank order, so for F and D powers of two it equals bit for bit single-rank
+  /// accumulation that adds each replica's F micro-batch gradients (loss / (F D)) in order and then the D replica sums
+  /// in order — a tree, not the flat order of plain FSDP over F D ranks; against that flat order (or with the
+  /// backends' own algorithms) results agree within summation tolerance only (tests/parallel/hsdp_test.cc).
+  std::shared_ptr<collectives::ProcessGroup> replicate_group;
 };
 
 /// One rank's piece of one original parameter (or of a per-shard tensor such as an AdamW moment): the flat element
@@ -115,13 +128,16 @@ class FullyShard {
   /// also spans the tensor-parallel ranks: parameters without a parallel::tp_placement record are replicated across tp
   /// and count once (weight 1/tp_size before the tp all-reduce). Collective over the group (and tp_group). Returns the
   /// norm before clipping; throws InvalidArgument for a norm_type other than 2 or infinity or a negative max_norm.
+  /// Under hybrid sharding the replicas hold identical gradients after backward, so the norm is summed over the shard
+  /// group only (a replica counts once) and every replica clips alike.
   double clip_grad_norm_(double max_norm, double norm_type = 2.0,
                          std::shared_ptr<collectives::ProcessGroup> tp_group = nullptr);
   /// Clears the shards' gradients (and any gradient left on the original parameters).
   void zero_grad();
 
   /// The full parameters (gathered, f32, on the CPU) and persistent buffers under the module's state_dict() names and
-  /// shapes (tied weights under each name). Collective. With rank0_only, ranks other than 0 get an empty dict.
+  /// shapes (tied weights under each name). Collective over the shard group. With rank0_only, ranks other than 0 of
+  /// the shard group get an empty dict (under hybrid sharding rank 0 of every replica gets it).
   nn::StateDict full_state_dict(bool rank0_only = true);
   /// Loads a full state dict (every rank passes the whole dict): each rank keeps its shard. Throws InvalidArgument
   /// listing missing and unexpected keys, or naming the key and both shapes on a shape mismatch, before changing

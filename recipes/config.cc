@@ -1061,4 +1061,35 @@ MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_si
   return e;
 }
 
+TrafficEstimate estimate_traffic_per_rank(const RecipeConfig& cfg_in, int world_size) {
+  const RecipeConfig cfg = resolve_layout(cfg_in, world_size);
+  const ParallelismConfig& p = cfg.parallelism;
+  const ParamSplit s = split_parameters(cfg.model);
+  const double block_local = static_cast<double>(s.block_sharded / p.tp + s.block_replicated);
+  const double root_local = static_cast<double>(s.root_sharded / p.tp + s.root_replicated);
+  const double local = static_cast<double>(cfg.model.n_layer) * block_local + root_local;
+  const double accum = static_cast<double>(cfg.training.grad_accum_steps(cfg.model.seq_len, p.dp_world()));
+  const bool bf16 = cfg.training.precision == "bf16";
+  const double elt = bf16 ? 2.0 : 4.0, grad_elt = 4.0;  // gathered parameters; gradients reduce in f32
+  TrafficEstimate t;
+  // FullyShard runs over fsdp; under bf16 with fsdp 1 it runs over the dp group in place of DDP.
+  const bool fsdp_over_dp = p.fsdp == 1 && bf16;
+  const int shard_ranks = fsdp_over_dp ? p.dp : p.fsdp;
+  if (shard_ranks > 1) {
+    const double share = static_cast<double>(shard_ranks - 1) / shard_ranks;
+    const double regather = p.reshard_after_forward ? local - root_local : 0.0;  // the root stays gathered
+    t.shard = static_cast<int64_t>(accum * share * ((local + regather) * elt + local * grad_elt));
+    t.shard_ranks = shard_ranks;
+  }
+  if (p.fsdp > 1 && p.dp > 1) {
+    const double shard = std::ceil(local / p.fsdp);
+    t.replica = static_cast<int64_t>(accum * 2.0 * (p.dp - 1) / p.dp * shard * grad_elt);
+    t.replica_ranks = p.dp;
+  } else if (p.fsdp == 1 && p.dp > 1 && !bf16) {
+    t.dp = static_cast<int64_t>(2.0 * (p.dp - 1) / p.dp * local * grad_elt);
+    t.dp_ranks = p.dp;
+  }
+  return t;
+}
+
 }  // namespace loom::recipes

@@ -150,4 +150,16 @@ struct MemoryEstimate {
 MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg, int world_size,
                                         std::optional<bool> on_cuda = std::nullopt);
 
+/// Estimated bytes one rank sends per optimizer step over each group of its layout (ring algorithms: an all-gather or
+/// reduce-scatter of N bytes over n ranks sends N (n-1)/n, an all-reduce 2 N (n-1)/n; padding left out). shard: the
+/// FullyShard group (forward all-gather, backward re-gather of the blocks when reshard_after_forward, gradient
+/// reduce-scatter, each on every micro-step); replica: hybrid sharding's all-reduce of the gradient shard across the
+/// dp replicas (every micro-step); dp: DDP's gradient all-reduce (once per step). Tensor-parallel activation
+/// all-reduces are not estimated. Resolves the layout (throws ConfigError as resolve_layout).
+struct TrafficEstimate {
+  int64_t shard = 0, replica = 0, dp = 0;
+  int shard_ranks = 1, replica_ranks = 1, dp_ranks = 1;
+};
+TrafficEstimate estimate_traffic_per_rank(const RecipeConfig& cfg, int world_size);
+
 }  // namespace loom::recipes

@@ -8,8 +8,8 @@
 // Megatron-style tensor parallelism; fsdp > 1 wraps it in FullyShard over the fsdp group, otherwise dp > 1 wraps it
 // in DistributedDataParallel. precision: bf16 is FullyShard's mixed precision (bf16 compute, f32 master shards): with
 // fsdp 1 the model is wrapped in FullyShard over the data-parallel group instead of DDP (over one rank there is no
-// communication at all), so bf16 works with any layout. dp > 1 together with fsdp > 1 (hybrid sharding) is not
-// supported: it is a config error.
+// communication at all), so bf16 works with any layout. dp > 1 together with fsdp > 1 is hybrid sharding (HSDP):
+// FullyShard over the fsdp group with the dp group as its replicate_group, every dp x fsdp rank reading its own data.
 //
 // Exit codes: 0 trained (or stopped cleanly by SIGTERM/SIGINT after saving, or nothing left to train), 1 a runtime
 // failure (I/O, communication), 2 a config or usage error (reported before any process group or model exists).
@@ -180,22 +180,6 @@ bool launched() {
   return false;
 }
 
-/// Checks the recipe itself cannot run but the config parser accepts. Throws ConfigError naming the keys.
-void check_supported(const RecipeConfig& cfg) {
-  const auto& p = cfg.parallelism;
-  if (p.dp > 1 && p.fsdp > 1) {
-    auto where = [&](const std::string& k) {
-      auto it = cfg.origins.find(k);
-      return it != cfg.origins.end() ? it->second : cfg.source_file;
-    };
-    throw ConfigError(where("parallelism.fsdp") + ": parallelism.dp=" + std::to_string(p.dp) +
-                      " with parallelism.fsdp=" + std::to_string(p.fsdp) +
-                      ": hybrid sharding (data-parallel replicas of an FSDP group) is not supported by pretrain; "
-                      "set parallelism.fsdp to the whole data-parallel size (fsdp: " +
-                      std::to_string(p.dp * p.fsdp) + ", dp: 1) or use dp alone (fsdp: 1)");
-  }
-}
-
 /// Builds the config's model on the CPU from gen (the same draws on every rank given the same seed).
 std::shared_ptr<nn::CausalLM> build_model(const ModelConfig& m, Generator& gen) {
   if (m.family == "gpt2") {
@@ -272,6 +256,16 @@ int run_validate(const RecipeConfig& cfg, int world) {
       static_cast<long long>(mem.optimizer), static_cast<long long>(mem.activations),
       static_cast<long long>(mem.buffers), static_cast<long long>(mem.transient),
       static_cast<long long>(mem.host_offloaded));
+  const TrafficEstimate traffic = estimate_traffic_per_rank(cfg, world);
+  if (traffic.shard > 0)
+    std::printf("traffic per rank per step over the shard group (fsdp, %d ranks): %s (all-gathers, reduce-scatters)\n",
+                traffic.shard_ranks, format_bytes(traffic.shard).c_str());
+  if (traffic.replica > 0)
+    std::printf("traffic per rank per step over the replica group (dp, %d replicas): %s (gradient-shard all-reduce)\n",
+                traffic.replica_ranks, format_bytes(traffic.replica).c_str());
+  if (traffic.dp > 0)
+    std::printf("traffic per rank per step over the data-parallel group (dp, %d ranks): %s (gradient all-reduce)\n",
+                traffic.dp_ranks, format_bytes(traffic.dp).c_str());
   std::printf("config OK\n");
   return 0;
 }
@@ -383,14 +377,23 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
   }
   r.rank0 = r.world->rank() == 0;
   std::vector<std::pair<std::string, int>> dims;
-  if (P.fsdp > 1) {
-    dims.push_back({"fsdp", P.fsdp});
-  } else {
-    dims.push_back({"dp", P.dp});
-  }
+  const bool hsdp = P.dp > 1 && P.fsdp > 1;
+  if (P.dp > 1 || P.fsdp == 1) dims.push_back({"dp", P.dp});
+  if (P.fsdp > 1) dims.push_back({"fsdp", P.fsdp});
   if (P.tp > 1) dims.push_back({"tp", P.tp});
   r.mesh = std::make_unique<parallel::DeviceMesh>(r.world, dims);
-  r.data_group = r.mesh->group(P.fsdp > 1 ? "fsdp" : "dp");
+  if (!hsdp) {
+    r.data_group = r.mesh->group(P.fsdp > 1 ? "fsdp" : "dp");
+  } else if (P.tp == 1) {
+    r.data_group = r.world;
+  } else {
+    // The dp x fsdp ranks of one tp coordinate (tp varies fastest): new_group is collective over the world.
+    for (int t = 0; t < P.tp; ++t) {
+      std::vector<int> ranks;
+      for (int k = t; k < r.world->size(); k += P.tp) ranks.push_back(k);
+      if (auto g = r.world->new_group(ranks)) r.data_group = g;
+    }
+  }
   if (P.tp > 1) r.tp_group = r.mesh->group("tp");
   const int data_rank = r.data_group->rank(), data_size = r.data_group->size();
 
@@ -434,7 +437,8 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     o.reshard_after_forward = P.reshard_after_forward;
     o.cpu_offload = P.cpu_offload;
     if (bf16) o.mixed_precision.param_dtype = DType::bf16;
-    r.fsdp = std::make_unique<parallel::FullyShard>(r.model, r.data_group, o);
+    if (hsdp) o.replicate_group = r.mesh->group("dp");
+    r.fsdp = std::make_unique<parallel::FullyShard>(r.model, hsdp ? r.mesh->group("fsdp") : r.data_group, o);
   } else if (data_size > 1) {
     parallel::DDPOptions o;
     o.bucket_cap_bytes = std::max<int64_t>(1, static_cast<int64_t>(P.bucket_mb * (1 << 20)));
@@ -487,6 +491,10 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
   target.rngs["dropout"] = &default_generator();
   target.coords.dp_rank = data_rank;
   target.coords.dp_size = data_size;
+  if (hsdp) {
+    target.coords.replica_rank = r.mesh->coordinate("dp");
+    target.coords.replica_size = P.dp;
+  }
   if (r.tp_group) {
     target.coords.tp_rank = r.tp_group->rank();
     target.coords.tp_size = r.tp_group->size();
@@ -745,7 +753,6 @@ int main(int argc, char** argv) {
   RecipeConfig cfg;
   try {
     cfg = resolve_layout(load_config(args.config, args.sets), world);
-    check_supported(cfg);
     (void)cfg.training.grad_accum_steps(cfg.model.seq_len, cfg.parallelism.dp_world());
   } catch (const Error& e) {
     // Every rank reports it: a launcher's failure report shows the first rank to exit, whichever it is.

@@ -18,7 +18,8 @@ if(LOOM_MPIRUN)
   set(_loom_with_port ${PROJECT_SOURCE_DIR}/tests/with_port.sh --)  # a free MASTER_PORT, retried on EADDRINUSE
   # suite name -> gtest filter and the world sizes it runs on
   set(_loom_psuites "ddp|DDP*:DeviceMesh*|2,4" "fsdp|FullyShard*|2,4" "tp|TensorParallel*|2,4"
-                    "fsdp_tp|FsdpTp*|4" "actckpt|ActivationCheckpointingParallel*|2,4")
+                    "fsdp_tp|FsdpTp*|4" "actckpt|ActivationCheckpointingParallel*|2,4" "hsdp|Hsdp.*|4"
+                    "hsdp_tp|HsdpTp.*|8")
   foreach(entry ${_loom_psuites})
     string(REPLACE "|" ";" parts "${entry}")
     list(GET parts 0 suite)

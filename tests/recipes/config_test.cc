@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -535,6 +536,35 @@ TEST(RecipeConfig, MemoryEstimateFollowsActivationCheckpointing) {
     EXPECT_THROW(parse_config(kGpt2, "cfg.yaml", {std::string("training.activation_checkpointing=") + bad}),
                  ConfigError)
         << bad;
+
+TEST(RecipeConfig, TrafficEstimateSplitsHybridShardingByGroup) {
+  // kGpt2: 32 sequences per step in micro-batches of 4; on 4 data-parallel ranks 2 micro-steps each.
+  auto cfg = [](std::vector<std::string> sets) { return parse_config(kGpt2, "cfg.yaml", sets); };
+  const RecipeConfig c = cfg({});
+  const double P = static_cast<double>(parameter_count(c.model));
+  const double root = 256 * 64 + 32 * 64 + 2 * 64;          // tied wte, wpe, ln_f: gathered once per micro-step
+  const double per_microstep = (2 * P - root) * 4 + P * 4;  // all-gathers (forward, backward re-gather), reduce-scatter
+  // DDP over 4: one all-reduce of the f32 gradients per step.
+  const TrafficEstimate ddp = estimate_traffic_per_rank(c, 4);
+  EXPECT_EQ(ddp.dp, static_cast<int64_t>(2.0 * 3 / 4 * P * 4));
+  EXPECT_EQ(ddp.dp_ranks, 4);
+  EXPECT_EQ(ddp.shard + ddp.replica, 0);
+  // FSDP over 4: everything over the one group.
+  const TrafficEstimate fsdp = estimate_traffic_per_rank(cfg({"parallelism.fsdp=4"}), 4);
+  EXPECT_EQ(fsdp.shard, static_cast<int64_t>(2 * 3.0 / 4 * per_microstep));
+  EXPECT_EQ(fsdp.shard_ranks, 4);
+  EXPECT_EQ(fsdp.replica + fsdp.dp, 0);
+  // HSDP 2 x 2: the same collectives over a shard group of 2, plus the all-reduce of the half-size gradient shard
+  // across the 2 replicas: less than FSDP moves between the two halves of the world.
+  const TrafficEstimate hsdp = estimate_traffic_per_rank(cfg({"parallelism.dp=2", "parallelism.fsdp=2"}), 4);
+  EXPECT_EQ(hsdp.shard, static_cast<int64_t>(2 * 1.0 / 2 * per_microstep));
+  EXPECT_EQ(hsdp.shard_ranks, 2);
+  EXPECT_EQ(hsdp.replica, static_cast<int64_t>(2 * 2.0 * 1 / 2 * std::ceil(P / 2) * 4));
+  EXPECT_EQ(hsdp.replica_ranks, 2);
+  EXPECT_EQ(hsdp.dp, 0);
+  EXPECT_LT(hsdp.replica, fsdp.shard / 2);
+  // Groups that do not fill the world are resolve_layout's error.
+  EXPECT_THROW(estimate_traffic_per_rank(cfg({"parallelism.dp=2", "parallelism.fsdp=2"}), 6), ConfigError);
 }
 
 TEST(RecipeConfig, ShippedConfigsParseAndFitTheirWorlds) {

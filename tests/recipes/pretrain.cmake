@@ -1,10 +1,10 @@
 # End-to-end tests of the pretrain recipe (included from tests/CMakeLists.txt): the README's main job as written; the
-# tiny CPU job shrunk, on one and two ranks, resume (bit-exact continuation, more steps, nothing left to do), SIGTERM stop-and-resume (also SIGTERM repeated to the launcher's process group and to every rank), FSDP/TP/bf16 layouts against DDP, a slowed rank
+# tiny CPU job shrunk, on one and two ranks, resume (bit-exact continuation, more steps, nothing left to do), HSDP -> FSDP -> DDP resume, SIGTERM stop-and-resume (also SIGTERM repeated to the launcher's process group and to every rank), FSDP/TP/bf16 layouts against DDP, a slowed rank
 # named as the straggler, scripts/slurm/pretrain_multinode.sbatch under a stand-in srun, config errors
 # (exit 2 naming file, line and key), --validate, scripts/plot_metrics; and --validate of every shipped config at the
 # world size it is written for.
 if(TARGET pretrain AND TARGET trainlaunch)
-  foreach(c one_rank two_ranks resume sigterm sigterm_group layouts activation_checkpointing straggler slurm_script slurm_port_taken config_error validate plot init_from)
+  foreach(c one_rank two_ranks resume hsdp_resume sigterm sigterm_group layouts activation_checkpointing straggler slurm_script slurm_port_taken config_error validate plot init_from)
     add_test(NAME Pretrain.${c}
              COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh ${c} $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>
                      ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
-# Cases: main_job, one_rank, two_ranks, resume, sigterm, sigterm_group, layouts, activation_checkpointing, straggler, slurm_script, slurm_port_taken, config_error, validate, plot,
+# Cases: main_job, one_rank, two_ranks, resume, hsdp_resume, sigterm, sigterm_group, layouts, activation_checkpointing, straggler, slurm_script, slurm_port_taken, config_error, validate, plot,
 # init_from. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
@@ -124,6 +124,53 @@ resume)
     --set parallelism.fsdp=2 --set training.steps=60 > fsdp.log 2>&1 || fail "FSDP resume: exit $?"
   grep -q "resumed from step 55 .*saved on 1 data-parallel rank" fsdp.log || fail "FSDP did not resume from step 55"
   [[ "$(steps_of run/metrics.jsonl)" == "$(seq -s ' ' 1 60) " ]] || fail "metrics steps are not 1..60"
+  ;;
+hsdp_resume)
+  # Hybrid sharding (dp 2 x fsdp 2, 4 ranks) straight to step 40; its step-20 checkpoint resumed as FSDP over 4 ranks,
+  # and that run's step-30 checkpoint resumed as DDP over 2 ranks (each to step 40: the cosine schedule depends on
+  # training.steps). A resumed run starts at the saved step and data position with the saved weights, AdamW moments
+  # and schedule: its losses follow the straight run's (same batches; only the order of f32 additions differs).
+  hs=(--set training.global_batch_tokens=2048 --set logging.eval_interval=0 --set checkpoint.interval=10
+      --set checkpoint.keep_last=4 --set training.steps=40)
+  "$trainlaunch" --standalone --nproc-per-node 4 -- "$pretrain" --config "$config" "${small[@]}" "${hs[@]}" \
+    --set parallelism.dp=2 --set parallelism.fsdp=2 --set checkpoint.dir="$work/straight" > hsdp.log 2>&1 ||
+    fail "HSDP run: exit $?"
+  grep -q "DeviceMesh(dp=2, fsdp=2)" hsdp.log || fail "dp=2 fsdp=2 did not build a dp x fsdp mesh"
+  grep -q '"layout": *"hsdp"' straight/step_00000020/metadata.json || fail "the checkpoint's layout is not hsdp"
+  # The replicas hold identical shards: between them every element of every tensor is written exactly once.
+  if command -v python3 > /dev/null; then
+    python3 - straight/step_00000020/metadata.json > pieces.log 2>&1 << 'PY' || fail "HSDP checkpoint pieces: $(cat pieces.log)"
+import json, math, sys
+md = json.load(open(sys.argv[1]))
+for name, t in md["tensors"].items():
+    n = math.prod(t["shape"])
+    seen = sorted(tuple(p["flat_range"]) for p in t["pieces"])  # one box per tensor here (no tp)
+    pos = 0
+    for b, e in seen:
+        if b != pos: sys.exit(f"{name}: pieces {seen} do not tile [0, {n}) once")
+        pos = e
+    if pos != n: sys.exit(f"{name}: pieces {seen} do not tile [0, {n}) once")
+    if len({p["file"] for p in t["pieces"]}) < min(len(t["pieces"]), 2) and n >= 4:
+        sys.exit(f"{name}: written by one rank only")
+print("every tensor's pieces tile it once")
+PY
+  fi
+  "$trainlaunch" --standalone --nproc-per-node 4 -- "$pretrain" --config "$config" "${small[@]}" "${hs[@]}" \
+    --set parallelism.fsdp=4 --set checkpoint.resume="$work/straight/step_00000020" > fsdp.log 2>&1 ||
+    fail "FSDP resume: exit $?"
+  grep -q "resumed from step 20 .*saved on 4 data-parallel ranks" fsdp.log || fail "FSDP did not resume from step 20"
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config "$config" "${small[@]}" "${hs[@]}" \
+    --set checkpoint.dir="$work/ddp" --set checkpoint.resume="$work/run/step_00000030" > ddp.log 2>&1 ||
+    fail "DDP resume: exit $?"
+  grep -q "resumed from step 30 .*saved on 4 data-parallel ranks" ddp.log || fail "DDP did not resume from step 30"
+  [[ "$(steps_of run/metrics.jsonl)" == "$(seq -s ' ' 21 40) " ]] || fail "FSDP metrics steps are not 21..40"
+  [[ "$(steps_of ddp/metrics.jsonl)" == "$(seq -s ' ' 31 40) " ]] || fail "DDP metrics steps are not 31..40"
+  for resumed in run ddp; do
+    awk 'NR == FNR { want[$1] = $2; next } ($1 in want) { d = $2 - want[$1]; if (d < 0) d = -d; if (d > worst) worst = d; n++ }
+         END { printf "%d losses after resuming, worst |difference| from the HSDP run %.2g\n", n, worst
+               exit !(n >= 10 && worst < 1e-4) }' <(column straight/metrics.jsonl loss) <(column $resumed/metrics.jsonl loss) ||
+      fail "the losses resumed in $resumed/ do not continue the HSDP run's"
+  done
   ;;
 sigterm)
   # SIGTERM to the launcher (as Slurm sends it): the ranks agree on one step, save it and exit 0; a rerun resumes.
@@ -360,11 +407,16 @@ config_error)
   "$pretrain" --config "$config" --validate --world-size 3 > /dev/null 2> layout.log
   [[ $? -eq 2 ]] || fail "bad layout: exit code is not 2"
   grep -q "tiny_cpu.yaml" layout.log || fail "the layout error does not name the file: $(cat layout.log)"
-  # Hybrid sharding (dp and fsdp both > 1) is refused with the keys named.
+  # Hybrid sharding groups that do not fill the world: dp 2 x fsdp 2 on 6 ranks, fsdp 4 on 6 ranks.
   "$pretrain" --config "$config" --set parallelism.dp=2 --set parallelism.fsdp=2 \
-    --set training.global_batch_tokens=4096 --validate --world-size 4 > /dev/null 2> hsdp.log
-  [[ $? -eq 2 ]] || fail "dp=2 x fsdp=2: exit code is not 2"
-  grep -q "parallelism.dp=2 with parallelism.fsdp=2" hsdp.log || fail "the hybrid-sharding error does not name the keys"
+    --set training.global_batch_tokens=4096 --validate --world-size 6 > /dev/null 2> hsdp.log
+  [[ $? -eq 2 ]] || fail "dp=2 x fsdp=2 on 6 ranks: exit code is not 2"
+  grep -q "parallelism.dp.*dp (2) \* fsdp (2) \* tp (1) = 4 but the world has 6 ranks" hsdp.log ||
+    fail "the HSDP layout error does not name the key and the numbers: $(cat hsdp.log)"
+  "$pretrain" --config "$config" --set parallelism.fsdp=4 --validate --world-size 6 > /dev/null 2> fsdp.log
+  [[ $? -eq 2 ]] || fail "fsdp=4 on 6 ranks: exit code is not 2"
+  grep -q "parallelism.fsdp.*fsdp (4) \* tp (1) = 4 does not divide the world size 6" fsdp.log ||
+    fail "the fsdp layout error does not name the key and the numbers: $(cat fsdp.log)"
   # The same under the launcher: every rank exits 2 before creating a process group (nothing to hang on).
   timeout 60 "$trainlaunch" --standalone --nproc-per-node 3 -- "$pretrain" --config "$config" > launch.log 2>&1
   rc=$?
@@ -375,6 +427,14 @@ validate)
   "$pretrain" --config "$config" --validate --world-size 2 > v.log 2>&1 || fail "exit $?"
   grep -q "^parameters: [0-9]" v.log || fail "no parameter count"
   grep -q "estimated memory per rank:" v.log || fail "no memory estimate"
+  grep -q "^traffic per rank per step over the data-parallel group (dp, 2 ranks): " v.log || fail "no DDP traffic line"
+  # Hybrid sharding: traffic over the shard group and over the replica group.
+  "$pretrain" --config "$config" --set parallelism.dp=2 --set parallelism.fsdp=2 --set training.global_batch_tokens=4096 \
+    --validate --world-size 4 > hsdp.log 2>&1 || fail "HSDP --validate: exit $?"
+  grep -q "^traffic per rank per step over the shard group (fsdp, 2 ranks): [0-9.]* MiB" hsdp.log ||
+    fail "no shard-group traffic line for HSDP"
+  grep -q "^traffic per rank per step over the replica group (dp, 2 replicas): [0-9.]* MiB" hsdp.log ||
+    fail "no replica-group traffic line for HSDP"
   grep -q "n_embd: 128" v.log || fail "the resolved config is not printed"
   [[ ! -e runs ]] || fail "--validate wrote files"
   ;;
