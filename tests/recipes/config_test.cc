@@ -536,6 +536,7 @@ TEST(RecipeConfig, MemoryEstimateFollowsActivationCheckpointing) {
     EXPECT_THROW(parse_config(kGpt2, "cfg.yaml", {std::string("training.activation_checkpointing=") + bad}),
                  ConfigError)
         << bad;
+}
 
 TEST(RecipeConfig, TrafficEstimateSplitsHybridShardingByGroup) {
   // kGpt2: 32 sequences per step in micro-batches of 4; on 4 data-parallel ranks 2 micro-steps each.

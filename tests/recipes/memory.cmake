@@ -12,7 +12,7 @@ endif()
 if(TARGET pretrain)
   # The cluster configs at the world size each is written for (config name : world size); passes only when pretrain
   # --validate exits 0 and prints "config OK".
-  foreach(entry llama3_8b_1node:8 llama3_70b_8node:64)
+  foreach(entry llama3_8b_1node:8 llama3_8b_4node_hsdp:32 llama3_70b_8node:64)
     string(REPLACE ":" ";" parts ${entry})
     list(GET parts 0 name)
     list(GET parts 1 world)
@@ -22,7 +22,4 @@ if(TARGET pretrain)
                      --world-size ${world})
     set_tests_properties(Pretrain.validate_config_${name} PROPERTIES LABELS recipes TIMEOUT 60)
   endforeach()
-  # Enable when hsdp lands (pretrain refuses dp > 1 with fsdp > 1 until then): add llama3_8b_4node_hsdp:32 to the
-  # list above. (Its estimate and fit are checked by RecipeConfig.ClusterConfigsFitEightyGigabyteGpusByTheirOwnEstimate
-  # already.)
 endif()

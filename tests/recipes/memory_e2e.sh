@@ -76,27 +76,24 @@ peak)
   done
   ;;
 estimate)
-  # One row per line: NAME RANKS --set ... (added to the tiny job shrunk to 4 layers of 128, vocabulary 512).
-  # The issue's six configurations are none/full/selective x DDP/FSDP/HSDP; those whose feature is merged run here.
+  # One row per line: NAME RANKS --set ... (added to the tiny job shrunk to 4 layers of 128, vocabulary 512). The first
+  # nine are none/full/selective x DDP/FSDP/HSDP; then selective:K, accumulation, TP, one rank with SGD, bf16.
   ROWS=$(cat <<'EOF'
 none_ddp_gpt2        2 --set model.family=gpt2
 none_fsdp_llama      2 --set model.family=llama --set parallelism.fsdp=2
+none_hsdp_llama      4 --set model.family=llama --set parallelism.dp=2 --set parallelism.fsdp=2 --set training.global_batch_tokens=4096
+full_ddp_gpt2        2 --set model.family=gpt2 --set training.activation_checkpointing=full
+full_fsdp_llama      2 --set model.family=llama --set parallelism.fsdp=2 --set training.activation_checkpointing=full
+full_hsdp_llama      4 --set model.family=llama --set parallelism.dp=2 --set parallelism.fsdp=2 --set training.global_batch_tokens=4096 --set training.activation_checkpointing=full
+selective_ddp_gpt2   2 --set model.family=gpt2 --set training.activation_checkpointing=selective
+selective_fsdp_llama 2 --set model.family=llama --set parallelism.fsdp=2 --set training.activation_checkpointing=selective
+selective_hsdp_llama 4 --set model.family=llama --set parallelism.dp=2 --set parallelism.fsdp=2 --set training.global_batch_tokens=4096 --set training.activation_checkpointing=selective
+selective2_ddp_llama 2 --set model.family=llama --set training.activation_checkpointing=selective:2
 none_fsdp_gpt2_accum 2 --set model.family=gpt2 --set parallelism.fsdp=2 --set training.micro_batch=4
 none_tp_gpt2         2 --set model.family=gpt2 --set parallelism.tp=2 --set training.global_batch_tokens=1024
+full_tp_gpt2         2 --set model.family=gpt2 --set parallelism.tp=2 --set training.global_batch_tokens=1024 --set training.activation_checkpointing=full
 none_one_llama_sgd   1 --set model.family=llama --set training.optimizer=sgd --set model.n_kv_head=2
 none_fsdp_llama_bf16 2 --set model.family=llama --set parallelism.fsdp=2 --set training.precision=bf16
-EOF
-)
-  # Enable when actckpt / hsdp land (move each line up into ROWS): the rest of the issue's table.
-  # shellcheck disable=SC2034
-  PENDING=$(cat <<'EOF'
-full_ddp_gpt2        2 --set model.family=gpt2 --set training.activation_checkpointing=full
-selective_ddp_gpt2   2 --set model.family=gpt2 --set training.activation_checkpointing=selective
-full_fsdp_llama      2 --set model.family=llama --set parallelism.fsdp=2 --set training.activation_checkpointing=full
-selective_fsdp_llama 2 --set model.family=llama --set parallelism.fsdp=2 --set training.activation_checkpointing=selective
-none_hsdp_llama      4 --set model.family=llama --set parallelism.dp=2 --set parallelism.fsdp=2 --set training.global_batch_tokens=4096
-full_hsdp_llama      4 --set model.family=llama --set parallelism.dp=2 --set parallelism.fsdp=2 --set training.global_batch_tokens=4096 --set training.activation_checkpointing=full
-selective_hsdp_llama 4 --set model.family=llama --set parallelism.dp=2 --set parallelism.fsdp=2 --set training.global_batch_tokens=4096 --set training.activation_checkpointing=selective
 EOF
 )
   TOLERANCE=${MEMORY_ESTIMATE_TOLERANCE:-0.15}
