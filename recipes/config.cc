@@ -886,76 +886,237 @@ int64_t parameter_count(const ModelConfig& m) {
   return m.n_layer * (s.block_sharded + s.block_replicated) + s.root_sharded + s.root_replicated;
 }
 
-// Memory per rank, in bytes. With P_local = S / tp + R (S: the parameters tensor parallelism shards, R: those it
-// replicates) and shard = ceil(P_local / fsdp):
-//   params      = 4 shard (f32 master weights)
-//               + under FSDP: the gathered full parameters in the compute dtype (2 bytes bf16, else 4): the root
-//                 unit plus two blocks (the running one and the prefetched one), or all of P_local when
-//                 reshard_after_forward is off (every unit stays gathered from forward to backward);
-//               + without FSDP under bf16: the bf16 compute copy, 2 P_local.
-//   grads       = 4 shard, + under FSDP one block's unsharded f32 gradient before its reduce-scatter.
-//   optimizer   = AdamW: 8 shard (exp_avg, exp_avg_sq in f32); SGD: 0 (the recipe's SGD has no momentum).
-//   activations = per layer, after Korthikanti et al. 2022 ("Reducing activation recomputation in large
-//                 transformer models", tensor parallelism without sequence parallelism): the paper's linear
-//                 term s b h (10 + 24 / tp) bytes at 2-byte activations (34 s b h at tp = 1), scaled by
-//                 (element size / 2); plus the attention matrices where they are kept: loom's CPU attention is
-//                 fused (it saves q, k, v, out and a log-sum-exp, flash-attention style: no s^2 term), while on
-//                 CUDA it is composed of ops that keep the softmax output, and with dropout the mask (1 byte)
-//                 and the dropped-out copy: a s^2 b (elt + (dropout > 0 ? elt + 1 : 0)) / tp.
-//                 Times n_layer; plus the logits and the loss's softmax in f32, 8 b s V / tp, and the
-//                 embedding output b s h elt. Llama's SwiGLU MLP (3 matrices of 8/3 h) saves about what GPT-2's
-//                 4 h GELU MLP does, so the same formula serves both.
-//                 b = micro_batch, s = seq_len, h = n_embd, a = n_head, elt = 2 under bf16 else 4.
-// Not counted: temporary buffers of single ops, DDP's bucket buffers (views of the gradients), the allocator's
-// fragmentation, the CUDA context; treat the total as a lower bound and keep ~20 % headroom.
+namespace {
+
+/// One transformer block's activation memory, in bytes per token of the micro-batch (see estimate_memory_per_rank).
+struct BlockActivations {
+  double full = 0;             // what the block's ops save for backward, no checkpointing
+  double selective = 0;        // selective checkpointing: its input, every matmul's output, attention's out and lse
+  double input = 0;            // its input (B, T, C): all that full checkpointing keeps
+  double selective_extra = 0;  // kept by selective checkpointing but not among full's saved tensors (matmul outputs
+                               // the unfused graph lets go): live beside the recomputed block
+  double transient = 0;  // the most its backward holds beyond the saved tensors (activation gradients, temporaries)
+};
+
+/// What each op of a block saves, as autograd/functions.cc, autograd/attention.cc, nn/*.cc and
+/// parallel/tensor_parallel.cc have it. ea: the activations' element size; ee: that of the tensors attention saves
+/// (the CPU kernel computes bf16 attention in f32); fused: attention saves q, k, v, out and lse (the CPU kernel and
+/// CUDA's flash kernel) rather than the composed ops' (B, H, T, T) probabilities; cpu_half: bf16 on the CPU, whose
+/// matrix products convert their operands to f32.
+BlockActivations block_activations(const ModelConfig& m, int64_t tp, double ea, double ee, bool fused, bool cpu_half) {
+  const double C = static_cast<double>(m.n_embd), H = static_cast<double>(m.n_head);
+  const double Hkv = static_cast<double>(m.n_kv_head > 0 ? m.n_kv_head : m.n_head);
+  const double D = C / H, I = static_cast<double>(mlp_hidden(m)), T = static_cast<double>(m.seq_len);
+  const double t = static_cast<double>(tp), drop = m.dropout > 0.0 ? 1.0 : 0.0;
+  const bool gpt2 = m.family == "gpt2";
+  const double q = H * D / t, kv = 2.0 * Hkv * D / t, grouped = Hkv < H ? 1.0 : 0.0;
+  BlockActivations a;
+  // Replicated over tp: the input (saved by the first norm), the first norm's output (the q/k/v or c_attn matmuls'
+  // input), the residual sum and the second norm's output (the MLP's input); the norms' f32 row statistics.
+  const double replicated = 4.0 * C * ea + (gpt2 ? 4.0 : 2.0) * 4.0;
+  double attention = 0;
+  if (fused) {
+    attention = (q + kv) * ee + q * ee + (H / t) * 4.0;  // q, k, v; out; lse
+  } else {
+    // Composed ops: q and k, v repeated to every query head; the softmax output (B, H, T, T); with dropout its u8
+    // mask and the dropped-out probabilities.
+    attention = (q + (grouped > 0 ? 2.0 * q : kv)) * ea + (H / t) * T * (ea + drop * (ea + 1.0));
+  }
+  const double out_heads = q * ea;  // attention's output back in (B, T, C) layout: the output projection's input
+  const double mlp = gpt2 ? 2.0 * I / t * ea           // c_fc's pre-activation (linear_gelu) and the GELU output
+                          : 4.0 * I / t * ea;          // gate, SiLU(gate), up, SiLU(gate) * up
+  const double masks = drop * (gpt2 ? 2.0 : 1.0) * C;  // u8 dropout masks after the projections
+  a.full = replicated + attention + out_heads + mlp + masks;
+  a.input = C * ea;
+  // Matmul outputs: q, k, v (or c_attn), the output projection, the MLP's up-projections (GPT-2's fused c_fc + GELU:
+  // its product, and in 16-bit also the GELU's output; Llama: gate and up) and its down projection.
+  a.selective = C * ea + (q + kv) * ea + C * ea + (gpt2 && ea == 4.0 ? 1.0 : 2.0) * I / t * ea + C * ea +
+                (fused ? q * ee + (H / t) * 4.0 : q * ea) + masks;
+  // GPT-2: c_attn's output (split into q, k, v copies) and the two c_proj outputs; Llama: the q, k, v projections'
+  // outputs (before the head layout and RoPE), o_proj's and down_proj's.
+  a.selective_extra = (q + kv) * ea + 2.0 * C * ea;
+  // Backward: the residual stream's gradient, plus the larger of the MLP's (GPT-2: the GELU input's and output's
+  // gradients while the GELU output is freed; Llama: SwiGLU's two products' gradients beside the product's) and
+  // attention's (the gradient of out and of q, k, v; per-query-head k/v gradients under grouped-query attention;
+  // the composed ops' (B, H, T, T) gradient and probabilities). Column-parallel inputs clone their gradient for the
+  // all-reduce.
+  const double mlp_bwd = (gpt2 ? 1.0 : 2.0) * I / t * ea;
+  const double attn_bwd = fused ? (2.0 * q + kv + grouped * 2.0 * q) * ee : 2.0 * (H / t) * T * ea + (q + kv) * ea;
+  a.transient = C * ea + std::max(mlp_bwd, attn_bwd) + (tp > 1 ? C * ea : 0.0);
+  // The CPU multiplies bf16 in f32: the MLP's weight-gradient product converts its (N, I) gradient and (N, C) input.
+  if (cpu_half) a.transient += 4.0 * (I / t + C);
+  return a;
+}
+
+}  // namespace
+
+// Memory per rank, in bytes: the tensors live at the step's peak, which is found by walking the step's phases (the
+// same bookkeeping the code does; tensor/storage.h counts the same bytes, so a CPU run's peak_mem_bytes checks it):
+//   persistent  the f32 parameters (their 1/W shard under FullyShard), the optimizer state (AdamW: two f32 moments;
+//               SGD: the momentum buffer, training.beta1 > 0), DDP's flat buckets (a copy of every gradient), and
+//               under FullyShard the f32 gradient shard. W: fsdp (HSDP: dp x fsdp replicates fsdp-shards), or dp
+//               under bf16 without fsdp (the recipe then uses FullyShard over the data-parallel group).
+//   loss        end of forward: every block's saved activations (checkpointing: only what it keeps), the final
+//               norm's input and output, the logits (B T V / tp) and their gradient; FullyShard: the root unit
+//               gathered (embeddings, final norm, head), every block too without reshard_after_forward.
+//   block i     its backward (i = L-1 .. 0): the activations kept by blocks < i, block i's full set (recomputed
+//               under checkpointing, beside its recomputed output, the outer gradient and, selective, the matmul
+//               outputs kept), its backward temporaries; gradients: without FullyShard every one produced so far
+//               (all of them from the first micro-step on under accumulation), under FullyShard the root's full
+//               gradients (the head's, until the embedding's arrives at the end), block i's, the shard's part of
+//               the blocks done, and the previous block's reduce-scatter input (f32, in flight; HSDP: the previous
+//               two, the replica all-reduce waiting on the reduce-scatter); gathered: the root and blocks i and i-1.
+//   end         every gradient (DDP: plus a copy of the largest, as the averages replace them), or FullyShard's root
+//               reduce-scatter input beside the root's gradients.
+// Activations are per token (block_activations) times micro_batch x seq_len. Not counted: the CUDA context, NCCL's
+// buffers, the caching allocator's fragmentation (its reserved bytes exceed the tensors' by ~5-15 %), single ops'
+// scratch (BLAS, the attention kernel's per-thread rows); on a GPU keep ~10 % headroom above the estimate.
 MemoryEstimate estimate_memory_per_rank(const RecipeConfig& cfg_in, int world_size, std::optional<bool> on_cuda) {
   const RecipeConfig cfg = resolve_layout(cfg_in, world_size);
   const ModelConfig& m = cfg.model;
   const ParallelismConfig& p = cfg.parallelism;
-  const int64_t tp = p.tp, fsdp = p.fsdp;
-  const bool bf16 = cfg.training.precision == "bf16";
-  const int64_t elt = bf16 ? 2 : 4;
+  const TrainingConfig& tr = cfg.training;
+  const int64_t tp = p.tp;
+  const bool bf16 = tr.precision == "bf16";
+  const bool cuda = on_cuda.value_or(p.backend == "nccl");
+  // The layout as pretrain builds it: FullyShard when fsdp > 1 or under bf16 (over the fsdp group, else over the
+  // data-parallel group), DDP over dp ranks otherwise.
+  const bool sharded = p.fsdp > 1 || bf16;
+  const int64_t W = p.fsdp > 1 ? p.fsdp : (sharded ? p.dp : 1);
+  const bool ddp = !sharded && p.dp > 1;
+  const bool hsdp = p.fsdp > 1 && p.dp > 1;  // FullyShard over fsdp, its shard gradients all-reduced over dp
+  const int64_t accum = tr.grad_accum_steps(m.seq_len, p.dp_world());
+  const nn::ActivationCheckpointing ck = nn::ActivationCheckpointing::parse(tr.activation_checkpointing);
+
   const ParamSplit s = split_parameters(m);
   const int64_t block_local = s.block_sharded / tp + s.block_replicated;
   const int64_t root_local = s.root_sharded / tp + s.root_replicated;
-  const int64_t local = m.n_layer * block_local + root_local;
-  const int64_t shard = (local + fsdp - 1) / fsdp;
+  const int64_t P = m.n_layer * block_local + root_local;
+  const int64_t shard = (P + W - 1) / W;
+  const double head = static_cast<double>(m.vocab_size * m.n_embd / tp);  // the head's (or tied embedding's) weight
+  const double pe = bf16 ? 2.0 : 4.0;                                     // gathered parameters and their gradients
 
-  MemoryEstimate e;
-  int64_t shard_params = 4 * shard, shard_grads = 4 * shard;
-  const int64_t shard_opt = cfg.training.optimizer == "adamw" ? 8 * shard : 0;
-  int64_t gathered = 0, unit_grads = 0;
-  if (fsdp > 1) {
-    gathered = elt * (p.reshard_after_forward ? root_local + std::min<int64_t>(2, m.n_layer) * block_local : local);
-    unit_grads = 4 * block_local;
-  } else if (bf16) {
-    gathered = 2 * local;
-  }
-  e.params = gathered;
-  e.grads = unit_grads;
-  e.optimizer = 0;
-  if (p.cpu_offload) {
-    e.host_offloaded = shard_params + shard_grads + shard_opt;
-  } else {
-    e.params += shard_params;
-    e.grads += shard_grads;
-    e.optimizer = shard_opt;
-  }
-  const double b = static_cast<double>(cfg.training.micro_batch), sl = static_cast<double>(m.seq_len);
-  const double h = static_cast<double>(m.n_embd), a = static_cast<double>(m.n_head), t = static_cast<double>(tp);
-  const double el = static_cast<double>(elt);
-  // The CPU's attention is always fused; on CUDA the flash kernel (tensor/cuda/attention.cu) takes head dims 32, 64,
-  // 96, 128 without dropout, anything else goes through composed ops that keep the (B, H, T, T) scores.
+  // Activations, bytes per token.
+  const double ea = bf16 ? 2.0 : 4.0;
   const int64_t head_dim = m.n_head > 0 ? m.n_embd / m.n_head : 0;
   const bool flash_head = head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
-  const bool fused_attention = !on_cuda.value_or(p.backend == "nccl") || (flash_head && m.dropout == 0.0);
-  const double linear = sl * b * h * (10.0 + 24.0 / t) * el / 2.0;
-  const double scores = fused_attention ? 0.0 : a * sl * sl * b * (el + (m.dropout > 0.0 ? el + 1.0 : 0.0)) / t;
-  const double layers = (linear + scores) * static_cast<double>(m.n_layer);
-  const double logits = 8.0 * b * sl * static_cast<double>(m.vocab_size) / t;
-  const double embed = b * sl * h * el;
-  e.activations = static_cast<int64_t>(layers + logits + embed);
-  e.total = e.params + e.grads + e.optimizer + e.activations;
+  const bool fused = !cuda || (flash_head && m.dropout == 0.0);
+  const double ee = cuda ? ea : 4.0;
+  const BlockActivations blk = block_activations(m, tp, ea, ee, fused, !cuda && bf16);
+  using autograd::CheckpointMode;
+  auto mode_of = [&](int64_t i) { return ck.block_mode(static_cast<size_t>(i)); };  // selective:K: 0, K, ... full
+  // The block being recomputed: its full set of saved tensors, beside what selective checkpointing kept of it; a
+  // checkpointed block's backward also holds the recomputed output and the gradient the outer pass hands to the
+  // region's nested backward (two (B, T, C) tensors).
+  auto recomputed = [&](int64_t i) {
+    const CheckpointMode md = mode_of(i);
+    if (md == CheckpointMode::kNone) return blk.full;
+    return blk.full + 2.0 * blk.input + (md == CheckpointMode::kSelective ? blk.selective_extra : 0.0);
+  };
+  auto kept = [&](int64_t i) {
+    const CheckpointMode md = mode_of(i);
+    return md == CheckpointMode::kFull ? blk.input : md == CheckpointMode::kSelective ? blk.selective : blk.full;
+  };
+  const double tokens = static_cast<double>(tr.micro_batch * m.seq_len);
+  const double C = static_cast<double>(m.n_embd), V = static_cast<double>(m.vocab_size), t = static_cast<double>(tp);
+  // The final norm's input and output (saved by it and by the head), the logits and their gradient; vocab-parallel
+  // cross-entropy (tp > 1) works on an f32 host copy of the logits, which on a CPU run is the same memory.
+  const double root_saved = 2.0 * C * ea + 8.0 + (m.dropout > 0.0 ? C : 0.0);
+  double logits = V / t * ea, dlogits = V / t * ea;
+  if (tp > 1 && !cuda) logits = dlogits = V / t * 4.0 + (bf16 ? V / t * ea : 0.0);
+  if (tp > 1 && cuda) logits = 0.0;  // only the f32 host copy is saved; the device holds the logits or their gradient
+
+  // Persistent state.
+  const double opt_per_elem = tr.optimizer == "adamw" ? 8.0 : (tr.beta1 > 0.0 ? 4.0 : 0.0);
+  const double n_own = static_cast<double>(sharded ? shard : P);
+  const double own_params = 4.0 * n_own, own_opt = opt_per_elem * n_own;
+  const bool offload = sharded && p.cpu_offload;
+  // FullyShard's f32 gradient shard: a unit's part of it appears when its first reduce-scatter is accumulated (the
+  // step starts with none), so within the first micro-step it grows block by block.
+  const double own_grads = sharded ? 4.0 * n_own : 0.0;
+  auto shard_grads = [&](double units_done) {
+    if (offload || !sharded) return 0.0;
+    if (accum > 1) return own_grads;
+    const double done = std::max(0.0, units_done);
+    return std::min(own_grads, 4.0 * done * static_cast<double>(block_local) / static_cast<double>(W));
+  };
+  const double buckets = ddp ? 4.0 * static_cast<double>(P) : 0.0;
+  const double root_full = pe * static_cast<double>(root_local), block_full = pe * static_cast<double>(block_local);
+
+  struct Phase {
+    double params = 0, grads = 0, acts = 0, buffers = 0, transient = 0;
+    double total() const { return params + grads + acts + buffers + transient; }
+  };
+  std::vector<Phase> phases;
+  const double all_grads = 4.0 * static_cast<double>(P);  // unsharded gradients, f32
+  const double accumulated = !sharded && accum > 1 ? all_grads : 0.0;
+  double kept_all = 0;
+  for (int64_t i = 0; i < m.n_layer; ++i) kept_all += kept(i);
+  const double L = static_cast<double>(m.n_layer);
+
+  // Loss: every kept activation, the logits and their gradient.
+  {
+    Phase ph;
+    ph.params = sharded ? root_full + (p.reshard_after_forward ? 0.0 : L * block_full) : 0.0;
+    ph.grads = accumulated + shard_grads(0);
+    ph.acts = tokens * (kept_all + root_saved + logits);
+    ph.transient = tokens * dlogits;
+    phases.push_back(ph);
+    // The head's backward: its input gradient and weight gradient beside the logits' gradient.
+    Phase hd = ph;
+    hd.acts = tokens * (kept_all + root_saved);
+    hd.transient = tokens * (dlogits + C * ea);
+    hd.grads = sharded ? pe * head + shard_grads(0) : std::max(accumulated, 4.0 * head);
+    phases.push_back(hd);
+  }
+  // Each block's backward.
+  double kept_below = kept_all;
+  for (int64_t i = m.n_layer - 1; i >= 0; --i) {
+    kept_below -= kept(i);
+    Phase ph;
+    const double blocks_done = static_cast<double>(m.n_layer - i);  // blocks i .. L-1 have (or are making) gradients
+    if (sharded) {
+      const double gathered = p.reshard_after_forward ? std::min(2.0, L) : static_cast<double>(i + 1);
+      ph.params = root_full + gathered * block_full;
+      // Blocks above i + 1 are reduced and accumulated into the shard; block i + 1's reduce-scatter is in flight.
+      ph.grads = pe * head + block_full + shard_grads(blocks_done - 2.0);
+      // Block i+1's reduce-scatter input, in flight; under HSDP also block i+2's, whose replica all-reduce starts only
+      // once its reduce-scatter is done (the buffer goes when both are).
+      const double in_flight = std::min(static_cast<double>(m.n_layer - 1 - i), hsdp ? 2.0 : 1.0);
+      ph.buffers = in_flight * 4.0 * static_cast<double>(block_local);
+    } else {
+      ph.grads = std::max(accumulated, 4.0 * (head + blocks_done * static_cast<double>(block_local)));
+    }
+    ph.acts = tokens * (kept_below + recomputed(i));
+    ph.transient = tokens * blk.transient;
+    phases.push_back(ph);
+  }
+  // End of backward.
+  {
+    Phase ph;
+    if (sharded) {
+      ph.params = root_full;
+      ph.grads = root_full + shard_grads(L);  // the root's gradients, in the parameters' dtype, and the shard
+      ph.buffers = 4.0 * static_cast<double>(root_local + block_local);  // root and block 0 reduce-scatter inputs
+    } else {
+      ph.grads = all_grads;
+      ph.transient = ddp ? 4.0 * head : 0.0;  // an averaged gradient's copy beside the one it replaces
+    }
+    phases.push_back(ph);
+  }
+
+  const Phase* peak = &phases.front();
+  for (const Phase& ph : phases)
+    if (ph.total() > peak->total()) peak = &ph;
+  MemoryEstimate e;
+  e.params = static_cast<int64_t>((offload ? 0.0 : own_params) + peak->params);
+  e.grads = static_cast<int64_t>(peak->grads);
+  e.optimizer = static_cast<int64_t>(offload ? 0.0 : own_opt);
+  e.activations = static_cast<int64_t>(peak->acts);
+  e.buffers = static_cast<int64_t>(buckets + peak->buffers);
+  e.transient = static_cast<int64_t>(peak->transient);
+  e.total = e.params + e.grads + e.optimizer + e.activations + e.buffers + e.transient;
+  if (offload) e.host_offloaded = static_cast<int64_t>(own_params + own_grads + own_opt);
   return e;
 }
 

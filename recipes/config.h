@@ -139,14 +139,17 @@ RecipeConfig resolve_layout(RecipeConfig cfg, int world_size);
 /// tied embeddings once). Zero n_kv_head / intermediate_size take their resolved defaults.
 int64_t parameter_count(const ModelConfig& model);
 
-/// Estimated bytes of device memory per rank for a layout (see config.cc for the formulas). params: this
-/// rank's f32 master shard, plus the bf16 compute copy under bf16, plus the full parameters FSDP gathers
-/// (the root unit and two blocks, current and prefetched; the whole model without reshard_after_forward);
-/// grads: the f32 gradient shard; optimizer: AdamW's two f32 moments of the shard (SGD: none);
-/// activations: one micro-batch's saved activations. Under cpu_offload the shards of params, grads and
-/// optimizer states live in host memory: they are counted in host_offloaded, not in total.
+/// Estimated peak bytes of device memory per rank during a training step (tensor memory: what
+/// tensor/storage.h counts and pretrain logs as peak_mem_bytes), split by what is live at the peak (see config.cc for
+/// the model): params: this rank's f32 master parameters (its shard under FullyShard) plus the full parameters
+/// FullyShard has gathered at that moment; grads: gradients live then (FullyShard: the f32 shard plus full-size ones
+/// not yet reduce-scattered); optimizer: AdamW's two f32 moments (SGD: its momentum buffer); activations: the saved
+/// activations and logits (training.activation_checkpointing decides what a block keeps); buffers: DDP's gradient
+/// buckets and FullyShard's reduce-scatter inputs; transient: backward's temporaries at the peak (activation
+/// gradients, the logits' gradient). total: their sum. Under cpu_offload the shards of params, grads and optimizer
+/// state live in host memory: counted in host_offloaded, not in total.
 struct MemoryEstimate {
-  int64_t params = 0, grads = 0, optimizer = 0, activations = 0, total = 0;
+  int64_t params = 0, grads = 0, optimizer = 0, activations = 0, buffers = 0, transient = 0, total = 0;
   int64_t host_offloaded = 0;
 };
 /// Resolves the layout for `world_size` (throws ConfigError as resolve_layout) and estimates memory per rank.

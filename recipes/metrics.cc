@@ -66,11 +66,28 @@ double measure_cpu_peak_flops() {
   return best;
 }
 
+namespace {
+/// The largest per-rank peak and its rank; rank 0's own peak when the ranks' peaks are not known.
+std::pair<int64_t, int> max_peak(const StepMetrics& m) {
+  if (m.rank_peak_mem_bytes.empty()) return {m.peak_mem_bytes, 0};
+  auto it = std::max_element(m.rank_peak_mem_bytes.begin(), m.rank_peak_mem_bytes.end());
+  return {*it, static_cast<int>(it - m.rank_peak_mem_bytes.begin())};
+}
+}  // namespace
+
 std::string metrics_json(const StepMetrics& m) {
   std::ostringstream os;
+  const auto [peak_max, peak_rank] = max_peak(m);
   os << "{\"step\":" << m.step << ",\"loss\":" << num(m.loss) << ",\"lr\":" << num(m.lr)
      << ",\"grad_norm\":" << num(m.grad_norm) << ",\"tokens_per_s\":" << num(m.tokens_per_s)
-     << ",\"mfu\":" << num(m.mfu) << ",\"mem_bytes\":" << m.mem_bytes << ",\"step_time_s\":" << num(m.step_time_s);
+     << ",\"mfu\":" << num(m.mfu) << ",\"mem_bytes\":" << m.mem_bytes << ",\"peak_mem_bytes\":" << m.peak_mem_bytes
+     << ",\"peak_mem_bytes_max\":" << peak_max << ",\"peak_mem_rank\":" << peak_rank;
+  if (!m.rank_peak_mem_bytes.empty() && m.rank_peak_mem_bytes.size() <= 64) {
+    os << ",\"peak_mem_by_rank\":[";
+    for (size_t i = 0; i < m.rank_peak_mem_bytes.size(); ++i) os << (i ? "," : "") << m.rank_peak_mem_bytes[i];
+    os << "]";
+  }
+  os << ",\"step_time_s\":" << num(m.step_time_s);
   if (!m.rank_step_time_s.empty()) {
     auto [mn, mx] = std::minmax_element(m.rank_step_time_s.begin(), m.rank_step_time_s.end());
     os << ",\"step_time_max_s\":" << num(*mx) << ",\"step_time_min_s\":" << num(*mn)
@@ -144,7 +161,11 @@ std::string console_line(const StepMetrics& m, int64_t total_steps, double eta_s
     std::snprintf(buf, sizeof(buf), " | MFU %.1f%%", 100.0 * m.mfu);
     s += buf;
   }
-  s += " | mem " + format_bytes(m.mem_bytes);
+  s += " | mem " + format_bytes(m.mem_bytes) + " peak " + format_bytes(m.peak_mem_bytes);
+  if (m.rank_peak_mem_bytes.size() > 1) {
+    const auto [peak_max, peak_rank] = max_peak(m);
+    s += " (max " + format_bytes(peak_max) + " r" + std::to_string(peak_rank) + ")";
+  }
   std::snprintf(buf, sizeof(buf), " | step %.0f ms", 1e3 * m.step_time_s);
   s += buf;
   if (m.rank_step_time_s.size() > 1) {

@@ -28,29 +28,34 @@ double measure_cpu_peak_flops();
 
 /// One optimizer step as logged.
 struct StepMetrics {
-  int64_t step = 0;                      // steps completed (1-based: the first step logged is 1)
-  double loss = 0;                       // mean training loss of the step over micro-batches and data-parallel ranks
-  double lr = 0;                         // learning rate the step used
-  double grad_norm = 0;                  // total gradient norm before clipping
-  double tokens_per_s = 0;               // global tokens of the step / wall time of the step
-  double mfu = 0;                        // model FLOPs utilisation in [0, 1]; 0 when the peak is unknown
-  int64_t mem_bytes = 0;                 // tensor memory in use on rank 0 after the step
-  double step_time_s = 0;                // rank 0's wall time of the step
-  std::vector<double> rank_step_time_s;  // every rank's own step time (DDP: without waiting on the all-reduce)
-  std::optional<double> eval_loss;       // when the step ran an evaluation
+  int64_t step = 0;            // steps completed (1-based: the first step logged is 1)
+  double loss = 0;             // mean training loss of the step over micro-batches and data-parallel ranks
+  double lr = 0;               // learning rate the step used
+  double grad_norm = 0;        // total gradient norm before clipping
+  double tokens_per_s = 0;     // global tokens of the step / wall time of the step
+  double mfu = 0;              // model FLOPs utilisation in [0, 1]; 0 when the peak is unknown
+  int64_t mem_bytes = 0;       // tensor memory in use on rank 0 after the step (the compute device's)
+  int64_t peak_mem_bytes = 0;  // rank 0's largest tensor memory in use at any point of the step
+  std::vector<int64_t> rank_peak_mem_bytes;  // every rank's peak of the step (empty: only rank 0's is known)
+  double step_time_s = 0;                    // rank 0's wall time of the step
+  std::vector<double> rank_step_time_s;      // every rank's own step time (DDP: without waiting on the all-reduce)
+  std::optional<double> eval_loss;           // when the step ran an evaluation
   // rank 0's exposed communication, when the step was traced (logging.trace_steps)
   std::optional<trace::ExposedComm> comm;
 };
 
 /// The step as one line of JSON (no trailing newline): step, loss, lr, grad_norm, tokens_per_s, mfu, mem_bytes,
-/// step_time_s, step_time_max_s, step_time_min_s, slowest_rank, step_time_by_rank (omitted beyond 64 ranks) and
-/// eval_loss when present, comm_s, comm_blocked_s, comm_hidden_s and comm_hidden_frac when the step was traced.
-/// Non-finite numbers are written as null (JSON has no NaN).
+/// peak_mem_bytes, peak_mem_bytes_max and peak_mem_rank (the largest peak over ranks and its rank; rank 0's peak when
+/// no per-rank peaks are known), peak_mem_by_rank (omitted beyond 64 ranks), step_time_s, step_time_max_s,
+/// step_time_min_s, slowest_rank, step_time_by_rank (omitted beyond 64 ranks) and eval_loss when present, comm_s,
+/// comm_blocked_s, comm_hidden_s and comm_hidden_frac when the step was traced. Non-finite numbers are written as null
+/// (JSON has no NaN).
 std::string metrics_json(const StepMetrics& m);
 
 /// The console line: "step 40/300 | loss 2.1034 | lr 2.9e-03 | grad norm 0.512 | 21.3k tok/s | MFU 12.1% |
-/// mem 18.2 MiB | step 48 ms (ranks 47-49 ms, slowest r1) | ETA 12s"; a traced step adds
-/// "| comm 12 ms, blocked 3 ms, 75% hidden".
+/// mem 18.2 MiB peak 61.0 MiB (max 61.3 MiB r1) | step 48 ms (ranks 47-49 ms, slowest r1) | ETA 12s" (mem: in use
+/// after the step; peak: rank 0's peak during the step; max: the largest peak over the ranks, shown with 2+ ranks); a traced step adds "| comm 12 ms, blocked 3 ms,
+/// 75% hidden".
 std::string console_line(const StepMetrics& m, int64_t total_steps, double eta_s);
 
 /// A one-line progress bar for a terminal (no newline): "[#####.....]  40/300  13% | loss 2.10 | ETA 12s".

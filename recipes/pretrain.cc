@@ -243,11 +243,21 @@ int run_validate(const RecipeConfig& cfg, int world) {
               static_cast<long long>(cfg.training.grad_accum_steps(cfg.model.seq_len, p.dp_world())),
               static_cast<long long>(cfg.training.micro_batch));
   std::printf("parameters: %lld (%s)\n", static_cast<long long>(n), format_count(static_cast<double>(n)).c_str());
-  std::printf("estimated memory per rank: %s (params %s, grads %s, optimizer %s, activations %s)\n",
+  std::printf("estimated memory per rank: %s at the step's peak (params %s, grads %s, optimizer %s, activations %s, ",
               format_bytes(mem.total).c_str(), format_bytes(mem.params).c_str(), format_bytes(mem.grads).c_str(),
               format_bytes(mem.optimizer).c_str(), format_bytes(mem.activations).c_str());
+  std::printf("buffers %s, transient %s; activation checkpointing: %s)\n", format_bytes(mem.buffers).c_str(),
+              format_bytes(mem.transient).c_str(), cfg.training.activation_checkpointing.c_str());
   if (mem.host_offloaded > 0)
     std::printf("host memory per rank for offloaded shards: %s\n", format_bytes(mem.host_offloaded).c_str());
+  // The same in bytes, for scripts (tests/recipes/memory_estimate.sh compares it with a run's peak_mem_bytes_max).
+  std::printf(
+      "estimate_bytes total=%lld params=%lld grads=%lld optimizer=%lld activations=%lld buffers=%lld transient=%lld "
+      "host_offloaded=%lld\n",
+      static_cast<long long>(mem.total), static_cast<long long>(mem.params), static_cast<long long>(mem.grads),
+      static_cast<long long>(mem.optimizer), static_cast<long long>(mem.activations),
+      static_cast<long long>(mem.buffers), static_cast<long long>(mem.transient),
+      static_cast<long long>(mem.host_offloaded));
   const TrafficEstimate traffic = estimate_traffic_per_rank(cfg, world);
   if (traffic.shard > 0)
     std::printf("traffic per rank per step over the shard group (fsdp, %d ranks): %s (all-gathers, reduce-scatters)\n",
@@ -642,6 +652,7 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
   for (int64_t step = start_step; step < T.steps; ++step) {
     tracer.begin_step(step + 1);
     const auto t0 = Clock::now();
+    reset_peak_memory_stats(r.device);  // the step's peak: what the step needs, not what an earlier one did
     if (r.fsdp) {
       r.fsdp->zero_grad();
     } else {
@@ -687,9 +698,16 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
                   rep.straggler >= 0 ? 1e3 * rep.late_s[static_cast<size_t>(rep.straggler)] : 0.0);
     }
 
-    // One small all-gather per step: every rank's step time (so a straggler shows), its stop request and its loss.
-    Tensor mine = from_vector<double>({local_time, static_cast<double>(g_stop_signal), loss_sum / accum}, {3});
-    Tensor all = ops::zeros({3 * W}, DType::f64);
+    // This rank's tensor memory on its compute device: in use now, and the most in use at any point of the step.
+    const MemoryStats mem = memory_stats(r.device);
+
+    // One small all-gather per step: every rank's step time (so a straggler shows), its stop request, its loss and
+    // its peak memory (bytes below 2^53: exact in a double).
+    constexpr int kPerRank = 4;
+    Tensor mine = from_vector<double>(
+        {local_time, static_cast<double>(g_stop_signal), loss_sum / accum, static_cast<double>(mem.peak_bytes)},
+        {kPerRank});
+    Tensor all = ops::zeros({kPerRank * W}, DType::f64);
     r.world->all_gather(all, mine)->wait();
     auto v = all.to_vector<double>();
     StepMetrics sm;
@@ -697,9 +715,10 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     sm.step = step_done;
     double loss = 0;
     for (int i = 0; i < W; ++i) {
-      sm.rank_step_time_s.push_back(v[3 * i]);
-      if (v[3 * i + 1] != 0 && stop_signal == 0) stop_signal = static_cast<int>(v[3 * i + 1]);
-      loss += v[3 * i + 2] / W;
+      sm.rank_step_time_s.push_back(v[kPerRank * i]);
+      if (v[kPerRank * i + 1] != 0 && stop_signal == 0) stop_signal = static_cast<int>(v[kPerRank * i + 1]);
+      loss += v[kPerRank * i + 2] / W;
+      sm.rank_peak_mem_bytes.push_back(static_cast<int64_t>(v[kPerRank * i + 3]));
     }
     sm.loss = loss;
     sm.comm = comm;
@@ -709,7 +728,8 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     sm.step_time_s = wall;
     sm.tokens_per_s = static_cast<double>(tokens_per_step) / wall;
     sm.mfu = peak > 0 ? flops_per_token * sm.tokens_per_s / peak : 0;
-    sm.mem_bytes = memory_stats().allocated_bytes;
+    sm.mem_bytes = mem.allocated_bytes;
+    sm.peak_mem_bytes = mem.peak_bytes;
     if (val_src && (step_done % cfg.logging.eval_interval == 0 || step_done == T.steps))
       sm.eval_loss = r.evaluate(val_src);
     const double eta =

@@ -36,6 +36,34 @@ TEST(Metrics, JsonLineHasEveryFieldAndTheSlowestRank) {
   EXPECT_EQ(metrics_line_step(j), 7);
 }
 
+TEST(Metrics, PeakMemoryPerRankAndItsMaximum) {
+  constexpr int64_t MiB = 1 << 20;
+  StepMetrics m;
+  m.step = 3;
+  m.mem_bytes = 1 * MiB;
+  m.peak_mem_bytes = 5 * MiB;
+  m.rank_peak_mem_bytes = {5 * MiB, 7 * MiB, 6 * MiB};
+  const std::string j = metrics_json(m);
+  EXPECT_NE(j.find("\"mem_bytes\":1048576,"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"peak_mem_bytes\":5242880,"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"peak_mem_bytes_max\":7340032,"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"peak_mem_rank\":1,"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"peak_mem_by_rank\":[5242880,7340032,6291456]"), std::string::npos) << j;
+  const std::string s = console_line(m, 10, 1);
+  EXPECT_NE(s.find("| mem 1.0 MiB peak 5.0 MiB (max 7.0 MiB r1) |"), std::string::npos) << s;
+  // One rank: the maximum is its own peak, and the console shows no "max".
+  StepMetrics one;
+  one.peak_mem_bytes = 4 * MiB;
+  one.rank_peak_mem_bytes = {4 * MiB};
+  EXPECT_NE(metrics_json(one).find("\"peak_mem_bytes_max\":4194304,"), std::string::npos) << metrics_json(one);
+  EXPECT_EQ(console_line(one, 10, 1).find("max"), std::string::npos) << console_line(one, 10, 1);
+  // Peaks not gathered: the maximum falls back to rank 0's.
+  StepMetrics none;
+  none.peak_mem_bytes = 2 * MiB;
+  EXPECT_NE(metrics_json(none).find("\"peak_mem_bytes_max\":2097152,\"peak_mem_rank\":0,"), std::string::npos)
+      << metrics_json(none);
+}
+
 TEST(Metrics, NonFiniteNumbersBecomeNull) {
   StepMetrics m;
   m.loss = std::numeric_limits<double>::quiet_NaN();

@@ -56,3 +56,4 @@ if(TARGET pretrain)
                        Pretrain.validate_config_check_fails_on_a_non_zero_exit
                        PROPERTIES LABELS recipes TIMEOUT 60 WILL_FAIL TRUE)
 endif()
+include(${CMAKE_CURRENT_LIST_DIR}/memory.cmake)
