@@ -54,8 +54,8 @@ std::string metrics_json(const StepMetrics& m);
 
 /// The console line: "step 40/300 | loss 2.1034 | lr 2.9e-03 | grad norm 0.512 | 21.3k tok/s | MFU 12.1% |
 /// mem 18.2 MiB peak 61.0 MiB (max 61.3 MiB r1) | step 48 ms (ranks 47-49 ms, slowest r1) | ETA 12s" (mem: in use
-/// after the step; peak: rank 0's peak during the step; max: the largest peak over the ranks, shown with 2+ ranks); a traced step adds "| comm 12 ms, blocked 3 ms,
-/// 75% hidden".
+/// after the step; peak: rank 0's peak during the step; max: the largest peak over the ranks, shown with 2+ ranks); a
+/// traced step adds "| comm 12 ms, blocked 3 ms, 75% hidden".
 std::string console_line(const StepMetrics& m, int64_t total_steps, double eta_s);
 
 /// A one-line progress bar for a terminal (no newline): "[#####.....]  40/300  13% | loss 2.10 | ETA 12s".
