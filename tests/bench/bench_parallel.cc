@@ -14,9 +14,9 @@
 // Started plainly it starts its own ranks (gloo: forked with torchrun-style variables; mpi: under mpirun). Started
 // under mpirun or trainlaunch it is one rank (backend from LOOM_BENCH_BACKEND, default gloo).
 //   bench_parallel [LAYERS WIDTH HEADS SEQ BATCH_PER_RANK VOCAB STEPS]   (default 6 512 8 64 4 4096 7)
-//   LOOM_BENCH_BACKENDS=gloo,mpi: the backends a plain start runs; MASTER_PORT: first port (default 31500)
-//   LOOM_BENCH_BUCKET_MIB: DDP's bucket_cap_bytes in MiB (default 25, PyTorch's)
-//   LOOM_BENCH_GRAD_VIEW=0: DDP without gradient_as_bucket_view (default: with it)
+//   LOOM_BENCH_BACKENDS=gloo,mpi: the backends a plain start runs; MASTER_PORT: first port (default: one the kernel
+//   reports free) LOOM_BENCH_BUCKET_MIB: DDP's bucket_cap_bytes in MiB (default 25, PyTorch's) LOOM_BENCH_GRAD_VIEW=0:
+//   DDP without gradient_as_bucket_view (default: with it)
 // Rank 0 prints one line per figure, then README's table row for its backend in markdown (a line starting with '|';
 // a plain start prints the table's header first): `bench_parallel | grep '^|'` is the table. The row's hidden fractions
 // and "less" are computed from the figures in the row itself, as printed (so a reader recomputes them exactly); the
@@ -24,7 +24,10 @@
 // from other processes moves less. A step time is the median over STEPS timed rounds (after 2 warm-up rounds) of the
 // max over ranks; in each round every variant runs one step, back to back, and the differences (comm, saved) are taken
 // within a round before the median, so load that comes and goes hits the variants alike.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -407,9 +410,30 @@ bool wait_all(const std::vector<pid_t>& pids) {
   return ok;
 }
 
+// A port the kernel reports free on 127.0.0.1 (bound to port 0, then released), or -1. Each backend's run then binds
+// it at once; set MASTER_PORT to choose one.
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  int port = -1;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+    port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
 int launch(const std::vector<std::string>& args) {
   const char* port_env = std::getenv("MASTER_PORT");
-  int port = port_env && *port_env ? std::atoi(port_env) : 31500;
+  int port = port_env && *port_env ? std::atoi(port_env) : free_port();
+  if (port <= 0) {
+    std::fprintf(stderr, "bench_parallel: no free TCP port on 127.0.0.1; set MASTER_PORT\n");
+    return 1;
+  }
   const char* which = std::getenv("LOOM_BENCH_BACKENDS");
   std::stringstream list(which && *which ? which : "gloo,mpi");
   std::vector<std::string> common = {"OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MASTER_ADDR=127.0.0.1",
@@ -420,7 +444,8 @@ int launch(const std::vector<std::string>& args) {
   common.push_back("LOOM_BENCH_NO_TABLE_HEADER=1");
   for (std::string backend; std::getline(list, backend, ',');) {
     std::vector<std::string> env = common;
-    env.push_back("MASTER_PORT=" + std::to_string(port++));
+    env.push_back("MASTER_PORT=" + std::to_string(port));
+    port = free_port();  // the next backend's run: a fresh one
     env.push_back("LOOM_BENCH_BACKEND=" + backend);
     std::vector<pid_t> pids;
     if (backend == "mpi") {
