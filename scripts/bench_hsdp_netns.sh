@@ -40,8 +40,8 @@ trap 'exit 130' INT TERM
 
 "$NC" up "$name" 2 --rate "$rate"
 A0=$("$NC" addr 0)
-# A fixed port is safe: the namespaces are fresh and nothing else listens in them.
-PORT=29500
+# MASTER_PORT and MASTER_PORT+1 (the launchers' store), free in node 0's namespace (asked there, not assumed).
+PORT=$("$NC" exec "$name" 0 "$here/../tests/free_port.sh" 2)
 SECRET=bench-hsdp-$RANDOM$RANDOM
 launch() {  # launch NODE [BENCH_ARGS...]: that node's launcher with 2 ranks
   local node=$1

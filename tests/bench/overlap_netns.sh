@@ -24,8 +24,8 @@ work=$(mktemp -d /tmp/loom-overlap.XXXXXX)
 trap '"$NC" down "$name"; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 "$NC" up "$name" 2 --rate "$rate"
-# A fixed port is safe: these namespaces are fresh and nothing else listens in them.
-port=29500
+# MASTER_PORT and MASTER_PORT+1 (the launchers' store), free in node 0's namespace (asked there, not assumed).
+port=$("$NC" exec "$name" 0 "$repo/tests/free_port.sh" 2)
 secret=overlap-$RANDOM$RANDOM
 for i in 0 1; do
   "$NC" exec "$name" $i env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 LOOM_STORE_SECRET="$secret" \

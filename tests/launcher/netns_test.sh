@@ -54,8 +54,8 @@ now() { date +%s.%N; }
 
 "$NC" up "$name" 2 --nets 2 || fail "could not build the namespaces"
 A0=$("$NC" addr 0) A1=$("$NC" addr 1) B0=$("$NC" addr 0 1)  # node 0 on lan0, node 1 on lan0, node 0 on lan1
-# A fixed port is safe: these namespaces are fresh and nothing else listens in them.
-PORT=29500
+# MASTER_PORT and MASTER_PORT+1 (the launchers' store), free in node 0's namespace (asked there, not assumed).
+PORT=$("$NC" exec "$name" 0 "$REPO/tests/free_port.sh" 2) || fail "no free port in node 0's namespace"
 SECRET=netns-test-$RANDOM$RANDOM
 # launch I LIMIT_S [trainlaunch options] -- PROGRAM...: node I's launcher, 2 ranks.
 launch() {
