@@ -439,16 +439,7 @@ TEST(DDPOptimizerOverlap, SteppingEachBucketAsItsAllReduceEndsEqualsWaitingThenS
     SCOPED_TRACE(ptest::family_name(f));
     const nn::StateDict want = train_ddp_stepping(f, /*wait_in_backward=*/true);
     const nn::StateDict got = train_ddp_stepping(f, /*wait_in_backward=*/false);
-    ASSERT_EQ(got.size(), want.size());
-    for (const auto& [name, w] : want) {
-      const Tensor& t = got.at(name);
-      ASSERT_EQ(t.numel(), w.numel()) << name;
-      const float* a = t.data<float>();
-      const float* b = w.data<float>();
-      int64_t differ = 0;
-      for (int64_t i = 0; i < w.numel(); ++i) differ += a[i] != b[i];
-      EXPECT_EQ(differ, 0) << name << ": elements that differ (bit for bit) from waiting in backward";
-    }
+    ptest::expect_state_bit_equal(got, want);  // against waiting in backward
   }
 }
 

@@ -125,6 +125,19 @@ const Reference& single_rank_reference(Family f, const TrainConfig& cfg, int blo
   return cache.emplace(key.str(), std::move(ref)).first->second;
 }
 
+void expect_state_bit_equal(const nn::StateDict& got, const nn::StateDict& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [name, w] : want) {
+    const Tensor& t = got.at(name);
+    ASSERT_EQ(t.numel(), w.numel()) << name;
+    const float* a = t.data<float>();
+    const float* b = w.data<float>();
+    int64_t differ = 0;
+    for (int64_t i = 0; i < w.numel(); ++i) differ += a[i] != b[i];
+    EXPECT_EQ(differ, 0) << name << ": elements that differ (bit for bit)";
+  }
+}
+
 void expect_state_near(const nn::StateDict& got, const nn::StateDict& want, double rtol) {
   for (const auto& [name, w] : want) {
     ASSERT_TRUE(got.contains(name)) << "missing tensor " << name;

@@ -76,6 +76,8 @@ const Reference& single_rank_reference(Family f, const TrainConfig& cfg = {}, in
 /// within rtol relative to (|want| + mean |want| of that tensor), so elements
 /// near zero are compared at the tensor's scale. Reports the worst element.
 void expect_state_near(const nn::StateDict& got, const nn::StateDict& want, double rtol = 1e-5);
+/// The same tensors with the same f32 elements, bit for bit; a tensor that differs reports how many elements do.
+void expect_state_bit_equal(const nn::StateDict& got, const nn::StateDict& want);
 /// Step-by-step |got - want| <= rtol * |want|.
 void expect_values_near(const std::vector<double>& got, const std::vector<double>& want, double rtol,
                         const std::string& what);
