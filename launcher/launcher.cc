@@ -156,6 +156,7 @@ class Launcher {
   void reap(std::vector<Rank>& ranks);
   void signal_all(std::vector<Rank>& ranks, int sig);
   void stop_all(std::vector<Rank>& ranks, bool at_once);
+  void drain(std::vector<Rank>& ranks);
   /// Reaps the ranks, relays their output and heartbeats until every rank has exited (true), or until deadline or a
   /// new SIGINT (false: the caller decides what comes next).
   bool wait_ranks(std::vector<Rank>& ranks, Clock::time_point deadline);
@@ -556,7 +557,12 @@ void Launcher::stop_all(std::vector<Rank>& ranks, bool at_once) {
       signal_all(ranks, SIGKILL);
     } while (!wait_ranks(ranks, Clock::time_point::max()));
   }
-  // Drain what is left in the pipes (a grandchild may hold them open: do not wait for EOF).
+  drain(ranks);
+}
+
+void Launcher::drain(std::vector<Rank>& ranks) {
+  // Every rank is reaped, so what it wrote is in its pipes: read it all (a rank may have written and exited between
+  // the last pump and the reap). A grandchild may hold a pipe open: read what is there, do not wait for EOF.
   pump(ranks, 0);
   for (auto& r : ranks) {
     emit(r, r.out_buf, 1, true);
@@ -711,7 +717,10 @@ Outcome Launcher::run_attempt() {
       print_report(ranks, first ? failed : nullptr, remote);
       return Outcome::kFailed;
     }
-    if (all_ok) return Outcome::kSuccess;
+    if (all_ok) {
+      drain(ranks);
+      return Outcome::kSuccess;
+    }
     std::string why;
     if (remote_trouble(&why)) {
       // Another node was stopped on purpose (Slurm signals every node, but not always at the same moment): stop
