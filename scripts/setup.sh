@@ -12,6 +12,8 @@ packages=(
   python3 python3-torch python3-h5py python3-numpy
   slurm-wlm gnuplot-nox ccache clang-format patchelf
   iproute2 procps xz-utils zstd
+  libpcre2-dev libcli11-dev libonnx-dev libprotobuf-dev protobuf-compiler
+  python3-venv python3-onnx python3-sklearn
 )
 
 missing=()
@@ -24,6 +26,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The test virtual environment: Debian's python3 (and its torch, h5py, onnx, sklearn) plus the reference
+# implementations from PyPI that the tests compare against. Pinned, so a test's reference does not move.
+venv_pkgs=(tiktoken==0.14.0 tokenizers==0.23.3 onnxruntime==1.32.0)
+if ! .venv/bin/python -c "import tiktoken, tokenizers, onnxruntime" 2>/dev/null; then
+  echo "setup: creating .venv (${venv_pkgs[*]})"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install -q --disable-pip-version-check "${venv_pkgs[@]}"
 fi
 
 if [ "${1:-}" != "--no-build" ]; then
