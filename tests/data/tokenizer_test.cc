@@ -340,7 +340,7 @@ TEST(Tokenizer, DirectoryAndNamedPatterns) {
 
 // ---- bad files: errors name the file and the line or key ------------------------------------------------------
 
-class TokenizerBadFiles : public ::testing::Test {
+class TokenizerFiles : public ::testing::Test {
  protected:
   void SetUp() override {
     dir_ = fs::temp_directory_path() / ("loom_tok_bad_" + std::to_string(::getpid()));
@@ -380,7 +380,7 @@ std::string ranks_text(int n) {
   return s;
 }
 
-TEST_F(TokenizerBadFiles, RanksFile) {
+TEST_F(TokenizerFiles, RanksFileErrors) {
   const std::string good = ranks_text(3);  // YQ== 0, Yg== 1, Yw== 2
   std::string m = error_of<loom::ConfigError>("a.tiktoken", good + "!!notbase64 3\n");
   EXPECT_NE(m.find("a.tiktoken:4"), std::string::npos) << m;
@@ -414,7 +414,7 @@ TEST_F(TokenizerBadFiles, RanksFile) {
   }
 }
 
-TEST_F(TokenizerBadFiles, TokenizerJson) {
+TEST_F(TokenizerFiles, TokenizerJsonErrors) {
   const std::string pre = R"("pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true})";
   std::string m = error_of<loom::ConfigError>("x/tokenizer.json", "{\"model\": {");
   EXPECT_NE(m.find("x/tokenizer.json: not valid JSON"), std::string::npos) << m;
@@ -446,7 +446,7 @@ TEST_F(TokenizerBadFiles, TokenizerJson) {
   EXPECT_NE(m.find("k/tokenizer.json: no list model.merges"), std::string::npos) << m;
 }
 
-TEST_F(TokenizerBadFiles, VocabJsonMergesTxt) {
+TEST_F(TokenizerFiles, VocabJsonMergesTxtErrors) {
   std::string m = error_of<loom::IoError>("a/vocab.json", R"({"a": 0, "b": 1, "ab": 2})");
   EXPECT_NE(m.find("merges.txt"), std::string::npos) << m;
   write_all(dir_ / "b" / "merges.txt", "#version: 0.2\na b\nab\n");
@@ -458,6 +458,28 @@ TEST_F(TokenizerBadFiles, VocabJsonMergesTxt) {
   write_all(dir_ / "c" / "merges.txt", "#version: 0.2\na b\nb c\n");
   m = error_of<loom::ConfigError>("c/vocab.json", R"({"a": 0, "b": 1, "ab": 2})");
   EXPECT_NE(m.find("merges.txt:3 ('b c'): 'c' is not in vocab"), std::string::npos) << m;
+}
+
+// A token that no merge reaches: tiktoken looks every piece up whole first (so "abc" is one token), tokenizers only
+// with model.ignore_merges. Expected ids are those of tiktoken 0.14 and tokenizers 0.23 on the same files.
+TEST_F(TokenizerFiles, WholePieceLookupAsTheReferences) {
+  // a b c abc bc xyz x y z
+  write_all(dir_ / "w.tiktoken", "YQ== 0\nYg== 1\nYw== 2\nYWJj 3\nYmM= 4\neHl6 5\neA== 6\neQ== 7\neg== 8\n");
+  const Tokenizer tt = Tokenizer::from_file((dir_ / "w.tiktoken").string());
+  EXPECT_EQ(tt.encode("abc"), (std::vector<int32_t>{3}));
+  EXPECT_EQ(tt.encode("abcabc"), (std::vector<int32_t>{3, 3}));
+  EXPECT_EQ(tt.encode("cab"), (std::vector<int32_t>{2, 0, 1}));
+  EXPECT_EQ(tt.encode("xyz"), (std::vector<int32_t>{5}));
+  EXPECT_EQ(tt.encode("xyzx"), (std::vector<int32_t>{6, 7, 8, 6}));
+  for (const bool ignore_merges : {true, false}) {
+    const fs::path p = dir_ / (ignore_merges ? "im1.json" : "im0.json");
+    write_all(p, std::string(R"({"model": {"type": "BPE", "ignore_merges": )") + (ignore_merges ? "true" : "false") +
+                     R"(, "vocab": {"a": 0, "b": 1, "c": 2, "abc": 3, "bc": 4}, "merges": [["b", "c"]]},
+                     "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}})");
+    const Tokenizer hf = Tokenizer::from_file(p.string());
+    EXPECT_EQ(hf.encode("abc"), (ignore_merges ? std::vector<int32_t>{3} : std::vector<int32_t>{0, 4}));
+    EXPECT_EQ(hf.encode("abcabc"), (std::vector<int32_t>{0, 4, 0, 4}));
+  }
 }
 
 }  // namespace
