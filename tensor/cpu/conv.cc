@@ -916,6 +916,8 @@ BatchNormResult batch_norm(const Tensor& x, const Tensor& w, const Tensor& b, co
   check_cpu(op, x, "input");
   check_float(op, x, "input");
   const BnGeom g = bn_geom(op, x);
+  check_channel_vec(op, w, "weight", g.C, x);
+  check_channel_vec(op, b, "bias", g.C, x);
   check_channel_vec(op, running_mean, "running_mean", g.C, x);
   check_channel_vec(op, running_var, "running_var", g.C, x);
   LOOM_CHECK(running_mean.defined() == running_var.defined(), op,
