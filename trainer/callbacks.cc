@@ -32,7 +32,11 @@ const std::vector<double>& History::operator[](const std::string& key) const {
 std::string History::to_json() const {
   json j = json::object();
   j["epoch"] = epoch;
-  for (auto& [k, v] : history) j[k] = v;
+  for (auto& [k, v] : history) {
+    json a = json::array();
+    for (double x : v) a.push_back(std::isfinite(x) ? json(x) : json(std::isnan(x) ? "nan" : x > 0 ? "inf" : "-inf"));
+    j[k] = a;
+  }
   return j.dump();
 }
 
@@ -43,7 +47,15 @@ History History::from_json(const std::string& text) {
     if (k == "epoch") {
       h.epoch = v.get<std::vector<int64_t>>();
     } else {
-      h.history[k] = v.get<std::vector<double>>();
+      auto& out = h.history[k];
+      for (auto& x : v) {
+        if (x.is_number()) {
+          out.push_back(x.get<double>());
+        } else {
+          const std::string s = x.get<std::string>();
+          out.push_back(s == "inf" ? INFINITY : s == "-inf" ? -INFINITY : NAN);
+        }
+      }
     }
   }
   return h;

@@ -43,6 +43,21 @@ LossFn cross_entropy_loss() {
 
 // ---------------------------------------------------------------- Trainer
 
+namespace {
+/// JSON has no infinities or NaN: those go as strings ("inf", "-inf", "nan").
+json number_to_json(double v) {
+  if (std::isfinite(v)) return v;
+  return std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf");
+}
+double json_to_number(const json& j) {
+  if (j.is_number()) return j.get<double>();
+  const std::string s = j.get<std::string>();
+  if (s == "inf") return INFINITY;
+  if (s == "-inf") return -INFINITY;
+  return NAN;
+}
+}  // namespace
+
 Trainer::Trainer(std::shared_ptr<nn::Module> model, std::function<Tensor(const Tensor&)> forward, Strategy strategy)
     : model_(std::move(model)), forward_(std::move(forward)), strategy_(std::move(strategy)) {
   LOOM_CHECK(model_ != nullptr && forward_, "Trainer: model and forward must be given");
@@ -154,7 +169,9 @@ std::string Trainer::save_checkpoint(const std::string& root, int keep_last) {
   json cbs = json::object();
   for (size_t i = 0; i < callbacks_.size(); ++i) {
     auto s = callbacks_[i]->state();
-    if (!s.empty()) cbs[std::to_string(i)] = s;
+    json cj = json::object();
+    for (auto& [k, v] : s) cj[k] = number_to_json(v);
+    if (!s.empty()) cbs[std::to_string(i)] = cj;
   }
   state["callbacks"] = cbs;
   checkpoint::TrainState ts;
@@ -177,7 +194,8 @@ bool Trainer::load_checkpoint(const std::string& root) {
     lr_scale_ = state.at("lr_scale").get<double>();
     history_ = History::from_json(state.at("history").dump());
     loaded_callback_states_.clear();
-    for (auto& [k, v] : state.at("callbacks").items()) loaded_callback_states_[k] = v.get<CallbackState>();
+    for (auto& [k, v] : state.at("callbacks").items())
+      for (auto& [name, value] : v.items()) loaded_callback_states_[k][name] = json_to_number(value);
   } catch (const json::exception& e) {
     throw IoError("Trainer::load_checkpoint: " + root + ": the checkpoint's trainer state is not from Trainer (" +
                   e.what() + ")");
