@@ -21,6 +21,7 @@ if(LOOM_MPIRUN)
                     "fsdp_tp|FsdpTp*|4" "hsdp|Hsdp.*|4" "hsdp_tp|HsdpTp.*|8"
                     "actckpt|ActivationCheckpointingParallel*|2,4")
   list(APPEND _loom_psuites "trace|Trace*|2")  # the timeline (trace_test.cc)
+  list(APPEND _loom_psuites "syncbn|SyncBatchNorm*|2")  # sync_batch_norm_test.cc
   foreach(entry ${_loom_psuites})
     string(REPLACE "|" ";" parts "${entry}")
     list(GET parts 0 suite)
