@@ -1,6 +1,7 @@
 #include "nn/module.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -291,6 +292,65 @@ std::string Module::summary() const {
   std::ostringstream os;
   os << repr() << "\nTotal parameters: " << total << "\nTrainable parameters: " << trainable;
   return os.str();
+}
+
+}  // namespace loom::nn
+namespace loom::detail {
+thread_local ModuleOutputShapes* recording_output_shapes = nullptr;
+}
+namespace loom::nn {
+
+std::string Module::summary(const Shape& input_shape, const std::function<Tensor(const Tensor&)>& forward) {
+  loom::detail::ModuleOutputShapes shapes;
+  const bool was_training = training_;
+  {
+    autograd::NoGradGuard no_grad;
+    eval();
+    loom::detail::ModuleOutputShapes* outer = loom::detail::recording_output_shapes;
+    loom::detail::recording_output_shapes = &shapes;
+    try {
+      forward(ops::zeros(input_shape));
+    } catch (...) {
+      loom::detail::recording_output_shapes = outer;
+      train(was_training);
+      throw;
+    }
+    loom::detail::recording_output_shapes = outer;
+    train(was_training);
+  }
+  std::map<const Module*, std::string> names;
+  for (auto& [n, m] : named_modules()) names[m] = n;
+  std::vector<std::array<std::string, 3>> rows;
+  for (auto& [m, shape] : shapes.calls) {
+    if (!m->children_.empty() || !names.count(m)) continue;
+    std::string s = "(None";
+    for (size_t d = 1; d < shape.size(); ++d) s += ", " + std::to_string(shape[d]);
+    s += shape.size() == 1 ? ",)" : ")";
+    int64_t own = 0;
+    for (auto& [pn, t] : m->named_parameters(false)) own += t.numel();
+    rows.push_back({names[m] + " (" + m->type_name() + ")", s, std::to_string(own)});
+  }
+  size_t w0 = 24, w1 = 20, w2 = 10;
+  for (auto& r : rows) w0 = std::max(w0, r[0].size() + 2), w1 = std::max(w1, r[1].size() + 2);
+  auto line = [&](char c) { return std::string(w0 + w1 + w2, c) + "\n"; };
+  auto row = [&](const std::string& a, const std::string& b, const std::string& c) {
+    return a + std::string(w0 - a.size(), ' ') + b + std::string(w1 - b.size(), ' ') + c + "\n";
+  };
+  int64_t total = 0, trainable = 0;
+  for (auto& [n, t] : named_parameters()) {
+    total += t.numel();
+    if (t.requires_grad()) trainable += t.numel();
+  }
+  std::string out =
+      "Model: \"" + type_name_ + "\"\n" + line('_') + row("Layer (type)", "Output Shape", "Param #") + line('=');
+  for (size_t i = 0; i < rows.size(); ++i) {
+    out += row(rows[i][0], rows[i][1], rows[i][2]);
+    if (i + 1 < rows.size()) out += line('_');
+  }
+  out += line('=');
+  out += "Total params: " + std::to_string(total) + "\nTrainable params: " + std::to_string(trainable) +
+         "\nNon-trainable params: " + std::to_string(total - trainable) + "\n" + line('_');
+  return out;
 }
 
 HookHandle Module::register_forward_pre_hook(ModuleHook fn) {

@@ -20,6 +20,17 @@
 #include "tensor/trace_events.h"
 
 namespace loom::nn {
+class Module;
+}
+namespace loom::detail {
+/// While Module::summary(input_shape, forward) runs: the output shape of every module call, in completion order.
+struct ModuleOutputShapes {
+  std::vector<std::pair<const nn::Module*, Shape>> calls;
+};
+extern thread_local ModuleOutputShapes* recording_output_shapes;
+}  // namespace loom::detail
+
+namespace loom::nn {
 
 /// name -> tensor in registration order (parameters, then persistent buffers, per module, pre-order).
 using StateDict = OrderedDict<Tensor>;
@@ -107,6 +118,11 @@ class Module {
   std::string repr() const;
   /// repr() followed by "Total parameters: N" and "Trainable parameters: N".
   std::string summary() const;
+  /// Keras's model.summary(): runs forward(zeros(input_shape)) once (no grad, eval mode; the training flag is restored)
+  /// and returns a table of the leaf modules that ran, in order: "name (Type)", the output shape (dim 0 printed as
+  /// None) and the module's parameter count; then total, trainable and non-trainable parameters. Throws what forward
+  /// throws.
+  std::string summary(const Shape& input_shape, const std::function<Tensor(const Tensor&)>& forward);
 
   // ------------------------------------------------------------ hooks
   /// fn(module) runs before every forward of this module (FSDP all-gathers here).
@@ -175,6 +191,9 @@ class Module {
                      trace::kForward);
     run_forward_pre_hooks();
     auto out = forward_fn();
+    if constexpr (std::is_same_v<std::decay_t<decltype(out)>, Tensor>)
+      if (loom::detail::recording_output_shapes)
+        loom::detail::recording_output_shapes->calls.emplace_back(this, out.sizes());
     attach_backward_pre_hooks(out);
     run_forward_hooks();
     return out;
