@@ -4,7 +4,7 @@
 # Cases:
 #   pretrain        tokenize a JSON-lines corpus (2 threads, several shards, a val split), then pretrain trains on the
 #                   shards as they are: the loss falls.
-#   cli             --help has the example footer; a usage error exits 2; a corrupt line exits 1 naming file:line;
+#   cli             --help (loomdata's and pretrain's) has the example footer; a usage error exits 2; a corrupt line exits 1 naming file:line;
 #                   --skip-bad counts it; a run stopped abruptly (after its 2nd shard) and run again gives the same
 #                   bytes as an uninterrupted run; a finished directory is left alone.
 #   old_checkpoint  pretrain resumes from a checkpoint that main d199872 (hand-written JSON) wrote.
@@ -69,6 +69,11 @@ cli)
   make_corpus
   "$loomdata" --help > help.log 2>&1 || fail "--help: exit $?"
   grep -q "^Example:" help.log || fail "--help has no example footer"
+  "$pretrain" --help > help_pretrain.log 2>&1 || fail "pretrain --help: exit $?"
+  grep -q "^Example:" help_pretrain.log || fail "pretrain --help has no example footer"
+  "$pretrain" --config x.yaml --bogus > /dev/null 2> bogus.log
+  [[ $? -eq 2 ]] || fail "pretrain with an unknown option should exit 2"
+  grep -q -- "--bogus" bogus.log || fail "pretrain's usage error does not name --bogus"
   "$loomdata" tokenize --help > help2.log 2>&1 || fail "tokenize --help: exit $?"
   for opt in --tokenizer --out --shard-tokens --val-fraction --skip-bad --threads; do
     grep -q -- "$opt" help2.log || fail "tokenize --help does not list $opt"
