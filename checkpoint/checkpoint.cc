@@ -82,17 +82,17 @@ std::string read_file(const std::string& path) {
 
 Json int_array(const std::vector<int64_t>& v) {
   Json a = Json::array();
-  for (int64_t x : v) a.push(Json(static_cast<double>(x)));
+  for (int64_t x : v) a.push_back(Json(x));
   return a;
 }
 std::vector<int64_t> to_ints(const Json& j) {
   std::vector<int64_t> v;
-  for (const auto& e : j.elements()) v.push_back(static_cast<int64_t>(e.as_number()));
+  for (const auto& e : j) v.push_back(e.get<int64_t>());
   return v;
 }
 // 64-bit values (RNG seeds, data positions) go as decimal strings: JSON numbers are doubles.
 Json u64(uint64_t v) { return Json(std::to_string(v)); }
-uint64_t parse_u64(const Json& j) { return std::stoull(j.as_string()); }
+uint64_t parse_u64(const Json& j) { return std::stoull(j.get<std::string>()); }
 
 DType parse_dtype(const std::string& s, const std::string& ctx) {
   for (DType d : {DType::f32, DType::f64, DType::f16, DType::bf16, DType::i32, DType::i64, DType::u8})
@@ -156,36 +156,36 @@ std::map<std::string, int64_t> optimizer_steps(const Target& t) {
 // What rank 0 records besides tensors.
 Json train_state_json(const Target& t, const TrainState& s, int world) {
   Json j = Json::object();
-  j.set("step", Json(static_cast<double>(s.step)));
+  j["step"] = Json(s.step);
   Json dp = Json::object();
-  for (const auto& [k, v] : s.data_position) dp.set(k, Json(std::to_string(v)));
-  j.set("data_position", dp);
-  j.set("config", Json(s.config));
-  j.set("dp_size", Json(static_cast<double>(t.coords.dp_size)));
-  j.set("tp_size", Json(static_cast<double>(t.coords.tp_size)));
-  j.set("world_size", Json(static_cast<double>(world)));
-  if (t.coords.replica_size > 1) j.set("replicas", Json(static_cast<double>(t.coords.replica_size)));
-  j.set("layout",
-        Json(t.fsdp ? std::string(t.coords.replica_size > 1 ? "hsdp" : "fsdp") + (t.coords.tp_size > 1 ? "+tp" : "")
-             : t.coords.tp_size > 1 ? (t.coords.dp_size > 1 ? "ddp+tp" : "tp")
-             : t.coords.dp_size > 1 ? "ddp"
-                                    : "single"));
-  if (t.scheduler) j.set("scheduler_step", Json(static_cast<double>(t.scheduler->state_dict().step)));
+  for (const auto& [k, v] : s.data_position) dp[k] = Json(std::to_string(v));
+  j["data_position"] = dp;
+  j["config"] = Json(s.config);
+  j["dp_size"] = Json(t.coords.dp_size);
+  j["tp_size"] = Json(t.coords.tp_size);
+  j["world_size"] = Json(world);
+  if (t.coords.replica_size > 1) j["replicas"] = Json(t.coords.replica_size);
+  j["layout"] =
+      Json(t.fsdp ? std::string(t.coords.replica_size > 1 ? "hsdp" : "fsdp") + (t.coords.tp_size > 1 ? "+tp" : "")
+           : t.coords.tp_size > 1 ? (t.coords.dp_size > 1 ? "ddp+tp" : "tp")
+           : t.coords.dp_size > 1 ? "ddp"
+                                  : "single");
+  if (t.scheduler) j["scheduler_step"] = Json(t.scheduler->state_dict().step);
   if (t.optimizer) {
     Json o = Json::object();
     auto st = t.optimizer->state_dict();
     Json hyper = Json::object();
-    for (const auto& [k, v] : st.hyper) hyper.set(k, Json(v));
-    o.set("hyper", hyper);
+    for (const auto& [k, v] : st.hyper) hyper[k] = Json(v);
+    o["hyper"] = hyper;
     Json groups = Json::array();
     for (const auto& g : t.optimizer->param_groups()) {
       Json gj = Json::object();
-      gj.set("lr", Json(g.lr));
-      gj.set("weight_decay", Json(g.weight_decay));
-      groups.push(gj);
+      gj["lr"] = Json(g.lr);
+      gj["weight_decay"] = Json(g.weight_decay);
+      groups.push_back(gj);
     }
-    o.set("groups", groups);
-    j.set("optimizer", o);
+    o["groups"] = groups;
+    j["optimizer"] = o;
   }
   return j;
 }
@@ -216,9 +216,9 @@ void write_rank(const RankWrite& w, std::vector<char>* staging) {
   bool paused_once = false;
   for (const auto& lt : w.tensors) {
     Json tj = Json::object();
-    tj.set("shape", int_array(lt.global_shape));
-    tj.set("dtype", Json(dtype_name(lt.data.dtype())));
-    tensors.set(lt.name, tj);
+    tj["shape"] = int_array(lt.global_shape);
+    tj["dtype"] = Json(dtype_name(lt.data.dtype()));
+    tensors[lt.name] = tj;
     const int64_t n = lt.flat_end - lt.flat_begin;
     const int64_t b = n * lt.replica_index / lt.replicas, e = n * (lt.replica_index + 1) / lt.replicas;
     Json plist = Json::array();
@@ -253,32 +253,32 @@ void write_rank(const RankWrite& w, std::vector<char>* staging) {
       }
       writer.set_crc(crc.crcs);
       Json pj = Json::object();
-      pj.set("dataset", Json(dset));
-      pj.set("box_offset", int_array(bp.box_offset));
-      pj.set("box_size", int_array(bp.box_size));
-      pj.set("flat_range", int_array({bp.begin, bp.end}));
+      pj["dataset"] = Json(dset);
+      pj["box_offset"] = int_array(bp.box_offset);
+      pj["box_size"] = int_array(bp.box_size);
+      pj["flat_range"] = int_array({bp.begin, bp.end});
       Json cj = Json::array();
-      for (uint32_t c : crc.crcs) cj.push(Json(static_cast<double>(c)));
-      pj.set("crc32c", cj);
-      plist.push(pj);
+      for (uint32_t c : crc.crcs) cj.push_back(Json(c));
+      pj["crc32c"] = cj;
+      plist.push_back(pj);
       if (!paused_once) {
         paused_once = true;
         maybe_pause(w.root, w.rank);
       }
     }
-    if (!plist.elements().empty()) pieces.set(lt.name, plist);
+    if (!plist.empty()) pieces[lt.name] = plist;
   }
   {
     std::lock_guard<std::mutex> lock(detail::h5_mutex());
     writer.close_and_sync();
   }
   Json idx = Json::object();
-  idx.set("rank", Json(static_cast<double>(w.rank)));
-  idx.set("file", Json(rank_file(w.rank, "h5")));
-  idx.set("tensors", tensors);
-  idx.set("pieces", pieces);
-  for (const auto& [k, v] : w.extra.items()) idx.set(k, v);
-  write_file_atomic(w.dir + "/" + rank_file(w.rank, "json"), idx.dump());
+  idx["rank"] = Json(w.rank);
+  idx["file"] = Json(rank_file(w.rank, "h5"));
+  idx["tensors"] = tensors;
+  idx["pieces"] = pieces;
+  for (const auto& [k, v] : w.extra.items()) idx[k] = v;
+  write_file_atomic(w.dir + "/" + rank_file(w.rank, "json"), dump_json(idx));
 }
 
 // Rank 0: merges the ranks' indexes into metadata.json, marks the directory complete, renames it into place and points
@@ -297,50 +297,50 @@ void commit(const std::string& root, const std::string& tmp, const std::string& 
                       std::to_string(timeout.count()) + " s");
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    Json idx = Json::parse(read_file(idx_path));
-    const std::string file = idx.at("file", idx_path).as_string();
-    for (const auto& [name, tj] : idx.at("tensors", idx_path).items()) {
-      const Json* have = tensors.find(name);
+    Json idx = parse_json(read_file(idx_path));
+    const std::string file = json_at(idx, "file", idx_path).get<std::string>();
+    for (const auto& [name, tj] : json_at(idx, "tensors", idx_path).items()) {
+      const Json* have = json_find(tensors, name);
       if (!have) {
         Json t = Json::object();
-        t.set("shape", tj.at("shape"));
-        t.set("dtype", tj.at("dtype"));
-        t.set("pieces", Json::array());
-        tensors.set(name, t);
+        t["shape"] = tj.at("shape");
+        t["dtype"] = tj.at("dtype");
+        t["pieces"] = Json::array();
+        tensors[name] = t;
       } else if (have->at("shape").dump() != tj.at("shape").dump() ||
                  have->at("dtype").dump() != tj.at("dtype").dump()) {
-        throw IoError("checkpoint: ranks disagree on tensor " + name + ": " + have->dump() + " vs rank " +
-                      std::to_string(r) + " " + tj.dump());
+        throw IoError("checkpoint: ranks disagree on tensor " + name + ": " + dump_json(*have) + " vs rank " +
+                      std::to_string(r) + " " + dump_json(tj));
       }
     }
-    for (const auto& [name, plist] : idx.at("pieces", idx_path).items()) {
-      Json t = *tensors.find(name);
+    for (const auto& [name, plist] : json_at(idx, "pieces", idx_path).items()) {
+      Json t = *json_find(tensors, name);
       Json ps = t.at("pieces");
-      for (const auto& p : plist.elements()) {
+      for (const auto& p : plist) {
         Json q = p;
-        q.set("file", Json(file));
-        ps.push(q);
+        q["file"] = Json(file);
+        ps.push_back(q);
       }
-      t.set("pieces", ps);
-      tensors.set(name, t);
+      t["pieces"] = ps;
+      tensors[name] = t;
     }
     Json rj = Json::object();
-    rj.set("file", Json(file));
-    if (const Json* rng = idx.find("rng")) rj.set("rng", *rng);
-    ranks.push(rj);
-    if (const Json* st = idx.find("optimizer_steps"))
-      for (const auto& [k, v] : st->items()) steps.set(k, v);
+    rj["file"] = Json(file);
+    if (const Json* rng = json_find(idx, "rng")) rj["rng"] = *rng;
+    ranks.push_back(rj);
+    if (const Json* st = json_find(idx, "optimizer_steps"))
+      for (const auto& [k, v] : st->items()) steps[k] = v;
   }
   Json md = Json::object();
-  md.set("format", Json("loom.checkpoint"));
-  md.set("version", Json(1.0));
-  md.set("checksum", Json("crc32c"));
-  md.set("checksum_block_elements", Json(static_cast<double>(kChecksumBlock)));
-  for (const auto& [k, v] : train_state.items()) md.set(k, v);
-  md.set("optimizer_steps", steps);
-  md.set("ranks", ranks);
-  md.set("tensors", tensors);
-  write_file_atomic(tmp + "/" + kMetadata, md.dump());
+  md["format"] = Json("loom.checkpoint");
+  md["version"] = Json(1);
+  md["checksum"] = Json("crc32c");
+  md["checksum_block_elements"] = Json(kChecksumBlock);
+  for (const auto& [k, v] : train_state.items()) md[k] = v;
+  md["optimizer_steps"] = steps;
+  md["ranks"] = ranks;
+  md["tensors"] = tensors;
+  write_file_atomic(tmp + "/" + kMetadata, dump_json(md));
   write_file_atomic(tmp + "/" + kComplete, "complete\n");
   const std::string final_dir = root + "/" + final_name;
   std::error_code ec;
@@ -507,15 +507,15 @@ std::string Checkpointer::save(const Target& t, const TrainState& s) {
   Json rng = Json::object();
   for (const auto& [name, g] : t.rngs) {
     Json a = Json::array();
-    a.push(u64(g->seed()));
-    a.push(u64(g->offset()));
-    rng.set(name, a);
+    a.push_back(u64(g->seed()));
+    a.push_back(u64(g->offset()));
+    rng[name] = a;
   }
   w.extra = Json::object();
-  w.extra.set("rng", rng);
+  w.extra["rng"] = rng;
   Json steps = Json::object();
-  for (const auto& [k, v] : optimizer_steps(t)) steps.set(k, Json(static_cast<double>(v)));
-  w.extra.set("optimizer_steps", steps);
+  for (const auto& [k, v] : optimizer_steps(t)) steps[k] = Json(v);
+  w.extra["optimizer_steps"] = steps;
   const Json ts = train_state_json(t, s, world);
 
   if (opts_.async) {
@@ -600,34 +600,39 @@ Metadata read_metadata(const std::string& dir) {
   md.dir = dir;
   const std::string path = dir + "/" + kMetadata;
   try {
-    md.json = Json::parse(read_file(path));
+    md.json = parse_json(read_file(path));
   } catch (const InvalidArgument& e) {
     throw IoError("checkpoint: " + path + " is not valid JSON: " + e.what());
   }
-  md.step = static_cast<int64_t>(md.json.at("step", path).as_number());
-  md.world_size = static_cast<int>(md.json.at("world_size", path).as_number());
-  for (const auto& [name, tj] : md.json.at("tensors", path).items()) {
-    TensorInfo ti;
-    ti.name = name;
-    ti.shape = to_ints(tj.at("shape", name));
-    ti.dtype = parse_dtype(tj.at("dtype", name).as_string(), path + " tensor " + name);
-    for (const auto& pj : tj.at("pieces", name).elements()) {
-      PieceInfo p;
-      p.file = pj.at("file", name).as_string();
-      p.dataset = pj.at("dataset", name).as_string();
-      p.box_offset = to_ints(pj.at("box_offset", name));
-      p.box_size = to_ints(pj.at("box_size", name));
-      auto fr = to_ints(pj.at("flat_range", name));
-      LOOM_CHECK_T(IoError, fr.size() == 2 && fr[0] <= fr[1], "checkpoint: bad flat_range of ", name, " in ", path);
-      p.flat_begin = fr[0];
-      p.flat_end = fr[1];
-      for (const auto& c : pj.at("crc32c", name).elements()) p.crc.push_back(static_cast<uint32_t>(c.as_number()));
-      const int64_t blocks = (p.flat_end - p.flat_begin + kChecksumBlock - 1) / kChecksumBlock;
-      LOOM_CHECK_T(IoError, static_cast<int64_t>(p.crc.size()) == blocks, "checkpoint: tensor ", name, " piece ",
-                   p.dataset, " of ", p.file, " lists ", p.crc.size(), " checksums for ", blocks, " blocks in ", path);
-      ti.pieces.push_back(std::move(p));
+  try {  // a value of the wrong type (nlohmann's type_error) names the file too
+    md.step = json_at(md.json, "step", path).get<int64_t>();
+    md.world_size = json_at(md.json, "world_size", path).get<int>();
+    for (const auto& [name, tj] : json_at(md.json, "tensors", path).items()) {
+      TensorInfo ti;
+      ti.name = name;
+      ti.shape = to_ints(json_at(tj, "shape", name));
+      ti.dtype = parse_dtype(json_at(tj, "dtype", name).get<std::string>(), path + " tensor " + name);
+      for (const auto& pj : json_at(tj, "pieces", name)) {
+        PieceInfo p;
+        p.file = json_at(pj, "file", name).get<std::string>();
+        p.dataset = json_at(pj, "dataset", name).get<std::string>();
+        p.box_offset = to_ints(json_at(pj, "box_offset", name));
+        p.box_size = to_ints(json_at(pj, "box_size", name));
+        auto fr = to_ints(json_at(pj, "flat_range", name));
+        LOOM_CHECK_T(IoError, fr.size() == 2 && fr[0] <= fr[1], "checkpoint: bad flat_range of ", name, " in ", path);
+        p.flat_begin = fr[0];
+        p.flat_end = fr[1];
+        for (const auto& c : json_at(pj, "crc32c", name)) p.crc.push_back(c.get<uint32_t>());
+        const int64_t blocks = (p.flat_end - p.flat_begin + kChecksumBlock - 1) / kChecksumBlock;
+        LOOM_CHECK_T(IoError, static_cast<int64_t>(p.crc.size()) == blocks, "checkpoint: tensor ", name, " piece ",
+                     p.dataset, " of ", p.file, " lists ", p.crc.size(), " checksums for ", blocks, " blocks in ",
+                     path);
+        ti.pieces.push_back(std::move(p));
+      }
+      md.tensors.push_back(std::move(ti));
     }
-    md.tensors.push_back(std::move(ti));
+  } catch (const Json::exception& e) {
+    throw IoError("checkpoint: " + path + " is malformed: " + e.what());
   }
   std::sort(md.tensors.begin(), md.tensors.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
   return md;
@@ -761,20 +766,20 @@ void prepare_optimizer(const Target& t, const Metadata& md) {
   if (state_names.empty())
     throw InvalidArgument("checkpoint: " + md.dir +
                           " holds no optimizer state; load without an optimizer in the Target");
-  const Json& oj = md.json.at("optimizer", md.dir + "/metadata.json");
+  const Json& oj = json_at(md.json, "optimizer", md.dir + "/metadata.json");
   std::map<std::string, int64_t> saved_steps;
   int64_t max_step = 0;
   for (const auto& [k, v] : md.json.at("optimizer_steps").items()) {
-    saved_steps[k] = static_cast<int64_t>(v.as_number());
+    saved_steps[k] = v.get<int64_t>();
     max_step = std::max(max_step, saved_steps[k]);
   }
   nn::OptimizerState st = t.optimizer->state_dict();
-  for (const auto& [k, v] : oj.at("hyper").items()) st.hyper[k] = v.as_number();
-  const auto& groups = oj.at("groups").elements();
+  for (const auto& [k, v] : oj.at("hyper").items()) st.hyper[k] = v.get<double>();
+  const auto& groups = oj.at("groups");
   if (groups.size() == st.param_groups.size()) {
     for (size_t g = 0; g < groups.size(); ++g) {
-      st.param_groups[g].lr = groups[g].at("lr").as_number();
-      st.param_groups[g].weight_decay = groups[g].at("weight_decay").as_number();
+      st.param_groups[g].lr = groups[g].at("lr").get<double>();
+      st.param_groups[g].weight_decay = groups[g].at("weight_decay").get<double>();
     }
   } else {
     LOOM_WARN("checkpoint: the optimizer has ", st.param_groups.size(), " parameter groups, the checkpoint ",
@@ -837,25 +842,26 @@ TrainState load_from(const Metadata& md, const Target& t, int rank) {
   const std::string ctx = md.dir + "/metadata.json";
   TrainState s;
   s.step = md.step;
-  for (const auto& [k, v] : md.json.at("data_position", ctx).items()) s.data_position[k] = std::stoll(v.as_string());
-  s.config = md.json.at("config", ctx).as_string();
-  s.saved_dp_size = static_cast<int>(md.json.at("dp_size", ctx).as_number());
+  for (const auto& [k, v] : json_at(md.json, "data_position", ctx).items())
+    s.data_position[k] = std::stoll(v.get<std::string>());
+  s.config = json_at(md.json, "config", ctx).get<std::string>();
+  s.saved_dp_size = json_at(md.json, "dp_size", ctx).get<int>();
   if (t.scheduler) {
-    const Json* ss = md.json.find("scheduler_step");
+    const Json* ss = json_find(md.json, "scheduler_step");
     if (!ss) throw InvalidArgument("checkpoint: " + md.dir + " holds no LR scheduler state");
-    t.scheduler->load_state_dict({static_cast<int64_t>(ss->as_number())});
+    t.scheduler->load_state_dict({ss->get<int64_t>()});
   }
   if (!t.rngs.empty()) {
-    const auto& ranks = md.json.at("ranks", ctx).elements();
+    const auto& ranks = json_at(md.json, "ranks", ctx);
     if (rank >= static_cast<int>(ranks.size())) {
       LOOM_WARN("checkpoint: ", md.dir, " was saved by ", ranks.size(), " ranks; rank ", rank,
                 " keeps its generators' states");
     } else {
-      const Json& rng = ranks[rank].at("rng", ctx);
+      const Json& rng = json_at(ranks[rank], "rng", ctx);
       for (const auto& [name, g] : t.rngs) {
-        const Json* st = rng.find(name);
+        const Json* st = json_find(rng, name);
         if (!st) throw InvalidArgument("checkpoint: " + md.dir + " holds no state of generator '" + name + "'");
-        g->set_state(parse_u64(st->elements().at(0)), parse_u64(st->elements().at(1)));
+        g->set_state(parse_u64(st->at(0)), parse_u64(st->at(1)));
       }
     }
   }

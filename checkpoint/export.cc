@@ -51,25 +51,25 @@ ExportStats export_safetensors(const std::string& dir, const std::string& out, i
   }
   Json header = Json::object();
   Json meta = Json::object();
-  meta.set("format", Json("pt"));
-  meta.set("loom_checkpoint", Json(dir));
-  meta.set("step", Json(std::to_string(md.step)));
-  header.set("__metadata__", meta);
+  meta["format"] = Json("pt");
+  meta["loom_checkpoint"] = Json(dir);
+  meta["step"] = Json(std::to_string(md.step));
+  header["__metadata__"] = meta;
   uint64_t offset = 0;
   for (const auto& it : items) {
     Json e = Json::object();
-    e.set("dtype", Json(safetensors_dtype(it.info->dtype)));
+    e["dtype"] = Json(safetensors_dtype(it.info->dtype));
     Json shape = Json::array();
-    for (int64_t s : it.hf_shape) shape.push(Json(static_cast<double>(s)));
-    e.set("shape", shape);
+    for (int64_t s : it.hf_shape) shape.push_back(Json(s));
+    e["shape"] = shape;
     Json range = Json::array();
-    range.push(Json(static_cast<double>(offset)));
+    range.push_back(Json(offset));
     offset += static_cast<uint64_t>(shape_numel(it.hf_shape)) * element_size(it.info->dtype);
-    range.push(Json(static_cast<double>(offset)));
-    e.set("data_offsets", range);
-    header.set(it.hf_name, e);
+    range.push_back(Json(offset));
+    e["data_offsets"] = range;
+    header[it.hf_name] = e;
   }
-  std::string text = header.dump();
+  std::string text = dump_json(header);
   while ((text.size() + 8) % 8 != 0) text.push_back(' ');
 
   ExportStats stats;

@@ -1,67 +1,28 @@
-// A small JSON value (null, bool, number, string, array, object with
-// insertion order kept) with a strict parser and a compact writer; used for
-// safetensors headers and checkpoint metadata.
+// JSON for checkpoint metadata and safetensors headers: nlohmann::ordered_json (Debian's nlohmann-json; an object
+// keeps its members in the order they were set, so metadata.json reads in the order it is written), plus the few
+// helpers that turn its errors into loom's: a parse error names the file and byte, a missing key the file and key.
 #pragma once
 
-#include <map>
-#include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
-#include <utility>
-#include <vector>
 
 #include "tensor/error.h"
 
 namespace loom::checkpoint {
 
-class Json {
- public:
-  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
+using Json = nlohmann::ordered_json;
 
-  Json() = default;
-  explicit Json(bool b) : kind_(Kind::kBool), bool_(b) {}
-  explicit Json(double d) : kind_(Kind::kNumber), number_(d) {}
-  explicit Json(std::string s) : kind_(Kind::kString), string_(std::move(s)) {}
-  explicit Json(const char* s) : kind_(Kind::kString), string_(s) {}
-  static Json array() {
-    Json j;
-    j.kind_ = Kind::kArray;
-    return j;
-  }
-  static Json object() {
-    Json j;
-    j.kind_ = Kind::kObject;
-    return j;
-  }
-  /// Parses text; throws InvalidArgument with the byte offset of the error.
-  static Json parse(const std::string& text);
+/// Parses text. Throws InvalidArgument "<context>: JSON parse error at byte N: ..." on malformed input.
+Json parse_json(const std::string& text, const std::string& context = "json");
 
-  Kind kind() const { return kind_; }
-  bool is_object() const { return kind_ == Kind::kObject; }
-  bool is_array() const { return kind_ == Kind::kArray; }
-  bool is_string() const { return kind_ == Kind::kString; }
-  bool is_number() const { return kind_ == Kind::kNumber; }
+/// Member `key` of object j. Throws InvalidArgument naming context and key when j is not an object or lacks it.
+const Json& json_at(const Json& j, const std::string& key, const std::string& context = "json");
 
-  double as_number() const;
-  const std::string& as_string() const;
-  bool as_bool() const;
-  const std::vector<Json>& elements() const;
-  const std::vector<std::pair<std::string, Json>>& items() const;
-  /// Member `key`; throws InvalidArgument naming context and key when absent.
-  const Json& at(const std::string& key, const std::string& context = "json") const;
-  const Json* find(const std::string& key) const;
+/// Member `key` of object j, or nullptr when j is not an object or lacks it.
+const Json* json_find(const Json& j, const std::string& key);
 
-  void push(Json v);
-  /// Sets (or replaces) member key.
-  void set(const std::string& key, Json v);
-  std::string dump() const;
-
- private:
-  Kind kind_ = Kind::kNull;
-  bool bool_ = false;
-  double number_ = 0;
-  std::string string_;
-  std::vector<Json> array_;
-  std::vector<std::pair<std::string, Json>> object_;
-};
+/// Compact text without spaces (the layout loom's checkpoints have always had). Bytes in strings that are not UTF-8
+/// are written as U+FFFD rather than failing the save.
+std::string dump_json(const Json& j);
 
 }  // namespace loom::checkpoint

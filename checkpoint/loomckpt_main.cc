@@ -33,11 +33,11 @@ std::string resolve(const std::string& path) {
 
 std::string layout_of(const Metadata& md) {
   auto num = [&](const char* k) {
-    const Json* j = md.json.find(k);
-    return j ? static_cast<int64_t>(j->as_number()) : 0;
+    const Json* j = json_find(md.json, k);
+    return j ? j->get<int64_t>() : 0;
   };
-  const Json* l = md.json.find("layout");
-  return (l ? l->as_string() : std::string("?")) + " (world " + std::to_string(md.world_size) + ", dp " +
+  const Json* l = json_find(md.json, "layout");
+  return (l ? l->get<std::string>() : std::string("?")) + " (world " + std::to_string(md.world_size) + ", dp " +
          std::to_string(num("dp_size")) + ", tp " + std::to_string(num("tp_size")) + ")";
 }
 

@@ -52,27 +52,27 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   Json header = Json::object();
   if (!metadata.empty()) {
     Json meta = Json::object();
-    for (const auto& [k, v] : metadata) meta.set(k, Json(v));
-    header.set("__metadata__", meta);
+    for (const auto& [k, v] : metadata) meta[k] = Json(v);
+    header["__metadata__"] = meta;
   }
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     LOOM_CHECK(seen.insert(name).second, "save_safetensors(", path, "): duplicate tensor name '", name, "'");
     Tensor h = ops::contiguous(ops::to(t, kCPU));
     Json entry = Json::object();
-    entry.set("dtype", Json(safetensors_dtype(h.dtype())));
+    entry["dtype"] = Json(safetensors_dtype(h.dtype()));
     Json shape = Json::array();
-    for (int64_t s : h.sizes()) shape.push(Json(static_cast<double>(s)));
-    entry.set("shape", shape);
+    for (int64_t s : h.sizes()) shape.push_back(Json(s));
+    entry["shape"] = shape;
     Json range = Json::array();
-    range.push(Json(static_cast<double>(offset)));
+    range.push_back(Json(offset));
     offset += h.nbytes();
-    range.push(Json(static_cast<double>(offset)));
-    entry.set("data_offsets", range);
-    header.set(name, entry);
+    range.push_back(Json(offset));
+    entry["data_offsets"] = range;
+    header[name] = entry;
     host.push_back(h);
   }
-  std::string text = header.dump();
+  std::string text = dump_json(header);
   while ((text.size() + 8) % 8 != 0) text.push_back(' ');  // align the data to 8 bytes
 
   std::string tmp = path + ".tmp";
@@ -115,7 +115,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
   in.read(text.data(), static_cast<std::streamsize>(n));
   Json header;
   try {
-    header = Json::parse(text);
+    header = parse_json(text);
   } catch (const Error& e) {
     LOOM_THROW(IoError, path, ": malformed safetensors header: ", e.what());
   }
@@ -125,29 +125,33 @@ SafetensorsFile load_safetensors(const std::string& path) {
 
   SafetensorsFile file;
   file.path = path;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      for (const auto& [k, v] : entry.items()) file.metadata[k] = v.as_string();
-      continue;
+  try {  // a value of the wrong type (nlohmann's type_error) names the file too
+    for (const auto& [name, entry] : header.items()) {
+      if (name == "__metadata__") {
+        for (const auto& [k, v] : entry.items()) file.metadata[k] = v.get<std::string>();
+        continue;
+      }
+      std::string ctx = path + ": tensor '" + name + "'";
+      DType dtype = dtype_from_safetensors(json_at(entry, "dtype", ctx).get<std::string>(), ctx);
+      Shape shape;
+      for (const Json& s : json_at(entry, "shape", ctx)) shape.push_back(s.get<int64_t>());
+      const auto& range = json_at(entry, "data_offsets", ctx);
+      if (range.size() != 2) LOOM_THROW(IoError, ctx, ": data_offsets must hold two numbers");
+      uint64_t begin = range[0].get<uint64_t>();
+      uint64_t end = range[1].get<uint64_t>();
+      uint64_t expect = static_cast<uint64_t>(shape_numel(shape)) * element_size(dtype);
+      if (end < begin || end - begin != expect || end > data_size)
+        LOOM_THROW(IoError, ctx, ": byte range [", begin, ", ", end, ") does not match shape ", shape_str(shape), " ",
+                   dtype_name(dtype), " (", expect, " bytes) within ", data_size,
+                   " data bytes; the file may be truncated");
+      Tensor t = empty(shape, dtype, kCPU);
+      in.seekg(static_cast<std::streamoff>(data_start + begin));
+      if (expect && !in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(expect)))
+        LOOM_THROW(IoError, ctx, ": read failed (truncated file?)");
+      file.tensors.emplace_back(name, t);
     }
-    std::string ctx = path + ": tensor '" + name + "'";
-    DType dtype = dtype_from_safetensors(entry.at("dtype", ctx).as_string(), ctx);
-    Shape shape;
-    for (const Json& s : entry.at("shape", ctx).elements()) shape.push_back(static_cast<int64_t>(s.as_number()));
-    const auto& range = entry.at("data_offsets", ctx).elements();
-    if (range.size() != 2) LOOM_THROW(IoError, ctx, ": data_offsets must hold two numbers");
-    uint64_t begin = static_cast<uint64_t>(range[0].as_number());
-    uint64_t end = static_cast<uint64_t>(range[1].as_number());
-    uint64_t expect = static_cast<uint64_t>(shape_numel(shape)) * element_size(dtype);
-    if (end < begin || end - begin != expect || end > data_size)
-      LOOM_THROW(IoError, ctx, ": byte range [", begin, ", ", end, ") does not match shape ", shape_str(shape), " ",
-                 dtype_name(dtype), " (", expect, " bytes) within ", data_size,
-                 " data bytes; the file may be truncated");
-    Tensor t = empty(shape, dtype, kCPU);
-    in.seekg(static_cast<std::streamoff>(data_start + begin));
-    if (expect && !in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(expect)))
-      LOOM_THROW(IoError, ctx, ": read failed (truncated file?)");
-    file.tensors.emplace_back(name, t);
+  } catch (const Json::exception& e) {
+    LOOM_THROW(IoError, path, ": malformed safetensors header: ", e.what());
   }
   // The header is an unordered JSON object; keep the file's byte order, as writers lay tensors out in order.
   return file;

@@ -3,9 +3,11 @@
 
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <thread>
 
 #include "collectives/init.h"
@@ -69,80 +71,159 @@ int count_gpus() {
   return n;
 }
 
+namespace {
+
+// The options' values as given (strings: each is checked below with a message that names the option and the form it
+// expects), and the flags.
+struct RawOptions {
+  std::vector<std::string> program;  // for --help only: parse_options splits the program off itself
+  std::string nproc_per_node, nnodes, node_rank, master_addr, master_port, rdzv_endpoint, max_restarts, log_dir,
+      monitor_interval, grace_period, heartbeat_timeout;
+  bool help = false, free_port = false, standalone = false;
+};
+
+// trainlaunch's command line as a CLI11 app: the one table of options that parsing and --help both use.
+std::unique_ptr<CLI::App> make_app(RawOptions& r) {
+  auto app = std::make_unique<CLI::App>(
+      "Starts --nproc-per-node ranks of PROGRAM on this node (one launcher per node), sets RANK, LOCAL_RANK,\n"
+      "WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT, LOOM_RESTART_COUNT, LOOM_STORE_SECRET\n"
+      "and LOOM_LAUNCHER_STORE, prefixes each output line with its rank, stops every rank when one fails and prints\n"
+      "which one failed and how. Underscore spellings (--nproc_per_node) work.",
+      "trainlaunch");
+  app->set_help_flag();  // --help is an ordinary flag here: parse_options reports it, main prints usage()
+  app->get_formatter()->column_width(30);
+  app->add_option("--nproc-per-node", r.nproc_per_node,
+                  "ranks on this node: a number, one per core, or one per GPU (default 1)")
+      ->type_name("N|cpu|gpu");
+  app->add_option("--nnodes", r.nnodes, "number of nodes, one launcher each (default 1; Slurm: SLURM_NNODES)")
+      ->type_name("N");
+  app->add_option("--node-rank", r.node_rank, "this node's rank 0..N-1 (default 0; Slurm: SLURM_NODEID)")
+      ->type_name("R");
+  app->add_option("--master-addr", r.master_addr,
+                  "address of node 0, where rank 0 and the launchers' store run (default 127.0.0.1; Slurm: first "
+                  "host of SLURM_JOB_NODELIST)")
+      ->type_name("HOST");
+  app->add_option("--master-port", r.master_port,
+                  "port of rank 0's store (default 29500); the launchers' own store listens on PORT+1 unless "
+                  "--rdzv-endpoint says otherwise")
+      ->type_name("PORT");
+  app->add_option("--rdzv-endpoint", r.rdzv_endpoint, "where node 0's launcher hosts the launchers' store")
+      ->type_name("HOST:PORT");
+  app->add_flag("--standalone", r.standalone, "one node on 127.0.0.1 with free ports chosen for you");
+  app->add_option("--max-restarts", r.max_restarts,
+                  "restart every rank after a failure, at most R times for the job (default 0)")
+      ->type_name("R");
+  app->add_option("--log-dir", r.log_dir, "keep each rank's output in DIR/attempt_K/rank_N.log")->type_name("DIR");
+  app->add_option("--monitor-interval", r.monitor_interval, "how often ranks and other nodes are checked (default 0.1)")
+      ->type_name("SECONDS");
+  app->add_option("--grace-period", r.grace_period,
+                  "time between SIGTERM and SIGKILL when ranks are stopped (default 5)")
+      ->type_name("SECONDS");
+  app->add_option("--heartbeat-timeout", r.heartbeat_timeout, "a node silent this long is taken as dead (default 30)")
+      ->type_name("SECONDS");
+  app->add_flag("--free-port", r.free_port,
+                "print a port P with P and P+1 free on this node, below the ephemeral range (for --master-port in "
+                "batch scripts), and exit");
+  app->add_flag("--help", r.help, "this text");
+  app->add_option("PROGRAM", r.program,
+                  "after the options (or after --): the program every rank runs, with its own arguments");
+  app->footer(
+      "The job secret of the authenticated store is LOOM_STORE_SECRET; on one node a random one is made when it is\n"
+      "unset; with several nodes set it on every node. SIGINT/SIGTERM are forwarded to the ranks, and to the other\n"
+      "nodes' ranks; a repeated SIGTERM changes nothing, a second SIGINT kills at once.\n"
+      "Exit status: 0 when every rank exited 0, also after a stop on SIGINT/SIGTERM (the ranks saved and exited 0\n"
+      "within --grace-period); 128+signal when a signal stopped the job and a rank was killed or failed; 1 after a\n"
+      "failure (restarts used up); 2 a usage error.\n"
+      "Example:\n"
+      "  trainlaunch --standalone --nproc-per-node 2 -- pretrain --config configs/tiny_cpu.yaml");
+  return app;
+}
+
+}  // namespace
+
 LaunchOptions parse_options(const std::vector<std::string>& args) {
-  LaunchOptions o;
+  RawOptions r;
+  std::unique_ptr<CLI::App> app = make_app(r);
+  // The launcher's own options end at "--" or at the first argument that is neither an option nor an option's value
+  // (the program, whose options are its own). Each option is handed to CLI11 as "--name=value" with the name in its
+  // GNU spelling, so underscore spellings work and a value that looks like an option stays a value.
+  std::vector<std::string> mine;
   size_t i = 0;
   for (; i < args.size(); ++i) {
-    std::string a = args[i];
+    const std::string& a = args[i];
     if (a == "--") {
       ++i;
       break;
     }
     if (a.rfind("--", 0) != 0) break;  // first non-option: the program
-    std::string name = a, value;
-    bool has_value = false;
-    size_t eq = a.find('=');
-    if (eq != std::string::npos) {
-      name = a.substr(0, eq);
-      value = a.substr(eq + 1);
-      has_value = true;
-    }
+    const size_t eq = a.find('=');
+    std::string name = a.substr(0, eq);
     std::replace(name.begin() + 2, name.end(), '_', '-');
-    auto take = [&](const char* form) -> std::string {
-      if (has_value) return value;
-      LOOM_CHECK(i + 1 < args.size(), "trainlaunch: ", name, " needs a value; expected ", name, " ", form);
-      return args[++i];
-    };
-    auto flag = [&]() { LOOM_CHECK(!has_value, "trainlaunch: ", name, " takes no value (got '", value, "')"); };
-    if (name == "--help" || name == "-h") {
-      flag();
-      o.help = true;
-    } else if (name == "--free-port") {
-      flag();
-      o.free_port = true;
-    } else if (name == "--nproc-per-node") {
-      std::string v = take("N|cpu|gpu");
-      if (v == "cpu") {
-        o.nproc_per_node = cores_present();
-      } else if (v == "gpu") {
-        o.nproc_per_node = count_gpus();
-        LOOM_CHECK(o.nproc_per_node > 0, "trainlaunch: --nproc-per-node gpu but no GPU is visible (/dev/nvidiaN, ",
-                   "CUDA_VISIBLE_DEVICES); give a number or 'cpu'");
-      } else {
-        o.nproc_per_node = parse_int(name, v, 1, 1 << 20, "N|cpu|gpu with N >= 1, e.g. --nproc-per-node 4");
-      }
-    } else if (name == "--nnodes") {
-      o.nnodes = parse_int(name, take("N"), 1, 1 << 20, "a node count N >= 1, e.g. --nnodes 2");
-      o.set_nnodes = true;
-    } else if (name == "--node-rank") {
-      o.node_rank = parse_int(name, take("R"), 0, 1 << 20, "a node rank R >= 0, e.g. --node-rank 1");
-      o.set_node_rank = true;
-    } else if (name == "--master-addr") {
-      o.master_addr = take("HOST");
-      LOOM_CHECK(!o.master_addr.empty(), "trainlaunch: --master-addr got ''; expected a host name or address");
-      o.set_master_addr = true;
-    } else if (name == "--master-port") {
-      o.master_port = parse_int(name, take("PORT"), 1, 65534, "a TCP port 1..65534, e.g. --master-port 29500");
-      o.set_master_port = true;
-    } else if (name == "--rdzv-endpoint") {
-      split_host_port(name, take("HOST:PORT"), &o.rdzv_host, &o.rdzv_port);
-    } else if (name == "--standalone") {
-      flag();
-      o.standalone = true;
-    } else if (name == "--max-restarts") {
-      o.max_restarts = parse_int(name, take("R"), 0, 1 << 20, "a count R >= 0, e.g. --max-restarts 3");
-    } else if (name == "--log-dir") {
-      o.log_dir = take("DIR");
-    } else if (name == "--monitor-interval") {
-      o.monitor_interval_s = parse_seconds(name, take("SECONDS"));
-    } else if (name == "--grace-period") {
-      o.grace_period_s = parse_seconds(name, take("SECONDS"));
-    } else if (name == "--heartbeat-timeout") {
-      o.heartbeat_timeout_s = parse_seconds(name, take("SECONDS"));
+    const CLI::Option* opt = app->get_option_no_throw(name);
+    if (opt == nullptr) LOOM_THROW(InvalidArgument, "trainlaunch: unknown option ", name, "; see trainlaunch --help");
+    if (name == "--standalone" || name == "--free-port" || name == "--help") {  // the flags
+      LOOM_CHECK(eq == std::string::npos, "trainlaunch: ", name, " takes no value (got '", a.substr(eq + 1), "')");
+      mine.push_back(name);
+      continue;
+    }
+    std::string value;
+    if (eq != std::string::npos) {
+      value = a.substr(eq + 1);
     } else {
-      LOOM_THROW(InvalidArgument, "trainlaunch: unknown option ", name, "; see trainlaunch --help");
+      LOOM_CHECK(i + 1 < args.size(), "trainlaunch: ", name, " needs a value; expected ", name, " ",
+                 opt->get_type_name());
+      value = args[++i];
+    }
+    mine.push_back(name + "=" + value);
+  }
+  std::reverse(mine.begin(), mine.end());  // CLI11 takes the arguments in reverse order
+  try {
+    app->parse(mine);
+  } catch (const CLI::ParseError& e) {
+    LOOM_THROW(InvalidArgument, "trainlaunch: ", e.what(), "; see trainlaunch --help");
+  }
+  LaunchOptions o;
+  o.help = r.help;
+  o.free_port = r.free_port;
+  o.standalone = r.standalone;
+  auto given = [&](const char* name) { return app->get_option(name)->count() > 0; };
+  if (given("--nproc-per-node")) {
+    const std::string& v = r.nproc_per_node;
+    if (v == "cpu") {
+      o.nproc_per_node = cores_present();
+    } else if (v == "gpu") {
+      o.nproc_per_node = count_gpus();
+      LOOM_CHECK(o.nproc_per_node > 0, "trainlaunch: --nproc-per-node gpu but no GPU is visible (/dev/nvidiaN, ",
+                 "CUDA_VISIBLE_DEVICES); give a number or 'cpu'");
+    } else {
+      o.nproc_per_node = parse_int("--nproc-per-node", v, 1, 1 << 20, "N|cpu|gpu with N >= 1, e.g. --nproc-per-node 4");
     }
   }
+  if (given("--nnodes")) {
+    o.nnodes = parse_int("--nnodes", r.nnodes, 1, 1 << 20, "a node count N >= 1, e.g. --nnodes 2");
+    o.set_nnodes = true;
+  }
+  if (given("--node-rank")) {
+    o.node_rank = parse_int("--node-rank", r.node_rank, 0, 1 << 20, "a node rank R >= 0, e.g. --node-rank 1");
+    o.set_node_rank = true;
+  }
+  if (given("--master-addr")) {
+    o.master_addr = r.master_addr;
+    LOOM_CHECK(!o.master_addr.empty(), "trainlaunch: --master-addr got ''; expected a host name or address");
+    o.set_master_addr = true;
+  }
+  if (given("--master-port")) {
+    o.master_port =
+        parse_int("--master-port", r.master_port, 1, 65534, "a TCP port 1..65534, e.g. --master-port 29500");
+    o.set_master_port = true;
+  }
+  if (given("--rdzv-endpoint")) split_host_port("--rdzv-endpoint", r.rdzv_endpoint, &o.rdzv_host, &o.rdzv_port);
+  if (given("--max-restarts"))
+    o.max_restarts = parse_int("--max-restarts", r.max_restarts, 0, 1 << 20, "a count R >= 0, e.g. --max-restarts 3");
+  if (given("--log-dir")) o.log_dir = r.log_dir;
+  if (given("--monitor-interval")) o.monitor_interval_s = parse_seconds("--monitor-interval", r.monitor_interval);
+  if (given("--grace-period")) o.grace_period_s = parse_seconds("--grace-period", r.grace_period);
+  if (given("--heartbeat-timeout")) o.heartbeat_timeout_s = parse_seconds("--heartbeat-timeout", r.heartbeat_timeout);
   for (; i < args.size(); ++i) o.program.push_back(args[i]);
   if (o.standalone) {
     LOOM_CHECK(!(o.set_nnodes && o.nnodes != 1), "trainlaunch: --standalone runs one node, but --nnodes is ", o.nnodes);
@@ -184,41 +265,8 @@ void validate(const LaunchOptions& o) {
 }
 
 std::string usage() {
-  return R"(usage: trainlaunch [options] [--] PROGRAM [ARGS...]
-
-Starts --nproc-per-node ranks of PROGRAM on this node (one launcher per node),
-sets RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR,
-MASTER_PORT, LOOM_RESTART_COUNT, LOOM_STORE_SECRET and LOOM_LAUNCHER_STORE,
-prefixes each output line with its rank, stops every rank when one fails and
-prints which one failed and how. Underscore spellings (--nproc_per_node) work.
-
-  --nproc-per-node N|cpu|gpu  ranks on this node: a number, one per core, or one per GPU (default 1)
-  --nnodes N                  number of nodes, one launcher each (default 1; Slurm: SLURM_NNODES)
-  --node-rank R               this node's rank 0..N-1 (default 0; Slurm: SLURM_NODEID)
-  --master-addr HOST          address of node 0, where rank 0 and the launchers' store run
-                              (default 127.0.0.1; Slurm: first host of SLURM_JOB_NODELIST)
-  --master-port PORT          port of rank 0's store (default 29500); the launchers' own store
-                              listens on PORT+1 unless --rdzv-endpoint says otherwise
-  --rdzv-endpoint HOST:PORT   where node 0's launcher hosts the launchers' store
-  --standalone                one node on 127.0.0.1 with free ports chosen for you
-  --max-restarts R            restart every rank after a failure, at most R times for the job (default 0)
-  --log-dir DIR               keep each rank's output in DIR/attempt_K/rank_N.log
-  --monitor-interval SECONDS  how often ranks and other nodes are checked (default 0.1)
-  --grace-period SECONDS      time between SIGTERM and SIGKILL when ranks are stopped (default 5)
-  --heartbeat-timeout SECONDS a node silent this long is taken as dead (default 30)
-  --free-port                 print a port P with P and P+1 free on this node, below the ephemeral
-                              range (for --master-port in batch scripts), and exit
-  --help                      this text
-
-The job secret of the authenticated store is LOOM_STORE_SECRET; on one node a
-random one is made when it is unset; with several nodes set it on every node.
-SIGINT/SIGTERM are forwarded to the ranks, and to the other nodes' ranks; a
-repeated SIGTERM changes nothing, a second SIGINT kills at once.
-Exit status: 0 when every rank exited 0, also after a stop on SIGINT/SIGTERM
-(the ranks saved and exited 0 within --grace-period); 128+signal when a signal
-stopped the job and a rank was killed or failed; 1 after a failure (restarts
-used up); 2 a usage error.
-)";
+  RawOptions r;
+  return make_app(r)->help();
 }
 
 }  // namespace loom::launcher

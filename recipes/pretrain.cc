@@ -16,6 +16,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -99,63 +100,45 @@ struct Args {
   std::optional<int> world_size;
 };
 
-const char* kUsage =
-    "usage: pretrain --config FILE [--set section.key=value ...] [--validate [--world-size N] | --eval]\n"
-    "\n"
-    "Pretrains a GPT-2 or Llama model as the YAML config says (see configs/*.yaml). Run it alone (one rank) or\n"
-    "under trainlaunch, mpirun or srun (every rank runs it; the layout comes from the config's parallelism section).\n"
-    "  --config FILE    the recipe config (YAML)\n"
-    "  --set K=V        override a key, e.g. --set training.steps=100 (repeatable)\n"
-    "  --validate       check the config, print it resolved with the parameter count and the estimated memory\n"
-    "                   per rank, and exit without training\n"
-    "  --world-size N   with --validate: the number of ranks to check the layout for (default: from the\n"
-    "                   launcher's environment, else 1)\n"
-    "  --eval           evaluate the weights the run would start from (the checkpoint it would resume from, else\n"
-    "                   the initial weights) on logging.eval_sequences held-out sequences, print the loss and exit;\n"
-    "                   any layout gives the same loss\n"
-    "Exit status: 0 done (also after a clean stop on SIGTERM/SIGINT), 1 runtime error, 2 config or usage error.\n";
-
-/// Parses argv; prints the problem and exits 2 on a usage error.
+/// Parses argv (CLI11; --help prints the options with an example); prints the problem and exits 2 on a usage error.
 Args parse_args(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string s = argv[i];
-    auto value = [&](const char* flag) -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "pretrain: %s needs a value (try --help)\n", flag);
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (s == "--config") {
-      a.config = value("--config");
-    } else if (s.rfind("--config=", 0) == 0) {
-      a.config = s.substr(9);
-    } else if (s == "--set") {
-      a.sets.push_back(value("--set"));
-    } else if (s.rfind("--set=", 0) == 0) {
-      a.sets.push_back(s.substr(6));
-    } else if (s == "--validate") {
-      a.validate = true;
-    } else if (s == "--eval") {
-      a.eval_only = true;
-    } else if (s == "--world-size" || s == "--world_size") {
-      std::string v = value("--world-size");
-      char* end = nullptr;
-      long n = std::strtol(v.c_str(), &end, 10);
-      if (v.empty() || *end || n < 1 || n > 1000000) {
-        std::fprintf(stderr, "pretrain: --world-size expects a positive integer, got '%s'\n", v.c_str());
-        std::exit(2);
-      }
-      a.world_size = static_cast<int>(n);
-    } else if (s == "--help" || s == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else {
-      std::fprintf(stderr, "pretrain: unknown option '%s' (try --help)\n", s.c_str());
-      std::exit(2);
-    }
+  CLI::App app{
+      "Pretrains a GPT-2 or Llama model as the YAML config says (see configs/*.yaml). Run it alone (one rank) or\n"
+      "under trainlaunch, mpirun or srun (every rank runs it; the layout comes from the config's parallelism section).",
+      "pretrain"};
+  app.footer(
+      "Example:\n"
+      "  trainlaunch --standalone --nproc-per-node 2 -- pretrain --config configs/tiny_cpu.yaml --set "
+      "training.steps=800\n"
+      "Exit status: 0 done (also after a clean stop on SIGTERM/SIGINT), 1 runtime error, 2 config or usage error.");
+  app.add_option("--config", a.config, "the recipe config (YAML)")->type_name("FILE");
+  app.add_option("--set", a.sets, "override a key, e.g. --set training.steps=100 (repeatable)")
+      ->allow_extra_args(false)
+      ->type_name("K=V");
+  app.add_flag("--validate", a.validate,
+               "check the config, print it resolved with the parameter count and the estimated memory per rank, and "
+               "exit without training");
+  int world_size = 0;
+  CLI::Option* ws =
+      app.add_option("--world-size,--world_size", world_size,
+                     "with --validate: the number of ranks to check the layout for (default: from the launcher's "
+                     "environment, else 1)")
+          ->check(CLI::Range(1, 1000000))
+          ->type_name("N");
+  app.add_flag("--eval", a.eval_only,
+               "evaluate the weights the run would start from (the checkpoint it would resume from, else the initial "
+               "weights) on logging.eval_sequences held-out sequences, print the loss and exit; any layout gives the "
+               "same loss");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    std::exit(app.exit(e));
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "pretrain: %s (try --help)\n", e.what());
+    std::exit(2);
   }
+  if (ws->count() > 0) a.world_size = world_size;
   if (a.config.empty()) {
     std::fprintf(stderr, "pretrain: --config FILE is required (try --help)\n");
     std::exit(2);

@@ -106,6 +106,8 @@ TEST(LaunchOptions, HelpNeedsNoProgramAndDescribesEveryOption) {
   for (const char* opt : {"--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port",
                           "--rdzv-endpoint", "--standalone", "--max-restarts", "--log-dir", "--monitor-interval"})
     EXPECT_NE(usage().find(opt), std::string::npos) << opt;
+  // The layout every loom program's --help shares (CLI11): options, then a footer ending in an example.
+  EXPECT_NE(usage().find("Example:\n  trainlaunch --standalone"), std::string::npos) << usage();
 }
 
 TEST(SlurmEnv, FillsNodeRankCountAndMasterFromSlurm) {
