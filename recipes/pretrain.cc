@@ -540,7 +540,8 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     if (!from.empty()) {
       checkpoint::TrainState st = ck->load(target, lo);
       start_step = st.step;
-      loader.load_state(checkpoint::data_position_for(st, data_size, data_rank));
+      // A model-only checkpoint (loomckpt import) has no data position: the data starts at its beginning.
+      if (!st.data_position.empty()) loader.load_state(checkpoint::data_position_for(st, data_size, data_rank));
       resumed = true;
       resumed_from = from;
       if (r.rank0) {
