@@ -98,6 +98,11 @@ init_from_hf)
   awk -v a="$a" -v r="$r" 'BEGIN { d = a - r; if (d < 0) d = -d; exit !(d > 0.01) }' ||
     fail "first loss $a is the random init's ($r): the weights were not loaded"
   echo "first loss from the HF file: one rank $a, FSDP(2) $b (random init $r)"
+  # Each FSDP rank read its half of the file's tensor data, one rank all of it.
+  whole=$(sed -n 's/.*initial weights: .* read \([0-9]*\) bytes.*/\1/p' one.log)
+  part=$(sed -n 's/.*initial weights: .* read \([0-9]*\) bytes.*/\1/p' fsdp.log)
+  awk -v w="$whole" -v p="$part" 'BEGIN { exit !(w > 0 && p > 0 && p <= 0.55 * w) }' ||
+    fail "FSDP rank 0 read ${part:-?} bytes of the file's ${whole:-?}: more than its shard"
   # The recipe says 3 layers, the file 2: an error naming config.json, the key and both values, on both layouts.
   "$pretrain" "${run[@]}" --set checkpoint.dir="$work/bad" --set model.n_layer=3 --set model.init_from="$work/hf" \
     > bad.log 2>&1 && fail "a model of 3 layers loaded a 2-layer file"
