@@ -116,9 +116,9 @@ void read_header(const std::string& file, std::map<std::string, HfTensor>& out) 
       const uint64_t b = r[0].get<uint64_t>(), z = r[1].get<uint64_t>();
       const uint64_t expect = static_cast<uint64_t>(shape_numel(t.shape)) * element_size(t.dtype);
       if (z < b || z - b != expect || z > data_size)
-        throw IoError(ctx + ": byte range [" + std::to_string(b) + ", " + std::to_string(z) + ") does not match shape " +
-                      shape_str(t.shape) + " " + dtype_name(t.dtype) + " within " + std::to_string(data_size) +
-                      " data bytes; the file may be truncated");
+        throw IoError(ctx + ": byte range [" + std::to_string(b) + ", " + std::to_string(z) +
+                      ") does not match shape " + shape_str(t.shape) + " " + dtype_name(t.dtype) + " within " +
+                      std::to_string(data_size) + " data bytes; the file may be truncated");
       t.offset = data_start + b;
     } catch (const json::exception& ex) {
       throw IoError(ctx + ": malformed header entry: " + ex.what());
@@ -267,8 +267,7 @@ struct ConfigCheck {
 
 int64_t HfWeights::total_bytes() const {
   int64_t n = 0;
-  for (const auto& [name, t] : tensors_)
-    n += shape_numel(t.shape) * static_cast<int64_t>(element_size(t.dtype));
+  for (const auto& [name, t] : tensors_) n += shape_numel(t.shape) * static_cast<int64_t>(element_size(t.dtype));
   return n;
 }
 
@@ -364,11 +363,12 @@ void check_hf_config(const std::string& config_path, const nn::CausalLM& model) 
               cfg.value("num_attention_heads", int64_t{0}));
     c.integer({"vocab_size"}, m.vocab_size, "vocab_size", "model.vocab_size");
     c.integer({"intermediate_size"}, m.intermediate_size, "intermediate_size", "model.intermediate_size");
-    if (auto hd = cfg.find("head_dim"); hd != cfg.end() && hd->is_number() && m.n_head > 0 &&
-                                        hd->get<int64_t>() != m.n_embd / m.n_head)
+    if (auto hd = cfg.find("head_dim");
+        hd != cfg.end() && hd->is_number() && m.n_head > 0 && hd->get<int64_t>() != m.n_embd / m.n_head)
       c.differ("head_dim", hd->dump(), "head size (n_embd / n_head)", std::to_string(m.n_embd / m.n_head), "");
     std::string k;
-    if (const json* mp = c.get({"max_position_embeddings"}, &k); mp && mp->is_number() && m.max_seq_len > mp->get<int64_t>())
+    if (const json* mp = c.get({"max_position_embeddings"}, &k);
+        mp && mp->is_number() && m.max_seq_len > mp->get<int64_t>())
       throw ConfigError(config_path + ": max_position_embeddings is " + mp->dump() + ", below the model's seq_len " +
                         std::to_string(m.max_seq_len) + " (recipe key model.seq_len): train on at most " + mp->dump() +
                         " tokens per sequence");
@@ -474,7 +474,7 @@ HfLoadStats load_hf_weights(const std::string& path, const Target& target,
     for (const auto& [n, t] : w.tensors()) {
       if (used.count(n)) continue;
       if (ends_with(n, ".attn.bias") || ends_with(n, ".attn.masked_bias") || ends_with(n, ".rotary_emb.inv_freq"))
-        continue;  // buffers Hugging Face saves that loom computes
+        continue;                                                // buffers Hugging Face saves that loom computes
       if (n == "lm_head.weight" && state.contains(n)) continue;  // the tied head, stored as well by some writers
       unexpected.push_back(n);
     }
@@ -515,8 +515,8 @@ HfLoadStats load_hf_weights(const std::string& path, const Target& target,
       }
       if (loom_shape != lt.global_shape)
         throw InvalidArgument("load_hf_weights(" + ht.file + "): tensor " + hf_name(name) + " has shape " +
-                              shape_str(ht.shape) + (transpose ? " (Conv1D (in, out))" : "") + ", the model's " +
-                              name + " " + shape_str(lt.global_shape));
+                              shape_str(ht.shape) + (transpose ? " (Conv1D (in, out))" : "") + ", the model's " + name +
+                              " " + shape_str(lt.global_shape));
       if (!is_floating(ht.dtype) && is_floating(lt.data.dtype()))
         throw InvalidArgument("load_hf_weights(" + ht.file + "): tensor " + hf_name(name) + " is " +
                               dtype_name(ht.dtype) + ", the model's " + name + " is " + dtype_name(lt.data.dtype()));

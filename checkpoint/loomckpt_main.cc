@@ -125,10 +125,11 @@ int import_hf(const std::string& src, const std::string& out, const std::string&
   auto group = std::make_shared<collectives::ProcessGroup>(std::make_shared<collectives::HashStore>(), 0, 1, "gloo");
   Checkpointer ck(out, group);
   const std::string dir = ck.save(t, st);
-  std::printf("imported %lld tensors (%lld bytes read%s) from %s into %s (step 0, model only: pretrain resumes from it "
-              "with a fresh optimizer)\n",
-              static_cast<long long>(s.tensors), static_cast<long long>(s.bytes_read),
-              s.config_checked ? ", config.json matches" : "", src.c_str(), dir.c_str());
+  std::printf(
+      "imported %lld tensors (%lld bytes read%s) from %s into %s (step 0, model only: pretrain resumes from it "
+      "with a fresh optimizer)\n",
+      static_cast<long long>(s.tensors), static_cast<long long>(s.bytes_read),
+      s.config_checked ? ", config.json matches" : "", src.c_str(), dir.c_str());
   return 0;
 }
 
@@ -190,9 +191,10 @@ void add_import(CLI::App& app, Runner& run) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"loomckpt: inspect and convert loom checkpoints without a training program.\n"
-               "PATH: a checkpoint directory, or a checkpoint root (its `latest` is used)",
-               "loomckpt"};
+  CLI::App app{
+      "loomckpt: inspect and convert loom checkpoints without a training program.\n"
+      "PATH: a checkpoint directory, or a checkpoint root (its `latest` is used)",
+      "loomckpt"};
   app.require_subcommand(1);
   Runner run;
   for (auto add : {add_list, add_verify, add_export, add_import}) add(app, run);

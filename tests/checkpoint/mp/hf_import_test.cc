@@ -38,8 +38,7 @@ void make_hf_model(const std::string& args) {
   const std::string py = std::string(LOOM_SOURCE_DIR) + "/.venv/bin/python";
   ASSERT_TRUE(std::filesystem::exists(py)) << py << " is missing: run scripts/setup.sh";
   int rc = 0;
-  const std::string out =
-      run_capture(py + " " + LOOM_SOURCE_DIR + "/tests/checkpoint/make_hf_model.py " + args, &rc);
+  const std::string out = run_capture(py + " " + LOOM_SOURCE_DIR + "/tests/checkpoint/make_hf_model.py " + args, &rc);
   ASSERT_EQ(rc, 0) << out;
 }
 
@@ -100,7 +99,8 @@ TEST(HfImport, ConfigMismatchNamesTheKey) {
   const std::string root = fresh_root("hf_config");
   make_hf_model(root + "/g --family gpt2 --n-layer 2");
   make_hf_model(root + "/l --family llama --n-head 4 --n-kv-head 2 --config-set rope_theta=500000.0");
-  make_hf_model(root + "/s --family llama --n-head 4 --n-kv-head 2 --config-set 'rope_scaling={\"rope_type\":\"llama3\"}'");
+  make_hf_model(root +
+                "/s --family llama --n-head 4 --n-kv-head 2 --config-set 'rope_scaling={\"rope_type\":\"llama3\"}'");
   if (HasFatalFailure()) return;
   auto expect_error = [](const std::string& dir, const std::shared_ptr<nn::CausalLM>& m,
                          const std::vector<std::string>& parts) {
@@ -206,8 +206,8 @@ TEST(HfImportMp, FsdpAndTpLoadTheirPartsAndMatchOneRank) {
       const auto fs = checkpoint::load_hf_weights(dir, ft, world);
       const int64_t io = rchar() - io0;
       EXPECT_GT(fs.bytes_read, total / 4) << "rank " << world->rank() << " read too little to hold its shard";
-      EXPECT_LT(fs.bytes_read, total * 6 / 10) << "rank " << world->rank() << " read " << fs.bytes_read << " of "
-                                               << total << " bytes: more than its shard";
+      EXPECT_LT(fs.bytes_read, total * 6 / 10)
+          << "rank " << world->rank() << " read " << fs.bytes_read << " of " << total << " bytes: more than its shard";
       EXPECT_LT(io, total * 6 / 10) << "rank " << world->rank() << ": /proc/self/io counted " << io << " bytes read";
       std::printf("[rank %d] %s FSDP(2): read %lld of %lld bytes of tensor data (rchar %lld)\n", world->rank(), family,
                   static_cast<long long>(fs.bytes_read), static_cast<long long>(total), static_cast<long long>(io));
