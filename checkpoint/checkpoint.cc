@@ -815,7 +815,15 @@ void prepare_optimizer(const Target& t, const Metadata& md) {
   t.optimizer->load_state_dict(st);
 }
 
-TrainState load_from(const Metadata& md, const Target& t, int rank) {
+TrainState load_from(const Metadata& md, const Target& target, int rank) {
+  // A model-only checkpoint (saved without an optimizer, as `loomckpt import` writes one) gives the weights and the
+  // step; the optimizer, the LR schedule and the generators start fresh.
+  Target t = target;
+  if (!md.json.find("optimizer") && t.optimizer) {
+    t.optimizer = nullptr;
+    t.scheduler = nullptr;
+    t.rngs.clear();
+  }
   {
     std::vector<LocalTensor> model_only;
     Target no_opt = t;

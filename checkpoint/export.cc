@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/hf_import.h"
 #include "checkpoint/json.h"
 #include "checkpoint/safetensors.h"
 #include "tensor/ops.h"
@@ -122,54 +123,9 @@ ExportStats export_safetensors(const std::string& dir, const std::string& out, i
 }
 
 void import_safetensors(const std::string& path, nn::Module& module) {
-  SafetensorsFile file = load_safetensors(path);
-  nn::StateDict want = module.state_dict();
-  nn::StateDict dict;
-  std::vector<std::string> unexpected;
-  for (auto& [file_name, t] : file.tensors) {
-    // The hub's original GPT-2 checkpoints were saved from the bare GPT2Model: "h.0.attn.c_attn.weight", "wte.weight"
-    // without GPT2LMHeadModel's "transformer." prefix.
-    std::string name = file_name;
-    if (!want.contains(name) && want.contains("transformer." + name)) name = "transformer." + name;
-    if (!want.contains(name)) {
-      // Hugging Face's GPT-2 files carry causal-mask buffers loom computes instead.
-      if (ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias")) continue;
-      unexpected.push_back(name);
-      continue;
-    }
-    Tensor v = t;
-    if (is_hf_conv1d_weight(name)) {
-      LOOM_CHECK(v.dim() == 2, "import_safetensors(", path, "): ", name, " should be 2-D, is ", shape_str(v.sizes()));
-      v = ops::contiguous(ops::transpose(v, 0, 1));
-    }
-    dict.insert(name, v);
-  }
-  std::vector<std::string> missing;
-  nn::StateDict params_by_name;
-  for (const auto& [name, t] : want) {
-    if (dict.contains(name)) continue;
-    // A tied head (lm_head.weight sharing the embedding) needs no tensor of its own.
-    bool tied = false;
-    for (const auto& [other, u] : want)
-      if (other != name && dict.contains(other) && u.storage() == t.storage() &&
-          u.storage_offset() == t.storage_offset())
-        tied = true;
-    if (!tied) missing.push_back(name);
-  }
-  if (!missing.empty() || !unexpected.empty()) {
-    std::string msg = "import_safetensors(" + path + "): the file does not match the model;";
-    if (!missing.empty()) {
-      msg += " missing:";
-      for (const auto& m : missing) msg += " " + m;
-      msg += ";";
-    }
-    if (!unexpected.empty()) {
-      msg += " unexpected:";
-      for (const auto& u : unexpected) msg += " " + u;
-    }
-    throw InvalidArgument(msg);
-  }
-  module.load_state_dict(dict, /*strict=*/false);
+  Target t;
+  t.module = &module;
+  load_hf_weights(path, t);
 }
 
 }  // namespace loom::checkpoint

@@ -27,10 +27,8 @@ struct ExportStats {
 /// Throws IoError naming the file and tensor on any read or write failure.
 ExportStats export_safetensors(const std::string& dir, const std::string& out, int64_t chunk_bytes = 64 << 20);
 
-/// Loads a safetensors file with Hugging Face names and layouts into module's parameters and buffers of the same names
-/// (GPT-2 Conv1D weights transposed to loom's (out, in)); keys "lm_head.weight" tied to the embedding and Hugging
-/// Face's attention-mask buffers (*.attn.bias, *.attn.masked_bias) are accepted when the module lacks them. Throws
-/// InvalidArgument listing missing and unexpected keys, or naming a key and both shapes.
+/// Loads Hugging Face weights (a safetensors file, an index of shards, or a model directory; see load_hf_weights, which
+/// this calls for a single-rank module) into module's parameters and persistent buffers. Throws as load_hf_weights.
 void import_safetensors(const std::string& path, nn::Module& module);
 
 }  // namespace loom::checkpoint

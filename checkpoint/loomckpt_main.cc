@@ -2,27 +2,30 @@
 //   loomckpt list   PATH               step, layout, every tensor's shape, dtype, pieces and bytes, size on disk
 //   loomckpt verify PATH               reads every block of every tensor and checks its CRC32C
 //   loomckpt export PATH OUT [--chunk-mb N]   model weights -> one safetensors file, Hugging Face names/layouts
-// PATH is a checkpoint directory (step_NNNNNNNN) or a root whose `latest` names one.
+//   loomckpt import HF OUT [--config recipe.yaml]   Hugging Face GPT-2 / Llama weights -> a step-0 checkpoint
+// PATH is a checkpoint directory (step_NNNNNNNN) or a root whose `latest` names one. Each subcommand is one add_*
+// function below registered in main(): a new one is a function and a line.
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <string>
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/export.h"
+#include "checkpoint/hf_import.h"
+#include "collectives/store.h"
+#include "nn/gpt2.h"
+#include "nn/llama.h"
+#include "recipes/config.h"
 
 namespace fs = std::filesystem;
 using namespace loom;
 using namespace loom::checkpoint;
 
 namespace {
-
-int usage() {
-  std::cerr << "usage: loomckpt list PATH | verify PATH | export PATH OUT.safetensors [--chunk-mb N]\n"
-               "PATH: a checkpoint directory, or a checkpoint root (its `latest` is used)\n";
-  return 2;
-}
 
 std::string resolve(const std::string& path) {
   if (fs::exists(path + "/metadata.json") || fs::exists(path + "/COMPLETE")) return path;
@@ -76,29 +79,137 @@ int verify(const std::string& dir) {
   return bad ? 1 : 0;
 }
 
+/// The recipe's model (as pretrain builds it), for `import --config`.
+std::shared_ptr<nn::CausalLM> recipe_model(const recipes::ModelConfig& m, Generator& gen) {
+  if (m.family == "gpt2") {
+    nn::GPT2Config c;
+    c.vocab_size = m.vocab_size;
+    c.n_positions = m.seq_len;
+    c.n_embd = m.n_embd;
+    c.n_layer = m.n_layer;
+    c.n_head = m.n_head;
+    c.tie_word_embeddings = m.tie_embeddings;
+    return std::make_shared<nn::GPT2>(c, gen);
+  }
+  nn::LlamaConfig c;
+  c.vocab_size = m.vocab_size;
+  c.max_seq_len = m.seq_len;
+  c.n_embd = m.n_embd;
+  c.n_layer = m.n_layer;
+  c.n_head = m.n_head;
+  c.n_kv_head = m.n_kv_head > 0 ? m.n_kv_head : m.n_head;
+  c.intermediate_size = m.intermediate_size;
+  c.rope_theta = m.rope_theta;
+  c.tie_word_embeddings = m.tie_embeddings;
+  return std::make_shared<nn::Llama>(c, gen);
+}
+
+int import_hf(const std::string& src, const std::string& out, const std::string& recipe) {
+  const HfWeights w = HfWeights::open(src);
+  Generator gen(0);
+  std::shared_ptr<nn::CausalLM> model;
+  TrainState st;  // step 0, no data position
+  if (!recipe.empty()) {
+    const recipes::RecipeConfig cfg = recipes::load_config(recipe);
+    model = recipe_model(cfg.model, gen);
+    st.config = cfg.to_yaml();  // pretrain resuming with this recipe sees its own config
+  } else {
+    if (w.config_path().empty())
+      throw ConfigError("loomckpt import: " + src +
+                        " has no config.json beside it: give the model's shapes with --config recipe.yaml");
+    model = build_hf_model(w.config_path(), gen);
+  }
+  Target t;
+  t.module = model.get();
+  const HfLoadStats s = load_hf_weights(src, t);
+  auto group = std::make_shared<collectives::ProcessGroup>(std::make_shared<collectives::HashStore>(), 0, 1, "gloo");
+  Checkpointer ck(out, group);
+  const std::string dir = ck.save(t, st);
+  std::printf(
+      "imported %lld tensors (%lld bytes read%s) from %s into %s (step 0, model only: pretrain resumes from it "
+      "with a fresh optimizer)\n",
+      static_cast<long long>(s.tensors), static_cast<long long>(s.bytes_read),
+      s.config_checked ? ", config.json matches" : "", src.c_str(), dir.c_str());
+  return 0;
+}
+
+// The subcommands: each adds itself to the app and sets `run` when chosen.
+using Runner = std::function<int()>;
+
+void add_list(CLI::App& app, Runner& run) {
+  auto* c = app.add_subcommand("list", "step, layout, every tensor's shape, dtype, pieces and bytes, size on disk");
+  auto path = std::make_shared<std::string>();
+  c->add_option("PATH", *path, "a checkpoint directory, or a checkpoint root (its `latest` is used)")->required();
+  c->callback([&run, path] { run = [path] { return list(resolve(*path)); }; });
+}
+
+void add_verify(CLI::App& app, Runner& run) {
+  auto* c = app.add_subcommand("verify", "read every block of every tensor and check its CRC32C");
+  auto path = std::make_shared<std::string>();
+  c->add_option("PATH", *path, "a checkpoint directory, or a checkpoint root (its `latest` is used)")->required();
+  c->callback([&run, path] { run = [path] { return verify(resolve(*path)); }; });
+}
+
+void add_export(CLI::App& app, Runner& run) {
+  auto* c = app.add_subcommand("export", "model weights -> one safetensors file with Hugging Face names and layouts");
+  struct Opts {
+    std::string path, out;
+    int64_t chunk_mb = 64;
+  };
+  auto o = std::make_shared<Opts>();
+  c->add_option("PATH", o->path, "a checkpoint directory, or a checkpoint root (its `latest` is used)")->required();
+  c->add_option("OUT", o->out, "the safetensors file to write")->required();
+  c->add_option("--chunk-mb,--chunk_mb", o->chunk_mb, "read at most this many MiB of a tensor at a time")
+      ->check(CLI::PositiveNumber);
+  c->callback([&run, o] {
+    run = [o] {
+      const std::string dir = resolve(o->path);
+      ExportStats s = export_safetensors(dir, o->out, o->chunk_mb << 20);
+      std::printf("exported %lld tensors (%lld bytes) from %s to %s; largest slice in memory %lld bytes\n",
+                  static_cast<long long>(s.tensors), static_cast<long long>(s.bytes), dir.c_str(), o->out.c_str(),
+                  static_cast<long long>(s.max_chunk_bytes));
+      return 0;
+    };
+  });
+}
+
+void add_import(CLI::App& app, Runner& run) {
+  auto* c = app.add_subcommand(
+      "import", "Hugging Face GPT-2 / Llama safetensors (file, index or model directory) -> a step-0 checkpoint");
+  struct Opts {
+    std::string src, out, config;
+  };
+  auto o = std::make_shared<Opts>();
+  c->add_option("HF", o->src, "model directory (config.json + model.safetensors or its index), index or file")
+      ->required();
+  c->add_option("OUT", o->out, "checkpoint root to write (step_00000000 and `latest` in it)")->required();
+  c->add_option("--config", o->config,
+                "recipe YAML whose model section must match config.json (also stored as the checkpoint's config)");
+  c->callback([&run, o] { run = [o] { return import_hf(o->src, o->out, o->config); }; });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 3) return usage();
-  const std::string cmd = argv[1];
+  CLI::App app{
+      "loomckpt: inspect and convert loom checkpoints without a training program.\n"
+      "PATH: a checkpoint directory, or a checkpoint root (its `latest` is used)",
+      "loomckpt"};
+  app.require_subcommand(1);
+  Runner run;
+  for (auto add : {add_list, add_verify, add_export, add_import}) add(app, run);
   try {
-    const std::string dir = resolve(argv[2]);
-    if (cmd == "list") return list(dir);
-    if (cmd == "verify") return verify(dir);
-    if (cmd == "export") {
-      if (argc < 4) return usage();
-      int64_t chunk_mb = 64;
-      for (int i = 4; i + 1 < argc; i += 2)
-        if (std::string(argv[i]) == "--chunk-mb") chunk_mb = std::atoll(argv[i + 1]);
-      ExportStats s = export_safetensors(dir, argv[3], chunk_mb << 20);
-      std::printf("exported %lld tensors (%lld bytes) from %s to %s; largest slice in memory %lld bytes\n",
-                  static_cast<long long>(s.tensors), static_cast<long long>(s.bytes), dir.c_str(), argv[3],
-                  static_cast<long long>(s.max_chunk_bytes));
-      return 0;
-    }
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    return 2;  // a usage error
+  }
+  try {
+    return run ? run() : 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "loomckpt: %s\n", e.what());
     return 1;
   }
-  return usage();
 }

@@ -35,7 +35,7 @@
 #include "autograd/autograd.h"
 #include "autograd/functions.h"
 #include "checkpoint/checkpoint.h"
-#include "checkpoint/export.h"
+#include "checkpoint/hf_import.h"
 #include "collectives/init.h"
 #include "collectives/store.h"
 #include "nn/activation_checkpointing.h"
@@ -394,18 +394,14 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
   r.model = build_model(cfg.model, init_gen);
   const int64_t n_params = r.model->num_parameters();
   const double flops_per_token = r.model->flops_per_token(cfg.model.seq_len);
-  // Initial weights from a safetensors file (every rank reads it, before the model is split), unless a checkpoint
-  // will be loaded over them anyway.
+  // Initial weights from Hugging Face safetensors (loaded below, once the model is split and wrapped), unless a
+  // checkpoint will be loaded over them anyway.
   const std::string& init_from = cfg.model.init_from;
   const bool will_resume =
       !cfg.checkpoint.dir.empty() && cfg.checkpoint.resume != "never" &&
       (cfg.checkpoint.resume != "auto" || !checkpoint::latest_checkpoint(cfg.checkpoint.dir).empty());
-  if (!init_from.empty() && !will_resume) {
-    checkpoint::import_safetensors(init_from, *r.model);
-    if (r.rank0) std::printf("initial weights: %s\n", init_from.c_str());
-  } else if (!init_from.empty() && r.rank0) {
+  if (!init_from.empty() && will_resume && r.rank0)
     std::printf("model.init_from (%s) not used: the run resumes from a checkpoint\n", init_from.c_str());
-  }
   if (!cfg.model.freeze.empty()) {
     auto origin = cfg.origins.find("model.freeze");
     nn::FreezeStats fs;
@@ -498,6 +494,14 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     target.coords.tp_rank = r.tp_group->rank();
     target.coords.tp_size = r.tp_group->size();
   }
+  if (!init_from.empty() && !will_resume) {
+    // Each rank reads from the file only what it holds: its FSDP shards, its TP split, everything under DDP.
+    const auto st = checkpoint::load_hf_weights(init_from, target, r.world);
+    if (r.rank0)
+      std::printf("initial weights: %s (%s; rank 0 read %lld bytes of tensor data)\n", init_from.c_str(),
+                  st.config_checked ? "config.json matches the model" : "no config.json beside it: shapes checked",
+                  static_cast<long long>(st.bytes_read));
+  }
   int64_t start_step = 0;
   bool resumed = false;
   std::string resumed_from;  // the checkpoint directory, when resumed
@@ -519,7 +523,8 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     if (!from.empty()) {
       checkpoint::TrainState st = ck->load(target, lo);
       start_step = st.step;
-      loader.load_state(checkpoint::data_position_for(st, data_size, data_rank));
+      // A model-only checkpoint (loomckpt import) has no data position: the data starts at its beginning.
+      if (!st.data_position.empty()) loader.load_state(checkpoint::data_position_for(st, data_size, data_rank));
       resumed = true;
       resumed_from = from;
       if (r.rank0) {

@@ -30,8 +30,8 @@ fi
 
 # The test virtual environment: Debian's python3 (and its torch, h5py, onnx, sklearn) plus the reference
 # implementations from PyPI that the tests compare against. Pinned, so a test's reference does not move.
-venv_pkgs=(tiktoken==0.14.0 tokenizers==0.23.3 onnxruntime==1.32.0)
-if ! .venv/bin/python -c "import tiktoken, tokenizers, onnxruntime" 2>/dev/null; then
+venv_pkgs=(tiktoken==0.14.0 tokenizers==0.23.3 onnxruntime==1.32.0 safetensors==0.8.0)
+if ! .venv/bin/python -c "import tiktoken, tokenizers, onnxruntime, safetensors" 2>/dev/null; then
   echo "setup: creating .venv (${venv_pkgs[*]})"
   /usr/bin/python3 -m venv --system-site-packages .venv
   .venv/bin/pip install -q --disable-pip-version-check "${venv_pkgs[@]}"

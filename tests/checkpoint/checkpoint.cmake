@@ -22,7 +22,7 @@ if(LOOM_MPIRUN)
   set(_loom_with_port ${PROJECT_SOURCE_DIR}/tests/with_port.sh --)  # a free MASTER_PORT, retried on EADDRINUSE
   # entry name -> gtest filter, world size and backends. The reshard pair shares a directory: gloo only, in order.
   set(_loom_csuites "resume|CheckpointResume*|2|gloo,mpi" "corrupt|CheckpointCorrupt*|2|gloo,mpi"
-                    "reshard_save4|CheckpointReshardSave4*|4|gloo" "reshard_load2|CheckpointReshardLoad2*|2|gloo")
+                    "reshard_save4|CheckpointReshardSave4*|4|gloo" "reshard_load2|CheckpointReshardLoad2*|2|gloo" "hf_import|HfImportMp*|2|gloo")
   foreach(entry ${_loom_csuites})
     string(REPLACE "|" ";" parts "${entry}")
     list(GET parts 0 suite)
@@ -44,9 +44,9 @@ if(LOOM_MPIRUN)
     endforeach()
   endforeach()
   # One process: crash tests (it starts its own 2-rank job with mpirun and kills a rank mid-save), the CLI tool,
-  # export/import and the PyTorch check of the export.
+  # export/import and the PyTorch check of the export, Hugging Face imports against PyTorch's logits.
   add_test(NAME checkpoint_single COMMAND ${PROJECT_SOURCE_DIR}/tests/with_port.sh --var LOOM_CKPT_CRASH_PORT --
-                                          $<TARGET_FILE:test_checkpoint_mp> --gtest_filter=CheckpointCrash.*:CheckpointTool.*)
+                                          $<TARGET_FILE:test_checkpoint_mp> --gtest_filter=CheckpointCrash.*:CheckpointTool.*:HfImport.*)
   set_tests_properties(checkpoint_single PROPERTIES LABELS checkpoint TIMEOUT 300
                        ENVIRONMENT "${_loom_cenv};LOOM_TEST_BACKEND=gloo")
   set_tests_properties(checkpoint_mp_reshard_load2_np2 PROPERTIES DEPENDS checkpoint_mp_reshard_save4_np4)

@@ -5,7 +5,7 @@
 # world size it is written for.
 if(TARGET pretrain AND TARGET trainlaunch)
   foreach(c one_rank two_ranks resume hsdp_resume sigterm sigterm_group layouts activation_checkpointing straggler slurm_script slurm_port_taken config_error validate plot init_from
-            freeze)
+            init_from_hf freeze)
     add_test(NAME Pretrain.${c}
              COMMAND ${CMAKE_CURRENT_LIST_DIR}/pretrain_e2e.sh ${c} $<TARGET_FILE:pretrain> $<TARGET_FILE:trainlaunch>
                      ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})

@@ -2,7 +2,7 @@
 # End-to-end tests of the pretrain recipe on the tiny CPU config, shrunk so each case takes seconds.
 # Usage: pretrain_e2e.sh CASE PRETRAIN TRAINLAUNCH SOURCE_DIR WORK_DIR
 # Cases: main_job, one_rank, two_ranks, resume, hsdp_resume, sigterm, sigterm_group, layouts, activation_checkpointing, straggler, slurm_script, slurm_port_taken, config_error, validate, plot, trace,
-# init_from, freeze. Exit 0 pass, 1 fail, 77 skipped.
+# init_from, init_from_hf, freeze. Exit 0 pass, 1 fail, 77 skipped.
 set -uo pipefail
 
 case_name=$1 pretrain=$2 trainlaunch=$3 src=$4 bindir=$5 work=$5/pretrain_e2e_$1
@@ -73,6 +73,64 @@ init_from)
   "$pretrain" --config "$config" "${small[@]}" --set checkpoint.dir="$work/run3" --set training.steps=3 \
     --set training.warmup_steps=0 --set model.init_from="$work/missing.safetensors" > missing.log 2>&1 && fail "a missing init_from file succeeded"
   grep -q "missing.safetensors" missing.log || fail "the error does not name the missing file"
+  ;;
+init_from_hf)
+  # model.init_from a Hugging Face GPT-2 directory as transformers writes it (config.json, 3 bf16 shards + index,
+  # Conv1D weights; tests/checkpoint/make_hf_model.py): one rank and FSDP(2) (each rank reading its shards from the
+  # file) start from the same first loss; a recipe that differs from config.json is an error naming the key; `loomckpt
+  # import` makes a step-0 checkpoint that verifies and that pretrain resumes from (1 rank and FSDP(2)) with that loss.
+  py=$src/.venv/bin/python
+  [[ -x $py ]] || fail "$py is missing: run scripts/setup.sh"
+  "$py" "$src/tests/checkpoint/make_hf_model.py" hf --family gpt2 --n-embd 64 --n-layer 2 --n-head 4 --vocab 64 \
+    --seq 64 --shards 3 --dtype bf16 --seed 7 > make.log 2>&1 || fail "make_hf_model.py: exit $?"
+  sed -e 's/^  n_embd: 128/  n_embd: 64/' -e 's/^  seq_len: 128/  seq_len: 64/' "$config" > small.yaml
+  run=(--config small.yaml --set training.global_batch_tokens=1024 --set training.warmup_steps=0 --set logging.interval=1
+       --set training.steps=2)
+  "$pretrain" "${run[@]}" --set checkpoint.dir="$work/one" --set model.init_from="$work/hf" > one.log 2>&1 || fail "one rank: exit $?"
+  grep -q "initial weights: $work/hf (config.json matches the model" one.log || fail "no 'initial weights' line naming the check"
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" "${run[@]}" --set parallelism.fsdp=2 \
+    --set checkpoint.dir="$work/fsdp" --set model.init_from="$work/hf" > fsdp.log 2>&1 || fail "fsdp: exit $?"
+  "$pretrain" "${run[@]}" --set checkpoint.dir="$work/rand" > rand.log 2>&1 || fail "random init: exit $?"
+  first() { column "$1" loss | head -1 | awk '{ print $2 }'; }
+  a=$(first one/metrics.jsonl) b=$(first fsdp/metrics.jsonl) r=$(first rand/metrics.jsonl)
+  awk -v a="$a" -v b="$b" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && d <= 1e-5 * a) }' ||
+    fail "first loss from the file: one rank $a, FSDP(2) $b"
+  awk -v a="$a" -v r="$r" 'BEGIN { d = a - r; if (d < 0) d = -d; exit !(d > 0.01) }' ||
+    fail "first loss $a is the random init's ($r): the weights were not loaded"
+  echo "first loss from the HF file: one rank $a, FSDP(2) $b (random init $r)"
+  # Each FSDP rank read its half of the file's tensor data, one rank all of it.
+  whole=$(sed -n 's/.*initial weights: .* read \([0-9]*\) bytes.*/\1/p' one.log)
+  part=$(sed -n 's/.*initial weights: .* read \([0-9]*\) bytes.*/\1/p' fsdp.log)
+  awk -v w="$whole" -v p="$part" 'BEGIN { exit !(w > 0 && p > 0 && p <= 0.55 * w) }' ||
+    fail "FSDP rank 0 read ${part:-?} bytes of the file's ${whole:-?}: more than its shard"
+  # The recipe says 3 layers, the file 2: an error naming config.json, the key and both values, on both layouts.
+  "$pretrain" "${run[@]}" --set checkpoint.dir="$work/bad" --set model.n_layer=3 --set model.init_from="$work/hf" \
+    > bad.log 2>&1 && fail "a model of 3 layers loaded a 2-layer file"
+  grep -q "hf/config.json: n_layer is 2, the model's n_layer is 3 (recipe key model.n_layer)" bad.log ||
+    fail "the mismatch error does not name the key: $(tail -2 bad.log)"
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" "${run[@]}" --set parallelism.fsdp=2 \
+    --set checkpoint.dir="$work/bad2" --set model.n_layer=3 --set model.init_from="$work/hf" > bad2.log 2>&1 &&
+    fail "FSDP(2): a model of 3 layers loaded a 2-layer file"
+  grep -q "n_layer is 2" bad2.log || fail "FSDP(2): the mismatch error does not name the key"
+  # loomckpt import: with the recipe (checked against config.json) and without (the model from config.json).
+  ckpt=$bindir/checkpoint/loomckpt
+  "$ckpt" import hf imported --config small.yaml > import.log 2>&1 || fail "loomckpt import: exit $?"
+  grep -q "config.json matches" import.log || fail "loomckpt import did not check config.json: $(cat import.log)"
+  "$ckpt" verify imported > verify.log 2>&1 || fail "loomckpt verify of the import: exit $?"
+  "$ckpt" import hf/model.safetensors.index.json imported2 > import2.log 2>&1 || fail "loomckpt import (index): exit $?"
+  "$ckpt" verify imported2 > verify2.log 2>&1 || fail "loomckpt verify of the second import: exit $?"
+  sed -e 's/^  n_layer: 2/  n_layer: 3/' small.yaml > bad.yaml
+  "$ckpt" import hf imported3 --config bad.yaml > import3.log 2>&1 && fail "loomckpt import into a 3-layer recipe"
+  grep -q "n_layer is 2" import3.log || fail "loomckpt import's mismatch error does not name the key"
+  cp -r imported imported_fsdp
+  "$pretrain" "${run[@]}" --set checkpoint.dir="$work/imported" > resume.log 2>&1 || fail "resume from the import: exit $?"
+  grep -q "resumed from step 0" resume.log || fail "pretrain did not resume from the imported checkpoint"
+  "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" "${run[@]}" --set parallelism.fsdp=2 \
+    --set checkpoint.dir="$work/imported_fsdp" > resume_fsdp.log 2>&1 || fail "FSDP(2) resume from the import: exit $?"
+  c=$(first imported/metrics.jsonl) d=$(first imported_fsdp/metrics.jsonl)
+  awk -v a="$a" -v c="$c" -v d="$d" 'BEGIN { x = a - c; y = a - d; if (x < 0) x = -x; if (y < 0) y = -y;
+                                             exit !(c != "" && x <= 1e-5 * a && y <= 1e-5 * a) }' ||
+    fail "first loss after resuming the import: one rank $c, FSDP(2) $d; init_from gave $a"
   ;;
 freeze)
   # model.freeze on 2 FSDP ranks (frozen and trainable parameters in every unit): the frozen embeddings (and the tied
