@@ -166,7 +166,8 @@ Tensor CausalSelfAttention::forward_cached(const Tensor& x, KVCache& cache, cons
   // The G query heads of a kv head as G*T rows against its cached keys: no copy of the cache per query head.
   Tensor kc = ops::narrow(cache.k, 2, 0, S), vc = ops::narrow(cache.v, 2, 0, S);  // (B, Hkv, S, D)
   Tensor qg = ops::reshape(q, {B, Hkv, G * T, D});
-  if (qg.dtype() == DType::bf16 || qg.dtype() == DType::f16) {  // scores and softmax in f32, as the fused attention computes them
+  if (qg.dtype() == DType::bf16 ||
+      qg.dtype() == DType::f16) {  // scores and softmax in f32, as the fused attention computes them
     qg = ops::to(qg, DType::f32);
     kc = ops::to(kc, DType::f32);
     vc = ops::to(vc, DType::f32);
@@ -177,8 +178,7 @@ Tensor CausalSelfAttention::forward_cached(const Tensor& x, KVCache& cache, cons
   uint8_t* m = mask.data<uint8_t>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t r = 0; r < G * T; ++r)
-      for (int64_t s = 0; s < S; ++s)
-        m[(b * G * T + r) * S + s] = s > past[static_cast<size_t>(b)] + r % T ? 1 : 0;
+      for (int64_t s = 0; s < S; ++s) m[(b * G * T + r) * S + s] = s > past[static_cast<size_t>(b)] + r % T ? 1 : 0;
   scores = ops::masked_fill(scores, ops::to(mask, scores.device()), -std::numeric_limits<double>::infinity());
   Tensor y = ops::matmul(ops::softmax(scores, -1), vc);  // (B, Hkv, G*T, D)
   y = ops::to(y, x.dtype());

@@ -177,7 +177,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<st
         std::vector<int64_t> last(static_cast<size_t>(B));
         for (int64_t b = 0; b < B; ++b) last[static_cast<size_t>(b)] = seqs[static_cast<size_t>(b)].back();
         logits = model.next_token_logits(ops::to(from_vector<int64_t>(last, {B, 1}), device),
-                                          std::vector<int64_t>(static_cast<size_t>(B), 1), &*cache);
+                                         std::vector<int64_t>(static_cast<size_t>(B), 1), &*cache);
       }
       if (opts.gather_logits) logits = opts.gather_logits(logits);
       const std::vector<int64_t> tok = sample(logits, opts.sampling, gen);

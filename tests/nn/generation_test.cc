@@ -143,8 +143,8 @@ TEST_P(Generation, StopTokenEndsASequenceAndTheLoop) {
   const auto free_run = generate(*model, {prompts()[1]}, o);
   o.stop_token = free_run[0][3];  // the 4th token: output ends at its first occurrence
   int steps = 0;
-  const auto stopped = generate(*model, {prompts()[1]}, o,
-                                [&](const std::vector<int64_t>&, const std::vector<bool>&) { ++steps; });
+  const auto stopped =
+      generate(*model, {prompts()[1]}, o, [&](const std::vector<int64_t>&, const std::vector<bool>&) { ++steps; });
   const auto first = std::find(free_run[0].begin(), free_run[0].end(), *o.stop_token) - free_run[0].begin();
   ASSERT_EQ(static_cast<int64_t>(stopped[0].size()), first + 1);
   EXPECT_EQ(steps, first + 1);
@@ -241,8 +241,8 @@ TEST(Sampler, DrawsStayInsideTheAllowedSetAndRepeatFromASeed) {
       for (int64_t r = 0; r < B; ++r) {
         auto allowed = allowed_tokens(l.data() + r * V, V, opts);
         ASSERT_NE(std::find(allowed.begin(), allowed.end(), a[r]), allowed.end())
-            << "token " << a[r] << " of row " << r << " is outside the allowed set (top_k " << opts.top_k
-            << ", top_p " << opts.top_p << ")";
+            << "token " << a[r] << " of row " << r << " is outside the allowed set (top_k " << opts.top_k << ", top_p "
+            << opts.top_p << ")";
         seen.insert({r, a[r]});
       }
     }
