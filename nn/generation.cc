@@ -180,6 +180,7 @@ std::vector<std::vector<int64_t>> generate(CausalLM& model, const std::vector<st
                                          std::vector<int64_t>(static_cast<size_t>(B), 1), &*cache);
       }
       if (opts.gather_logits) logits = opts.gather_logits(logits);
+      if (opts.on_logits) opts.on_logits(logits);
       const std::vector<int64_t> tok = sample(logits, opts.sampling, gen);
       const std::vector<bool> ran = running;
       for (int64_t b = 0; b < B; ++b) {

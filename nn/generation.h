@@ -41,6 +41,8 @@ struct GenerateOptions {
   /// Applied to the next-token logits (B, V') before sampling, e.g. an all-gather of tensor-parallel vocabulary
   /// shards into (B, V). Empty: none.
   std::function<Tensor(const Tensor&)> gather_logits;
+  /// Called with each step's next-token logits (B, V) before sampling (after gather_logits); e.g. to check them.
+  std::function<void(const Tensor&)> on_logits;
   /// Throws InvalidArgument naming the field when a value is unusable.
   void validate() const;
 };

@@ -18,6 +18,7 @@
 #include "data/tokenizer.h"
 #include "nn/generation.h"
 #include "recipes/model.h"
+#include "tensor/ops.h"
 
 using namespace loom;
 
@@ -71,6 +72,7 @@ struct Args {
   uint64_t seed = 1337;
   int64_t num_samples = 1;
   bool no_cache = false, ids = false;
+  std::string dump_logits;  // tests: every step's logits (B, V) appended as raw little-endian f32
 };
 
 int run(const Args& a) {
@@ -114,6 +116,15 @@ int run(const Args& a) {
   o.seed = a.seed;
   o.use_cache = !a.no_cache;
   if (tok.eot_id()) o.stop_token = *tok.eot_id();
+  std::FILE* dump = nullptr;
+  if (!a.dump_logits.empty()) {
+    dump = std::fopen(a.dump_logits.c_str(), "wb");
+    if (!dump) throw IoError("--dump-logits " + a.dump_logits + ": cannot open it for writing");
+    o.on_logits = [dump](const Tensor& l) {
+      Tensor h = ops::contiguous(ops::to(ops::to(l, kCPU), DType::f32));
+      std::fwrite(h.data<float>(), sizeof(float), static_cast<size_t>(h.numel()), dump);
+    };
+  }
   const bool stream = batch.size() == 1;
   Utf8Stream out;
   if (stream) {
@@ -122,7 +133,7 @@ int run(const Args& a) {
   }
   auto decode = [&](int64_t id) {
     if (o.stop_token && id == *o.stop_token) return std::string();  // the end, not text
-    if (id >= tok.vocab_size()) return std::string();                // a padded vocabulary's unused rows
+    if (id >= tok.vocab_size()) return std::string();               // a padded vocabulary's unused rows
     const int32_t i32 = static_cast<int32_t>(id);
     return tok.decode(std::span<const int32_t>(&i32, 1));
   };
@@ -138,6 +149,7 @@ int run(const Args& a) {
     }
   });
   const double secs = seconds_since(t0);
+  if (dump) std::fclose(dump);
   if (stream) {
     std::fputs(out.flush().c_str(), stdout);
     std::fputs("\n", stdout);
@@ -172,9 +184,10 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Generates text with a trained GPT-2 or Llama (a loom checkpoint, or a safetensors file with Hugging "
-               "Face names), streaming it to stdout; tokens/s go to stderr.",
-               "generate"};
+  CLI::App app{
+      "Generates text with a trained GPT-2 or Llama (a loom checkpoint, or a safetensors file with Hugging "
+      "Face names), streaming it to stdout; tokens/s go to stderr.",
+      "generate"};
   Args a;
   auto* ck = app.add_option("--checkpoint", a.checkpoint,
                             "a loom checkpoint: a step directory, or a run directory (its latest checkpoint)");
@@ -210,13 +223,16 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   app.add_flag("--no-cache", a.no_cache, "run the whole sequence every step (no KV cache; for comparison)");
   app.add_flag("--ids", a.ids, "also print each sequence's token ids (prompt | generated) to stderr");
+  app.add_option("--dump-logits", a.dump_logits, "write every step's logits (B, V) as raw f32 to FILE (for tests)")
+      ->group("");  // hidden from --help
   try {
     app.parse(argc, argv);
     if (a.checkpoint.empty() && a.safetensors.empty())
       throw CLI::ValidationError("--checkpoint or --safetensors", "give one: the model to generate with");
     if (a.prompts.empty() && a.prompt_files.empty())
-      throw CLI::ValidationError("--prompt or --prompt-file", "give at least one prompt (--prompt '' starts from "
-                                                              "the end-of-text token)");
+      throw CLI::ValidationError("--prompt or --prompt-file",
+                                 "give at least one prompt (--prompt '' starts from "
+                                 "the end-of-text token)");
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : 2;

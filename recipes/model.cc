@@ -114,7 +114,8 @@ LoadedModel load_checkpoint_model(const std::string& dir_in) {
   if (!fs::exists(dir + "/metadata.json")) {
     const std::string latest = checkpoint::latest_checkpoint(dir);
     if (latest.empty())
-      throw IoError(dir + ": neither a checkpoint (no metadata.json) nor a run directory with checkpoints (no "
+      throw IoError(dir +
+                    ": neither a checkpoint (no metadata.json) nor a run directory with checkpoints (no "
                     "`latest` file); pass a step_NNNNNNNN directory or the run's checkpoint.dir");
     dir = latest;
   }
@@ -122,7 +123,8 @@ LoadedModel load_checkpoint_model(const std::string& dir_in) {
   const nlohmann::json j = read_json(dir + "/metadata.json");
   auto it = j.find("config");
   if (it == j.end() || !it->is_string() || it->get<std::string>().empty())
-    throw ConfigError(dir + "/metadata.json: no recipe config stored (\"config\"); load the weights with "
+    throw ConfigError(dir +
+                      "/metadata.json: no recipe config stored (\"config\"); load the weights with "
                       "loomckpt export and --safetensors with a config.json instead");
   LoadedModel out;
   out.config = parse_config(it->get<std::string>(), dir + "/metadata.json config").model;
