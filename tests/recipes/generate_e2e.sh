@@ -141,7 +141,8 @@ sample_layouts)
   for layout in fsdp tp; do
     "$trainlaunch" --standalone --nproc-per-node 2 -- "$pretrain" --config tiny.yaml --set checkpoint.dir= \
       --set parallelism.$layout=2 --set training.micro_batch=8 --set model.vocab_size=258 \
-      --set logging.sample_interval=2 --set logging.sample_tokenizer=bytes.tiktoken --set logging.sample_tokens=8 > $layout.log 2>&1 || fail "pretrain with $layout=2: exit $?"
+      --set logging.sample_interval=2 --set logging.sample_tokenizer=bytes.tiktoken --set logging.sample_tokens=8 \
+      > $layout.log 2>&1 || fail "pretrain with $layout=2: exit $?"
     [[ $(grep -ac "sample at step [24]: " $layout.log) == 2 ]] || fail "$layout: expected samples at steps 2 and 4"
   done
   ;;
