@@ -36,7 +36,7 @@ class Utf8Stream {
     for (size_t back = 1; back <= 3 && back <= n; ++back) {
       const auto c = static_cast<unsigned char>(pending_[n - back]);
       if ((c & 0xC0) == 0x80) continue;  // a continuation byte: look further back for the lead
-      const size_t len = c >= 0xF0 && c < 0xF8 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+      const size_t len = c < 0xC0 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : c < 0xF8 ? 4 : 1;  // 0xF8+: never a lead
       if (len > back) keep = back;  // the lead byte's character needs more bytes than have come
       break;
     }

@@ -58,11 +58,11 @@ int main(int argc, char** argv) {
   c.n_head = c.n_embd / 64;
   Generator gen(1);
   nn::GPT2 model(c, gen);
-  std::printf("bench_generate: GPT-2 %lld layers x %lld, vocab %lld, %lld parameters; %lld new tokens per run, greedy, "
-              "batch 1, CPU\n",
-              static_cast<long long>(c.n_layer), static_cast<long long>(c.n_embd),
-              static_cast<long long>(c.vocab_size), static_cast<long long>(model.num_parameters()),
-              static_cast<long long>(n));
+  std::printf(
+      "bench_generate: GPT-2 %lld layers x %lld, vocab %lld, %lld parameters; %lld new tokens per run, greedy, "
+      "batch 1, CPU\n",
+      static_cast<long long>(c.n_layer), static_cast<long long>(c.n_embd), static_cast<long long>(c.vocab_size),
+      static_cast<long long>(model.num_parameters()), static_cast<long long>(n));
   for (int64_t ctx : contexts) {
     if (ctx - n < 1 || ctx > c.n_positions) {
       std::fprintf(stderr, "bench_generate: context %lld does not fit %lld new tokens in %lld positions\n",

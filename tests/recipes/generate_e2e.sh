@@ -92,6 +92,17 @@ cli)
   "${gen[@]}" "${batch[@]}" --no-cache > b2.out 2> b2.err || fail "batch --no-cache: exit $?"
   [[ $(grep -c '^=== sample [1-4] (prompt [12]) ===' b1.out) == 4 ]] || fail "expected 4 sample blocks"
   cmp -s b1.out b2.out || fail "batched sampling with the cache differs from without"
+  # Streaming holds back split UTF-8 characters but prints every byte: stdout is the prompt, then the bytes of the
+  # generated ids (this tokenizer: id = byte). A high temperature makes bytes >= 0x80 (split characters) likely.
+  "${gen[@]}" --prompt "é✓ " --max-new-tokens 40 --temperature 3 --seed 5 --ids > u.out 2> u.err ||
+    fail "utf-8: exit $?"
+  "$python" -c "
+import sys
+ids = [int(t) for t in open('u.err').read().split('ids 0:')[1].split('\n')[0].split('|')[1].split()]
+want = 'é✓ '.encode() + bytes(i for i in ids if i < 256) + b'\n'
+got = open('u.out', 'rb').read()
+assert any(i >= 0x80 for i in ids), 'no byte >= 0x80 was sampled: the check would be weak'
+sys.exit(0 if got == want else 'streamed %r, expected %r' % (got, want))" || fail "streamed bytes differ from the ids"
   # Bad arguments: exit 2 with a message naming the option, or 1 naming the file / limit.
   expect() {  # expect RC PATTERN ARGS...
     local rc=$1 pat=$2
