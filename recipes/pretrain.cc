@@ -719,13 +719,6 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
       if (tty) std::printf("\r\033[K%s", progress_bar(step_done, T.steps, sm.loss, eta).c_str());
       std::fflush(stdout);
     }
-    if (sampler && step_done % cfg.logging.sample_interval == 0) {
-      const std::string text =
-          sampler->sample(*r.model, cfg.training.seed + static_cast<uint64_t>(step_done), r.tp_group);
-      if (r.rank0)
-        std::printf("%ssample at step %lld: %s\n", tty ? "\r\033[K" : "", static_cast<long long>(step_done),
-                    text.c_str());
-    }
     if (!std::isfinite(sm.loss)) {
       if (r.rank0)
         std::fprintf(stderr,
@@ -733,6 +726,14 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
                      "training.lr, set training.grad_clip, or check the data)\n",
                      sm.loss, static_cast<long long>(step_done));
       return 1;
+    }
+    // After the loss check: a diverged model would only sample NaN.
+    if (sampler && step_done % cfg.logging.sample_interval == 0) {
+      const std::string text =
+          sampler->sample(*r.model, cfg.training.seed + static_cast<uint64_t>(step_done), r.tp_group);
+      if (r.rank0)
+        std::printf("%ssample at step %lld: %s\n", tty ? "\r\033[K" : "", static_cast<long long>(step_done),
+                    text.c_str());
     }
     if (stop_signal != 0) break;
     if (cfg.checkpoint.interval > 0 && step_done % cfg.checkpoint.interval == 0) save(step_done);
