@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -67,6 +68,15 @@ class BytesMap {
     }
   }
   int32_t find(std::string_view k) const { return find(k.data(), k.size()); }
+  /// find() with h = hash_bytes(p, n) already computed.
+  int32_t find_hashed(const char* p, size_t n, uint64_t h) const {
+    if (slots_.empty()) return -1;
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.id < 0) return -1;
+      if (s.hash == h && s.len == n && std::memcmp(arena_.data() + s.off, p, n) == 0) return s.id;
+    }
+  }
   /// Inserts key -> id; returns the id already there (and changes nothing) or -1 when new.
   int32_t insert(std::string_view k, int32_t id) {
     if ((size_ + 1) * 2 > slots_.size()) grow();
@@ -271,6 +281,11 @@ std::string pcre2_message(int code) {
   return reinterpret_cast<const char*>(buf);
 }
 
+constexpr size_t kCachePieceBytes = 26;
+constexpr size_t kCachePieceIds = 6;
+constexpr size_t kCacheEntries = 8192;
+std::atomic<uint32_t> next_uid{1};
+
 struct MatchState {
   pcre2_match_data* md = nullptr;
   pcre2_match_context* mc = nullptr;
@@ -288,6 +303,15 @@ struct MatchState {
   };
   std::vector<Cand> heap;
   std::vector<int32_t> ids, next, prev;
+  // Per-thread cache of short pieces that needed merging (direct-mapped; owner = TokenizerImpl::uid).
+  struct CacheEntry {
+    uint64_t hash;
+    uint32_t owner;
+    uint8_t len, n_ids;
+    char bytes[kCachePieceBytes];
+    int32_t ids[kCachePieceIds];
+  };
+  std::vector<CacheEntry> cache;
 
   MatchState() {
     md = pcre2_match_data_create(16, nullptr);
@@ -448,6 +472,7 @@ struct SpecialTrie {
 // ---------------------------------------------------------------------------------------------------------------
 
 struct TokenizerImpl {
+  const uint32_t uid = next_uid.fetch_add(1);  // tells per-thread caches apart
   std::string source;
   std::string pattern;
   std::vector<std::string> id_bytes;  // by id; special tokens as their text
@@ -497,13 +522,36 @@ struct TokenizerImpl {
   // BPE of one pre-token: lowest merge rank first, leftmost among equal ranks.
   void bpe(const char* p, size_t n, std::vector<int32_t>& out, MatchState& st) const {
     if (n == 0) return;
+    const uint64_t h = hash_bytes(p, n);
     if (whole_piece_lookup || n == 1) {
-      const int32_t id = tokens.find(p, n);
+      const int32_t id = tokens.find_hashed(p, n, h);
       if (id >= 0) {
         out.push_back(id);
         return;
       }
     }
+    MatchState::CacheEntry* entry = nullptr;
+    if (n <= kCachePieceBytes) {
+      if (st.cache.empty()) st.cache.resize(kCacheEntries, MatchState::CacheEntry{0, 0, 0, 0, {}, {}});
+      entry = &st.cache[h & (kCacheEntries - 1)];
+      if (entry->owner == uid && entry->hash == h && entry->len == n && std::memcmp(entry->bytes, p, n) == 0) {
+        out.insert(out.end(), entry->ids, entry->ids + entry->n_ids);
+        return;
+      }
+    }
+    const size_t first = out.size();
+    bpe_merge(p, n, out, st);
+    if (entry != nullptr && out.size() - first <= kCachePieceIds) {
+      entry->owner = uid;
+      entry->hash = h;
+      entry->len = static_cast<uint8_t>(n);
+      entry->n_ids = static_cast<uint8_t>(out.size() - first);
+      std::memcpy(entry->bytes, p, n);
+      std::copy(out.begin() + first, out.end(), entry->ids);
+    }
+  }
+
+  void bpe_merge(const char* p, size_t n, std::vector<int32_t>& out, MatchState& st) const {
     if (!all_bytes) {
       for (size_t i = 0; i < n; ++i) {
         if (byte_id[static_cast<unsigned char>(p[i])] < 0) missing_byte(static_cast<unsigned char>(p[i]));
@@ -646,6 +694,22 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+/// s for an error message: control bytes (NUL included) as \xNN, at most 80 bytes.
+std::string escaped(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s.substr(0, 80)) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  if (s.size() > 80) out += "...";
+  return out;
+}
+
 int base64_value(unsigned char c) {
   if (c >= 'A' && c <= 'Z') return c - 'A';
   if (c >= 'a' && c <= 'z') return c - 'a' + 26;
@@ -726,7 +790,7 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
     const size_t sp = line.find(' ');
     const auto bad = [&](const std::string& what) {
       std::string hint;
-      if (line_no == 1) {
+      if (max_rank < 0) {
         hint = is_model
                    ? " (this tokenizer.model is not Llama 3's tiktoken format; a SentencePiece model, as Llama 1/2 "
                      "ship, is not byte-level BPE and is not supported)"
@@ -738,9 +802,9 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
     if (sp == std::string_view::npos) bad("no space between token and rank");
     std::string_view b64 = line.substr(0, sp), num = line.substr(sp + 1);
     while (!num.empty() && num.back() == ' ') num.remove_suffix(1);
-    if (!base64_decode(b64, token)) bad("'" + std::string(b64.substr(0, 64)) + "' is not base64");
+    if (!base64_decode(b64, token)) bad("'" + escaped(b64) + "' is not base64");
     if (num.empty() || num.size() > 10 || num.find_first_not_of("0123456789") != std::string_view::npos)
-      bad("rank '" + std::string(num.substr(0, 32)) + "' is not a non-negative integer");
+      bad("rank '" + escaped(num) + "' is not a non-negative integer");
     const int64_t rank = std::stoll(std::string(num));
     if (rank >= std::numeric_limits<int32_t>::max() - 1024) bad("rank " + std::string(num) + " is too large");
     const auto r = static_cast<int32_t>(rank);
@@ -775,7 +839,7 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
                            "<|reserved_special_token_0|>",
                            "<|reserved_special_token_1|>",
                            "<|finetune_right_pad_id|>",
-                           "<|step_id|>",
+                           "<|reserved_special_token_2|>",
                            "<|start_header_id|>",
                            "<|end_header_id|>",
                            "<|eom_id|>",
@@ -783,7 +847,7 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
                            "<|python_tag|>"};
     int32_t k = 0;
     for (const char* s : named) t->add_special(s, n + k++);
-    for (int i = 2; k < 256; ++i) t->add_special("<|reserved_special_token_" + std::to_string(i) + "|>", n + k++);
+    for (int i = 3; k < 256; ++i) t->add_special("<|reserved_special_token_" + std::to_string(i) + "|>", n + k++);
   } else {
     t->add_special("<|endoftext|>", n);
   }
@@ -1007,7 +1071,8 @@ std::shared_ptr<TokenizerImpl> load_vocab_json(const std::string& path, const js
     if (line.empty() && pos >= data.size()) break;
     const size_t sp = line.find(' ');
     if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos) {
-      LOOM_THROW(ConfigError, merges_path, ":", line_no, ": '", line, "' is not two tokens separated by one space");
+      LOOM_THROW(ConfigError, merges_path, ":", line_no, ": '", escaped(line),
+                 "' is not two tokens separated by one space");
     }
     merges.emplace_back(line.substr(0, sp), line.substr(sp + 1));
     where.push_back(merges_path + ":" + std::to_string(line_no));
