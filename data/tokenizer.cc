@@ -68,6 +68,15 @@ class BytesMap {
     }
   }
   int32_t find(std::string_view k) const { return find(k.data(), k.size()); }
+  /// find() with h = hash_bytes(p, n) already computed.
+  int32_t find_hashed(const char* p, size_t n, uint64_t h) const {
+    if (slots_.empty()) return -1;
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.id < 0) return -1;
+      if (s.hash == h && s.len == n && std::memcmp(arena_.data() + s.off, p, n) == 0) return s.id;
+    }
+  }
   /// Inserts key -> id; returns the id already there (and changes nothing) or -1 when new.
   int32_t insert(std::string_view k, int32_t id) {
     if ((size_ + 1) * 2 > slots_.size()) grow();
@@ -272,6 +281,11 @@ std::string pcre2_message(int code) {
   return reinterpret_cast<const char*>(buf);
 }
 
+constexpr size_t kCachePieceBytes = 26;
+constexpr size_t kCachePieceIds = 6;
+constexpr size_t kCacheEntries = 8192;
+std::atomic<uint32_t> next_uid{1};
+
 struct MatchState {
   pcre2_match_data* md = nullptr;
   pcre2_match_context* mc = nullptr;
@@ -289,6 +303,15 @@ struct MatchState {
   };
   std::vector<Cand> heap;
   std::vector<int32_t> ids, next, prev;
+  // Per-thread cache of short pieces that needed merging (direct-mapped; owner = TokenizerImpl::uid).
+  struct CacheEntry {
+    uint64_t hash;
+    uint32_t owner;
+    uint8_t len, n_ids;
+    char bytes[kCachePieceBytes];
+    int32_t ids[kCachePieceIds];
+  };
+  std::vector<CacheEntry> cache;
 
   MatchState() {
     md = pcre2_match_data_create(16, nullptr);
@@ -449,6 +472,7 @@ struct SpecialTrie {
 // ---------------------------------------------------------------------------------------------------------------
 
 struct TokenizerImpl {
+  const uint32_t uid = next_uid.fetch_add(1);  // tells per-thread caches apart
   std::string source;
   std::string pattern;
   std::vector<std::string> id_bytes;  // by id; special tokens as their text
@@ -498,13 +522,36 @@ struct TokenizerImpl {
   // BPE of one pre-token: lowest merge rank first, leftmost among equal ranks.
   void bpe(const char* p, size_t n, std::vector<int32_t>& out, MatchState& st) const {
     if (n == 0) return;
+    const uint64_t h = hash_bytes(p, n);
     if (whole_piece_lookup || n == 1) {
-      const int32_t id = tokens.find(p, n);
+      const int32_t id = tokens.find_hashed(p, n, h);
       if (id >= 0) {
         out.push_back(id);
         return;
       }
     }
+    MatchState::CacheEntry* entry = nullptr;
+    if (n <= kCachePieceBytes) {
+      if (st.cache.empty()) st.cache.resize(kCacheEntries, MatchState::CacheEntry{0, 0, 0, 0, {}, {}});
+      entry = &st.cache[h & (kCacheEntries - 1)];
+      if (entry->owner == uid && entry->hash == h && entry->len == n && std::memcmp(entry->bytes, p, n) == 0) {
+        out.insert(out.end(), entry->ids, entry->ids + entry->n_ids);
+        return;
+      }
+    }
+    const size_t first = out.size();
+    bpe_merge(p, n, out, st);
+    if (entry != nullptr && out.size() - first <= kCachePieceIds) {
+      entry->owner = uid;
+      entry->hash = h;
+      entry->len = static_cast<uint8_t>(n);
+      entry->n_ids = static_cast<uint8_t>(out.size() - first);
+      std::memcpy(entry->bytes, p, n);
+      std::copy(out.begin() + first, out.end(), entry->ids);
+    }
+  }
+
+  void bpe_merge(const char* p, size_t n, std::vector<int32_t>& out, MatchState& st) const {
     if (!all_bytes) {
       for (size_t i = 0; i < n; ++i) {
         if (byte_id[static_cast<unsigned char>(p[i])] < 0) missing_byte(static_cast<unsigned char>(p[i]));

@@ -1,10 +1,20 @@
 #include "nn/attention.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "autograd/functions.h"
 
 namespace loom::nn {
+
+InferenceCache::InferenceCache(int64_t n_layers, int64_t batch, int64_t capacity) : capacity_(capacity) {
+  LOOM_CHECK(n_layers > 0 && batch > 0 && capacity > 0, "InferenceCache: n_layers (", n_layers, "), batch (", batch,
+             ") and capacity (", capacity, ") must be positive");
+  layers.resize(static_cast<size_t>(n_layers));
+  for (auto& l : layers) l.capacity = capacity;
+  lengths.assign(static_cast<size_t>(batch), 0);
+}
 
 std::pair<Tensor, Tensor> rope_tables(int64_t T, int64_t D, double theta) {
   LOOM_CHECK(D > 0 && D % 2 == 0, "rope_tables: head_dim must be even and positive, got ", D);
@@ -72,7 +82,7 @@ void CausalSelfAttention::set_head_partition(int64_t local_heads, int64_t local_
   local_kv_heads_ = local_kv_heads;
 }
 
-Tensor CausalSelfAttention::forward(const Tensor& x) {
+std::array<Tensor, 3> CausalSelfAttention::project_heads(const Tensor& x) {
   // H, Hkv: the heads this rank computes (all of them unless set_head_partition split them).
   const int64_t C = opts_.n_embd, H = local_heads_, Hkv = local_kv_heads_, D = head_dim_;
   LOOM_CHECK(x.dim() == 3 && x.size(2) == C, type_name(), ".forward: expected x of shape (B, T, ", C, "), got ",
@@ -93,9 +103,13 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
   auto heads = [&](const Tensor& t, int64_t n) {  // (B, T, n*D) -> (B, n, T, D)
     return loom::contiguous(loom::transpose(loom::reshape(t, {B, T, n, D}), 1, 2));
   };
-  q = heads(q, H);
-  k = heads(k, Hkv);
-  v = heads(v, Hkv);
+  return {heads(q, H), heads(k, Hkv), heads(v, Hkv)};
+}
+
+Tensor CausalSelfAttention::forward(const Tensor& x) {
+  const int64_t H = local_heads_, D = head_dim_;
+  auto [q, k, v] = project_heads(x);
+  const int64_t B = x.size(0), T = x.size(1);
   if (opts_.rope) {
     LOOM_CHECK(T <= opts_.max_seq_len, type_name(), ".forward: sequence length ", T, " exceeds max_seq_len ",
                opts_.max_seq_len);
@@ -105,6 +119,70 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
   }
   Tensor y = loom::scaled_dot_product_attention(q, k, v, /*is_causal=*/true, opts_.dropout, is_training());
   y = loom::reshape(loom::contiguous(loom::transpose(y, 1, 2)), {B, T, H * D});  // (B, T, C), C/tp under TP
+  y = opts_.fused_qkv ? (*c_proj)(y) : (*o_proj)(y);
+  if (resid_dropout) y = (*resid_dropout)(y);
+  return y;
+}
+
+Tensor CausalSelfAttention::forward_cached(const Tensor& x, KVCache& cache, const std::vector<int64_t>& past) {
+  autograd::NoGradGuard no_grad;
+  const int64_t H = local_heads_, Hkv = local_kv_heads_, D = head_dim_, G = H / Hkv;
+  auto [q, k, v] = project_heads(x);  // (B, H, T, D), (B, Hkv, T, D) x2
+  const int64_t B = x.size(0), T = x.size(1), cap = cache.capacity;
+  LOOM_CHECK(static_cast<int64_t>(past.size()) == B, type_name(), ".forward_cached: ", past.size(),
+             " cached lengths for a batch of ", B);
+  int64_t S = 0;  // slots any query of the batch may see
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = past[static_cast<size_t>(b)];
+    LOOM_CHECK(p >= 0 && p + T <= cap, type_name(), ".forward_cached: sequence ", b, " holds ", p, " tokens; ", T,
+               " more exceed the cache's capacity of ", cap, " positions");
+    LOOM_CHECK(!opts_.rope || p + T <= opts_.max_seq_len, type_name(), ".forward_cached: position ", p + T - 1,
+               " of sequence ", b, " is beyond max_seq_len ", opts_.max_seq_len);
+    S = std::max(S, p + T);
+  }
+  if (!cache.k.defined()) {
+    cache.k = ops::zeros({B, Hkv, cap, D}, k.dtype(), k.device());
+    cache.v = ops::zeros({B, Hkv, cap, D}, v.dtype(), v.device());
+  }
+  LOOM_CHECK(cache.k.size(0) == B && cache.k.size(1) == Hkv && cache.k.size(3) == D, type_name(),
+             ".forward_cached: the cache holds ", shape_str(cache.k.sizes()), " but this batch needs (", B, ", ", Hkv,
+             ", ", cap, ", ", D, "); use one InferenceCache per batch");
+  const bool same_past = std::all_of(past.begin(), past.end(), [&](int64_t p) { return p == past[0]; });
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = past[static_cast<size_t>(b)];
+    Tensor qb = ops::narrow(q, 0, b, 1), kb = ops::narrow(k, 0, b, 1);
+    if (opts_.rope && !same_past) {  // each sequence at its own positions
+      Tensor c = ops::narrow(rope_cos_, 0, p, T), s = ops::narrow(rope_sin_, 0, p, T);
+      ops::copy_(qb, ops::rope(qb, c, s));
+      kb = ops::rope(kb, c, s);
+    } else if (opts_.rope) {
+      Tensor c = ops::narrow(rope_cos_, 0, p, T), s = ops::narrow(rope_sin_, 0, p, T);
+      if (b == 0) q = ops::rope(q, c, s);
+      kb = ops::rope(kb, c, s);
+    }
+    ops::copy_(ops::narrow(ops::narrow(cache.k, 0, b, 1), 2, p, T), kb);
+    ops::copy_(ops::narrow(ops::narrow(cache.v, 0, b, 1), 2, p, T), ops::narrow(v, 0, b, 1));
+  }
+  // The G query heads of a kv head as G*T rows against its cached keys: no copy of the cache per query head.
+  Tensor kc = ops::narrow(cache.k, 2, 0, S), vc = ops::narrow(cache.v, 2, 0, S);  // (B, Hkv, S, D)
+  Tensor qg = ops::reshape(q, {B, Hkv, G * T, D});
+  if (qg.dtype() == DType::bf16 ||
+      qg.dtype() == DType::f16) {  // scores and softmax in f32, as the fused attention computes them
+    qg = ops::to(qg, DType::f32);
+    kc = ops::to(kc, DType::f32);
+    vc = ops::to(vc, DType::f32);
+  }
+  Tensor scores = ops::matmul(qg, ops::transpose(kc, 2, 3));  // (B, Hkv, G*T, S)
+  ops::mul_(scores, 1.0 / std::sqrt(static_cast<double>(D)));
+  Tensor mask = empty({B, 1, G * T, S}, DType::u8);  // 1: slot not visible to that query
+  uint8_t* m = mask.data<uint8_t>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < G * T; ++r)
+      for (int64_t s = 0; s < S; ++s) m[(b * G * T + r) * S + s] = s > past[static_cast<size_t>(b)] + r % T ? 1 : 0;
+  scores = ops::masked_fill(scores, ops::to(mask, scores.device()), -std::numeric_limits<double>::infinity());
+  Tensor y = ops::matmul(ops::softmax(scores, -1), vc);  // (B, Hkv, G*T, D)
+  y = ops::to(y, x.dtype());
+  y = ops::reshape(ops::contiguous(ops::transpose(ops::reshape(y, {B, H, T, D}), 1, 2)), {B, T, H * D});
   y = opts_.fused_qkv ? (*c_proj)(y) : (*o_proj)(y);
   if (resid_dropout) y = (*resid_dropout)(y);
   return y;

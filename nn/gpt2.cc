@@ -44,6 +44,25 @@ Tensor GPT2Model::forward(const Tensor& idx) {
   return (*ln_f)(x);
 }
 
+Tensor GPT2Model::forward_cached(const Tensor& idx, InferenceCache& cache) {
+  LOOM_CHECK(idx.dim() == 2, "GPT2.forward_cached: expected idx of shape (B, T), got ", shape_str(idx.sizes()));
+  const int64_t B = idx.size(0), T = idx.size(1);
+  LOOM_CHECK(cache.batch() == B && cache.layers.size() == blocks.size(), "GPT2.forward_cached: the cache is for ",
+             cache.batch(), " sequences and ", cache.layers.size(), " layers, idx has ", B, " and the model ",
+             blocks.size());
+  std::vector<int64_t> pos(static_cast<size_t>(B * T));  // (B, T): each sequence from its own length on
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = cache.lengths[static_cast<size_t>(b)];
+    LOOM_CHECK(p + T <= cfg_.n_positions, "GPT2.forward_cached: position ", p + T - 1, " of sequence ", b,
+               " exceeds n_positions ", cfg_.n_positions);
+    for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(b * T + t)] = p + t;
+  }
+  Tensor x = loom::add((*wte)(idx), (*wpe)(ops::to(from_vector<int64_t>(pos, {B, T}), idx.device())));
+  x = (*drop)(x);
+  for (size_t i = 0; i < blocks.size(); ++i) x = (*blocks[i])(x, cache.layers[i], cache.lengths);
+  return (*ln_f)(x);
+}
+
 GPT2::GPT2(const GPT2Config& cfg, Generator& gen) : CausalLM("GPT2LMHeadModel"), cfg_(cfg) {
   cfg.validate();
   transformer = register_module("transformer", std::make_shared<GPT2Model>(cfg, gen));
@@ -59,6 +78,10 @@ GPT2::GPT2(const GPT2Config& cfg, Generator& gen) : CausalLM("GPT2LMHeadModel"),
 }
 
 Tensor GPT2::forward(const Tensor& idx) { return (*lm_head)((*transformer)(idx)); }
+
+Tensor GPT2::hidden_states(const Tensor& idx, InferenceCache* cache) {
+  return cache ? transformer->forward_cached(idx, *cache) : (*transformer)(idx);
+}
 
 double GPT2::flops_per_token(int64_t seq_len) const {
   const double N = static_cast<double>(num_parameters() - transformer->wpe->weight.numel());

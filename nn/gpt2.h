@@ -31,6 +31,9 @@ class GPT2Model : public Module {
   GPT2Model(const GPT2Config& cfg, Generator& gen);
   /// idx (B, T) -> hidden states (B, T, C) after ln_f.
   Tensor forward(const Tensor& idx);
+  /// Inference over new tokens idx (B, T) at positions cache.lengths[b] + t, appending their keys and values to
+  /// cache (see InferenceCache) -> hidden states (B, T, C).
+  Tensor forward_cached(const Tensor& idx, InferenceCache& cache);
   Tensor operator()(const Tensor& idx) {
     return call(idx, [this](const Tensor& in) { return forward(in); });
   }
@@ -55,6 +58,9 @@ class GPT2 : public CausalLM {
   std::vector<std::shared_ptr<TransformerBlock>> blocks() const override { return transformer->blocks; }
   int64_t vocab_size() const override { return cfg_.vocab_size; }
   double flops_per_token(int64_t seq_len) const override;
+  int64_t max_positions() const override { return cfg_.n_positions; }
+  Tensor hidden_states(const Tensor& idx, InferenceCache* cache) override;
+  Tensor head(const Tensor& h) override { return (*lm_head)(h); }
   const GPT2Config& config() const { return cfg_; }
 
   std::shared_ptr<GPT2Model> transformer;

@@ -42,6 +42,16 @@ Tensor LlamaModel::forward(const Tensor& idx) {
   return (*norm)(x);
 }
 
+Tensor LlamaModel::forward_cached(const Tensor& idx, InferenceCache& cache) {
+  LOOM_CHECK(idx.dim() == 2, "Llama.forward_cached: expected idx of shape (B, T), got ", shape_str(idx.sizes()));
+  LOOM_CHECK(cache.batch() == idx.size(0) && cache.layers.size() == blocks.size(),
+             "Llama.forward_cached: the cache is for ", cache.batch(), " sequences and ", cache.layers.size(),
+             " layers, idx has ", idx.size(0), " and the model ", blocks.size());
+  Tensor x = (*embed_tokens)(idx);  // (B, T, C); positions enter through RoPE in attention
+  for (size_t i = 0; i < blocks.size(); ++i) x = (*blocks[i])(x, cache.layers[i], cache.lengths);
+  return (*norm)(x);
+}
+
 Llama::Llama(const LlamaConfig& cfg, Generator& gen) : CausalLM("LlamaForCausalLM"), cfg_(cfg) {
   cfg.validate();
   model = register_module("model", std::make_shared<LlamaModel>(cfg, gen));
@@ -52,6 +62,10 @@ Llama::Llama(const LlamaConfig& cfg, Generator& gen) : CausalLM("LlamaForCausalL
 }
 
 Tensor Llama::forward(const Tensor& idx) { return (*lm_head)((*model)(idx)); }
+
+Tensor Llama::hidden_states(const Tensor& idx, InferenceCache* cache) {
+  return cache ? model->forward_cached(idx, *cache) : (*model)(idx);
+}
 
 double Llama::flops_per_token(int64_t seq_len) const {
   return 6.0 * static_cast<double>(num_parameters()) + 12.0 * static_cast<double>(cfg_.n_layer * cfg_.n_embd * seq_len);

@@ -34,6 +34,9 @@ class LlamaModel : public Module {
   LlamaModel(const LlamaConfig& cfg, Generator& gen);
   /// idx (B, T) -> hidden states (B, T, C) after the final norm.
   Tensor forward(const Tensor& idx);
+  /// Inference over new tokens idx (B, T) at positions cache.lengths[b] + t, appending their keys and values to
+  /// cache (see InferenceCache) -> hidden states (B, T, C).
+  Tensor forward_cached(const Tensor& idx, InferenceCache& cache);
   Tensor operator()(const Tensor& idx) {
     return call(idx, [this](const Tensor& in) { return forward(in); });
   }
@@ -57,6 +60,9 @@ class Llama : public CausalLM {
   int64_t vocab_size() const override { return cfg_.vocab_size; }
   /// Llama has no position embeddings, so N is every parameter.
   double flops_per_token(int64_t seq_len) const override;
+  int64_t max_positions() const override { return cfg_.max_seq_len; }
+  Tensor hidden_states(const Tensor& idx, InferenceCache* cache) override;
+  Tensor head(const Tensor& h) override { return (*lm_head)(h); }
   const LlamaConfig& config() const { return cfg_; }
 
   std::shared_ptr<LlamaModel> model;

@@ -52,11 +52,18 @@ std::pair<Tensor, Tensor> TransformerBlock::add_and_norm(Module& norm, const Ten
   return add_rms_norm(x, residual, rms.weight, rms.eps);
 }
 
-Tensor TransformerBlock::forward(const Tensor& x) {
+Tensor TransformerBlock::forward(const Tensor& x) { return finish(x, (*attn)(apply_norm(*norm_1, x))); }
+
+Tensor TransformerBlock::forward_cached(const Tensor& x, KVCache& cache, const std::vector<int64_t>& past) {
+  autograd::NoGradGuard no_grad;
+  return finish(x, (*attn)(apply_norm(*norm_1, x), cache, past));
+}
+
+Tensor TransformerBlock::finish(const Tensor& x, const Tensor& attn_out) {
   // The attention residual add and ln_2 / post_attention_layernorm as one op (one kernel
   // on CUDA, the same bits on CPU). The MLP's residual add is left to the next block or
   // the final norm, which sit behind a module (and FSDP unit) boundary.
-  auto [h, n] = add_and_norm(*norm_2, x, (*attn)(apply_norm(*norm_1, x)));
+  auto [h, n] = add_and_norm(*norm_2, x, attn_out);
   Tensor m = style_ == BlockStyle::kGPT2 ? (*std::static_pointer_cast<GeluMLP>(mlp))(n)
                                          : (*std::static_pointer_cast<SwiGLUMLP>(mlp))(n);
   return loom::add(h, m);

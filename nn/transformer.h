@@ -5,6 +5,7 @@
 #pragma once
 
 #include <utility>
+#include <vector>
 
 #include "nn/attention.h"
 #include "nn/mlp.h"
@@ -30,6 +31,12 @@ class TransformerBlock : public Module {
   Tensor operator()(const Tensor& x) {
     return call(x, [this](const Tensor& in) { return forward(in); });
   }
+  /// Inference over new tokens with the attention layer's cache (CausalSelfAttention::forward_cached): x (B, T, C)
+  /// -> (B, T, C), through this block's hooks.
+  Tensor operator()(const Tensor& x, KVCache& cache, const std::vector<int64_t>& past) {
+    return call_hooks([&] { return forward_cached(x, cache, past); });
+  }
+  Tensor forward_cached(const Tensor& x, KVCache& cache, const std::vector<int64_t>& past);
   BlockStyle style() const { return style_; }
 
   std::shared_ptr<Module> norm_1, norm_2;  // LayerNorm or RMSNorm
@@ -38,6 +45,8 @@ class TransformerBlock : public Module {
 
  private:
   Tensor apply_norm(Module& norm, const Tensor& x);
+  /// The block after its attention: mlp(norm_2(x + attn_out)) + x + attn_out.
+  Tensor finish(const Tensor& x, const Tensor& attn_out);
   /// {x + residual, norm(x + residual)}: fused unless the norm has hooks.
   std::pair<Tensor, Tensor> add_and_norm(Module& norm, const Tensor& x, const Tensor& residual);
   BlockStyle style_;

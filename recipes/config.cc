@@ -183,6 +183,10 @@ const std::vector<Key>& schema() {
     add(LOOM_CONFIG_KEY(logging, eval_sequences)).at_least(1);
     add(LOOM_CONFIG_KEY(logging, progress));
     add(LOOM_CONFIG_KEY(logging, trace_steps));
+    add(LOOM_CONFIG_KEY(logging, sample_interval)).at_least(0);
+    add(LOOM_CONFIG_KEY(logging, sample_prompt));
+    add(LOOM_CONFIG_KEY(logging, sample_tokenizer));
+    add(LOOM_CONFIG_KEY(logging, sample_tokens)).at_least(1);
     return s;
   }();
   return keys;

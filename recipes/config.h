@@ -102,6 +102,14 @@ struct LoggingConfig {
   /// [from, to]: record the timeline of steps from..to (1-based, inclusive) on every rank and write it as Chrome trace
   /// JSON under <run dir>/trace/; [0, 0] (null): off.
   std::array<int64_t, 2> trace_steps{0, 0};
+  /// Every sample_interval steps (0: never) rank 0 prints sample_tokens tokens sampled from the model (temperature 1,
+  /// top-k 50, every rank runs the forwards) after sample_prompt, encoded and decoded with sample_tokenizer (a file
+  /// data::Tokenizer reads). Without a tokenizer the prompt must be empty and token ids are printed; an empty prompt
+  /// starts from the end-of-text token (without a tokenizer: GPT-2's 50256 when the vocabulary has it, else 0).
+  int64_t sample_interval = 0;
+  std::string sample_prompt;
+  std::string sample_tokenizer;
+  int64_t sample_tokens = 64;
   bool operator==(const LoggingConfig&) const = default;
 };
 

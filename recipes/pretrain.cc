@@ -52,6 +52,8 @@
 #include "recipes/config.h"
 #include "recipes/data.h"
 #include "recipes/metrics.h"
+#include "recipes/model.h"
+#include "recipes/sample.h"
 #include "recipes/trace_window.h"
 #include "tensor/storage.h"
 
@@ -163,33 +165,6 @@ bool launched() {
   for (const char* v : {"RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS"})
     if (const char* e = std::getenv(v); e && *e) return true;
   return false;
-}
-
-/// Builds the config's model on the CPU from gen (the same draws on every rank given the same seed).
-std::shared_ptr<nn::CausalLM> build_model(const ModelConfig& m, Generator& gen) {
-  if (m.family == "gpt2") {
-    nn::GPT2Config c;
-    c.vocab_size = m.vocab_size;
-    c.n_positions = m.seq_len;
-    c.n_embd = m.n_embd;
-    c.n_layer = m.n_layer;
-    c.n_head = m.n_head;
-    c.dropout = m.dropout;
-    c.tie_word_embeddings = m.tie_embeddings;
-    return std::make_shared<nn::GPT2>(c, gen);
-  }
-  nn::LlamaConfig c;
-  c.vocab_size = m.vocab_size;
-  c.max_seq_len = m.seq_len;
-  c.n_embd = m.n_embd;
-  c.n_layer = m.n_layer;
-  c.n_head = m.n_head;
-  c.n_kv_head = m.n_kv_head > 0 ? m.n_kv_head : m.n_head;
-  if (m.intermediate_size > 0) c.intermediate_size = m.intermediate_size;
-  c.dropout = m.dropout;
-  c.rope_theta = m.rope_theta;
-  c.tie_word_embeddings = m.tie_embeddings;
-  return std::make_shared<nn::Llama>(c, gen);
 }
 
 /// Which sections of cfg differ from the config a checkpoint was saved with ("training, logging"), or "some keys"
@@ -613,6 +588,8 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
     std::fflush(stdout);
   }
 
+  std::optional<TrainingSampler> sampler;  // logging.sample_interval: text from the model every N steps
+  if (cfg.logging.sample_interval > 0) sampler.emplace(cfg.logging, cfg.model.vocab_size, cfg.model.seq_len);
   const int W = r.world->size();
   int64_t last_saved = resumed ? start_step : -1;
   auto save = [&](int64_t step_done) {
@@ -737,6 +714,14 @@ int run_training(const RecipeConfig& cfg_in, bool eval_only) {
                      "training.lr, set training.grad_clip, or check the data)\n",
                      sm.loss, static_cast<long long>(step_done));
       return 1;
+    }
+    // After the loss check: a diverged model would only sample NaN.
+    if (sampler && step_done % cfg.logging.sample_interval == 0) {
+      const std::string text =
+          sampler->sample(*r.model, cfg.training.seed + static_cast<uint64_t>(step_done), r.tp_group);
+      if (r.rank0)
+        std::printf("%ssample at step %lld: %s\n", tty ? "\r\033[K" : "", static_cast<long long>(step_done),
+                    text.c_str());
     }
     if (stop_signal != 0) break;
     if (cfg.checkpoint.interval > 0 && step_done % cfg.checkpoint.interval == 0) save(step_done);
