@@ -89,6 +89,7 @@ std::shared_ptr<nn::CausalLM> recipe_model(const recipes::ModelConfig& m, Genera
     c.n_layer = m.n_layer;
     c.n_head = m.n_head;
     c.tie_word_embeddings = m.tie_embeddings;
+    if (m.norm_eps > 0) c.layer_norm_epsilon = m.norm_eps;
     return std::make_shared<nn::GPT2>(c, gen);
   }
   nn::LlamaConfig c;
@@ -101,6 +102,7 @@ std::shared_ptr<nn::CausalLM> recipe_model(const recipes::ModelConfig& m, Genera
   c.intermediate_size = m.intermediate_size;
   c.rope_theta = m.rope_theta;
   c.tie_word_embeddings = m.tie_embeddings;
+  if (m.norm_eps > 0) c.rms_norm_eps = m.norm_eps;
   return std::make_shared<nn::Llama>(c, gen);
 }
 
