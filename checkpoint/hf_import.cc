@@ -447,7 +447,6 @@ HfLoadStats load_hf_weights(const std::string& path, const Target& target,
       check_hf_config(w.config_path(), *lm);
       stats.config_checked = true;
     }
-    // Names: every parameter and persistent buffer the model has (all ranks alike, whatever each holds).
     Target model_only = target;
     model_only.optimizer = nullptr;
     // Names: every parameter (tied aliases once, under their first name) and persistent buffer of the model, the
