@@ -346,7 +346,7 @@ void check_hf_config(const std::string& config_path, const nn::CausalLM& model) 
     c.integer({"n_positions", "n_ctx", "max_position_embeddings"}, m.n_positions, "n_positions (learned positions)",
               "model.seq_len");
     c.integer({"n_inner"}, 4 * m.n_embd, "MLP width (4 n_embd)", "", 4 * m.n_embd);
-    c.real("layer_norm_epsilon", m.layer_norm_epsilon, "LayerNorm epsilon", "", 1e-5);
+    c.real("layer_norm_epsilon", m.layer_norm_epsilon, "LayerNorm epsilon", "model.norm_eps", 1e-5);
     c.boolean("tie_word_embeddings", m.tie_word_embeddings, "tie_embeddings", "model.tie_embeddings", true);
     c.one_of("activation_function", {"gelu_new", "gelu_pytorch_tanh"}, "GELU with the tanh approximation (gelu_new)");
     return;
@@ -373,7 +373,7 @@ void check_hf_config(const std::string& config_path, const nn::CausalLM& model) 
                         std::to_string(m.max_seq_len) + " (recipe key model.seq_len): train on at most " + mp->dump() +
                         " tokens per sequence");
     c.real("rope_theta", m.rope_theta, "rope_theta", "model.rope_theta", 10000.0);
-    c.real("rms_norm_eps", m.rms_norm_eps, "RMSNorm epsilon", "", 1e-6);
+    c.real("rms_norm_eps", m.rms_norm_eps, "RMSNorm epsilon", "model.norm_eps", 1e-6);
     c.boolean("tie_word_embeddings", m.tie_word_embeddings, "tie_embeddings", "model.tie_embeddings", false);
     c.one_of("hidden_act", {"silu"}, "SiLU (silu)");
     c.absent_or("rope_scaling", json(nullptr), "loom's Llama applies plain RoPE (no rope_scaling)");
@@ -447,12 +447,6 @@ HfLoadStats load_hf_weights(const std::string& path, const Target& target,
       check_hf_config(w.config_path(), *lm);
       stats.config_checked = true;
     }
-    // Names: every parameter and persistent buffer the model has (all ranks alike, whatever each holds).
-    auto hf_name = [&](const std::string& n) -> std::string {
-      if (w.tensors().count(n)) return n;
-      if (n.rfind("transformer.", 0) == 0 && w.tensors().count(n.substr(12))) return n.substr(12);
-      return "";
-    };
     Target model_only = target;
     model_only.optimizer = nullptr;
     // Names: every parameter (tied aliases once, under their first name) and persistent buffer of the model, the
@@ -462,6 +456,21 @@ HfLoadStats load_hf_weights(const std::string& path, const Target& target,
     for (const auto& [n, p] : root.named_parameters()) names.push_back(n);
     for (const auto& [n, b] : root.named_buffers())
       if (state.contains(n)) names.push_back(n);
+    // A tied model whose head is not a parameter of its own (named_parameters lists the embedding only).
+    const bool tied_head = state.contains("lm_head.weight") &&
+                           std::find(names.begin(), names.end(), std::string("lm_head.weight")) == names.end();
+    // The file's name for the model's tensor n, "" when it has none. Files saved from the bare base model (the hub's
+    // original GPT-2: "h.0.attn.c_attn.weight", "wte.weight"; a LlamaModel: "layers.0...") lack the prefix; a tied
+    // model saved with only lm_head.weight (huggingface_hub keeps one name of a shared tensor) has the embedding there.
+    auto hf_name = [&](const std::string& n) -> std::string {
+      if (w.tensors().count(n)) return n;
+      for (const std::string prefix : {"transformer.", "model."})
+        if (n.rfind(prefix, 0) == 0 && w.tensors().count(n.substr(prefix.size()))) return n.substr(prefix.size());
+      if (tied_head && (n == "transformer.wte.weight" || n == "model.embed_tokens.weight") &&
+          w.tensors().count("lm_head.weight"))
+        return "lm_head.weight";
+      return "";
+    };
     std::set<std::string> used, missing;
     for (const auto& n : names) {
       const std::string h = hf_name(n);

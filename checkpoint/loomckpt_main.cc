@@ -20,6 +20,7 @@
 #include "nn/gpt2.h"
 #include "nn/llama.h"
 #include "recipes/config.h"
+#include "recipes/model.h"
 
 namespace fs = std::filesystem;
 using namespace loom;
@@ -79,31 +80,6 @@ int verify(const std::string& dir) {
   return bad ? 1 : 0;
 }
 
-/// The recipe's model (as pretrain builds it), for `import --config`.
-std::shared_ptr<nn::CausalLM> recipe_model(const recipes::ModelConfig& m, Generator& gen) {
-  if (m.family == "gpt2") {
-    nn::GPT2Config c;
-    c.vocab_size = m.vocab_size;
-    c.n_positions = m.seq_len;
-    c.n_embd = m.n_embd;
-    c.n_layer = m.n_layer;
-    c.n_head = m.n_head;
-    c.tie_word_embeddings = m.tie_embeddings;
-    return std::make_shared<nn::GPT2>(c, gen);
-  }
-  nn::LlamaConfig c;
-  c.vocab_size = m.vocab_size;
-  c.max_seq_len = m.seq_len;
-  c.n_embd = m.n_embd;
-  c.n_layer = m.n_layer;
-  c.n_head = m.n_head;
-  c.n_kv_head = m.n_kv_head > 0 ? m.n_kv_head : m.n_head;
-  c.intermediate_size = m.intermediate_size;
-  c.rope_theta = m.rope_theta;
-  c.tie_word_embeddings = m.tie_embeddings;
-  return std::make_shared<nn::Llama>(c, gen);
-}
-
 int import_hf(const std::string& src, const std::string& out, const std::string& recipe) {
   const HfWeights w = HfWeights::open(src);
   Generator gen(0);
@@ -111,7 +87,7 @@ int import_hf(const std::string& src, const std::string& out, const std::string&
   TrainState st;  // step 0, no data position
   if (!recipe.empty()) {
     const recipes::RecipeConfig cfg = recipes::load_config(recipe);
-    model = recipe_model(cfg.model, gen);
+    model = recipes::build_model(cfg.model, gen);  // as pretrain builds it
     st.config = cfg.to_yaml();  // pretrain resuming with this recipe sees its own config
   } else {
     if (w.config_path().empty())

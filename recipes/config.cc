@@ -136,6 +136,7 @@ const std::vector<Key>& schema() {
     add(LOOM_CONFIG_KEY(model, dropout)).at_least(0).below(1);
     add(LOOM_CONFIG_KEY(model, tie_embeddings));
     add(LOOM_CONFIG_KEY(model, rope_theta)).above(0);
+    add(LOOM_CONFIG_KEY(model, norm_eps)).at_least(0);
     add(LOOM_CONFIG_KEY(model, init_from));
     add(LOOM_CONFIG_KEY(model, freeze));
 

@@ -27,6 +27,7 @@ struct ModelConfig {
   double dropout = 0.0;           // [0, 1)
   bool tie_embeddings = true;     // when absent: true for gpt2, false for llama (Hugging Face's defaults)
   double rope_theta = 10000.0;    // llama (gpt2 accepts only the default: it has learned positions)
+  double norm_eps = 0.0;          // LayerNorm / RMSNorm epsilon; 0: the family's (gpt2 1e-5, llama 1e-6)
   /// A safetensors file with Hugging Face names and layouts (e.g. GPT-2's model.safetensors, or `loomckpt export`'s
   /// output) whose weights start the run instead of the random init; ignored when the run resumes from a checkpoint.
   std::string init_from;

@@ -27,6 +27,7 @@ std::shared_ptr<nn::CausalLM> build_model(const ModelConfig& m, Generator& gen) 
     c.n_head = m.n_head;
     c.dropout = m.dropout;
     c.tie_word_embeddings = m.tie_embeddings;
+    if (m.norm_eps > 0) c.layer_norm_epsilon = m.norm_eps;
     return std::make_shared<nn::GPT2>(c, gen);
   }
   nn::LlamaConfig c;
@@ -40,6 +41,7 @@ std::shared_ptr<nn::CausalLM> build_model(const ModelConfig& m, Generator& gen) 
   c.dropout = m.dropout;
   c.rope_theta = m.rope_theta;
   c.tie_word_embeddings = m.tie_embeddings;
+  if (m.norm_eps > 0) c.rms_norm_eps = m.norm_eps;
   return std::make_shared<nn::Llama>(c, gen);
 }
 

@@ -7,7 +7,7 @@ causal-mask buffers attn.bias / attn.masked_bias included). With --ref, also wri
 PyTorch forward (float64 from the stored weights) for loom to reproduce.
 
 Usage: make_hf_model.py OUT_DIR --family gpt2|llama [--n-embd 64 --n-layer 2 --n-head 4 --n-kv-head 2 --vocab 64
-       --seq 16 --inner 128 --dtype f32|bf16|f16 --shards N --bare --untied --seed S --ref REF.safetensors
+       --seq 16 --inner 128 --dtype f32|bf16|f16 --shards N --bare --untied --head-name --seed S --ref REF.safetensors
        --config-set key=json_value ...]
 """
 import argparse
@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--bare", action="store_true")
     ap.add_argument("--untied", action="store_true")
+    ap.add_argument("--head-name", action="store_true",
+                    help="tied: store the shared tensor as lm_head.weight only (huggingface_hub's save_torch_state_dict)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--ref")
     ap.add_argument("--config-set", action="append", default=[])
@@ -113,6 +115,9 @@ def main():
         for i in range(a.n_layer):
             stored[f"h.{i}.attn.bias"] = torch.tril(torch.ones(T, T, dtype=torch.uint8)).view(1, 1, T, T)
             stored[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    if a.head_name and not a.untied:
+        emb = "transformer.wte.weight" if a.family == "gpt2" else "model.embed_tokens.weight"
+        stored["lm_head.weight"] = stored.pop(emb)
     for kv in a.config_set:
         k, v = kv.split("=", 1)
         config[k] = json.loads(v)

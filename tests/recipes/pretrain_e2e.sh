@@ -112,6 +112,15 @@ init_from_hf)
     --set checkpoint.dir="$work/bad2" --set model.n_layer=3 --set model.init_from="$work/hf" > bad2.log 2>&1 &&
     fail "FSDP(2): a model of 3 layers loaded a 2-layer file"
   grep -q "n_layer is 2" bad2.log || fail "FSDP(2): the mismatch error does not name the key"
+  # A norm epsilon other than the family's: a mismatch naming model.norm_eps, which then makes it load.
+  "$py" "$src/tests/checkpoint/make_hf_model.py" hf_eps --family gpt2 --n-embd 64 --n-layer 2 --n-head 4 --vocab 64 \
+    --seq 64 --config-set layer_norm_epsilon=1e-6 > make_eps.log 2>&1 || fail "make_hf_model.py (eps): exit $?"
+  "$pretrain" "${run[@]}" --set checkpoint.dir="$work/eps" --set model.init_from="$work/hf_eps" > eps.log 2>&1 &&
+    fail "a LayerNorm epsilon of 1e-6 loaded into a model of 1e-5"
+  grep -q "layer_norm_epsilon is 1e-06, the model's LayerNorm epsilon is 1e-05 (recipe key model.norm_eps)" eps.log ||
+    fail "the epsilon mismatch does not name the key: $(tail -2 eps.log)"
+  "$pretrain" "${run[@]}" --set checkpoint.dir="$work/eps2" --set model.norm_eps=1e-6 \
+    --set model.init_from="$work/hf_eps" > eps2.log 2>&1 || fail "model.norm_eps=1e-6: exit $?"
   # loomckpt import: with the recipe (checked against config.json) and without (the model from config.json).
   ckpt=$bindir/checkpoint/loomckpt
   "$ckpt" import hf imported --config small.yaml > import.log 2>&1 || fail "loomckpt import: exit $?"

@@ -66,6 +66,7 @@ TEST(HfImport, LogitsMatchPyTorch) {
       {"gpt2_f16", "--family gpt2 --dtype f16 --shards 2"},
       {"llama_gqa_sharded_bf16", "--family llama --n-head 4 --n-kv-head 2 --shards 4 --dtype bf16"},
       {"llama_untied_f32", "--family llama --n-head 4 --n-kv-head 4 --untied"},
+      {"llama_tied_under_head_name", "--family llama --n-head 4 --n-kv-head 2 --head-name --shards 2"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
