@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -646,6 +647,22 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+/// s for an error message: control bytes (NUL included) as \xNN, at most 80 bytes.
+std::string escaped(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s.substr(0, 80)) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  if (s.size() > 80) out += "...";
+  return out;
+}
+
 int base64_value(unsigned char c) {
   if (c >= 'A' && c <= 'Z') return c - 'A';
   if (c >= 'a' && c <= 'z') return c - 'a' + 26;
@@ -726,7 +743,7 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
     const size_t sp = line.find(' ');
     const auto bad = [&](const std::string& what) {
       std::string hint;
-      if (line_no == 1) {
+      if (max_rank < 0) {
         hint = is_model
                    ? " (this tokenizer.model is not Llama 3's tiktoken format; a SentencePiece model, as Llama 1/2 "
                      "ship, is not byte-level BPE and is not supported)"
@@ -738,9 +755,9 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
     if (sp == std::string_view::npos) bad("no space between token and rank");
     std::string_view b64 = line.substr(0, sp), num = line.substr(sp + 1);
     while (!num.empty() && num.back() == ' ') num.remove_suffix(1);
-    if (!base64_decode(b64, token)) bad("'" + std::string(b64.substr(0, 64)) + "' is not base64");
+    if (!base64_decode(b64, token)) bad("'" + escaped(b64) + "' is not base64");
     if (num.empty() || num.size() > 10 || num.find_first_not_of("0123456789") != std::string_view::npos)
-      bad("rank '" + std::string(num.substr(0, 32)) + "' is not a non-negative integer");
+      bad("rank '" + escaped(num) + "' is not a non-negative integer");
     const int64_t rank = std::stoll(std::string(num));
     if (rank >= std::numeric_limits<int32_t>::max() - 1024) bad("rank " + std::string(num) + " is too large");
     const auto r = static_cast<int32_t>(rank);
@@ -775,7 +792,7 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
                            "<|reserved_special_token_0|>",
                            "<|reserved_special_token_1|>",
                            "<|finetune_right_pad_id|>",
-                           "<|step_id|>",
+                           "<|reserved_special_token_2|>",
                            "<|start_header_id|>",
                            "<|end_header_id|>",
                            "<|eom_id|>",
@@ -783,7 +800,7 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
                            "<|python_tag|>"};
     int32_t k = 0;
     for (const char* s : named) t->add_special(s, n + k++);
-    for (int i = 2; k < 256; ++i) t->add_special("<|reserved_special_token_" + std::to_string(i) + "|>", n + k++);
+    for (int i = 3; k < 256; ++i) t->add_special("<|reserved_special_token_" + std::to_string(i) + "|>", n + k++);
   } else {
     t->add_special("<|endoftext|>", n);
   }
@@ -1007,7 +1024,8 @@ std::shared_ptr<TokenizerImpl> load_vocab_json(const std::string& path, const js
     if (line.empty() && pos >= data.size()) break;
     const size_t sp = line.find(' ');
     if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos) {
-      LOOM_THROW(ConfigError, merges_path, ":", line_no, ": '", line, "' is not two tokens separated by one space");
+      LOOM_THROW(ConfigError, merges_path, ":", line_no, ": '", escaped(line),
+                 "' is not two tokens separated by one space");
     }
     merges.emplace_back(line.substr(0, sp), line.substr(sp + 1));
     where.push_back(merges_path + ":" + std::to_string(line_no));

@@ -30,11 +30,11 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 
 
 def llama3_special_tokens():
-    """Llama 3.1's 256 special tokens in id order (meta-llama/llama-models, tokenizer.py)."""
+    """Llama 3.1's 256 special tokens in id order, as its tokenizer.json has them (from id 128000)."""
     named = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-             "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
-             "<|eot_id|>", "<|python_tag|>"]
-    return named + [f"<|reserved_special_token_{2 + i}|>" for i in range(256 - len(named))]
+             "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+             "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+    return named + [f"<|reserved_special_token_{3 + i}|>" for i in range(256 - len(named))]
 
 
 def bytes_to_unicode():
@@ -182,6 +182,11 @@ def export(tok, out_dir, style):
     with open(os.path.join(out_dir, name), "w") as f:
         f.writelines(lines)
     if style == "gpt2":
+        # The same vocabulary with ByteLevel(add_prefix_space=True), as some GPT-2 derivatives ship it.
+        j["model"]["merges"] = merges
+        j["pre_tokenizer"]["add_prefix_space"] = True
+        with open(os.path.join(out_dir, "tokenizer_prefix.json"), "w", encoding="utf-8") as f:
+            json.dump(j, f, ensure_ascii=False)
         v = dict(vocab)
         v["<|endoftext|>"] = n
         with open(os.path.join(out_dir, "vocab.json"), "w", encoding="utf-8") as f:
