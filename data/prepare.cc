@@ -588,7 +588,7 @@ PrepareSummary prepare_shards(const Tokenizer& tok, const PrepareOptions& opts,
   int64_t tokens_at_start = writer.stream(false).tokens + writer.stream(true).tokens;
   InputReader reader(opts.inputs, start);
   const int64_t bytes_at_start = reader.bytes_done(sizes);
-  const size_t chunks_per_round = static_cast<size_t>(4 * threads);
+  const size_t chunks_per_round = static_cast<size_t>(2 * threads);  // a round: progress saved, bar redrawn
   int64_t rounds = 0;
   while (true) {
     // Read a round of chunks in input order ...
