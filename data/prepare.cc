@@ -326,7 +326,7 @@ class ShardWriter {
       fs::remove(tmp);
       return;
     }
-    const int64_t want = (kLlmcHeaderInts + 0) * 4 + s.count * width_;
+    const int64_t want = kLlmcHeaderInts * 4 + s.count * width_;
     if (!fs::exists(tmp) || static_cast<int64_t>(fs::file_size(tmp)) < want)
       LOOM_THROW(IoError, tmp, " holds fewer than the ", s.count, " tokens that ", opts_.out_dir, "/", kProgress,
                  " records; start again in an empty --out directory");
