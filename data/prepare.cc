@@ -326,7 +326,7 @@ class ShardWriter {
       fs::remove(tmp);
       return;
     }
-    const int64_t want = (kLlmcHeaderInts + 0) * 4 + s.count * width_;
+    const int64_t want = kLlmcHeaderInts * 4 + s.count * width_;
     if (!fs::exists(tmp) || static_cast<int64_t>(fs::file_size(tmp)) < want)
       LOOM_THROW(IoError, tmp, " holds fewer than the ", s.count, " tokens that ", opts_.out_dir, "/", kProgress,
                  " records; start again in an empty --out directory");
@@ -588,7 +588,7 @@ PrepareSummary prepare_shards(const Tokenizer& tok, const PrepareOptions& opts,
   int64_t tokens_at_start = writer.stream(false).tokens + writer.stream(true).tokens;
   InputReader reader(opts.inputs, start);
   const int64_t bytes_at_start = reader.bytes_done(sizes);
-  const size_t chunks_per_round = static_cast<size_t>(4 * threads);
+  const size_t chunks_per_round = static_cast<size_t>(2 * threads);  // a round: progress saved, bar redrawn
   int64_t rounds = 0;
   while (true) {
     // Read a round of chunks in input order ...

@@ -45,7 +45,7 @@ struct PrepareOptions {
   bool skip_bad = false;            // count bad JSON lines instead of stopping on the first one
   int threads = 0;                  // tokenizing threads; 0: all cores
   std::string text_field = "text";  // the field of a JSON line that holds the document
-  int64_t chunk_bytes = 1 << 20;    // documents are tokenized in chunks of about this much text
+  int64_t chunk_bytes = 256 << 10;  // documents are tokenized in chunks of about this much text
   // Testing only: end the process abruptly (std::_Exit(137), as a kill would) right after this many shards were
   // finished, or after this many rounds of chunks were written and recorded. 0: never.
   int64_t test_abort_after_shards = 0;

@@ -104,29 +104,38 @@ int main(int argc, char** argv) {
   tok->add_option("--tokenizer", tokenizer_path,
                   "tokenizer.json, vocab.json (+ merges.txt), a *.tiktoken / tokenizer.model ranks file, or a "
                   "directory holding one")
-      ->required();
-  tok->add_option("--out", opts.out_dir, "output directory (created; holds the shards and progress.json)")->required();
+      ->required()
+      ->type_name("FILE");
+  tok->add_option("--out", opts.out_dir, "output directory (created; holds the shards and progress.json)")
+      ->required()
+      ->type_name("DIR");
   tok->add_option("--shard-tokens,--shard_tokens", opts.shard_tokens, "tokens per shard (the last may be shorter)")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{INT32_MAX}));
+      ->check(CLI::Range(int64_t{1}, int64_t{INT32_MAX}))
+      ->type_name("N");
   tok->add_option("--val-fraction,--val_fraction", opts.val_fraction,
                   "fraction of documents held out into val_*.bin, chosen by a hash of each document's index "
                   "(document-level, spread over the whole input); 0: no val shards")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 0.999999));
+      ->check(CLI::Range(0.0, 0.999999))
+      ->type_name("F");
   tok->add_flag("--skip-bad,--skip_bad", opts.skip_bad,
                 "skip JSON lines that do not parse or lack the text field (counted in the summary) instead of "
                 "stopping at the first one");
   tok->add_option("--threads", opts.threads, "tokenizing threads (0: all cores)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::NonNegativeNumber)
+      ->type_name("N");
   tok->add_option("--pattern", pattern,
                   "pre-tokenisation regex for a ranks file: gpt2, cl100k, llama3, o200k or a literal pattern "
                   "(default: the file's own, or from its name)");
   tok->add_option("--text-field,--text_field", opts.text_field, "the field of a JSON line holding the document")
       ->capture_default_str();
   tok->add_flag("--no-progress,--no_progress", no_progress, "no progress bar on stderr");
-  tok->add_option("inputs", opts.inputs, "input files, read in the order given")->required()->check(CLI::ExistingFile);
+  tok->add_option("INPUT", opts.inputs, "input files, read in the order given")
+      ->required()
+      ->check(CLI::ExistingFile)
+      ->type_name("FILE");
   // For tests: chunking, and an abrupt exit at a chosen point (as a kill would) to exercise resuming.
   tok->add_option("--chunk-bytes", opts.chunk_bytes)->group("")->check(CLI::PositiveNumber);
   tok->add_option("--test-abort-after-shards", opts.test_abort_after_shards)->group("");

@@ -304,6 +304,50 @@ TEST_F(Prepare, BadJsonLineIsAnErrorNamingFileAndLineUnlessSkipped) {
   }
 }
 
+// A vocabulary above 65536 ids (a tiktoken ranks file whose last merge has rank 70000, so <|endoftext|> is 70001):
+// the shards are llm.c's uint32 format and hold the ids above 65535 exactly.
+TEST_F(Prepare, LargeVocabularyWritesUint32Shards) {
+  auto b64 = [](const std::string& in) {
+    static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    for (size_t i = 0; i < in.size(); i += 3) {
+      uint32_t v = static_cast<uint8_t>(in[i]) << 16;
+      if (i + 1 < in.size()) v |= static_cast<uint8_t>(in[i + 1]) << 8;
+      if (i + 2 < in.size()) v |= static_cast<uint8_t>(in[i + 2]);
+      out += k[(v >> 18) & 63];
+      out += k[(v >> 12) & 63];
+      out += i + 1 < in.size() ? k[(v >> 6) & 63] : '=';
+      out += i + 2 < in.size() ? k[v & 63] : '=';
+    }
+    return out;
+  };
+  std::string ranks;
+  for (int b = 0; b < 256; ++b) ranks += b64(std::string(1, static_cast<char>(b))) + " " + std::to_string(b) + "\n";
+  ranks += b64("th") + " 70000\n";
+  spit(dir_ + "/big.tiktoken", ranks);
+  const Tokenizer big = Tokenizer::from_file(dir_ + "/big.tiktoken", "gpt2");
+  ASSERT_GT(big.vocab_size(), 65536);
+  PrepareOptions o = options("big");
+  o.tokenizer_id = dir_ + "/big.tiktoken";
+  o.val_fraction = 0;
+  const PrepareSummary s = loom::data::prepare_shards(big, o);
+  EXPECT_EQ(s.token_bytes, 4);
+  std::vector<int32_t> want;
+  for (const std::string& d : docs_) {
+    want.push_back(*big.eot_id());
+    const auto ids = big.encode(d);
+    want.insert(want.end(), ids.begin(), ids.end());
+  }
+  EXPECT_GT(std::count(want.begin(), want.end(), 70000), 10);
+  EXPECT_EQ(read_split(o.out_dir, s.train_shards), want);
+  const std::string first = slurp(o.out_dir + "/train_000000.bin");
+  int32_t header[2];
+  std::memcpy(header, first.data(), sizeof header);
+  EXPECT_EQ(header[0], 20240801);
+  EXPECT_EQ(header[1], 7);
+  EXPECT_EQ(first.size(), 1024u + 4 * 700);
+}
+
 TEST(LlmcShard, BothTokenWidthsRoundTripWithLlmcHeaders) {
   const std::string dir = fs::temp_directory_path() / ("loom_llmc_shard_" + std::to_string(::getpid()));
   fs::create_directories(dir);

@@ -98,6 +98,21 @@ cli)
   grep -q "resumed an interrupted run" resume.log || fail "the second run did not resume"
   for f in whole/*.bin; do cmp "$f" "cut/$(basename "$f")" || fail "cut/$(basename "$f") differs"; done
   [[ $(ls cut/*.bin | wc -l) -eq $(ls whole/*.bin | wc -l) ]] || fail "different numbers of shards"
+  # A real SIGKILL once the first progress save is on disk (wherever it lands), then a rerun: the same bytes again.
+  for i in 1 2 3 4 5 6 7 8; do cat corpus.jsonl; done > big.jsonl
+  big=(tokenize --tokenizer tokenizer.json --shard-tokens 20000 --val-fraction 0.1 --no-progress big.jsonl)
+  "$loomdata" "${big[@]}" --out big_whole --threads 2 > big_whole.log 2>&1 || fail "exit $?"
+  "$loomdata" "${big[@]}" --out big_cut --threads 2 --chunk-bytes 4096 > big_cut.log 2>&1 &
+  pid=$!
+  for _ in $(seq 1 400); do
+    grep -q '"record": [1-9]' big_cut/progress.json 2> /dev/null && break
+    sleep 0.05
+  done
+  kill -KILL $pid 2> /dev/null && echo "killed loomdata mid-run" || echo "loomdata finished before the kill"
+  wait $pid
+  "$loomdata" "${big[@]}" --out big_cut --threads 1 > big_resume.log 2>&1 || fail "resume after SIGKILL: exit $?"
+  for f in big_whole/*.bin; do cmp "$f" "big_cut/$(basename "$f")" || fail "big_cut/$(basename "$f") differs"; done
+  [[ $(ls big_cut/*.bin | wc -l) -eq $(ls big_whole/*.bin | wc -l) ]] || fail "different numbers of shards after SIGKILL"
   "$loomdata" "${args[@]}" --out cut > again.log 2>&1 || fail "rerun: exit $?"
   grep -q "already holds a finished run" again.log || fail "a finished directory was not recognised"
   ;;
