@@ -41,7 +41,8 @@ const std::map<std::string, std::vector<double>>& ref() {
       ADD_FAILURE() << python << " is missing: run scripts/setup.sh (it makes .venv with torch)";
       return v;
     }
-    const std::string cmd = "'" + python.string() + "' '" + script.string() + "' > '" + out.string() + "'";
+    std::string cmd = "'";  // appended: "'" + string(...) trips GCC 12's false -Wrestrict
+    cmd.append(python.string()).append("' '").append(script.string()).append("' > '").append(out.string()).append("'");
     if (std::system(cmd.c_str()) != 0) {
       ADD_FAILURE() << "could not run " << cmd;
       return v;
