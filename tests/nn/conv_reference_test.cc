@@ -159,6 +159,8 @@ TEST(ConvReference, PoolsForwardAndGradients) {
       {"maxpool_k3s2p1", {2, 3, 7, 8}, {3, 3}, {2, 2}, {1, 1}, {1, 1}, false},
       {"maxpool_ceil", {2, 2, 5, 5}, {2, 2}, {2, 2}, {0, 0}, {1, 1}, true},
       {"maxpool_dil", {1, 2, 6, 7}, {2, 3}, {1, 2}, {1, 1}, {2, 1}, false},
+      {"maxpool_k2", {2, 3, 8, 6}, {2, 2}, {2, 2}, {0, 0}, {1, 1}, false},  // windows inside: the fast path
+      {"maxpool_k3s1", {2, 2, 5, 6}, {3, 2}, {1, 1}, {0, 0}, {1, 1}, false},
   };
   struct AvgCase {
     std::string name;
