@@ -346,11 +346,13 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dOpt
     LOOM_CHECK(b.dim() == 1 && b.size(0) == g.OC, op, ": bias must have shape [", g.OC,
                "] (one per output channel), got ", shape_str(b.sizes()), "; weight ", shape_str(w.sizes()));
   Tensor xc = contiguous(x), wc = contiguous(w), bc = b.defined() ? contiguous(b) : Tensor();
-  Tensor y = empty({g.N, g.OC, g.OH, g.OW}, x.dtype(), x.device());
   if (cuda) {
-    need_cudnn(detail::conv_cuda_kernels().conv2d_forward, op, x)(y, xc, wc, bc, opts);
+    const auto kernel = need_cudnn(detail::conv_cuda_kernels().conv2d_forward, op, x);
+    Tensor y = empty({g.N, g.OC, g.OH, g.OW}, x.dtype(), x.device());
+    kernel(y, xc, wc, bc, opts);
     return y;
   }
+  Tensor y = empty({g.N, g.OC, g.OH, g.OW}, x.dtype());
   dispatch_real(x.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     {
@@ -377,11 +379,13 @@ Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_s
   if (!cuda) check_float(op, dy, "grad_output");
   check_same_dtype(op, dy, "grad_output", w, "weight");
   Tensor dyc = contiguous(dy), wc = contiguous(w);
-  Tensor dx = empty(x_sizes, dy.dtype(), dy.device());
   if (cuda) {
-    need_cudnn(detail::conv_cuda_kernels().conv2d_backward_input, op, dy)(dx, dyc, wc, opts);
+    const auto kernel = need_cudnn(detail::conv_cuda_kernels().conv2d_backward_input, op, dy);
+    Tensor dx = empty(x_sizes, dy.dtype(), dy.device());
+    kernel(dx, dyc, wc, opts);
     return dx;
   }
+  Tensor dx = empty(x_sizes, dy.dtype());
   dispatch_real(dy.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     { conv_backward_input<scalar_t>(g, dyc.data<scalar_t>(), wc.data<scalar_t>(), dx.data<scalar_t>()); }
@@ -397,11 +401,13 @@ Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_
   if (!cuda) check_float(op, dy, "grad_output");
   check_same_dtype(op, dy, "grad_output", x, "input");
   Tensor dyc = contiguous(dy), xc = contiguous(x);
-  Tensor dw = empty(w_sizes, dy.dtype(), dy.device());
   if (cuda) {
-    need_cudnn(detail::conv_cuda_kernels().conv2d_backward_weight, op, dy)(dw, dyc, xc, opts);
+    const auto kernel = need_cudnn(detail::conv_cuda_kernels().conv2d_backward_weight, op, dy);
+    Tensor dw = empty(w_sizes, dy.dtype(), dy.device());
+    kernel(dw, dyc, xc, opts);
     return dw;
   }
+  Tensor dw = empty(w_sizes, dy.dtype());
   dispatch_real(dy.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     { conv_backward_weight<scalar_t>(g, dyc.data<scalar_t>(), xc.data<scalar_t>(), dw.data<scalar_t>()); }
@@ -414,11 +420,13 @@ Tensor conv2d_backward_bias(const Tensor& dy) {
   LOOM_CHECK(dy.dim() == 4, op, ": grad_output must be 4-D (N, OC, OH, OW), got ", shape_str(dy.sizes()));
   const int64_t N = dy.size(0), OC = dy.size(1), P = dy.size(2) * dy.size(3);
   Tensor dyc = contiguous(dy);
-  Tensor db = empty({OC}, dy.dtype(), dy.device());
   if (dy.device().is_cuda()) {
-    need_cudnn(detail::conv_cuda_kernels().conv2d_backward_bias, op, dy)(db, dyc);
+    const auto kernel = need_cudnn(detail::conv_cuda_kernels().conv2d_backward_bias, op, dy);
+    Tensor db = empty({OC}, dy.dtype(), dy.device());
+    kernel(db, dyc);
     return db;
   }
+  Tensor db = empty({OC}, dy.dtype());
   check_float(op, dy, "grad_output");
   dispatch_real(dy.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
