@@ -1,7 +1,8 @@
 // Convolution, pooling and batch-norm ops for NCHW tensors, without gradients
 // (autograd/conv.h wraps them), as free functions beside tensor/ops.h's. CPU
-// kernels in tensor/cpu/conv.cc for f32 and f64; CUDA tensors are refused
-// with Unsupported naming the op (no cuDNN path yet).
+// kernels in tensor/cpu/conv.cc for f32 and f64; conv2d and its backward passes
+// on CUDA tensors go to cuDNN (tensor/cuda/conv_cudnn.cu); pooling and batch
+// norm on CUDA tensors throw Unsupported naming the op.
 #pragma once
 
 #include <array>

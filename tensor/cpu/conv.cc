@@ -2,19 +2,23 @@
 // batch-norm kernels for NCHW tensors in f32 and f64. The batch is spread over
 // OpenMP threads with BLAS single-threaded inside (one gemm per image is too
 // small for OpenBLAS's own threads); a batch smaller than the thread count runs
-// image by image with BLAS threaded instead. CUDA tensors are refused with
-// Unsupported (no cuDNN path yet).
+// image by image with BLAS threaded instead. conv2d and its backward passes on
+// CUDA tensors go to cuDNN (tensor/cuda/conv_cudnn.cu through tensor/conv_cuda.h);
+// pooling and batch norm on CUDA tensors are refused with Unsupported.
 #include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "tensor/conv.h"
+#include "tensor/conv_cuda.h"
+#include "tensor/cuda_dispatch.h"
 #include "tensor/parallel.h"
 
 namespace loom::ops {
@@ -92,6 +96,32 @@ void check_same_dtype(const char* op, const Tensor& a, const char* an, const Ten
   if (!b.defined()) return;
   LOOM_CHECK(a.dtype() == b.dtype(), op, ": ", an, " ", shape_str(a.sizes()), " is ", dtype_name(a.dtype()), " but ",
              bn, " ", shape_str(b.sizes()), " is ", dtype_name(b.dtype()));
+}
+
+/// Whether the conv op runs on CUDA: all defined tensors on one device (else an error naming them).
+bool on_cuda(const char* op, std::initializer_list<std::pair<const Tensor*, const char*>> ts) {
+  const Tensor* first = nullptr;
+  const char* first_name = "";
+  for (const auto& [t, name] : ts) {
+    if (!t->defined()) continue;
+    if (!first) {
+      first = t, first_name = name;
+      continue;
+    }
+    LOOM_CHECK(t->device() == first->device(), op, ": ", first_name, " ", shape_str(first->sizes()), " is on ",
+               first->device().str(), " but ", name, " ", shape_str(t->sizes()), " is on ", t->device().str());
+  }
+  return first && first->device().is_cuda();
+}
+
+/// The cuDNN entry fn for op on t's device; throws Unsupported when this build or machine has none.
+template <typename Fn>
+Fn need_cudnn(Fn fn, const char* op, const Tensor& t) {
+  detail::cuda_kernels(op, t);  // throws naming op without a CUDA build or device
+  if (!fn)
+    LOOM_THROW(Unsupported, op, ": no cuDNN kernel for a tensor on ", t.device().str(), " of shape ",
+               shape_str(t.sizes()), " (this build found no cudnn.h)");
+  return fn;
 }
 
 /// The geometry of one conv2d call, validated.
@@ -307,17 +337,21 @@ void conv_backward_weight(const ConvGeom& g, const T* dy, const T* x, T* dw) {
 
 Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dOptions& opts) {
   const char* op = "conv2d";
-  check_cpu(op, x, "input");
-  check_cpu(op, w, "weight");
-  check_cpu(op, b, "bias");
+  const bool cuda = on_cuda(op, {{&x, "input"}, {&w, "weight"}, {&b, "bias"}});
   const ConvGeom g = conv_geom(op, x.sizes(), w.sizes(), opts);
-  check_float(op, x, "input");
+  if (!cuda) check_float(op, x, "input");
   check_same_dtype(op, x, "input", w, "weight");
   check_same_dtype(op, x, "input", b, "bias");
   if (b.defined())
     LOOM_CHECK(b.dim() == 1 && b.size(0) == g.OC, op, ": bias must have shape [", g.OC,
                "] (one per output channel), got ", shape_str(b.sizes()), "; weight ", shape_str(w.sizes()));
   Tensor xc = contiguous(x), wc = contiguous(w), bc = b.defined() ? contiguous(b) : Tensor();
+  if (cuda) {
+    const auto kernel = need_cudnn(detail::conv_cuda_kernels().conv2d_forward, op, x);
+    Tensor y = empty({g.N, g.OC, g.OH, g.OW}, x.dtype(), x.device());
+    kernel(y, xc, wc, bc, opts);
+    return y;
+  }
   Tensor y = empty({g.N, g.OC, g.OH, g.OW}, x.dtype());
   dispatch_real(x.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -339,13 +373,18 @@ void check_dy(const char* op, const Tensor& dy, const ConvGeom& g) {
 
 Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_sizes, const Conv2dOptions& opts) {
   const char* op = "conv2d_backward_input";
-  check_cpu(op, dy, "grad_output");
-  check_cpu(op, w, "weight");
+  const bool cuda = on_cuda(op, {{&dy, "grad_output"}, {&w, "weight"}});
   const ConvGeom g = conv_geom(op, x_sizes, w.sizes(), opts);
   check_dy(op, dy, g);
-  check_float(op, dy, "grad_output");
+  if (!cuda) check_float(op, dy, "grad_output");
   check_same_dtype(op, dy, "grad_output", w, "weight");
   Tensor dyc = contiguous(dy), wc = contiguous(w);
+  if (cuda) {
+    const auto kernel = need_cudnn(detail::conv_cuda_kernels().conv2d_backward_input, op, dy);
+    Tensor dx = empty(x_sizes, dy.dtype(), dy.device());
+    kernel(dx, dyc, wc, opts);
+    return dx;
+  }
   Tensor dx = empty(x_sizes, dy.dtype());
   dispatch_real(dy.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -356,13 +395,18 @@ Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_s
 
 Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_sizes, const Conv2dOptions& opts) {
   const char* op = "conv2d_backward_weight";
-  check_cpu(op, dy, "grad_output");
-  check_cpu(op, x, "input");
+  const bool cuda = on_cuda(op, {{&dy, "grad_output"}, {&x, "input"}});
   const ConvGeom g = conv_geom(op, x.sizes(), w_sizes, opts);
   check_dy(op, dy, g);
-  check_float(op, dy, "grad_output");
+  if (!cuda) check_float(op, dy, "grad_output");
   check_same_dtype(op, dy, "grad_output", x, "input");
   Tensor dyc = contiguous(dy), xc = contiguous(x);
+  if (cuda) {
+    const auto kernel = need_cudnn(detail::conv_cuda_kernels().conv2d_backward_weight, op, dy);
+    Tensor dw = empty(w_sizes, dy.dtype(), dy.device());
+    kernel(dw, dyc, xc, opts);
+    return dw;
+  }
   Tensor dw = empty(w_sizes, dy.dtype());
   dispatch_real(dy.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
@@ -373,12 +417,17 @@ Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_
 
 Tensor conv2d_backward_bias(const Tensor& dy) {
   const char* op = "conv2d_backward_bias";
-  check_cpu(op, dy, "grad_output");
   LOOM_CHECK(dy.dim() == 4, op, ": grad_output must be 4-D (N, OC, OH, OW), got ", shape_str(dy.sizes()));
-  check_float(op, dy, "grad_output");
   const int64_t N = dy.size(0), OC = dy.size(1), P = dy.size(2) * dy.size(3);
   Tensor dyc = contiguous(dy);
+  if (dy.device().is_cuda()) {
+    const auto kernel = need_cudnn(detail::conv_cuda_kernels().conv2d_backward_bias, op, dy);
+    Tensor db = empty({OC}, dy.dtype(), dy.device());
+    kernel(db, dyc);
+    return db;
+  }
   Tensor db = empty({OC}, dy.dtype());
+  check_float(op, dy, "grad_output");
   dispatch_real(dy.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
     {
@@ -467,8 +516,29 @@ std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, const Pool2dOptions& opts)
       int64_t* ind = idx.data<int64_t>();
       parallel_for(0, g.planes, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, g.OH * g.OW * g.kh * g.kw)),
                    [&](int64_t b0, int64_t e0) {
+                     // Every window inside the input (no padding, no dilation, no ceil overhang): no bounds checks.
+                     const bool inside = g.ph == 0 && g.pw == 0 && g.dh == 1 && g.dw == 1 &&
+                                         (g.OH - 1) * g.sh + g.kh <= g.H && (g.OW - 1) * g.sw + g.kw <= g.W;
                      for (int64_t pl = b0; pl < e0; ++pl) {
                        const scalar_t* xp = in + pl * g.H * g.W;
+                       if (inside) {
+                         for (int64_t oh = 0; oh < g.OH; ++oh)
+                           for (int64_t ow = 0; ow < g.OW; ++ow) {
+                             const int64_t first = oh * g.sh * g.W + ow * g.sw;
+                             scalar_t best = xp[first];
+                             int64_t bi = first;
+                             for (int64_t i = 0; i < g.kh; ++i)
+                               for (int64_t j = 0; j < g.kw; ++j) {
+                                 const int64_t at = first + i * g.W + j;
+                                 const scalar_t v = xp[at];
+                                 if (v > best || (std::isnan(v) && !std::isnan(best))) best = v, bi = at;
+                               }
+                             const int64_t o = (pl * g.OH + oh) * g.OW + ow;
+                             out[o] = best;
+                             ind[o] = bi;
+                           }
+                         continue;
+                       }
                        for (int64_t oh = 0; oh < g.OH; ++oh)
                          for (int64_t ow = 0; ow < g.OW; ++ow) {
                            const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
@@ -963,3 +1033,18 @@ NormGrads batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w
 }
 
 }  // namespace loom::ops
+
+namespace loom::detail {
+
+const ConvCudaKernels& conv_cuda_kernels() {
+  static const ConvCudaKernels table = [] {
+    ConvCudaKernels k;
+#if LOOM_WITH_CUDA
+    register_conv_cudnn(k);  // also what links tensor/cuda/conv_cudnn.cu's object from the static library
+#endif
+    return k;
+  }();
+  return table;
+}
+
+}  // namespace loom::detail

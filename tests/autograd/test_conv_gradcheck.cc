@@ -6,6 +6,7 @@
 
 #include "autograd/conv.h"
 #include "autograd/functions.h"
+#include "tensor/storage.h"
 
 namespace loom {
 namespace {
@@ -117,6 +118,37 @@ TEST(ConvErrors, NameTheOpAndShapes) {
       {"batch_norm", "more than 1 value per channel", "[1, 3]"});
   expect_error([&] { ops::batch_norm(x, ops::ones({4}), Tensor(), Tensor(), Tensor(), true, 0.1, 1e-5); },
                {"batch_norm", "weight", "[4]", "3 channels"});
+}
+
+/// A tensor that claims to live on cuda:0 (host memory underneath): ops must refuse it before touching it.
+Tensor fake_cuda_tensor(const Shape& sizes) {
+  static std::vector<char> backing(1 << 16);
+  auto storage =
+      std::make_shared<Storage>(backing.data(), backing.size(), Device(DeviceType::kCUDA, 0), nullptr, nullptr);
+  return Tensor(storage, sizes, contiguous_strides(sizes), 0, DType::f32);
+}
+
+template <typename F>
+void expect_unsupported(F&& fn, const std::string& op) {
+  try {
+    fn();
+    ADD_FAILURE() << op << ": expected Unsupported for a cuda tensor";
+  } catch (const Unsupported& e) {
+    EXPECT_NE(std::string(e.what()).find(op), std::string::npos) << e.what();
+  }
+}
+
+TEST(ConvErrors, CudaTensorsWithoutADeviceAreRefusedNamingTheOp) {
+  if (cuda_is_available()) GTEST_SKIP() << "a CUDA device is present: tests/gpu/test_cuda_conv.cc covers it";
+  const Tensor x = fake_cuda_tensor({2, 3, 8, 8}), w = fake_cuda_tensor({4, 3, 3, 3});
+  expect_unsupported([&] { ops::conv2d(x, w, Tensor()); }, "conv2d");
+  expect_unsupported([&] { ops::conv2d_backward_bias(fake_cuda_tensor({2, 4, 6, 6})); }, "conv2d_backward_bias");
+  Pool2dOptions o;
+  o.kernel_size = {2, 2};
+  expect_unsupported([&] { ops::max_pool2d(x, o); }, "max_pool2d");
+  expect_unsupported([&] { ops::batch_norm_stats(x); }, "batch_norm_stats");
+  // Mixed devices are an error naming both.
+  expect_error([&] { ops::conv2d(ops::zeros({2, 3, 8, 8}), w, Tensor()); }, {"conv2d", "cpu", "cuda:0"});
 }
 
 }  // namespace
