@@ -120,12 +120,15 @@ std::vector<std::vector<int32_t>> read_ids(const fs::path& p) {
 struct Config {
   std::string name, file, pattern;
 };
+// So that test names and CTest's list show the config's name, not its bytes.
+void PrintTo(const Config& c, std::ostream* os) { *os << c.name; }
 
 std::vector<Config> configs() {
   // The configurations tokenizer_reference.py writes (kept here so the test names exist before the data does).
   return {{"tt_gpt2", "gpt2/gpt2.tiktoken", ""},
           {"tt_cl100k", "gpt2/gpt2.tiktoken", "cl100k"},
           {"tt_gpt2_llama3", "gpt2/gpt2.tiktoken", "llama3"},
+          {"tt_gpt2_o200k", "gpt2/gpt2.tiktoken", "o200k"},
           {"tt_llama3", "llama3/tokenizer.model", ""},
           {"hf_gpt2", "gpt2/tokenizer.json", ""},
           {"hf_gpt2_strmerges", "gpt2/tokenizer_strmerges.json", ""},
