@@ -331,6 +331,28 @@ TEST(Tokenizer, ConcurrentEncodeIsDeterministic) {
   for (int k = 0; k < 4; ++k) EXPECT_EQ(bad[k], 0) << "thread " << k;
 }
 
+// Two tokenizers used in turn on one thread (each thread caches merged pieces) give what each gives alone.
+TEST(Tokenizer, TokenizersOnOneThreadDoNotShareCachedPieces) {
+  ASSERT_FALSE(test_data_dir().empty());
+  const Corpus& c = corpus();
+  std::vector<std::vector<int32_t>> alone_gpt2, alone_llama3;
+  std::thread([&] {
+    const Tokenizer g = load("gpt2/tokenizer.json");
+    for (size_t d = 0; d < 100 && d < c.docs.size(); ++d) alone_gpt2.push_back(g.encode(c.docs[d]));
+  }).join();
+  std::thread([&] {
+    const Tokenizer l = load("llama3/tokenizer.json");
+    for (size_t d = 0; d < 100 && d < c.docs.size(); ++d) alone_llama3.push_back(l.encode(c.docs[d]));
+  }).join();
+  const Tokenizer g = load("gpt2/tokenizer.json"), l = load("llama3/tokenizer.json");
+  size_t bad = 0;
+  for (size_t d = 0; d < alone_gpt2.size(); ++d) {
+    bad += g.encode(c.docs[d]) != alone_gpt2[d];
+    bad += l.encode(c.docs[d]) != alone_llama3[d];
+  }
+  EXPECT_EQ(bad, 0u);
+}
+
 TEST(Tokenizer, DirectoryAndNamedPatterns) {
   ASSERT_FALSE(test_data_dir().empty());
   EXPECT_EQ(Tokenizer::from_file((test_data_dir() / "gpt2").string()).source(),
