@@ -830,9 +830,9 @@ std::shared_ptr<TokenizerImpl> load_ranks(const std::string& path, std::string p
     t->add_special("<|fim_middle|>", n + 3);
     t->add_special("<|fim_suffix|>", n + 4);
     t->add_special("<|endofprompt|>", n + 20);
-  } else if (pattern == "o200k") {
-    t->add_special("<|endoftext|>", n);
-    t->add_special("<|endofprompt|>", n + 19);
+  } else if (pattern == "o200k") {  // o200k_base: ranks 0..199997, <|endoftext|> 199999, <|endofprompt|> 200018
+    t->add_special("<|endoftext|>", n + 1);
+    t->add_special("<|endofprompt|>", n + 20);
   } else if (pattern == "llama3") {
     const char* named[] = {"<|begin_of_text|>",
                            "<|end_of_text|>",

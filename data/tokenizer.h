@@ -35,6 +35,7 @@ class Tokenizer {
   /// means the file's own (tokenizer.json), "llama3" for a file named tokenizer.model, else "gpt2". For ranks files
   /// it also fixes the special tokens: gpt2 and literal patterns add <|endoftext|> = n (n = largest rank + 1);
   /// cl100k adds cl100k_base's (<|endoftext|> = n + 1, fim prefix/middle/suffix n+2..n+4, <|endofprompt|> n+20);
+  /// o200k adds o200k_base's (<|endoftext|> = n + 1, <|endofprompt|> = n + 20);
   /// llama3 adds Llama 3.1's 256 (<|begin_of_text|> = n, <|end_of_text|> = n + 1, header and eot tokens, ...).
   /// Throws IoError (unreadable file), ConfigError (malformed file: names the file and line or key) or Unsupported
   /// (a tokenizer that is not byte-level BPE, such as a SentencePiece model).

@@ -24,6 +24,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import make_test_tokenizers as mtt  # noqa: E402
 
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+O200K_PAT = "|".join([  # tiktoken_ext/openai_public.py, o200k_base
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
 CL100K_PAT = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
               r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 
@@ -167,6 +176,9 @@ def main():
             "tt_cl100k", pat_str=CL100K_PAT, mergeable_ranks=g_ranks,
             special_tokens={"<|endoftext|>": ng + 1, "<|fim_prefix|>": ng + 2, "<|fim_middle|>": ng + 3,
                             "<|fim_suffix|>": ng + 4, "<|endofprompt|>": ng + 20})),
+        "tt_gpt2_o200k": ("gpt2/gpt2.tiktoken", "o200k", tiktoken.Encoding(
+            "tt_gpt2_o200k", pat_str=O200K_PAT, mergeable_ranks=g_ranks,
+            special_tokens={"<|endoftext|>": ng + 1, "<|endofprompt|>": ng + 20})),
         "tt_gpt2_llama3": ("gpt2/gpt2.tiktoken", "llama3", tiktoken.Encoding(
             "tt_gpt2_llama3", pat_str=mtt.LLAMA3_PATTERN, mergeable_ranks=g_ranks,
             special_tokens={s: ng + i for i, s in enumerate(mtt.llama3_special_tokens())})),

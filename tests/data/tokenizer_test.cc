@@ -120,12 +120,15 @@ std::vector<std::vector<int32_t>> read_ids(const fs::path& p) {
 struct Config {
   std::string name, file, pattern;
 };
+// So that test names and CTest's list show the config's name, not its bytes.
+void PrintTo(const Config& c, std::ostream* os) { *os << c.name; }
 
 std::vector<Config> configs() {
   // The configurations tokenizer_reference.py writes (kept here so the test names exist before the data does).
   return {{"tt_gpt2", "gpt2/gpt2.tiktoken", ""},
           {"tt_cl100k", "gpt2/gpt2.tiktoken", "cl100k"},
           {"tt_gpt2_llama3", "gpt2/gpt2.tiktoken", "llama3"},
+          {"tt_gpt2_o200k", "gpt2/gpt2.tiktoken", "o200k"},
           {"tt_llama3", "llama3/tokenizer.model", ""},
           {"hf_gpt2", "gpt2/tokenizer.json", ""},
           {"hf_gpt2_strmerges", "gpt2/tokenizer_strmerges.json", ""},
@@ -326,6 +329,28 @@ TEST(Tokenizer, ConcurrentEncodeIsDeterministic) {
   }
   for (auto& th : threads) th.join();
   for (int k = 0; k < 4; ++k) EXPECT_EQ(bad[k], 0) << "thread " << k;
+}
+
+// Two tokenizers used in turn on one thread (each thread caches merged pieces) give what each gives alone.
+TEST(Tokenizer, TokenizersOnOneThreadDoNotShareCachedPieces) {
+  ASSERT_FALSE(test_data_dir().empty());
+  const Corpus& c = corpus();
+  std::vector<std::vector<int32_t>> alone_gpt2, alone_llama3;
+  std::thread([&] {
+    const Tokenizer g = load("gpt2/tokenizer.json");
+    for (size_t d = 0; d < 100 && d < c.docs.size(); ++d) alone_gpt2.push_back(g.encode(c.docs[d]));
+  }).join();
+  std::thread([&] {
+    const Tokenizer l = load("llama3/tokenizer.json");
+    for (size_t d = 0; d < 100 && d < c.docs.size(); ++d) alone_llama3.push_back(l.encode(c.docs[d]));
+  }).join();
+  const Tokenizer g = load("gpt2/tokenizer.json"), l = load("llama3/tokenizer.json");
+  size_t bad = 0;
+  for (size_t d = 0; d < alone_gpt2.size(); ++d) {
+    bad += g.encode(c.docs[d]) != alone_gpt2[d];
+    bad += l.encode(c.docs[d]) != alone_llama3[d];
+  }
+  EXPECT_EQ(bad, 0u);
 }
 
 TEST(Tokenizer, DirectoryAndNamedPatterns) {
