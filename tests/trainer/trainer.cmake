@@ -14,7 +14,7 @@ if(TARGET convnet_digits AND TARGET convnet_digits_fit AND TARGET trainlaunch)
   foreach(ex convnet_digits convnet_digits_fit)
     add_test(NAME Examples.${ex}_97pct_1_and_2_ranks
              COMMAND ${CMAKE_CURRENT_LIST_DIR}/convnet_digits_test.sh ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR}
-                     $<TARGET_FILE:${ex}> $<TARGET_FILE:trainlaunch> 6 3e-3 0.97)
+                     $<TARGET_FILE:${ex}> $<TARGET_FILE:trainlaunch> 7 3e-3 0.97)
     set_tests_properties(Examples.${ex}_97pct_1_and_2_ranks PROPERTIES LABELS trainer TIMEOUT 1500
                          RESOURCE_LOCK digits_data)
   endforeach()
