@@ -3,6 +3,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -97,8 +98,11 @@ Tensor read_idx(const std::string& path) {
     case 0x0E:
       esize = 8, dtype = DType::f64;
       break;
-    default:
-      throw fail(2, "unknown data type code 0x" + std::to_string(type) + " (expected 08, 09, 0B, 0C, 0D, 0E)");
+    default: {
+      char code[8];
+      std::snprintf(code, sizeof code, "%02X", type);
+      throw fail(2, std::string("unknown data type code 0x") + code + " (expected 08, 09, 0B, 0C, 0D or 0E)");
+    }
   }
   if (ndims < 1) throw fail(3, "zero dimensions");
   const size_t header = 4 + 4 * static_cast<size_t>(ndims);

@@ -169,7 +169,7 @@ TEST(DatasetIdx, BadFilesNameFileAndOffset) {
   EXPECT_NE(e.find("byte offset 0"), std::string::npos) << e;
   EXPECT_NE(e.find("magic"), std::string::npos) << e;
   e = err("type", std::string("\0\0\x07\x01", 4) + be32(1) + "x");
-  EXPECT_NE(e.find("unknown data type"), std::string::npos) << e;
+  EXPECT_NE(e.find("unknown data type code 0x07"), std::string::npos) << e;
   e = err("trailing", good + "zz");
   EXPECT_NE(e.find("2 trailing bytes"), std::string::npos) << e;
   e = err("short_header", std::string("\0\0\x08\x03", 4) + be32(1));

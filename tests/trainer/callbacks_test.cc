@@ -132,20 +132,20 @@ TEST(ReduceLROnPlateau, ReducesAtTheRightEpochsWithCooldownAndMinLr) {
   ro.monitor = "loss";
   ro.factor = 0.5;
   ro.patience = 2;
-  ro.cooldown = 1;
+  ro.cooldown = 2;
   ro.min_lr = 0.02;
   std::vector<double> lr_used;  // the learning rate each epoch trained with
   auto probe = std::make_shared<LambdaCallback>();
   probe->epoch_begin = [&](int64_t, Logs&) { lr_used.push_back(t->learning_rate()); };
-  // An improvement at epoch 3 resets the count.
-  auto h = t->fit(
-      train, 11, nullptr,
-      {probe, script("loss", {1, 1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5}), std::make_shared<ReduceLROnPlateau>(ro)},
-      quiet());
-  // e0 best; e1 wait 1; e2 wait 2 -> 0.05, cooldown 1; e3 cooldown ends, wait 1; e4 wait 2 -> 0.025, cooldown 1;
-  // e5 improves (0.5); e6 wait 1... e6: cooldown ended at e5 (counter 1 -> 0), e6 wait 1, e7 wait 2 -> 0.02 (min_lr);
-  // e8 cooldown; e9 wait 1; e10 wait 2 but lr == min_lr: stays.
-  const std::vector<double> expect = {0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.025, 0.02, 0.02, 0.02};
+  // An improvement at epoch 5 resets the count.
+  auto h = t->fit(train, 12, nullptr,
+                  {probe, script("loss", {1, 1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5}),
+                   std::make_shared<ReduceLROnPlateau>(ro)},
+                  quiet());
+  // e0 best; e1 wait 1; e2 wait 2 -> 0.05, cooldown 2; e3 cooling (counter 1, no count); e4 counter 0, wait 1;
+  // e5 improves; e6 wait 1; e7 wait 2 -> 0.025, cooldown 2; e8 cooling; e9 wait 1; e10 wait 2 -> max(0.0125, min_lr
+  // 0.02) = 0.02; e11 cooling.
+  const std::vector<double> expect = {0.1, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025, 0.02};
   ASSERT_EQ(lr_used.size(), expect.size());
   for (size_t e = 0; e < expect.size(); ++e) EXPECT_NEAR(lr_used[e], expect[e], 1e-12) << "epoch " << e;
   EXPECT_NEAR(t->learning_rate(), 0.02, 1e-12);

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 
 #include "test_model.h"
 #include "trainer/trainer.h"
@@ -76,4 +78,43 @@ TEST(TrainerMultiRank, FullyShardedMatchesOneRankAndEveryRankReportsTheSame) {
   History h = run(Strategy::fully_sharded());
   expect_matches(ref, h, "fully_sharded");
   expect_same_on_every_rank(h, "fully_sharded");
+}
+
+// ModelCheckpoint under the mirrored strategy: every rank writes its share of a sharded checkpoint; a fit stopped
+// after epoch 1 and resumed by a new Trainer gives the history and weights of an uninterrupted fit, on every rank.
+TEST(TrainerMultiRank, MirroredCheckpointResumeMatchesUninterrupted) {
+  auto g = world_group();
+  const std::string root = std::string(LOOM_BINARY_DIR) + "/tests_tmp/trainer_mr_resume_np" + std::to_string(g->size());
+  if (g->rank() == 0) std::filesystem::remove_all(root);
+  g->barrier()->wait();
+  auto train = clusters(100, 5), val = clusters(31, 6);
+  auto fit = [&](uint64_t seed, const std::string& dir, int64_t stop_after, std::vector<Tensor>* weights) {
+    manual_seed(seed);
+    Generator init(seed);
+    Trainer t(std::make_shared<TinyNet>(init), Strategy::mirrored());
+    CompileOptions c;
+    c.optimizer = adamw({.lr = 0.02});
+    c.schedule = warmup_cosine(0.02, 0.002, 2);
+    c.metrics = {accuracy()};
+    t.compile(c);
+    auto stop = std::make_shared<LambdaCallback>();
+    stop->epoch_end = [&](int64_t e, Logs&) { t.stop_training = e == stop_after; };
+    FitOptions f;
+    f.batch_size = 15;
+    f.verbose = 0;
+    History h = t.fit(train, 4, &val, {std::make_shared<ModelCheckpoint>(dir), stop}, f);
+    if (weights) *weights = t.get_weights();
+    return h;
+  };
+  std::vector<Tensor> wa, wc;
+  History ha = fit(21, root + "/a", -1, &wa);
+  History hb = fit(21, root + "/b", 1, nullptr);
+  EXPECT_EQ(hb.epoch.size(), 2u);
+  History hc = fit(77, root + "/b", -1, &wc);
+  EXPECT_EQ(hc.epoch, ha.epoch);
+  for (auto& [k, v] : ha.history) EXPECT_EQ(hc[k], v) << k;
+  ASSERT_EQ(wa.size(), wc.size());
+  for (size_t i = 0; i < wa.size(); ++i)
+    EXPECT_EQ(std::memcmp(wa[i].data_ptr(), wc[i].data_ptr(), wa[i].nbytes()), 0) << "tensor " << i;
+  expect_same_on_every_rank(hc, "resumed");
 }
