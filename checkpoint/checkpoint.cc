@@ -819,7 +819,7 @@ TrainState load_from(const Metadata& md, const Target& target, int rank) {
   // A model-only checkpoint (saved without an optimizer, as `loomckpt import` writes one) gives the weights and the
   // step; the optimizer, the LR schedule and the generators start fresh.
   Target t = target;
-  if (!md.json.find("optimizer") && t.optimizer) {
+  if (!json_find(md.json, "optimizer") && t.optimizer) {
     t.optimizer = nullptr;
     t.scheduler = nullptr;
     t.rngs.clear();
