@@ -2,12 +2,19 @@
 //   loomckpt list   PATH               step, layout, every tensor's shape, dtype, pieces and bytes, size on disk
 //   loomckpt verify PATH               reads every block of every tensor and checks its CRC32C
 //   loomckpt export PATH OUT [--chunk-mb N]   model weights -> one safetensors file, Hugging Face names/layouts
+//   loomckpt export-onnx PATH OUT.onnx [--batch dynamic|N] [--seq dynamic|N]   the model as ONNX: runs the
+//                                      recipes/ program export_onnx (it builds the model from the saved config)
 // PATH is a checkpoint directory (step_NNNNNNNN) or a root whose `latest` names one.
 #include <cstdio>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <string>
+#include <vector>
+
+#include <unistd.h>
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/export.h"
@@ -20,6 +27,7 @@ namespace {
 
 int usage() {
   std::cerr << "usage: loomckpt list PATH | verify PATH | export PATH OUT.safetensors [--chunk-mb N]\n"
+               "       loomckpt export-onnx PATH OUT.onnx [--batch dynamic|N] [--seq dynamic|N]\n"
                "PATH: a checkpoint directory, or a checkpoint root (its `latest` is used)\n";
   return 2;
 }
@@ -78,7 +86,25 @@ int verify(const std::string& dir) {
 
 }  // namespace
 
+/// Runs export_onnx (built in recipes/, which owns the model config) found beside loomckpt or in ../recipes/.
+static int export_onnx(int argc, char** argv) {
+  const fs::path self = fs::read_symlink("/proc/self/exe").parent_path();
+  for (const fs::path& p : {self / "export_onnx", self.parent_path() / "recipes" / "export_onnx"}) {
+    if (!fs::exists(p)) continue;
+    std::vector<char*> args{const_cast<char*>(p.c_str())};
+    for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
+    args.push_back(nullptr);
+    ::execv(p.c_str(), args.data());
+    std::fprintf(stderr, "loomckpt: cannot run %s: %s\n", p.c_str(), std::strerror(errno));
+    return 1;
+  }
+  std::fprintf(stderr, "loomckpt: export-onnx needs the export_onnx program (recipes/) beside loomckpt or in "
+                       "../recipes/; build it with `cmake --build build --target export_onnx`\n");
+  return 1;
+}
+
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "export-onnx") return export_onnx(argc, argv);
   if (argc < 3) return usage();
   const std::string cmd = argv[1];
   try {
