@@ -533,6 +533,70 @@ void Exporter::emit(size_t i) {
     std::string lo = node("Sub", {node("Mul", {x1, c}), node("Mul", {x2, s})});
     std::string hi = node("Add", {node("Mul", {x2, c}), node("Mul", {x1, s})});
     set(node_i("Concat", {lo, hi}, "axis", -1));
+  } else if (op == "conv2d") {
+    std::vector<int64_t> pad = ints_attr(i, "padding");
+    std::vector<std::string> ins{in(0), in(1)};
+    if (r.inputs[2] >= 0) ins.push_back(in(2));
+    std::string y = fresh("Conv");
+    auto* n = add_node("Conv", ins, {y});
+    attr_is(n, "strides", ints_attr(i, "stride"));
+    attr_is(n, "pads", {pad[0], pad[1], pad[0], pad[1]});
+    attr_is(n, "dilations", ints_attr(i, "dilation"));
+    attr_i(n, "group", int_attr(i, "groups"));
+    set(y);
+  } else if (op == "max_pool2d" || op == "avg_pool2d") {
+    // MaxPool's Indices (flat over the whole tensor) differ from loom's (per plane): only the values are exported.
+    const bool is_max = op == "max_pool2d";
+    std::vector<int64_t> pad = ints_attr(i, "padding");
+    std::string y = fresh(is_max ? "MaxPool" : "AveragePool");
+    auto* n = add_node(is_max ? "MaxPool" : "AveragePool", {in(0)}, {y});
+    attr_is(n, "kernel_shape", ints_attr(i, "kernel"));
+    attr_is(n, "strides", ints_attr(i, "stride"));
+    attr_is(n, "pads", {pad[0], pad[1], pad[0], pad[1]});
+    attr_i(n, "ceil_mode", int_attr(i, "ceil_mode"));
+    if (is_max)
+      attr_is(n, "dilations", ints_attr(i, "dilation"));
+    else
+      attr_i(n, "count_include_pad", int_attr(i, "count_include_pad"));
+    set(y);
+  } else if (op == "adaptive_avg_pool2d") {
+    const std::vector<int64_t> os = ints_attr(i, "output_size");
+    const Shape& xs = base().values[r.inputs[0]].sizes;
+    const int64_t H = xs[xs.size() - 2], W = xs.back();
+    const auto hw = sym_shape(r.inputs[0]);
+    if (!hw[hw.size() - 2].is_const() || !hw.back().is_const())
+      fail(i, "adaptive pooling over dynamic spatial dims is not supported");
+    if (os[0] == 1 && os[1] == 1) {
+      set(node("GlobalAveragePool", {in(0)}));
+    } else if (H % os[0] == 0 && W % os[1] == 0) {  // equal windows: a plain average pool
+      std::string y = fresh("AveragePool");
+      auto* n = add_node("AveragePool", {in(0)}, {y});
+      attr_is(n, "kernel_shape", {H / os[0], W / os[1]});
+      attr_is(n, "strides", {H / os[0], W / os[1]});
+      set(y);
+    } else {
+      fail(i, "output size does not divide the input's spatial size (unequal windows have no ONNX operator)");
+    }
+  } else if (op == "batch_norm") {
+    if (int_attr(i, "training") != 0)
+      fail(i, "batch statistics (training mode) cannot be exported; the exporter runs the module in eval mode, so a "
+              "batch_norm call with training=true ignores the module's flag");
+    if (r.inputs[3] < 0) fail(i, "no running statistics (track_running_stats=false) to export");
+    const int64_t C = base().values[r.inputs[0]].sizes.at(1);
+    auto filled = [&](double v) {
+      auto* n = add_node("ConstantOfShape", {const_i64({C})}, {fresh("bn_const")});
+      auto* a = n->add_attribute();
+      a->set_name("value");
+      a->set_type(pb::AttributeProto_AttributeType_TENSOR);
+      a->mutable_t()->add_dims(1);
+      fill_scalar(a->mutable_t(), v, odt);
+      return n->output(0);
+    };
+    std::string w = r.inputs[1] >= 0 ? in(1) : filled(1.0), b = r.inputs[2] >= 0 ? in(2) : filled(0.0);
+    std::string y = fresh("BatchNormalization");
+    auto* n = add_node("BatchNormalization", {in(0), w, b, in_t(3, odt), in_t(4, odt)}, {y});
+    attr_f(n, "epsilon", float_attr(i, "eps"));
+    set(y);
   } else {
     fail(i, "no ONNX mapping for this op (supported: the ops GPT-2, Llama and ConvNets use in eval mode)");
   }

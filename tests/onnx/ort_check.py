@@ -36,6 +36,12 @@ def main(d):
             ok = err <= float(rtol)
             failed += not ok
             print(f"{'ok  ' if ok else 'FAIL'} input {x.shape}: max rel error {err:.3g} (limit {rtol})")
+        elif l[0] == "ops":  # operators the graph must (NAME) or must not (-NAME) contain
+            types = {n.op_type for n in onnx.load(path).graph.node}
+            for name in l[1:]:
+                ok = (name[1:] not in types) if name.startswith("-") else (name in types)
+                failed += not ok
+                print(f"{'ok  ' if ok else 'FAIL'} operator {name}")
         elif l[0] == "greedy":
             _, fp, n, fg, m = l
             ids = np.fromfile(os.path.join(d, fp), dtype=np.int64).reshape(1, int(n))

@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "autograd/functions.h"
+#include "nn/conv.h"
+#include "nn/dropout.h"
 #include "nn/gpt2.h"
 #include "nn/linear.h"
 #include "nn/llama.h"
@@ -179,4 +181,57 @@ TEST(ExportOnnx, OpWithoutMappingIsAnErrorNamingTheOpAndModulePath) {
   }
   EXPECT_FALSE(fs::exists(dir / "m.onnx"));
   fs::remove_all(dir);
+}
+
+namespace {
+/// The ConvNet of the fit()/CNN issue: two conv blocks (the first with batch norm), then an MLP head with dropout.
+std::shared_ptr<nn::Sequential> make_convnet(Generator& gen) {
+  auto net = std::make_shared<nn::Sequential>();
+  net->push_back(std::make_shared<nn::Conv2d>(1, 8, 3, nn::Conv2dOptions{{1, 1}, {1, 1}}, gen));
+  net->push_back(std::make_shared<nn::BatchNorm2d>(8));
+  net->push_back(std::make_shared<nn::ReLU>());
+  net->push_back(std::make_shared<nn::MaxPool2d>(2));
+  net->push_back(std::make_shared<nn::Conv2d>(8, 16, 3, nn::Conv2dOptions{}, gen));
+  net->push_back(std::make_shared<nn::ReLU>());
+  net->push_back(std::make_shared<nn::MaxPool2d>(2));
+  net->push_back(std::make_shared<nn::Flatten>());
+  net->push_back(std::make_shared<nn::Linear>(16 * 6 * 6, 32, nn::LinearOptions{}, gen));
+  net->push_back(std::make_shared<nn::ReLU>());
+  net->push_back(std::make_shared<nn::Dropout>(0.5, gen));
+  net->push_back(std::make_shared<nn::Linear>(32, 10, nn::LinearOptions{}, gen));
+  return net;
+}
+}  // namespace
+
+TEST(ExportOnnx, ConvNetWithBatchNormAndDropoutMatchesOnnxRuntimeAtTwoBatchSizes) {
+  Generator gen(4);
+  auto net = make_convnet(gen);
+  {  // running statistics that are not the initial zeros / ones
+    NoGradGuard no_grad;
+    net->train();
+    for (int k = 0; k < 3; ++k) (*net)(ops::add(ops::mul(ops::randn({4, 1, 28, 28}, gen), 2.0), 0.5));
+  }
+  fs::path dir = temp_dir("convnet");
+  onnx::ExportOptions opts;
+  opts.input_names = {"images"};
+  opts.output_names = {"logits"};
+  opts.dynamic_axes = {{"images", {{0, "batch"}}}};
+  onnx::export_onnx(*net, {ops::randn({2, 1, 28, 28}, gen)}, (dir / "model.onnx").string(), opts);
+  EXPECT_TRUE(net->is_training()) << "export_onnx must restore the training flag";
+  NoGradGuard no_grad;
+  net->eval();
+  std::ofstream manifest(dir / "manifest.txt");
+  manifest << "model model.onnx images logits\n";
+  int k = 0;
+  for (int64_t B : {1, 5}) {
+    Tensor x = ops::add(ops::mul(ops::randn({B, 1, 28, 28}, gen), 2.0), 0.5);
+    add_case(manifest, dir, k++, x, (*net)(x), 1e-5);
+  }
+  manifest << "ops Conv BatchNormalization Relu MaxPool Flatten Gemm -Dropout\n";
+  manifest.close();
+  std::string log;
+  const int rc = run_check(dir, log);
+  EXPECT_EQ(rc, 0) << log;
+  std::printf("%s", log.c_str());
+  if (rc == 0) fs::remove_all(dir);
 }
