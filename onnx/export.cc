@@ -199,7 +199,10 @@ class Exporter {
   }
   std::string const_i64(const std::vector<int64_t>& v, bool scalar = false) {
     std::string key = std::string(scalar ? "s" : "v");
-    for (int64_t x : v) key += "," + std::to_string(x);
+    for (int64_t x : v) {
+      key += ',';
+      key += std::to_string(x);
+    }
     auto it = const_cache_.find(key);
     if (it != const_cache_.end()) return it->second;
     std::string name = fresh("const_i64");
