@@ -5,8 +5,8 @@
 //   loomckpt export-onnx PATH OUT.onnx [--batch dynamic|N] [--seq dynamic|N]   the model as ONNX: runs the
 //                                      recipes/ program export_onnx (it builds the model from the saved config)
 // PATH is a checkpoint directory (step_NNNNNNNN) or a root whose `latest` names one.
-#include <cstdio>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -98,8 +98,9 @@ static int export_onnx(int argc, char** argv) {
     std::fprintf(stderr, "loomckpt: cannot run %s: %s\n", p.c_str(), std::strerror(errno));
     return 1;
   }
-  std::fprintf(stderr, "loomckpt: export-onnx needs the export_onnx program (recipes/) beside loomckpt or in "
-                       "../recipes/; build it with `cmake --build build --target export_onnx`\n");
+  std::fprintf(stderr,
+               "loomckpt: export-onnx needs the export_onnx program (recipes/) beside loomckpt or in "
+               "../recipes/; build it with `cmake --build build --target export_onnx`\n");
   return 1;
 }
 

@@ -44,13 +44,20 @@ struct TraceData {
 
 int32_t onnx_type(DType dt) {
   switch (dt) {
-    case DType::f32: return pb::TensorProto_DataType_FLOAT;
-    case DType::f64: return pb::TensorProto_DataType_DOUBLE;
-    case DType::f16: return pb::TensorProto_DataType_FLOAT16;
-    case DType::bf16: return pb::TensorProto_DataType_BFLOAT16;
-    case DType::i32: return pb::TensorProto_DataType_INT32;
-    case DType::i64: return pb::TensorProto_DataType_INT64;
-    case DType::u8: return pb::TensorProto_DataType_UINT8;
+    case DType::f32:
+      return pb::TensorProto_DataType_FLOAT;
+    case DType::f64:
+      return pb::TensorProto_DataType_DOUBLE;
+    case DType::f16:
+      return pb::TensorProto_DataType_FLOAT16;
+    case DType::bf16:
+      return pb::TensorProto_DataType_BFLOAT16;
+    case DType::i32:
+      return pb::TensorProto_DataType_INT32;
+    case DType::i64:
+      return pb::TensorProto_DataType_INT64;
+    case DType::u8:
+      return pb::TensorProto_DataType_UINT8;
   }
   throw ExportError("export_onnx: unknown dtype");
 }
@@ -59,9 +66,12 @@ int64_t wrap(int64_t d, int64_t rank) { return d < 0 ? d + rank : d; }
 
 class Exporter {
  public:
-  Exporter(nn::Module& module, const ExportOptions& opts, std::vector<Symbol> symbols,
-           std::vector<TraceData> traces, std::vector<std::string> input_names)
-      : module_(module), opts_(opts), symbols_(std::move(symbols)), traces_(std::move(traces)),
+  Exporter(nn::Module& module, const ExportOptions& opts, std::vector<Symbol> symbols, std::vector<TraceData> traces,
+           std::vector<std::string> input_names)
+      : module_(module),
+        opts_(opts),
+        symbols_(std::move(symbols)),
+        traces_(std::move(traces)),
         input_names_(std::move(input_names)) {
     for (auto& [name, m] : module_.named_modules()) module_names_[m] = name;
     for (auto& [name, t] : module_.named_parameters()) param_names_.emplace(t.impl_ptr().get(), name);
@@ -118,9 +128,7 @@ class Exporter {
     if (!s.is_const()) fail(op, "attribute '" + name + "' follows a dynamic axis where only a constant is supported");
     return s.coef;
   }
-  double float_attr(size_t op, const std::string& name) const {
-    return std::get<double>(base().ops[op].attr(name));
-  }
+  double float_attr(size_t op, const std::string& name) const { return std::get<double>(base().ops[op].attr(name)); }
   std::vector<int64_t> ints_attr(size_t op, const std::string& name) const {
     return std::get<std::vector<int64_t>>(base().ops[op].attr(name));
   }
@@ -171,8 +179,7 @@ class Exporter {
     a->set_type(pb::AttributeProto_AttributeType_INTS);
     for (int64_t x : v) a->add_ints(x);
   }
-  std::string node_i(const std::string& type, const std::vector<std::string>& ins, const std::string& attr,
-                     int64_t v) {
+  std::string node_i(const std::string& type, const std::vector<std::string>& ins, const std::string& attr, int64_t v) {
     std::string out = fresh(type);
     attr_i(add_node(type, ins, {out}), attr, v);
     return out;
@@ -181,12 +188,21 @@ class Exporter {
   static void fill_scalar(pb::TensorProto* t, double v, DType dt) {
     t->set_data_type(onnx_type(dt));
     switch (dt) {
-      case DType::f32: t->add_float_data(static_cast<float>(v)); break;
-      case DType::f64: t->add_double_data(v); break;
-      case DType::i64: t->add_int64_data(static_cast<int64_t>(v)); break;
+      case DType::f32:
+        t->add_float_data(static_cast<float>(v));
+        break;
+      case DType::f64:
+        t->add_double_data(v);
+        break;
+      case DType::i64:
+        t->add_int64_data(static_cast<int64_t>(v));
+        break;
       case DType::i32:
-      case DType::u8: t->add_int32_data(static_cast<int32_t>(v)); break;
-      default: throw ExportError("export_onnx: constants of dtype " + std::string(dtype_name(dt)) + " are not supported");
+      case DType::u8:
+        t->add_int32_data(static_cast<int32_t>(v));
+        break;
+      default:
+        throw ExportError("export_onnx: constants of dtype " + std::string(dtype_name(dt)) + " are not supported");
     }
   }
   /// A 0-dim constant (or 1-element 1-D with shape1) of dtype dt.
@@ -340,11 +356,11 @@ void Exporter::emit(size_t i) {
   auto out_shape = [&]() { return shape_tensor(i, sym_shape(out_id)); };
 
   static const std::unordered_map<std::string, std::string> kBinary = {
-      {"add", "Add"}, {"sub", "Sub"}, {"mul", "Mul"}, {"div", "Div"},
+      {"add", "Add"}, {"sub", "Sub"},     {"mul", "Mul"},    {"div", "Div"},
       {"pow", "Pow"}, {"maximum", "Max"}, {"minimum", "Min"}};
   static const std::unordered_map<std::string, std::string> kUnary = {
-      {"neg", "Neg"},         {"abs", "Abs"},   {"exp", "Exp"},   {"log", "Log"}, {"sqrt", "Sqrt"},
-      {"tanh", "Tanh"},       {"sigmoid", "Sigmoid"}, {"relu", "Relu"}, {"sin", "Sin"}, {"cos", "Cos"}};
+      {"neg", "Neg"},   {"abs", "Abs"},         {"exp", "Exp"},   {"log", "Log"}, {"sqrt", "Sqrt"},
+      {"tanh", "Tanh"}, {"sigmoid", "Sigmoid"}, {"relu", "Relu"}, {"sin", "Sin"}, {"cos", "Cos"}};
   static const std::unordered_map<std::string, std::string> kCompare = {
       {"eq", "Equal"}, {"lt", "Less"}, {"le", "LessOrEqual"}, {"gt", "Greater"}, {"ge", "GreaterOrEqual"}};
 
@@ -582,8 +598,9 @@ void Exporter::emit(size_t i) {
     }
   } else if (op == "batch_norm") {
     if (int_attr(i, "training") != 0)
-      fail(i, "batch statistics (training mode) cannot be exported; the exporter runs the module in eval mode, so a "
-              "batch_norm call with training=true ignores the module's flag");
+      fail(i,
+           "batch statistics (training mode) cannot be exported; the exporter runs the module in eval mode, so a "
+           "batch_norm call with training=true ignores the module's flag");
     if (r.inputs[3] < 0) fail(i, "no running statistics (track_running_stats=false) to export");
     const int64_t C = base().values[r.inputs[0]].sizes.at(1);
     auto filled = [&](double v) {
@@ -664,8 +681,8 @@ void Exporter::build(const std::vector<std::string>& output_names, const std::st
   // protobuf cannot hold a message over 2 GB: beyond that (less a margin for the graph) the weights go beside it.
   const bool external = opts_.external_data == "always" ||
                         (opts_.external_data == "auto" && total > (int64_t{2} << 30) - (int64_t{64} << 20));
-  LOOM_CHECK_T(ExportError, opts_.external_data == "always" || opts_.external_data == "auto" ||
-                                opts_.external_data == "never",
+  LOOM_CHECK_T(ExportError,
+               opts_.external_data == "always" || opts_.external_data == "auto" || opts_.external_data == "never",
                "export_onnx: external_data must be auto, always or never, got '", opts_.external_data, "'");
   const std::string data_path = path + ".data";
   std::ofstream data;

@@ -99,7 +99,8 @@ int main(int argc, char** argv) {
     auto model = build_model(cfg.model);
     load_weights(md, *model);
 
-    const int64_t B = parse_size(batch, "--batch"), T = parse_size(seq.empty() ? std::to_string(cfg.model.seq_len) : seq, "--seq");
+    const int64_t B = parse_size(batch, "--batch"),
+                  T = parse_size(seq.empty() ? std::to_string(cfg.model.seq_len) : seq, "--seq");
     // A dynamic axis is traced at its example size and one more, so the example leaves a position spare.
     const int64_t eb = B ? B : 2, et = T ? T : std::max<int64_t>(1, std::min<int64_t>(8, cfg.model.seq_len - 1));
     if (et > cfg.model.seq_len)

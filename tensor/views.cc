@@ -170,7 +170,8 @@ Tensor narrow(const Tensor& t, int64_t dim, int64_t start, int64_t length) {
   {
     Tensor out = make_view(t, sizes, t.strides(), t.storage_offset() + start * t.strides()[d]);
     if (optrace::active()) [[unlikely]]
-      optrace::record("slice", {t}, {out}, {{"dim", d}, {"start", start}, {"end", start + length}, {"step", int64_t{1}}});
+      optrace::record("slice", {t}, {out},
+                      {{"dim", d}, {"start", start}, {"end", start + length}, {"step", int64_t{1}}});
     return out;
   }
 }

@@ -364,7 +364,8 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   }
   if (is_half(x.dtype())) {
     {
-      Tensor out = to(linear(to(x, DType::f32), to(w, DType::f32), b.defined() ? to(b, DType::f32) : Tensor()), x.dtype());
+      Tensor out =
+          to(linear(to(x, DType::f32), to(w, DType::f32), b.defined() ? to(b, DType::f32) : Tensor()), x.dtype());
       if (optrace::active()) [[unlikely]]
         optrace::record("linear", {x, w, b}, {out});
       return out;

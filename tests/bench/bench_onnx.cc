@@ -47,15 +47,14 @@ int main(int argc, char** argv) {
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::printf("GPT-2 %lld layers, n_embd %lld, vocab %lld, batch %lld x %lld tokens, %d threads\n",
-              static_cast<long long>(c.n_layer), static_cast<long long>(c.n_embd),
-              static_cast<long long>(c.vocab_size), static_cast<long long>(B), static_cast<long long>(T),
-              num_threads());
+              static_cast<long long>(c.n_layer), static_cast<long long>(c.n_embd), static_cast<long long>(c.vocab_size),
+              static_cast<long long>(B), static_cast<long long>(T), num_threads());
   std::printf("loom forward (CPU, best of %lld): %.0f tokens/s\n", static_cast<long long>(iters),
               static_cast<double>(B * T) / best);
   std::fflush(stdout);
   const std::string cmd = std::string(LOOM_SOURCE_DIR) + "/.venv/bin/python " + LOOM_SOURCE_DIR +
-                          "/tests/bench/bench_onnx_ort.py " + path + " " + std::to_string(B) + " " +
-                          std::to_string(T) + " " + std::to_string(iters) + " " + std::to_string(c.vocab_size) + " " +
+                          "/tests/bench/bench_onnx_ort.py " + path + " " + std::to_string(B) + " " + std::to_string(T) +
+                          " " + std::to_string(iters) + " " + std::to_string(c.vocab_size) + " " +
                           std::to_string(num_threads());
   const int rc = std::system(cmd.c_str());
   std::filesystem::remove_all(dir);
