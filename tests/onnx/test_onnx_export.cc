@@ -5,6 +5,7 @@
 // error naming it and its module.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include "nn/linear.h"
 #include "nn/llama.h"
 #include "onnx/export.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 
 namespace fs = std::filesystem;
@@ -26,7 +28,11 @@ using namespace loom;
 namespace {
 
 fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("loom_onnx_" + name + "_" + std::to_string(::getpid()));
+  std::string leaf = "loom_onnx_";
+  leaf += name;
+  leaf += '_';
+  leaf += std::to_string(::getpid());
+  fs::path d = fs::temp_directory_path() / leaf;
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
@@ -40,7 +46,10 @@ void write_bin(const fs::path& p, const Tensor& t) {
 
 std::string shape_arg(const Tensor& t) {
   std::string s;
-  for (int64_t d : t.sizes()) s += (s.empty() ? "" : "x") + std::to_string(d);
+  for (int64_t d : t.sizes()) {
+    if (!s.empty()) s += 'x';
+    s += std::to_string(d);
+  }
   return s;
 }
 
@@ -78,7 +87,7 @@ Tensor greedy(nn::CausalLM& model, Tensor ids, int steps) {
   return ids;
 }
 
-void check_causal_lm(nn::CausalLM& model, const std::string& name, bool decode) {
+void check_causal_lm(nn::CausalLM& model, const std::string& name, bool decode, bool external_data) {
   NoGradGuard no_grad;
   model.eval();
   fs::path dir = temp_dir(name);
@@ -88,7 +97,9 @@ void check_causal_lm(nn::CausalLM& model, const std::string& name, bool decode) 
   opts.input_names = {"input_ids"};
   opts.output_names = {"logits"};
   opts.dynamic_axes = {{"input_ids", {{0, "batch"}, {1, "seq"}}}, {"logits", {{0, "batch"}, {1, "seq"}}}};
+  opts.external_data = external_data ? "always" : "never";  // "auto" switches at 2 GB
   onnx::export_onnx(model, {ops::randint(0, V, {2, 7}, gen)}, (dir / "model.onnx").string(), opts);
+  EXPECT_EQ(fs::exists(dir / "model.onnx.data"), external_data);
   std::ofstream manifest(dir / "manifest.txt");
   manifest << "model model.onnx input_ids logits\n";
   int k = 0;
@@ -125,10 +136,10 @@ TEST(ExportOnnx, Gpt2LogitsAndGreedyDecodingMatchOnnxRuntimeAtTwoBatchAndSeqSize
   c.tie_word_embeddings = false;
   Generator gen(1);
   nn::GPT2 model(c, gen);
-  check_causal_lm(model, "gpt2", /*decode=*/true);
+  check_causal_lm(model, "gpt2", /*decode=*/true, /*external_data=*/false);
 }
 
-TEST(ExportOnnx, LlamaLogitsMatchOnnxRuntimeAtTwoBatchAndSeqSizes) {
+TEST(ExportOnnx, LlamaWithExternalDataLogitsMatchOnnxRuntimeAtTwoBatchAndSeqSizes) {
   nn::LlamaConfig c;
   c.vocab_size = 97;
   c.max_seq_len = 64;
@@ -139,7 +150,7 @@ TEST(ExportOnnx, LlamaLogitsMatchOnnxRuntimeAtTwoBatchAndSeqSizes) {
   c.intermediate_size = 48;
   Generator gen(2);
   nn::Llama model(c, gen);
-  check_causal_lm(model, "llama", /*decode=*/false);
+  check_causal_lm(model, "llama", /*decode=*/false, /*external_data=*/true);
 }
 
 namespace {
@@ -234,4 +245,38 @@ TEST(ExportOnnx, ConvNetWithBatchNormAndDropoutMatchesOnnxRuntimeAtTwoBatchSizes
   EXPECT_EQ(rc, 0) << log;
   std::printf("%s", log.c_str());
   if (rc == 0) fs::remove_all(dir);
+}
+
+TEST(OpTrace, RecordsOpsWithValueIdsShapesAttributesAndModuleOnlyWhileActive) {
+  Generator gen(5);
+  nn::Linear fc(4, 3, nn::LinearOptions{}, gen);
+  Tensor x = ops::randn({2, 4}, gen);
+  Tensor y;
+  std::vector<optrace::OpRecord> ops_seen;
+  std::vector<optrace::ValueInfo> values;
+  {
+    NoGradGuard no_grad;  // as export_onnx traces: with grad on, autograd hands back new tensor handles
+    optrace::OpTrace trace;
+    const int64_t xid = trace.value_of(x);
+    y = ops::mul(fc(x), 2.0);
+    ops_seen = trace.ops();
+    values = trace.values();
+    // Ops run inside other ops (mul's dtype cast) are recorded too; the exporter drops those no output uses.
+    auto lin_it = std::find_if(ops_seen.begin(), ops_seen.end(), [](const auto& r) { return r.op == "linear"; });
+    ASSERT_NE(lin_it, ops_seen.end());
+    const auto& lin = *lin_it;
+    EXPECT_EQ(lin.inputs.at(0), xid);
+    ASSERT_EQ(lin.modules.size(), 1u);
+    EXPECT_EQ(lin.modules[0], static_cast<const void*>(&fc));
+    const auto& mul = ops_seen.back();
+    EXPECT_EQ(mul.op, "mul_scalar");
+    // mul's input is linear's output (possibly re-numbered by mul's inner no-op cast, which returns it as is).
+    EXPECT_TRUE(trace.tensor(mul.inputs.at(0)).is_same(trace.tensor(lin.outputs.at(0))));
+    EXPECT_EQ(std::get<double>(mul.attr("value")), 2.0);
+    EXPECT_TRUE(mul.modules.empty());
+    EXPECT_EQ(values.at(mul.outputs.at(0)).sizes, Shape({2, 3}));
+    EXPECT_EQ(trace.find(y), mul.outputs.at(0));
+  }
+  EXPECT_FALSE(optrace::active());
+  ops::add(x, x);  // no trace: nothing recorded, no crash
 }
