@@ -50,7 +50,9 @@ struct OpRecord {
 /// Records ops on the calling thread from construction to destruction. Values
 /// are identified by tensor handle (TensorImpl): an op that writes its input in
 /// place gives that handle a new value id. The trace keeps every tensor it saw
-/// alive, so no handle is reused while it runs. Not nestable.
+/// alive, so no handle is reused while it runs. Not nestable. Ops run inside other ops are
+/// recorded too (consumers drop those whose results nothing uses). Trace under NoGradGuard:
+/// with grad mode on, autograd hands back new handles that the trace has not seen.
 class OpTrace {
  public:
   OpTrace();
@@ -68,7 +70,7 @@ class OpTrace {
   const std::vector<OpRecord>& ops() const { return ops_; }
   const std::vector<ValueInfo>& values() const { return values_; }
 
-  // Used by record() and ModuleScope.
+  // Used by record(), and by nn::Module around each forward (push before its pre-hooks, pop after its forward hooks).
   void add(const std::string& op, std::initializer_list<Tensor> in, std::initializer_list<Tensor> out,
            std::initializer_list<Attr> attrs);
   void add(const std::string& op, const std::vector<Tensor>& in, const std::vector<Tensor>& out,
@@ -101,23 +103,5 @@ inline void record(const std::string& op, const std::vector<Tensor>& in, const s
                    std::initializer_list<Attr> attrs = {}) {
   detail::t_active->add(op, in, out, attrs);
 }
-
-/// Marks the ops run in its lifetime as run by module m (nn::Module pushes itself in call()).
-class ModuleScope {
- public:
-  explicit ModuleScope(const void* m) : trace_(detail::t_active) {
-    if (trace_) [[unlikely]]
-      trace_->push_module(m);
-  }
-  ~ModuleScope() {
-    if (trace_) [[unlikely]]
-      trace_->pop_module();
-  }
-  ModuleScope(const ModuleScope&) = delete;
-  ModuleScope& operator=(const ModuleScope&) = delete;
-
- private:
-  OpTrace* trace_;
-};
 
 }  // namespace loom::optrace
