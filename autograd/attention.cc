@@ -17,6 +17,7 @@
 #include "autograd/functions.h"
 #include "tensor/cuda/attention_plan.h"
 #include "tensor/cuda_dispatch.h"
+#include "tensor/op_trace.h"
 #include "tensor/parallel.h"
 
 namespace loom {
@@ -322,7 +323,10 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                is_causal,
                training ? dropout_p : 0.0};
   const detail::SdpaRoute route = detail::sdpa_route(q.device(), q.dtype(), k.dtype(), v.dtype(), sh.D, sh.p);
-  if (route.path == detail::SdpaPath::kComposed) return sdpa_composed(q, k, v, is_causal, dropout_p, training, gen, sh);
+  // Under an op trace (ONNX export) the composed path runs, so the trace holds attention as matmul, mask and
+  // softmax ops of tensor/ops.h rather than one fused kernel.
+  if (route.path == detail::SdpaPath::kComposed || optrace::active())
+    return sdpa_composed(q, k, v, is_causal, dropout_p, training, gen, sh);
   if (route.path == detail::SdpaPath::kCudaFused) return sdpa_cuda_fused(q, k, v, sh, route.compute);
   if (sh.p > 0) {
     sh.seed = gen.seed();

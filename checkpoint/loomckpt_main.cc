@@ -3,15 +3,22 @@
 //   loomckpt verify PATH               reads every block of every tensor and checks its CRC32C
 //   loomckpt export PATH OUT [--chunk-mb N]   model weights -> one safetensors file, Hugging Face names/layouts
 //   loomckpt import HF OUT [--config recipe.yaml]   Hugging Face GPT-2 / Llama weights -> a step-0 checkpoint
+//   loomckpt export-onnx PATH OUT.onnx [--batch dynamic|N] [--seq dynamic|N]   the model as ONNX: runs the
+//                                      recipes/ program export_onnx (it builds the model from the saved config)
 // PATH is a checkpoint directory (step_NNNNNNNN) or a root whose `latest` names one. Each subcommand is one add_*
 // function below registered in main(): a new one is a function and a line.
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <iostream>
 #include <string>
+#include <vector>
+
+#include <unistd.h>
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/export.h"
@@ -164,6 +171,34 @@ void add_import(CLI::App& app, Runner& run) {
   c->callback([&run, o] { run = [o] { return import_hf(o->src, o->out, o->config); }; });
 }
 
+/// Runs export_onnx (built in recipes/, which owns the model config) found beside loomckpt or in ../recipes/, with
+/// args (everything after `export-onnx`). Returns only on failure.
+int export_onnx(const std::vector<std::string>& args) {
+  const fs::path self = fs::read_symlink("/proc/self/exe").parent_path();
+  for (const fs::path& p : {self / "export_onnx", self.parent_path() / "recipes" / "export_onnx"}) {
+    if (!fs::exists(p)) continue;
+    std::vector<char*> argv{const_cast<char*>(p.c_str())};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(p.c_str(), argv.data());
+    std::fprintf(stderr, "loomckpt: cannot run %s: %s\n", p.c_str(), std::strerror(errno));
+    return 1;
+  }
+  std::fprintf(stderr,
+               "loomckpt: export-onnx needs the export_onnx program (recipes/) beside loomckpt or in "
+               "../recipes/; build it with `cmake --build build --target export_onnx`\n");
+  return 1;
+}
+
+void add_export_onnx(CLI::App& app, Runner& run) {
+  auto* c = app.add_subcommand("export-onnx",
+                               "the model as ONNX: PATH OUT.onnx [--batch dynamic|N] [--seq dynamic|N] (runs the "
+                               "recipes/ program export_onnx, which builds the model from the saved config)");
+  c->prefix_command();  // every argument, --help included, goes to export_onnx
+  c->set_help_flag();
+  c->callback([&run, c] { run = [args = c->remaining()] { return export_onnx(args); }; });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -173,7 +208,7 @@ int main(int argc, char** argv) {
       "loomckpt"};
   app.require_subcommand(1);
   Runner run;
-  for (auto add : {add_list, add_verify, add_export, add_import}) add(app, run);
+  for (auto add : {add_list, add_verify, add_export, add_import, add_export_onnx}) add(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

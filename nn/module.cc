@@ -8,6 +8,7 @@
 #include <unordered_set>
 
 #include "autograd/functions.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 
 namespace loom::nn {
@@ -378,12 +379,17 @@ void Module::remove_hook(HookHandle handle) {
 }
 
 void Module::run_forward_pre_hooks() {
+  // Under an op trace (the ONNX exporter) ops record the module running them; popped in run_forward_hooks.
+  if (optrace::active()) [[unlikely]]
+    optrace::detail::t_active->push_module(this);
   // Copy: a hook may remove itself.
   auto hooks = forward_pre_hooks_;
   for (auto& [id, fn] : hooks) fn(*this);
 }
 
 void Module::run_forward_hooks() {
+  if (optrace::active()) [[unlikely]]
+    optrace::detail::t_active->pop_module();
   auto hooks = forward_hooks_;
   for (auto& [id, fn] : hooks) fn(*this);
 }

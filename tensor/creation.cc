@@ -10,6 +10,7 @@
 
 #include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 
 namespace loom::ops {
@@ -76,13 +77,23 @@ T cast_from_double(double v) {
 Tensor zeros(const Shape& sizes, DType dtype, Device device) {
   Tensor t = empty(sizes, dtype, device);
   zero_(t);
-  return t;
+  {
+    Tensor out = t;
+    if (optrace::active()) [[unlikely]]
+      optrace::record("full", std::vector<Tensor>{}, {out}, {{"value", 0.0}});
+    return out;
+  }
 }
 Tensor ones(const Shape& sizes, DType dtype, Device device) { return full(sizes, 1.0, dtype, device); }
 Tensor full(const Shape& sizes, double value, DType dtype, Device device) {
   Tensor t = empty(sizes, dtype, device);
   fill_(t, value);
-  return t;
+  {
+    Tensor out = t;
+    if (optrace::active()) [[unlikely]]
+      optrace::record("full", std::vector<Tensor>{}, {out}, {{"value", value}});
+    return out;
+  }
 }
 Tensor zeros_like(const Tensor& t) { return zeros(t.sizes(), t.dtype(), t.device()); }
 Tensor ones_like(const Tensor& t) { return ones(t.sizes(), t.dtype(), t.device()); }
@@ -100,7 +111,12 @@ Tensor arange(double start, double end, double step, DType dtype, Device device)
     scalar_t* p = static_cast<scalar_t*>(host.data_ptr());
     for (int64_t i = 0; i < n; ++i) p[i] = cast_from_double<scalar_t>(start + static_cast<double>(i) * step);
   });
-  return to(host, device);
+  {
+    Tensor out = to(host, device);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("arange", std::vector<Tensor>{}, {out}, {{"start", start}, {"step", step}});
+    return out;
+  }
 }
 
 Tensor arange(int64_t end, DType dtype, Device device) {
@@ -109,7 +125,12 @@ Tensor arange(int64_t end, DType dtype, Device device) {
 
 Tensor scalar_tensor(double value, DType dtype, Device device) {
   Tensor host = full({}, value, dtype, kCPU);
-  return to(host, device);
+  {
+    Tensor out = to(host, device);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("full", std::vector<Tensor>{}, {out}, {{"value", value}});
+    return out;
+  }
 }
 
 void uniform_(const Tensor& t, double low, double high, Generator& gen) {

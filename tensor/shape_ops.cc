@@ -5,6 +5,7 @@
 
 #include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 
 namespace loom::ops {
@@ -20,14 +21,22 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   Tensor out = empty(shape, ct, a.device());
   if (ck) {
     detail::need(ck->where, "where", a)(out, c, x, y);
-    return out;
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("where", {cond, a, b}, {out});
+      return out;
+    }
   }
   LOOM_DISPATCH_ALL(ct, "where", [&] {
     using A = acc_t<scalar_t>;
     elementwise_kernel<scalar_t, uint8_t, scalar_t, scalar_t>(out, {c, x, y},
                                                               [](uint8_t m, A u, A v) { return m ? u : v; });
   });
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("where", {cond, a, b}, {out});
+    return out;
+  }
 }
 
 Tensor masked_fill(const Tensor& t, const Tensor& mask, double value) {
@@ -42,27 +51,45 @@ Tensor masked_fill(const Tensor& t, const Tensor& mask, double value) {
     // value converted to t's dtype as the cpu loop converts it (fill_ writes the same bits)
     Tensor v = expand(full({}, value, t.dtype(), t.device()), shape);
     detail::need(ck->where, "masked_fill", t)(out, m, v, t);
-    return out;
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("masked_fill", {t, mask}, {out}, {{"value", value}});
+      return out;
+    }
   }
   LOOM_DISPATCH_ALL(t.dtype(), "masked_fill", [&] {
     using A = acc_t<scalar_t>;
     const A v = static_cast<A>(value);
     elementwise_kernel<scalar_t, scalar_t, uint8_t>(out, {t, m}, [v](A u, uint8_t k) { return k ? v : u; });
   });
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("masked_fill", {t, mask}, {out}, {{"value", value}});
+    return out;
+  }
 }
 
 Tensor causal_mask(int64_t T, Device device) {
   LOOM_CHECK(T >= 0, "causal_mask: T must be non-negative, got ", T);
   if (!device.is_cpu()) {  // built on the device: position j > i, from one arange of T
     Tensor r = arange(T, DType::i64, device);
-    return gt(view(r, {1, T}), view(r, {T, 1}));
+    {
+      Tensor out = gt(view(r, {1, T}), view(r, {T, 1}));
+      if (optrace::active()) [[unlikely]]
+        optrace::record("causal_mask", std::vector<Tensor>{}, {out}, {{"T", T}});
+      return out;
+    }
   }
   Tensor m = empty({T, T}, DType::u8, kCPU);
   uint8_t* p = m.data<uint8_t>();
   for (int64_t i = 0; i < T; ++i)
     for (int64_t j = 0; j < T; ++j) p[i * T + j] = j > i ? 1 : 0;
-  return to(m, device);
+  {
+    Tensor out = to(m, device);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("causal_mask", std::vector<Tensor>{}, {out}, {{"T", T}});
+    return out;
+  }
 }
 
 Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
@@ -92,7 +119,11 @@ Tensor cat(const std::vector<Tensor>& tensors, int64_t dim) {
     if (n > 0) copy_(narrow(out, d, start, n), t);
     start += n;
   }
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("cat", tensors, {out}, {{"dim", d}});
+    return out;
+  }
 }
 
 Tensor stack(const std::vector<Tensor>& tensors, int64_t dim) {
@@ -123,13 +154,24 @@ Tensor index_select(const Tensor& t, int64_t dim, const Tensor& index) {
                " (shape ", shape_str(t.sizes()), ")");
     if (i < 0) i += size;
   }
-  if (t.dim() == 0) return clone(t);
+  if (t.dim() == 0) {
+    {
+      Tensor out = clone(t);
+      if (optrace::active()) [[unlikely]]
+        optrace::record("index_select", {t, index}, {out}, {{"dim", d}});
+      return out;
+    }
+  }
   Shape out_shape = t.sizes();
   out_shape[d] = static_cast<int64_t>(idx.size());
   Tensor out = empty(out_shape, t.dtype(), t.device());
   if (ck) {  // the indices were checked on the host above; the kernel wraps negative ones
     detail::need(ck->index_select, "index_select", t)(out, t, d, to(index, DType::i64));
-    return out;
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("index_select", {t, index}, {out}, {{"dim", d}});
+      return out;
+    }
   }
   Tensor src = contiguous(t);
   int64_t outer = 1, inner = 1;
@@ -147,7 +189,11 @@ Tensor index_select(const Tensor& t, int64_t dim, const Tensor& index) {
                   row_bytes);
     }
   });
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("index_select", {t, index}, {out}, {{"dim", d}});
+    return out;
+  }
 }
 
 }  // namespace loom::ops

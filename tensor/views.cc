@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 
 namespace loom::ops {
@@ -87,14 +88,31 @@ Tensor view(const Tensor& t, const Shape& sizes) {
   LOOM_CHECK(st.has_value(), "view: cannot view a tensor of shape ", shape_str(t.sizes()), " with strides ",
              shape_str(t.strides()), " as ", shape_str(shape),
              " because its memory is not laid out compatibly; use reshape (which copies) or contiguous() first");
-  return make_view(t, shape, *st, t.storage_offset());
+  {
+    Tensor out = make_view(t, shape, *st, t.storage_offset());
+    if (optrace::active()) [[unlikely]]
+      optrace::record("view", {t}, {out});
+    return out;
+  }
 }
 
 Tensor reshape(const Tensor& t, const Shape& sizes) {
   Shape shape = infer_size(sizes, t.numel(), "reshape", t.sizes());
   auto st = view_strides(t.sizes(), t.strides(), shape);
-  if (st) return make_view(t, shape, *st, t.storage_offset());
-  return view(contiguous(t), shape);
+  if (st) {
+    {
+      Tensor out = make_view(t, shape, *st, t.storage_offset());
+      if (optrace::active()) [[unlikely]]
+        optrace::record("reshape", {t}, {out});
+      return out;
+    }
+  }
+  {
+    Tensor out = view(contiguous(t), shape);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("reshape", {t}, {out});
+    return out;
+  }
 }
 
 Tensor permute(const Tensor& t, const std::vector<int64_t>& dims) {
@@ -110,17 +128,34 @@ Tensor permute(const Tensor& t, const std::vector<int64_t>& dims) {
     sizes[i] = t.sizes()[d];
     strides[i] = t.strides()[d];
   }
-  return make_view(t, sizes, strides, t.storage_offset());
+  {
+    Tensor out = make_view(t, sizes, strides, t.storage_offset());
+    if (optrace::active()) [[unlikely]]
+      optrace::record("permute", {t}, {out}, {{"dims", dims}});
+    return out;
+  }
 }
 
 Tensor transpose(const Tensor& t, int64_t dim0, int64_t dim1) {
   const int64_t nd = t.dim();
-  if (nd == 0) return make_view(t, t.sizes(), t.strides(), t.storage_offset());
+  if (nd == 0) {
+    {
+      Tensor out = make_view(t, t.sizes(), t.strides(), t.storage_offset());
+      if (optrace::active()) [[unlikely]]
+        optrace::record("transpose", {t}, {out}, {{"dim0", dim0}, {"dim1", dim1}});
+      return out;
+    }
+  }
   int64_t a = wrap_dim(dim0, nd, "transpose"), b = wrap_dim(dim1, nd, "transpose");
   Shape sizes = t.sizes(), strides = t.strides();
   std::swap(sizes[a], sizes[b]);
   std::swap(strides[a], strides[b]);
-  return make_view(t, sizes, strides, t.storage_offset());
+  {
+    Tensor out = make_view(t, sizes, strides, t.storage_offset());
+    if (optrace::active()) [[unlikely]]
+      optrace::record("transpose", {t}, {out}, {{"dim0", dim0}, {"dim1", dim1}});
+    return out;
+  }
 }
 
 Tensor narrow(const Tensor& t, int64_t dim, int64_t start, int64_t length) {
@@ -132,7 +167,13 @@ Tensor narrow(const Tensor& t, int64_t dim, int64_t start, int64_t length) {
              " is out of range for dim ", d, " of size ", n, " (shape ", shape_str(t.sizes()), ")");
   Shape sizes = t.sizes();
   sizes[d] = length;
-  return make_view(t, sizes, t.strides(), t.storage_offset() + start * t.strides()[d]);
+  {
+    Tensor out = make_view(t, sizes, t.strides(), t.storage_offset() + start * t.strides()[d]);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("slice", {t}, {out},
+                      {{"dim", d}, {"start", start}, {"end", start + length}, {"step", int64_t{1}}});
+    return out;
+  }
 }
 
 Tensor slice(const Tensor& t, int64_t dim, int64_t start, int64_t end, int64_t step) {
@@ -147,7 +188,12 @@ Tensor slice(const Tensor& t, int64_t dim, int64_t start, int64_t end, int64_t s
   Shape sizes = t.sizes(), strides = t.strides();
   sizes[d] = (end - start + step - 1) / step;
   strides[d] *= step;
-  return make_view(t, sizes, strides, t.storage_offset() + start * t.strides()[d]);
+  {
+    Tensor out = make_view(t, sizes, strides, t.storage_offset() + start * t.strides()[d]);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("slice", {t}, {out}, {{"dim", d}, {"start", start}, {"end", end}, {"step", step}});
+    return out;
+  }
 }
 
 Tensor select(const Tensor& t, int64_t dim, int64_t index) {
@@ -161,7 +207,12 @@ Tensor select(const Tensor& t, int64_t dim, int64_t index) {
   int64_t off = t.storage_offset() + index * strides[d];
   sizes.erase(sizes.begin() + d);
   strides.erase(strides.begin() + d);
-  return make_view(t, sizes, strides, off);
+  {
+    Tensor out = make_view(t, sizes, strides, off);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("select", {t}, {out}, {{"dim", d}, {"index", index}});
+    return out;
+  }
 }
 
 Tensor expand(const Tensor& t, const Shape& sizes) {
@@ -185,7 +236,12 @@ Tensor expand(const Tensor& t, const Shape& sizes) {
       out_strides[i] = 0;
     }
   }
-  return make_view(t, out_sizes, out_strides, t.storage_offset());
+  {
+    Tensor out = make_view(t, out_sizes, out_strides, t.storage_offset());
+    if (optrace::active()) [[unlikely]]
+      optrace::record("expand", {t}, {out});
+    return out;
+  }
 }
 
 Tensor unsqueeze(const Tensor& t, int64_t dim) {
@@ -194,21 +250,52 @@ Tensor unsqueeze(const Tensor& t, int64_t dim) {
   int64_t st = d < t.dim() ? sizes[d] * strides[d] : 1;
   sizes.insert(sizes.begin() + d, 1);
   strides.insert(strides.begin() + d, st);
-  return make_view(t, sizes, strides, t.storage_offset());
+  {
+    Tensor out = make_view(t, sizes, strides, t.storage_offset());
+    if (optrace::active()) [[unlikely]]
+      optrace::record("unsqueeze", {t}, {out}, {{"dim", d}});
+    return out;
+  }
 }
 
 Tensor squeeze(const Tensor& t, int64_t dim) {
-  if (t.dim() == 0) return make_view(t, t.sizes(), t.strides(), t.storage_offset());
+  if (t.dim() == 0) {
+    {
+      Tensor out = make_view(t, t.sizes(), t.strides(), t.storage_offset());
+      if (optrace::active()) [[unlikely]]
+        optrace::record("reshape", {t}, {out});
+      return out;
+    }
+  }
   int64_t d = wrap_dim(dim, t.dim(), "squeeze");
-  if (t.sizes()[d] != 1) return make_view(t, t.sizes(), t.strides(), t.storage_offset());
+  if (t.sizes()[d] != 1) {
+    {
+      Tensor out = make_view(t, t.sizes(), t.strides(), t.storage_offset());
+      if (optrace::active()) [[unlikely]]
+        optrace::record("reshape", {t}, {out});
+      return out;
+    }
+  }
   Shape sizes = t.sizes(), strides = t.strides();
   sizes.erase(sizes.begin() + d);
   strides.erase(strides.begin() + d);
-  return make_view(t, sizes, strides, t.storage_offset());
+  {
+    Tensor out = make_view(t, sizes, strides, t.storage_offset());
+    if (optrace::active()) [[unlikely]]
+      optrace::record("reshape", {t}, {out});
+    return out;
+  }
 }
 
 Tensor flatten(const Tensor& t, int64_t start_dim, int64_t end_dim) {
-  if (t.dim() == 0) return reshape(t, {1});
+  if (t.dim() == 0) {
+    {
+      Tensor out = reshape(t, {1});
+      if (optrace::active()) [[unlikely]]
+        optrace::record("flatten", {t}, {out}, {{"start_dim", start_dim}, {"end_dim", end_dim}});
+      return out;
+    }
+  }
   int64_t s = wrap_dim(start_dim, t.dim(), "flatten"), e = wrap_dim(end_dim, t.dim(), "flatten");
   LOOM_CHECK(s <= e, "flatten: start_dim ", start_dim, " comes after end_dim ", end_dim, " for shape ",
              shape_str(t.sizes()));
@@ -218,7 +305,12 @@ Tensor flatten(const Tensor& t, int64_t start_dim, int64_t end_dim) {
   for (int64_t i = s; i <= e; ++i) m *= t.sizes()[i];
   sizes.push_back(m);
   for (int64_t i = e + 1; i < t.dim(); ++i) sizes.push_back(t.sizes()[i]);
-  return reshape(t, sizes);
+  {
+    Tensor out = reshape(t, sizes);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("flatten", {t}, {out}, {{"start_dim", start_dim}, {"end_dim", end_dim}});
+    return out;
+  }
 }
 
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {

@@ -19,6 +19,7 @@
 #include "tensor/conv.h"
 #include "tensor/conv_cuda.h"
 #include "tensor/cuda_dispatch.h"
+#include "tensor/op_trace.h"
 #include "tensor/parallel.h"
 
 namespace loom::ops {
@@ -360,6 +361,12 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dOpt
                              y.data<scalar_t>());
     }
   });
+  if (optrace::active()) [[unlikely]]
+    optrace::record("conv2d", {x, w, b}, {y},
+                    {{"stride", std::vector<int64_t>{opts.stride[0], opts.stride[1]}},
+                     {"padding", std::vector<int64_t>{opts.padding[0], opts.padding[1]}},
+                     {"dilation", std::vector<int64_t>{opts.dilation[0], opts.dilation[1]}},
+                     {"groups", opts.groups}});
   return y;
 }
 
@@ -567,6 +574,14 @@ std::pair<Tensor, Tensor> max_pool2d(const Tensor& x, const Pool2dOptions& opts)
                    });
     }
   });
+  if (optrace::active()) [[unlikely]]
+    optrace::record("max_pool2d", {x}, {y, idx},
+                    {{"kernel", std::vector<int64_t>{g.kh, g.kw}},
+                     {"stride", std::vector<int64_t>{g.sh, g.sw}},
+                     {"padding", std::vector<int64_t>{g.ph, g.pw}},
+                     {"dilation", std::vector<int64_t>{opts.dilation[0], opts.dilation[1]}},
+                     {"ceil_mode", opts.ceil_mode ? 1 : 0},
+                     {"count_include_pad", opts.count_include_pad ? 1 : 0}});
   return {y, idx};
 }
 
@@ -645,6 +660,14 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dOptions& opts) {
                    });
     }
   });
+  if (optrace::active()) [[unlikely]]
+    optrace::record("avg_pool2d", {x}, {y},
+                    {{"kernel", std::vector<int64_t>{g.kh, g.kw}},
+                     {"stride", std::vector<int64_t>{g.sh, g.sw}},
+                     {"padding", std::vector<int64_t>{g.ph, g.pw}},
+                     {"dilation", std::vector<int64_t>{opts.dilation[0], opts.dilation[1]}},
+                     {"ceil_mode", opts.ceil_mode ? 1 : 0},
+                     {"count_include_pad", opts.count_include_pad ? 1 : 0}});
   return y;
 }
 
@@ -710,6 +733,9 @@ Tensor adaptive_avg_pool2d(const Tensor& x, std::array<int64_t, 2> output_size) 
       });
     }
   });
+  if (optrace::active()) [[unlikely]]
+    optrace::record("adaptive_avg_pool2d", {x}, {y},
+                    {{"output_size", std::vector<int64_t>{output_size[0], output_size[1]}}});
   return y;
 }
 
@@ -1010,6 +1036,9 @@ BatchNormResult batch_norm(const Tensor& x, const Tensor& w, const Tensor& b, co
     r.invstd = to(rsqrt(add(to(running_var, DType::f64), eps)), x.dtype());
   }
   r.y = batch_norm_apply(x, r.mean, r.invstd, w, b);
+  if (optrace::active()) [[unlikely]]
+    optrace::record("batch_norm", {x, w, b, running_mean, running_var}, {r.y},
+                    {{"training", training ? 1 : 0}, {"eps", eps}});
   return r;
 }
 

@@ -7,6 +7,7 @@
 
 #include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 
 namespace loom {
@@ -53,6 +54,8 @@ void convert_runs(const TensorIter<2>& it) {
 namespace ops {
 
 void copy_(const Tensor& dst, const Tensor& src) {
+  if (optrace::active()) [[unlikely]]  // in place: dst gets a new value id (no ONNX mapping when it is used)
+    optrace::record("copy_", {dst, src}, {dst});
   check_same_device("copy_", dst, src);
   const detail::CudaKernels* ck = detail::cuda_kernels_for("copy_", dst);
   Tensor s = src;
@@ -90,6 +93,8 @@ void copy_(const Tensor& dst, const Tensor& src) {
 }
 
 void fill_(const Tensor& t, double value) {
+  if (optrace::active()) [[unlikely]]
+    optrace::record("fill_", {t}, {t}, {{"value", value}});
   const detail::CudaKernels* ck = detail::cuda_kernels_for("fill_", t);
   t.bump_version();
   if (t.numel() == 0) return;
@@ -127,23 +132,57 @@ void zero_(const Tensor& t) {
 Tensor clone(const Tensor& t) {
   Tensor out = empty(t.sizes(), t.dtype(), t.device());
   copy_(out, t);
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("clone", {t}, {out});
+    return out;
+  }
 }
 
 Tensor contiguous(const Tensor& t) {
-  if (t.is_contiguous()) return t;
-  return clone(t);
+  if (t.is_contiguous()) {
+    {
+      Tensor out = t;
+      if (optrace::active()) [[unlikely]]
+        optrace::record("contiguous", {t}, {out});
+      return out;
+    }
+  }
+  {
+    Tensor out = clone(t);
+    if (optrace::active()) [[unlikely]]
+      optrace::record("contiguous", {t}, {out});
+    return out;
+  }
 }
 
 Tensor to(const Tensor& t, DType dtype) {
-  if (t.dtype() == dtype) return t;
+  if (t.dtype() == dtype) {
+    {
+      Tensor out = t;
+      if (optrace::active()) [[unlikely]]
+        optrace::record("cast", {t}, {out});
+      return out;
+    }
+  }
   Tensor out = empty(t.sizes(), dtype, t.device());
   copy_(out, t);
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("cast", {t}, {out});
+    return out;
+  }
 }
 
 Tensor to(const Tensor& t, Device device) {
-  if (t.device() == device) return t;
+  if (t.device() == device) {
+    {
+      Tensor out = t;
+      if (optrace::active()) [[unlikely]]
+        optrace::record("to_device", {t}, {out});
+      return out;
+    }
+  }
   auto& hooks = detail::cuda_hooks();
   if (!hooks.copy)
     LOOM_THROW(Unsupported, "to: cannot move a tensor of shape ", shape_str(t.sizes()), " from ", t.device().str(),
@@ -151,7 +190,11 @@ Tensor to(const Tensor& t, Device device) {
   Tensor src = contiguous(t);
   Tensor out = empty(t.sizes(), t.dtype(), device);
   if (out.nbytes() > 0) hooks.copy(out.data_ptr(), device, src.data_ptr(), src.device(), out.nbytes());
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("to_device", {t}, {out});
+    return out;
+  }
 }
 
 }  // namespace ops

@@ -20,6 +20,7 @@
 #include "tensor/cpu/vec_math.h"
 #include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 
 namespace loom::ops {
@@ -75,7 +76,7 @@ const CudaKernels* check_binary(const char* op, const Tensor& a, const Tensor& b
 Tensor expand_to(const Tensor& t, const Shape& shape) { return t.sizes() == shape ? t : expand(t, shape); }
 
 template <typename F>
-Tensor binary_op(const char* op, BinaryOp bop, const Tensor& a, const Tensor& b, F fn, bool int_to_float = false) {
+Tensor binary_op_impl(const char* op, BinaryOp bop, const Tensor& a, const Tensor& b, F fn, bool int_to_float = false) {
   const CudaKernels* ck = check_binary(op, a, b);
   const Shape shape = broadcast_shapes(a.sizes(), b.sizes(), op);
   DType ct = promote_types(a.dtype(), b.dtype());
@@ -91,7 +92,7 @@ Tensor binary_op(const char* op, BinaryOp bop, const Tensor& a, const Tensor& b,
 }
 
 template <typename F>
-Tensor compare_op(const char* op, BinaryOp bop, const Tensor& a, const Tensor& b, F fn) {
+Tensor compare_op_impl(const char* op, BinaryOp bop, const Tensor& a, const Tensor& b, F fn) {
   const CudaKernels* ck = check_binary(op, a, b);
   const Shape shape = broadcast_shapes(a.sizes(), b.sizes(), op);
   DType ct = promote_types(a.dtype(), b.dtype());
@@ -122,7 +123,7 @@ A scalar_as(double s) {
 /// out = fn(x, c) for each element x of a and scalar c; an integer tensor with
 /// a non-integer scalar computes in f32 (as PyTorch does).
 template <typename F>
-Tensor scalar_op(const char* op, UnaryOp uop, const Tensor& a, double s, F fn, bool int_to_float = false) {
+Tensor scalar_op_impl(const char* op, UnaryOp uop, const Tensor& a, double s, F fn, bool int_to_float = false) {
   const CudaKernels* ck = cuda_kernels_for(op, a);
   DType ct = a.dtype();
   if (!is_floating(ct) && (int_to_float || !is_integral_value(s))) ct = DType::f32;
@@ -141,7 +142,7 @@ Tensor scalar_op(const char* op, UnaryOp uop, const Tensor& a, double s, F fn, b
 }
 
 template <typename F>
-Tensor scalar_compare(const char* op, UnaryOp uop, const Tensor& a, double s, F fn) {
+Tensor scalar_compare_impl(const char* op, UnaryOp uop, const Tensor& a, double s, F fn) {
   const CudaKernels* ck = cuda_kernels_for(op, a);
   Tensor out = empty(a.sizes(), DType::u8, a.device());
   if (ck) {
@@ -164,7 +165,7 @@ Tensor scalar_compare(const char* op, UnaryOp uop, const Tensor& a, double s, F 
 
 /// Unary op; float_only ops compute integer inputs in f32.
 template <bool kFloatOnly, typename F>
-Tensor unary_op(const char* op, UnaryOp uop, const Tensor& t, F fn) {
+Tensor unary_op_impl(const char* op, UnaryOp uop, const Tensor& t, F fn) {
   constexpr bool float_only = kFloatOnly;
   const CudaKernels* ck = cuda_kernels_for(op, t);
   DType ct = t.dtype();
@@ -180,6 +181,44 @@ Tensor unary_op(const char* op, UnaryOp uop, const Tensor& t, F fn) {
   } else {
     LOOM_DISPATCH_ALL(ct, op, [&] { elementwise_kernel<scalar_t, scalar_t>(out, {x}, fn); });
   }
+  return out;
+}
+
+// The traced entry points of the helpers above: each records its op while an
+// optrace::OpTrace is active (tensor/op_trace.h).
+template <typename F>
+Tensor binary_op(const char* op, BinaryOp bop, const Tensor& a, const Tensor& b, F fn, bool int_to_float = false) {
+  Tensor out = binary_op_impl(op, bop, a, b, fn, int_to_float);
+  if (optrace::active()) [[unlikely]]
+    optrace::record(op, {a, b}, {out});
+  return out;
+}
+template <typename F>
+Tensor compare_op(const char* op, BinaryOp bop, const Tensor& a, const Tensor& b, F fn) {
+  Tensor out = compare_op_impl(op, bop, a, b, fn);
+  if (optrace::active()) [[unlikely]]
+    optrace::record(op, {a, b}, {out});
+  return out;
+}
+template <typename F>
+Tensor scalar_op(const char* op, UnaryOp uop, const Tensor& a, double s, F fn, bool int_to_float = false) {
+  Tensor out = scalar_op_impl(op, uop, a, s, fn, int_to_float);
+  if (optrace::active()) [[unlikely]]
+    optrace::record(std::string(op) + "_scalar", {a}, {out}, {{"value", s}});
+  return out;
+}
+template <typename F>
+Tensor scalar_compare(const char* op, UnaryOp uop, const Tensor& a, double s, F fn) {
+  Tensor out = scalar_compare_impl(op, uop, a, s, fn);
+  if (optrace::active()) [[unlikely]]
+    optrace::record(std::string(op) + "_scalar", {a}, {out}, {{"value", s}});
+  return out;
+}
+template <bool kFloatOnly, typename F>
+Tensor unary_op(const char* op, UnaryOp uop, const Tensor& t, F fn) {
+  Tensor out = unary_op_impl<kFloatOnly>(op, uop, t, fn);
+  if (optrace::active()) [[unlikely]]
+    optrace::record(op, {t}, {out}, {{"tanh", uop == UnaryOp::kGeluTanh ? 1 : 0}});
   return out;
 }
 
@@ -461,6 +500,8 @@ Tensor clamp(const Tensor& t, double lo, double hi) {
       return y > h ? h : y;
     });
   });
+  if (optrace::active()) [[unlikely]]
+    optrace::record("clamp", {t}, {out}, {{"lo", lo}, {"hi", hi}});
   return out;
 }
 

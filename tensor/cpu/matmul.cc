@@ -10,6 +10,7 @@
 
 #include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -236,7 +237,14 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const bool cuda = a.device().is_cuda();
   // The table first: a CUDA tensor where there is no backend throws before anything is allocated.
   const BmmFn bmm = cuda ? detail::need(detail::cuda_kernels(op, a).bmm, op, a) : nullptr;
-  if (!cuda && is_half(a.dtype())) return to(matmul(to(a, DType::f32), to(b, DType::f32)), a.dtype());
+  if (!cuda && is_half(a.dtype())) {
+    {
+      Tensor out = to(matmul(to(a, DType::f32), to(b, DType::f32)), a.dtype());
+      if (optrace::active()) [[unlikely]]
+        optrace::record("matmul", {a, b}, {out});
+      return out;
+    }
+  }
   const bool a_vec = a.dim() == 1, b_vec = b.dim() == 1;
   const int64_t M = a_vec ? 1 : a.size(-2);
   const int64_t K = a.size(-1);
@@ -253,7 +261,11 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor out = empty(out_sizes, a.dtype(), a.device());
   if (cuda) {
     if (out.numel() > 0) matmul_cuda(bmm, a, b, out, batch, M, N, K);
-    return out;
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("matmul", {a, b}, {out});
+      return out;
+    }
   }
   LOOM_DISPATCH_ALL(a.dtype(), op, [&] {
     if constexpr (!std::is_same_v<scalar_t, Half> && !std::is_same_v<scalar_t, BFloat16> &&
@@ -261,7 +273,11 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
       matmul_typed<scalar_t>(a, b, out, batch, M, N, K);
     }
   });
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("matmul", {a, b}, {out});
+    return out;
+  }
 }
 
 void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha, double beta) {
@@ -338,14 +354,33 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   const char* op = "linear";
   check_linear_args(op, x, w, b);
   const int64_t in = x.size(-1), out_f = w.size(0);
-  if (x.device().is_cuda()) return linear_cuda(x, w, b, op);
+  if (x.device().is_cuda()) {
+    {
+      Tensor out = linear_cuda(x, w, b, op);
+      if (optrace::active()) [[unlikely]]
+        optrace::record("linear", {x, w, b}, {out});
+      return out;
+    }
+  }
   if (is_half(x.dtype())) {
-    return to(linear(to(x, DType::f32), to(w, DType::f32), b.defined() ? to(b, DType::f32) : Tensor()), x.dtype());
+    {
+      Tensor out =
+          to(linear(to(x, DType::f32), to(w, DType::f32), b.defined() ? to(b, DType::f32) : Tensor()), x.dtype());
+      if (optrace::active()) [[unlikely]]
+        optrace::record("linear", {x, w, b}, {out});
+      return out;
+    }
   }
   Shape out_sizes(x.sizes().begin(), x.sizes().end() - 1);
   out_sizes.push_back(out_f);
   Tensor out = empty(out_sizes, x.dtype());
-  if (out.numel() == 0) return out;
+  if (out.numel() == 0) {
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("linear", {x, w, b}, {out});
+      return out;
+    }
+  }
   const int64_t rows = out.numel() / out_f;  // from the output: with in == 0, x has no elements to count rows by
   // x as a (rows, in) matrix: fold the batch dims when the strides allow.
   Tensor xm = x;
@@ -381,7 +416,11 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
       gemm_raw<scalar_t>(*lx, *lw, rows, out_f, in, 1.0, xm.data<scalar_t>(), wm.data<scalar_t>(), beta, o, out_f);
     }
   });
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("linear", {x, w, b}, {out});
+    return out;
+  }
 }
 
 LinearGeluResult linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {

@@ -15,6 +15,7 @@
 #include "tensor/cpu/vec_math.h"
 #include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -324,9 +325,21 @@ Tensor cuda_checked_indices(const Tensor& indices, int64_t V, const char* op) {
 
 }  // namespace
 
-Tensor softmax(const Tensor& t, int64_t dim) { return softmax_impl(t, dim, SoftmaxKind::kSoftmax, "softmax"); }
+Tensor softmax(const Tensor& t, int64_t dim) {
+  {
+    Tensor out = softmax_impl(t, dim, SoftmaxKind::kSoftmax, "softmax");
+    if (optrace::active()) [[unlikely]]
+      optrace::record("softmax", {t}, {out}, {{"dim", dim}});
+    return out;
+  }
+}
 Tensor log_softmax(const Tensor& t, int64_t dim) {
-  return softmax_impl(t, dim, SoftmaxKind::kLogSoftmax, "log_softmax");
+  {
+    Tensor out = softmax_impl(t, dim, SoftmaxKind::kLogSoftmax, "log_softmax");
+    if (optrace::active()) [[unlikely]]
+      optrace::record("log_softmax", {t}, {out}, {{"dim", dim}});
+    return out;
+  }
 }
 Tensor softmax_backward(const Tensor& grad, const Tensor& y, int64_t dim) {
   return softmax_backward_impl(grad, y, dim, SoftmaxKind::kSoftmax, "softmax_backward");
@@ -523,15 +536,24 @@ AddNormResult add_norm_forward(const Tensor& x, const Tensor& residual, const Te
 }  // namespace
 
 AddNormResult add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b, double eps) {
-  return add_norm_forward(x, residual, w, b, eps, /*rms=*/false, "add_layer_norm");
+  AddNormResult res = add_norm_forward(x, residual, w, b, eps, /*rms=*/false, "add_layer_norm");
+  if (optrace::active()) [[unlikely]]
+    optrace::record("add_layer_norm", {x, residual, w, b}, {res.sum, res.y}, {{"eps", eps}});
+  return res;
 }
 
 AddNormResult add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& w, double eps) {
-  return add_norm_forward(x, residual, w, Tensor(), eps, /*rms=*/true, "add_rms_norm");
+  AddNormResult res = add_norm_forward(x, residual, w, Tensor(), eps, /*rms=*/true, "add_rms_norm");
+  if (optrace::active()) [[unlikely]]
+    optrace::record("add_rms_norm", {x, residual, w}, {res.sum, res.y}, {{"eps", eps}});
+  return res;
 }
 
 NormResult layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
-  return norm_forward(x, w, b, eps, /*rms=*/false, "layer_norm");
+  NormResult res = norm_forward(x, w, b, eps, /*rms=*/false, "layer_norm");
+  if (optrace::active()) [[unlikely]]
+    optrace::record("layer_norm", {x, w, b}, {res.y}, {{"eps", eps}});
+  return res;
 }
 
 NormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
@@ -541,7 +563,10 @@ NormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w
 }
 
 NormResult rms_norm(const Tensor& x, const Tensor& w, double eps) {
-  return norm_forward(x, w, Tensor(), eps, /*rms=*/true, "rms_norm");
+  NormResult res = norm_forward(x, w, Tensor(), eps, /*rms=*/true, "rms_norm");
+  if (optrace::active()) [[unlikely]]
+    optrace::record("rms_norm", {x, w}, {res.y}, {{"eps", eps}});
+  return res;
 }
 
 NormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd) {
@@ -562,7 +587,11 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
     out_sizes.push_back(C);
     Tensor out = empty(out_sizes, weight.dtype(), weight.device());
     kernel(out, weight.stride(1) == 1 || C <= 1 ? weight : contiguous(weight), idx);
-    return out;
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("embedding", {weight, indices}, {out});
+      return out;
+    }
   }
   const std::vector<int64_t> idx = checked_indices(indices, V, op);
   Shape out_sizes = indices.sizes();
@@ -578,7 +607,11 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
     for (int64_t i = b; i < e; ++i)
       std::memcpy(dst + i * C * static_cast<int64_t>(es), src + idx[i] * row_stride, static_cast<size_t>(C) * es);
   });
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("embedding", {weight, indices}, {out});
+    return out;
+  }
 }
 
 Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights) {
@@ -774,7 +807,16 @@ Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, con
 
 // ---------------------------------------------------------------- dropout
 
+std::pair<Tensor, Tensor> detail_dropout(const Tensor& x, double p, Generator& gen);
+
 std::pair<Tensor, Tensor> dropout(const Tensor& x, double p, Generator& gen) {
+  auto res = detail_dropout(x, p, gen);
+  if (optrace::active()) [[unlikely]]
+    optrace::record("dropout", {x}, {res.first, res.second}, {{"p", p}});
+  return res;
+}
+
+std::pair<Tensor, Tensor> detail_dropout(const Tensor& x, double p, Generator& gen) {
   const char* op = "dropout";
   LOOM_CHECK(p >= 0.0 && p < 1.0, "dropout: p must be in [0, 1), got ", p);
   LOOM_CHECK(is_floating(x.dtype()), "dropout: input of shape ", shape_str(x.sizes()), " has dtype ",
@@ -839,7 +881,12 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse)
     const DType sd = stat_dtype(x.dtype());
     Tensor y = empty(x.sizes(), x.dtype(), x.device());
     kernel(y, contiguous(x), contiguous(to(cos, sd)), contiguous(to(sin, sd)), inverse);
-    return y;
+    {
+      Tensor out = y;
+      if (optrace::active()) [[unlikely]]
+        optrace::record("rope", {x, cos, sin}, {out}, {{"inverse", inverse ? 1 : 0}});
+      return out;
+    }
   }
   Tensor xc = contiguous(x);
   Tensor y = empty(x.sizes(), x.dtype());
@@ -862,7 +909,12 @@ Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse)
       }
     });
   });
-  return y;
+  {
+    Tensor out = y;
+    if (optrace::active()) [[unlikely]]
+      optrace::record("rope", {x, cos, sin}, {out}, {{"inverse", inverse ? 1 : 0}});
+    return out;
+  }
 }
 
 }  // namespace loom::ops

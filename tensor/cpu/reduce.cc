@@ -10,6 +10,7 @@
 
 #include "tensor/cuda_dispatch.h"
 #include "tensor/iter.h"
+#include "tensor/op_trace.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
 
@@ -302,13 +303,23 @@ Tensor sum_impl(const Tensor& t, const std::vector<int64_t>& dims, bool keepdim,
 }  // namespace
 
 Tensor sum(const Tensor& t, const std::vector<int64_t>& dims, bool keepdim) {
-  return sum_impl(t, dims, keepdim, false, "sum");
+  {
+    Tensor out = sum_impl(t, dims, keepdim, false, "sum");
+    if (optrace::active()) [[unlikely]]
+      optrace::record("sum", {t}, {out}, {{"dims", dims}, {"keepdim", keepdim ? 1 : 0}});
+    return out;
+  }
 }
 
 Tensor mean(const Tensor& t, const std::vector<int64_t>& dims, bool keepdim) {
   LOOM_CHECK(is_floating(t.dtype()), "mean: input of shape ", shape_str(t.sizes()), " has dtype ",
              dtype_name(t.dtype()), "; mean needs a floating dtype (convert with to() first)");
-  return sum_impl(t, dims, keepdim, true, "mean");
+  {
+    Tensor out = sum_impl(t, dims, keepdim, true, "mean");
+    if (optrace::active()) [[unlikely]]
+      optrace::record("mean", {t}, {out}, {{"dims", dims}, {"keepdim", keepdim ? 1 : 0}});
+    return out;
+  }
 }
 
 Tensor var(const Tensor& t, const std::vector<int64_t>& dims, int64_t correction, bool keepdim) {
@@ -321,7 +332,11 @@ Tensor var(const Tensor& t, const std::vector<int64_t>& dims, int64_t correction
     Tensor out = empty(keepdim ? p.keep_sizes : p.out_sizes, t.dtype(), t.device());
     const OriInput x = ori_input(t, p.reduced);
     detail::need(ck->var, op, t)(out, x.in, x.O, x.R, x.I, correction);
-    return out;
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("var", {t}, {out}, {{"dims", dims}, {"correction", correction}, {"keepdim", keepdim ? 1 : 0}});
+      return out;
+    }
   }
   Tensor rows = contiguous(move_dims_last(t, p.reduced));  // (outputs, count)
   Tensor out = empty(keepdim ? p.keep_sizes : p.out_sizes, t.dtype());
@@ -345,7 +360,11 @@ Tensor var(const Tensor& t, const std::vector<int64_t>& dims, int64_t correction
       }
     });
   });
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("var", {t}, {out}, {{"dims", dims}, {"correction", correction}, {"keepdim", keepdim ? 1 : 0}});
+    return out;
+  }
 }
 
 Tensor max(const Tensor& t) {
@@ -356,7 +375,11 @@ Tensor max(const Tensor& t) {
   Tensor out = empty({}, t.dtype(), t.device());
   if (ck) {
     detail::need(ck->reduce, "max", t)(detail::ReduceOp::kMax, out, c, 1, c.numel(), 1, 1.0);
-    return out;
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("max", {t}, {out});
+      return out;
+    }
   }
   LOOM_DISPATCH_ALL(t.dtype(), "max", [&] {
     using A = acc_t<scalar_t>;
@@ -383,10 +406,24 @@ Tensor max(const Tensor& t) {
       if (is_nan(v)) m = v;
     *out.data<scalar_t>() = static_cast<scalar_t>(m);
   });
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("max", {t}, {out});
+    return out;
+  }
 }
 
+std::pair<Tensor, Tensor> detail_max_dim(const Tensor& t, int64_t dim, bool keepdim);
+
 std::pair<Tensor, Tensor> max(const Tensor& t, int64_t dim, bool keepdim) {
+  auto res = detail_max_dim(t, dim, keepdim);
+  if (optrace::active()) [[unlikely]]
+    optrace::record("max_dim", {t}, {res.first, res.second},
+                    {{"dim", wrap_dim(dim, t.dim(), "max")}, {"keepdim", keepdim ? 1 : 0}});
+  return res;
+}
+
+std::pair<Tensor, Tensor> detail_max_dim(const Tensor& t, int64_t dim, bool keepdim) {
   const char* op = "max";
   const detail::CudaKernels* ck = detail::cuda_kernels_for(op, t);
   ReducePlan p = plan_reduce(t, {dim}, op);
@@ -460,7 +497,11 @@ Tensor norm(const Tensor& t) {
   if (ck) {
     Tensor out = empty({}, DType::f32, t.device());
     detail::need(ck->norm, "norm", t)(out, c);
-    return out;
+    {
+      if (optrace::active()) [[unlikely]]
+        optrace::record("norm", {t}, {out});
+      return out;
+    }
   }
   const int64_t n = c.numel();
   double total = 0;
@@ -490,7 +531,11 @@ Tensor norm(const Tensor& t) {
   });
   Tensor out = empty({}, DType::f32);
   *out.data<float>() = static_cast<float>(std::sqrt(total));
-  return out;
+  {
+    if (optrace::active()) [[unlikely]]
+      optrace::record("norm", {t}, {out});
+    return out;
+  }
 }
 
 }  // namespace loom::ops
