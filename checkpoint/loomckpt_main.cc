@@ -95,7 +95,7 @@ int import_hf(const std::string& src, const std::string& out, const std::string&
   if (!recipe.empty()) {
     const recipes::RecipeConfig cfg = recipes::load_config(recipe);
     model = recipes::build_model(cfg.model, gen);  // as pretrain builds it
-    st.config = cfg.to_yaml();  // pretrain resuming with this recipe sees its own config
+    st.config = cfg.to_yaml();                     // pretrain resuming with this recipe sees its own config
   } else {
     if (w.config_path().empty())
       throw ConfigError("loomckpt import: " + src +

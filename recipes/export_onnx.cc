@@ -67,9 +67,9 @@ int main(int argc, char** argv) {
     onnx::export_onnx(*model, {example}, out, opts);
     std::printf("exported %s (%s, %lld parameters) to %s: input_ids (%s, %s) -> logits (%s, %s, %lld)\n",
                 loaded.description.c_str(), model_cfg.family.c_str(), static_cast<long long>(model->num_parameters()),
-                out.c_str(), B ? std::to_string(B).c_str() : "batch",
-                T ? std::to_string(T).c_str() : "seq", B ? std::to_string(B).c_str() : "batch",
-                T ? std::to_string(T).c_str() : "seq", static_cast<long long>(model_cfg.vocab_size));
+                out.c_str(), B ? std::to_string(B).c_str() : "batch", T ? std::to_string(T).c_str() : "seq",
+                B ? std::to_string(B).c_str() : "batch", T ? std::to_string(T).c_str() : "seq",
+                static_cast<long long>(model_cfg.vocab_size));
     return 0;
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "export_onnx: %s\n", e.what());
