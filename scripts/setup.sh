@@ -33,6 +33,7 @@ fi
 venv_pkgs=(tiktoken==0.14.0 tokenizers==0.23.3 onnxruntime==1.32.0 safetensors==0.8.0)
 if ! .venv/bin/python -c "import tiktoken, tokenizers, onnxruntime, safetensors" 2>/dev/null; then
   echo "setup: creating .venv (${venv_pkgs[*]})"
+  rm -rf .venv  # a broken or partial one (or a dangling link) would make venv fail
   /usr/bin/python3 -m venv --system-site-packages .venv
   .venv/bin/pip install -q --disable-pip-version-check "${venv_pkgs[@]}"
 fi
