@@ -3,9 +3,15 @@
 #include <cstring>
 #include <sstream>
 
+#include "tensor/cpu/blas_core.h"
 #include "tensor/ops.h"
 
 namespace loom {
+
+namespace {
+// OpenBLAS's kernels are re-chosen (tensor/cpu/blas_core.h) when the program loads, before any product runs.
+[[maybe_unused]] const bool kBlasCoreChosen = (detail::blas_core_reselected(), true);
+}  // namespace
 
 std::string shape_str(const Shape& s) {
   std::ostringstream os;

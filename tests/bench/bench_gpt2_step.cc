@@ -27,6 +27,7 @@
 #include "autograd/functions.h"
 #include "nn/gpt2.h"
 #include "nn/optim.h"
+#include "tensor/cpu/blas_core.h"
 
 using namespace loom;
 
@@ -76,8 +77,10 @@ int run_loom(const BenchShape& s) {
       "%lld steps after 2 warm-up steps\n",
       (long long)s.L, (long long)s.C, (long long)s.H, (long long)s.T, (long long)s.B, (long long)s.V,
       static_cast<double>(model.num_parameters()) / 1e6, (long long)s.steps);
-  std::printf("loom threads=%d tokens_per_s=%.1f step_ms=%.2f\n", omp_get_max_threads(),
-              static_cast<double>(s.B * s.T) / med, med * 1e3);
+  const std::string& res = detail::blas_core_reselected();
+  std::printf("loom threads=%d tokens_per_s=%.1f step_ms=%.2f openblas=%s%s%s\n", omp_get_max_threads(),
+              static_cast<double>(s.B * s.T) / med, med * 1e3, detail::blas_core_name().c_str(),
+              res.empty() ? "" : " reselected:", res.c_str());
   return 0;
 }
 
