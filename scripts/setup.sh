@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  libopenblas-dev libgtest-dev libgmock-dev
+  libopenblas-dev libopenblas-openmp-dev libgtest-dev libgmock-dev
   libssl-dev libgloo-dev libopenmpi-dev openmpi-bin
   libhdf5-dev hdf5-tools libyaml-cpp-dev nlohmann-json3-dev
   python3 python3-torch python3-h5py python3-numpy
