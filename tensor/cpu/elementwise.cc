@@ -539,24 +539,26 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
   LOOM_DISPATCH_FLOATING(ct, "gelu_backward", [&] {
     using V = acc_t<scalar_t>;
     if (approx == GeluApprox::kTanh) {
-      // always_inline: left to itself gcc calls this lambda per element (perf: 7.7% of a 1-thread GPT-2 step) instead of
-      // vectorising the loop around it.
-      elementwise_kernel<scalar_t, scalar_t, scalar_t>(out, {g, xi}, [](V dy, V v) __attribute__((always_inline)) {
-        const V x2 = v * v;
-        const V inner = V(kSqrt2OverPi) * (v + V(kGeluKappa) * x2 * v);
-        const V th = vtanh(inner);
-        const V left = V(0.5) * v;
-        const V right = V(1) + th;
-        const V dleft = V(0.5) * right;
-        const V dright = left * (V(1) - th * th) * V(kSqrt2OverPi) * (V(1) + V(3 * kGeluKappa) * x2);
-        return dy * (dleft + dright);
-      });
+      // always_inline: left to itself gcc calls this lambda per element (perf: 7.7% of a 1-thread GPT-2 step) instead
+      // of vectorising the loop around it.
+      elementwise_kernel<scalar_t, scalar_t, scalar_t>(
+          out, {g, xi}, [](V dy, V v) __attribute__((always_inline)) {
+            const V x2 = v * v;
+            const V inner = V(kSqrt2OverPi) * (v + V(kGeluKappa) * x2 * v);
+            const V th = vtanh(inner);
+            const V left = V(0.5) * v;
+            const V right = V(1) + th;
+            const V dleft = V(0.5) * right;
+            const V dright = left * (V(1) - th * th) * V(kSqrt2OverPi) * (V(1) + V(3 * kGeluKappa) * x2);
+            return dy * (dleft + dright);
+          });
     } else {
-      elementwise_kernel<scalar_t, scalar_t, scalar_t>(out, {g, xi}, [](V dy, V v) __attribute__((always_inline)) {
-        const V cdf = V(0.5) * (V(1) + verf(v * V(kSqrt1_2)));
-        const V pdf = V(kInvSqrt2Pi) * vexp(V(-0.5) * v * v);
-        return dy * (cdf + v * pdf);
-      });
+      elementwise_kernel<scalar_t, scalar_t, scalar_t>(
+          out, {g, xi}, [](V dy, V v) __attribute__((always_inline)) {
+            const V cdf = V(0.5) * (V(1) + verf(v * V(kSqrt1_2)));
+            const V pdf = V(kInvSqrt2Pi) * vexp(V(-0.5) * v * v);
+            return dy * (cdf + v * pdf);
+          });
     }
   });
   return out;

@@ -1,15 +1,16 @@
-// Times a full GPT-2 training step (forward, backward, AdamW) in loom and the
-// same model in PyTorch (torch_gpt2_step.py), each on 1 thread and on all the
-// cores: the fastest thread count differs between the two (PyTorch can be
-// fastest on one thread where loom is fastest on all), so it reports each pair
-// and loom's best against PyTorch's best. Every run is a fresh process with
-// OMP_NUM_THREADS and OPENBLAS_NUM_THREADS set (OpenBLAS reads its thread count
-// once, at load). Prints one line per figure, then the rows of README's table
-// and the command that made them.
+// Times a full training step (forward, backward, AdamW) of a GPT-2 or Llama model in loom and the same model in
+// PyTorch (torch_gpt2_step.py): Debian's PyTorch 1.13 (eager) and, where scripts/setup_bench.sh made .venv-bench, a
+// current PyTorch 2.x from PyPI, eager and torch.compile. Each runs on 1 thread and on all the cores: the fastest
+// thread count differs between them, so it reports every figure and loom's best against each peer's best and the best
+// of all. Every run is a fresh process with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS set (OpenBLAS
+// reads its thread count once, at load). PyTorch 1.13's Linear runs on the same OpenBLAS as loom: where loom re-chose
+// OpenBLAS's kernels for this CPU (tensor/cpu/blas_core.h) the 1.13 peer gets the same kernels through
+// OPENBLAS_CORETYPE, its best setting. Prints one line per figure, then the rows of README's table and the command.
 //
-// Usage: bench_gpt2_step [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]
-//        (default 6 384 6 256 8 4096 5; "all the cores": those this process may run on)
-// Internal: bench_gpt2_step --loom-only THREADS LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS (one loom run, as the
+// Usage: bench_gpt2_step [--model gpt2|llama] [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]
+//        (default 6 384 6 256 8 8192 5; Llama: HEADS/3 kv heads, intermediate 8*WIDTH/3 rounded up to 256, untied
+//        head; "all the cores": those this process may run on)
+// Internal: bench_gpt2_step --loom-only THREADS MODEL LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS (one loom run, as the
 // parent starts it).
 #include <omp.h>
 #include <unistd.h>
@@ -20,12 +21,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "autograd/functions.h"
 #include "nn/gpt2.h"
+#include "nn/llama.h"
 #include "nn/optim.h"
 #include "tensor/cpu/blas_core.h"
 
@@ -34,6 +37,7 @@ using namespace loom;
 namespace {
 
 struct BenchShape {
+  std::string model;  // "gpt2" or "llama"
   int64_t L, C, H, T, B, V, steps;
   std::string args() const {
     char buf[160];
@@ -41,22 +45,51 @@ struct BenchShape {
                   (long long)T, (long long)B, (long long)V, (long long)steps);
     return buf;
   }
+  /// The bench's Llama sizes (torch_gpt2_step.py's llama_sizes is the same rule).
+  int64_t kv_heads() const { return H % 3 == 0 ? H / 3 : H; }
+  int64_t intermediate() const { return (8 * C / 3 + 255) / 256 * 256; }
 };
 
-/// One loom run in this process: prints the model line and `loom threads=N tokens_per_s=X step_ms=Y`.
-int run_loom(const BenchShape& s) {
+std::shared_ptr<nn::CausalLM> build(const BenchShape& s, Generator& gen) {
+  if (s.model == "llama") {
+    nn::LlamaConfig cfg;
+    cfg.n_layer = s.L;
+    cfg.n_embd = s.C;
+    cfg.n_head = s.H;
+    cfg.n_kv_head = s.kv_heads();
+    cfg.intermediate_size = s.intermediate();
+    cfg.max_seq_len = s.T;
+    cfg.vocab_size = s.V;
+    return std::make_shared<nn::Llama>(cfg, gen);
+  }
   nn::GPT2Config cfg;
   cfg.n_layer = s.L;
   cfg.n_embd = s.C;
   cfg.n_head = s.H;
   cfg.n_positions = s.T;
   cfg.vocab_size = s.V;
+  return std::make_shared<nn::GPT2>(cfg, gen);
+}
+
+std::string describe(const BenchShape& s) {
+  char buf[256];
+  if (s.model == "llama")
+    std::snprintf(buf, sizeof buf, "Llama %lld layers, width %lld, %lld heads (%lld kv), intermediate %lld",
+                  (long long)s.L, (long long)s.C, (long long)s.H, (long long)s.kv_heads(), (long long)s.intermediate());
+  else
+    std::snprintf(buf, sizeof buf, "GPT-2 %lld layers, width %lld, %lld heads", (long long)s.L, (long long)s.C,
+                  (long long)s.H);
+  return buf;
+}
+
+/// One loom run in this process: prints the model line and `loom threads=N tokens_per_s=X step_ms=Y openblas=...`.
+int run_loom(const BenchShape& s) {
   Generator gen(0);
-  nn::GPT2 model(cfg, gen);
+  std::shared_ptr<nn::CausalLM> model = build(s, gen);
   nn::AdamWOptions opts;
   opts.lr = 1e-4;
   opts.weight_decay = 0.1;
-  nn::AdamW opt(model.parameters(), opts);
+  nn::AdamW opt(model->parameters(), opts);
   Tensor idx = ops::randint(0, s.V, {s.B, s.T}, gen);
   Tensor tgt = ops::randint(0, s.V, {s.B, s.T}, gen);
 
@@ -64,7 +97,7 @@ int run_loom(const BenchShape& s) {
   for (int64_t i = 0; i < s.steps + 2; ++i) {  // two warm-up steps
     auto t0 = std::chrono::steady_clock::now();
     opt.zero_grad();
-    Tensor loss = model.loss(idx, tgt);
+    Tensor loss = model->loss(idx, tgt);
     loss.backward();
     opt.step();
     double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -72,15 +105,13 @@ int run_loom(const BenchShape& s) {
   }
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2];
-  std::printf(
-      "model: GPT-2 %lld layers, width %lld, %lld heads, seq %lld, batch %lld, vocab %lld, %.1fM params; median of "
-      "%lld steps after 2 warm-up steps\n",
-      (long long)s.L, (long long)s.C, (long long)s.H, (long long)s.T, (long long)s.B, (long long)s.V,
-      static_cast<double>(model.num_parameters()) / 1e6, (long long)s.steps);
+  std::printf("model: %s, seq %lld, batch %lld, vocab %lld, %.1fM params; median of %lld steps after 2 warm-up steps\n",
+              describe(s).c_str(), (long long)s.T, (long long)s.B, (long long)s.V,
+              static_cast<double>(model->num_parameters()) / 1e6, (long long)s.steps);
   const std::string& res = detail::blas_core_reselected();
   std::printf("loom threads=%d tokens_per_s=%.1f step_ms=%.2f openblas=%s%s%s\n", omp_get_max_threads(),
               static_cast<double>(s.B * s.T) / med, med * 1e3, detail::blas_core_name().c_str(),
-              res.empty() ? "" : " reselected:", res.c_str());
+              res.empty() ? "" : " reselected_from=", res.empty() ? "" : res.substr(0, res.find(' ')).c_str());
   return 0;
 }
 
@@ -149,23 +180,51 @@ std::string threads_word(int n) { return std::to_string(n) + (n == 1 ? " thread"
 
 }  // namespace
 
+struct Peer {
+  std::string name;    // column name
+  std::string prefix;  // the figure line's first word
+  std::string cmd;     // up to the sizes
+  std::string opts;    // after the sizes and the thread count
+};
+
 int main(int argc, char** argv) {
-  const bool child = argc >= 3 && std::strcmp(argv[1], "--loom-only") == 0;
-  const int first = child ? 3 : 1;
-  std::vector<int64_t> a = {6, 384, 6, 256, 8, 4096, 5};
-  for (int i = first; i < argc && i - first < 7; ++i) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  const bool child = args.size() >= 2 && args[0] == "--loom-only";
+  std::string model = "gpt2";
+  if (child) {
+    model = args[2];
+    args.erase(args.begin(), args.begin() + 3);
+  } else if (!args.empty() && args[0].rfind("--model", 0) == 0) {
+    if (args[0] == "--model" && args.size() >= 2) {
+      model = args[1];
+      args.erase(args.begin(), args.begin() + 2);
+    } else if (args[0].rfind("--model=", 0) == 0) {
+      model = args[0].substr(8);
+      args.erase(args.begin());
+    }
+  }
+  const char* usage = "usage: bench_gpt2_step [--model gpt2|llama] [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]\n";
+  if (model != "gpt2" && model != "llama") {
+    std::fprintf(stderr, "bench_gpt2_step: --model is '%s', expected gpt2 or llama\n%s", model.c_str(), usage);
+    return 2;
+  }
+  std::vector<int64_t> a = {6, 384, 6, 256, 8, 8192, 5};
+  for (size_t i = 0; i < args.size(); ++i) {
     char* end = nullptr;
-    const long long v = std::strtoll(argv[i], &end, 10);
-    if (*argv[i] == '\0' || *end != '\0' || v < 1) {
-      std::fprintf(stderr,
-                   "bench_gpt2_step: argument %d is '%s', expected a positive integer\n"
-                   "usage: bench_gpt2_step [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]\n",
-                   i - first + 1, argv[i]);
+    const long long v = std::strtoll(args[i].c_str(), &end, 10);
+    if (i >= a.size() || args[i].empty() || *end != '\0' || v < 1) {
+      std::fprintf(stderr, "bench_gpt2_step: argument %zu is '%s', expected a positive integer\n%s", i + 1,
+                   args[i].c_str(), usage);
       return 2;
     }
-    a[static_cast<size_t>(i - first)] = v;
+    a[i] = v;
   }
-  const BenchShape s{a[0], a[1], a[2], a[3], a[4], a[5], a[6]};
+  const BenchShape s{model, a[0], a[1], a[2], a[3], a[4], a[5], a[6]};
+  if (s.C % s.H != 0) {
+    std::fprintf(stderr, "bench_gpt2_step: WIDTH %lld is not a multiple of HEADS %lld\n%s", (long long)s.C,
+                 (long long)s.H, usage);
+    return 2;
+  }
   if (child) return run_loom(s);
 
   char self[4096];
@@ -180,49 +239,93 @@ int main(int argc, char** argv) {
   std::vector<int> counts = {1};
   if (all > 1) counts.push_back(all);
 
-  std::printf("command: %s %s\n", argv[0], s.args().c_str());
-  struct Pair {
+  const std::string script = quoted(std::string(LOOM_SOURCE_DIR) + "/tests/bench/torch_gpt2_step.py");
+  // Each peer's command line up to the sizes; then SIZES THREADS and its options.
+  std::string opts = " --model ";
+  opts += s.model;
+  // PyTorch 1.13's Linear runs on Debian's OpenBLAS: give it the kernels loom chose (its best on this CPU).
+  const std::string core = detail::blas_core_reselected().empty() ? "" : detail::blas_core_name();
+  std::vector<Peer> peers = {{"PyTorch 1.13 eager", "torch ",
+                              (core.empty() ? "" : "OPENBLAS_CORETYPE=" + core + " ") + "/usr/bin/python3 " + script,
+                              " --mode eager" + opts}};
+  const std::string venv = std::string(LOOM_SOURCE_DIR) + "/.venv-bench/bin/python";
+  const bool modern = ::access(venv.c_str(), X_OK) == 0;
+  if (modern)
+    for (const std::string mode : {"eager", "compile"})
+      peers.push_back({"PyTorch 2.x " + mode, "torch ", quoted(venv) + " " + script, " --mode " + mode + opts});
+
+  std::printf("command: %s%s %s\n", argv[0], s.model == "gpt2" ? "" : " --model llama", s.args().c_str());
+  if (!core.empty())
+    std::printf(
+        "openblas: loom re-chose %s kernels (OpenBLAS fell back to %s); PyTorch 1.13 runs with "
+        "OPENBLAS_CORETYPE=%s\n",
+        core.c_str(), detail::blas_core_reselected().substr(0, detail::blas_core_reselected().find(' ')).c_str(),
+        core.c_str());
+  if (!modern) std::printf("PyTorch 2.x: not installed (scripts/setup_bench.sh makes .venv-bench)\n");
+  struct Row {
     int threads;
-    std::optional<double> loom, torch;
+    std::optional<double> loom;
+    std::vector<std::optional<double>> peer;
   };
-  std::vector<Pair> pairs;
+  std::vector<Row> rows;
   bool model_shown = false;
   for (int t : counts) {
-    Pair p{t, std::nullopt, std::nullopt};
+    Row r{t, std::nullopt, {}};
     std::vector<std::string> echo = {"loom "};
     if (!model_shown) echo.push_back("model: ");
-    p.loom = run_child(quoted(self) + " --loom-only " + std::to_string(t) + " " + s.args(), t, "loom ", echo);
-    model_shown = model_shown || p.loom.has_value();
-    p.torch = run_child("/usr/bin/python3 " + quoted(std::string(LOOM_SOURCE_DIR) + "/tests/bench/torch_gpt2_step.py") +
-                            " " + s.args() + " " + std::to_string(t),
-                        t, "torch ", {"torch "});
-    std::printf("ratio threads=%d loom/torch=%s\n", t, ratio(p.loom, p.torch).c_str());
-    pairs.push_back(p);
+    r.loom = run_child(quoted(self) + " --loom-only " + std::to_string(t) + " " + s.model + " " + s.args(), t, "loom ",
+                       echo);
+    model_shown = model_shown || r.loom.has_value();
+    for (const Peer& p : peers) {
+      r.peer.push_back(run_child(p.cmd + " " + s.args() + " " + std::to_string(t) + p.opts, t, p.prefix, {p.prefix}));
+      std::printf("ratio threads=%d loom/(%s)=%s\n", t, p.name.c_str(), ratio(r.loom, r.peer.back()).c_str());
+    }
+    rows.push_back(r);
   }
-  if (std::none_of(pairs.begin(), pairs.end(), [](const Pair& p) { return p.loom.has_value(); })) {
+  if (std::none_of(rows.begin(), rows.end(), [](const Row& r) { return r.loom.has_value(); })) {
     std::fprintf(stderr, "bench_gpt2_step: no loom run succeeded\n");
     return 1;
   }
   // Each at its own best thread count.
-  const Pair* best_loom = nullptr;
-  const Pair* best_torch = nullptr;
-  for (const auto& p : pairs) {
-    if (p.loom && (!best_loom || *p.loom > *best_loom->loom)) best_loom = &p;
-    if (p.torch && (!best_torch || *p.torch > *best_torch->torch)) best_torch = &p;
+  const Row* best_loom = nullptr;
+  for (const auto& r : rows)
+    if (r.loom && (!best_loom || *r.loom > *best_loom->loom)) best_loom = &r;
+  const std::optional<double> bl = best_loom->loom;
+  std::optional<double> best_all;
+  std::string best_all_name = "n/a";
+  std::vector<std::pair<std::optional<double>, int>> peer_best(peers.size(), {std::nullopt, 0});
+  for (size_t k = 0; k < peers.size(); ++k) {
+    for (const auto& r : rows)
+      if (r.peer[k] && (!peer_best[k].first || *r.peer[k] > *peer_best[k].first)) peer_best[k] = {r.peer[k], r.threads};
+    std::printf("best loom tokens_per_s=%s (%s) %s tokens_per_s=%s (%s) loom/peer=%s\n", cell(bl).c_str(),
+                threads_word(best_loom->threads).c_str(), peers[k].name.c_str(), cell(peer_best[k].first).c_str(),
+                peer_best[k].first ? threads_word(peer_best[k].second).c_str() : "failed",
+                ratio(bl, peer_best[k].first).c_str());
+    if (peer_best[k].first && (!best_all || *peer_best[k].first > *best_all)) {
+      best_all = peer_best[k].first;
+      best_all_name = peers[k].name + ", " + threads_word(peer_best[k].second);
+    }
   }
-  const std::optional<double> bl = best_loom->loom, bt = best_torch ? best_torch->torch : std::nullopt;
-  std::printf("best loom tokens_per_s=%s (%s) torch tokens_per_s=%s (%s) loom/torch=%s\n", cell(bl).c_str(),
-              threads_word(best_loom->threads).c_str(), cell(bt).c_str(),
-              best_torch ? threads_word(best_torch->threads).c_str() : "failed", ratio(bl, bt).c_str());
-  if (!bt) std::printf("PyTorch did not run: is Debian's python3-torch installed for /usr/bin/python3?\n");
+  std::printf("best loom/best peer=%s (loom %s, %s)\n", ratio(bl, best_all).c_str(),
+              threads_word(best_loom->threads).c_str(), best_all_name.c_str());
+  if (rows.size() > 1 && rows[0].loom && rows.back().loom)
+    std::printf("loom scaling %s/1 thread=%s\n", threads_word(rows.back().threads).c_str(),
+                ratio(rows.back().loom, rows[0].loom).c_str());
+  if (!peer_best[0].first) std::printf("PyTorch 1.13 did not run: is Debian's python3-torch installed?\n");
 
-  // README's table: | threads | loom tokens/s | PyTorch tokens/s | loom / PyTorch |
-  std::printf("README rows:\n");
-  for (const auto& p : pairs)
-    std::printf("| %d | %s | %s | %s |\n", p.threads, cell(p.loom).c_str(), cell(p.torch).c_str(),
-                ratio(p.loom, p.torch).c_str());
-  std::printf("| best of each (loom %s, PyTorch %s) | %s | %s | **%s** |\n", threads_word(best_loom->threads).c_str(),
-              best_torch ? threads_word(best_torch->threads).c_str() : "n/a", cell(bl).c_str(), cell(bt).c_str(),
-              ratio(bl, bt).c_str());
+  // README's table: | threads | loom | each peer ... |
+  std::printf("README rows:\n| threads | loom tokens/s |");
+  for (const Peer& p : peers) std::printf(" %s |", p.name.c_str());
+  std::printf("\n");
+  for (const auto& r : rows) {
+    std::printf("| %d | %s |", r.threads, cell(r.loom).c_str());
+    for (size_t k = 0; k < peers.size(); ++k)
+      std::printf(" %s (%s) |", cell(r.peer[k]).c_str(), ratio(r.loom, r.peer[k]).c_str());
+    std::printf("\n");
+  }
+  std::printf("| best of each (loom %s) | %s |", threads_word(best_loom->threads).c_str(), cell(bl).c_str());
+  for (size_t k = 0; k < peers.size(); ++k)
+    std::printf(" %s (**%s**) |", cell(peer_best[k].first).c_str(), ratio(bl, peer_best[k].first).c_str());
+  std::printf("\n");
   return 0;
 }
