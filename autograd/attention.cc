@@ -16,6 +16,8 @@
 #include "autograd/checkpoint.h"
 #include "autograd/functions.h"
 #include "tensor/cuda/attention_plan.h"
+#include "tensor/cpu/blas_threads.h"
+#include "tensor/cpu/vec_math.h"
 #include "tensor/cuda_dispatch.h"
 #include "tensor/op_trace.h"
 #include "tensor/parallel.h"
@@ -38,28 +40,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
               c, static_cast<int>(ldc));
 }
 
-/// Keeps BLAS single-threaded in its scope: the per-head gemms already run one
-/// per OpenMP thread, and OpenBLAS's own threads on top of them oversubscribe
-/// the cores (measured 5-10x slower on 2 cores).
-class BlasSingleThreaded {
- public:
-  BlasSingleThreaded() {
-#if defined(OPENBLAS_VERSION)
-    prev_ = openblas_get_num_threads();
-    if (prev_ > 1) openblas_set_num_threads(1);
-#endif
-  }
-  ~BlasSingleThreaded() {
-#if defined(OPENBLAS_VERSION)
-    if (prev_ > 1) openblas_set_num_threads(prev_);
-#endif
-  }
-  BlasSingleThreaded(const BlasSingleThreaded&) = delete;
-  BlasSingleThreaded& operator=(const BlasSingleThreaded&) = delete;
-
- private:
-  int prev_ = 1;
-};
+using detail::BlasSingleThreaded;
 
 struct SdpaShape {
   int64_t B, H, Hkv, T, S, D;
@@ -107,10 +88,12 @@ void sdpa_forward(const SdpaShape& sh, const T* q, const T* k, const T* v, T* ou
           T* row = scores.data() + r * sk;
           const int64_t len = sh.visible(t);
           T m = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : m)
           for (int64_t j = 0; j < len; ++j) m = std::max(m, row[j]);
           T l = 0;
+#pragma omp simd reduction(+ : l)
           for (int64_t j = 0; j < len; ++j) {
-            row[j] = std::exp(row[j] - m);
+            row[j] = detail::exp_acc(row[j] - m);  // vectorised f32 exp (std::exp is a libm call per element)
             l += row[j];
           }
           const T inv = T(1) / l;
@@ -165,9 +148,11 @@ void sdpa_backward(const SdpaShape& sh, const T* q, const T* k, const T* v, cons
           T* row = p.data() + r * sk;
           const int64_t len = sh.visible(t0 + r);
           const T l = lse[bh * Tq + t0 + r];
-          for (int64_t j = 0; j < len; ++j) row[j] = std::exp(row[j] - l);
+#pragma omp simd
+          for (int64_t j = 0; j < len; ++j) row[j] = detail::exp_acc(row[j] - l);
           for (int64_t j = len; j < sk; ++j) row[j] = 0;
           T acc = 0;
+#pragma omp simd reduction(+ : acc)
           for (int64_t d = 0; d < D; ++d) acc += dob[r * D + d] * ob[r * D + d];
           di[r] = acc;  // rowsum(dO * O) = sum_j P_j dP_j
         }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "tensor/conv.h"
+#include "tensor/cpu/blas_threads.h"
 #include "tensor/conv_cuda.h"
 #include "tensor/cuda_dispatch.h"
 #include "tensor/op_trace.h"
@@ -37,30 +38,7 @@ void dispatch_real(DType dtype, const char* op, F&& fn) {
   }
 }
 
-/// Keeps OpenBLAS single-threaded in its scope (the caller runs one gemm per OpenMP thread).
-class BlasSingleThreaded {
- public:
-  explicit BlasSingleThreaded(bool on) {
-#if defined(OPENBLAS_VERSION)
-    if (on) {
-      prev_ = openblas_get_num_threads();
-      if (prev_ > 1) openblas_set_num_threads(1);
-    }
-#else
-    (void)on;
-#endif
-  }
-  ~BlasSingleThreaded() {
-#if defined(OPENBLAS_VERSION)
-    if (prev_ > 1) openblas_set_num_threads(prev_);
-#endif
-  }
-  BlasSingleThreaded(const BlasSingleThreaded&) = delete;
-  BlasSingleThreaded& operator=(const BlasSingleThreaded&) = delete;
-
- private:
-  int prev_ = 1;
-};
+using detail::BlasSingleThreaded;
 
 /// Row-major C (M, N) = alpha * op(A) @ op(B) + beta * C with leading dims lda/ldb/ldc.
 template <typename T>
@@ -229,7 +207,7 @@ int for_each_image(int64_t N, int64_t work_per_image, F&& fn) {
     return 1;
   }
   const int nt = static_cast<int>(std::min<int64_t>(max_threads, N));
-  BlasSingleThreaded single(true);
+  BlasSingleThreaded single;
 #pragma omp parallel num_threads(nt)
   {
     const int tid = omp_get_thread_num();
