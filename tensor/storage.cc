@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "tensor/cpu/host_allocator.h"
 #include "tensor/error.h"
 
 namespace loom {
@@ -49,10 +50,7 @@ void Storage::allocate(size_t nbytes) {
   // throws (out of memory) leaves an empty storage that frees and counts nothing.
   void* data = nullptr;
   if (device_.is_cpu()) {
-    size_t rounded = (nbytes + 63) / 64 * 64;
-    if (rounded == 0) rounded = 64;
-    data = std::aligned_alloc(64, rounded);
-    if (!data) LOOM_THROW(OutOfMemory, "out of host memory allocating ", nbytes, " bytes");
+    data = detail::host_alloc(nbytes == 0 ? 64 : nbytes);  // the CPU caching allocator; throws OutOfMemory
   } else {
     auto& h = detail::cuda_hooks();
     if (!h.alloc)
@@ -68,7 +66,7 @@ void Storage::allocate(size_t nbytes) {
 void Storage::release() {
   counters(device_).allocated.fetch_sub(static_cast<int64_t>(nbytes_));
   if (device_.is_cpu()) {
-    std::free(data_);
+    detail::host_free(data_);
   } else if (detail::cuda_hooks().free) {
     detail::cuda_hooks().free(data_, device_.index);
   }
