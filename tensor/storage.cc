@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "tensor/error.h"
+#include "tensor/profiler.h"
 
 namespace loom {
 namespace {
@@ -45,6 +46,7 @@ void reset_peak_memory_stats(Device device) {
 Storage::Storage(size_t nbytes, Device device) : device_(device) { allocate(nbytes); }
 
 void Storage::allocate(size_t nbytes) {
+  profiler::Scope scope("alloc");
   // data_ and nbytes_ change only once the memory is there: a resize() that
   // throws (out of memory) leaves an empty storage that frees and counts nothing.
   void* data = nullptr;
@@ -66,6 +68,7 @@ void Storage::allocate(size_t nbytes) {
 }
 
 void Storage::release() {
+  profiler::Scope scope("free");
   counters(device_).allocated.fetch_sub(static_cast<int64_t>(nbytes_));
   if (device_.is_cpu()) {
     std::free(data_);
