@@ -5,7 +5,8 @@
 // scopes nested in it (self) to its row. Phase ("forward", "backward", "optimizer") is set
 // by the autograd engine and the optimizers with Phase.
 //
-// Cost when off: one thread-local pointer test per Scope. Only the thread that called
+// Cost when off: one thread-local pointer test per Scope; while recording, two steady-clock
+// reads and a hash lookup per Scope (~0.1 us on the 2-core VM). Only the thread that called
 // start() records: OpenMP workers inside an op, and any other thread, open no scopes (their
 // time is inside the op that started them). Not for CUDA ops: their kernels run
 // asynchronously, so a Scope there times the launch, not the kernel.
