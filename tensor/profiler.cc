@@ -44,6 +44,13 @@ class Recorder {
     int64_t child_ns;  // inclusive time of the scopes closed directly inside this one
   };
 
+  Recorder() = default;
+  Recorder(const Recorder&) = delete;
+  Recorder& operator=(const Recorder&) = delete;
+  // A thread that exits while recording: storages freed after this (static destructors)
+  // must not open scopes on a destroyed recorder.
+  ~Recorder();
+
   void clear() {
     ++epoch;
     stack.clear();
@@ -92,6 +99,10 @@ class Recorder {
 };
 
 thread_local Recorder* t_recorder = nullptr;
+
+Recorder::~Recorder() {
+  if (t_recorder == this) t_recorder = nullptr;
+}
 
 namespace {
 thread_local const char* t_phase = "forward";
