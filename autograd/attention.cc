@@ -21,6 +21,7 @@
 #include "tensor/cuda_dispatch.h"
 #include "tensor/op_trace.h"
 #include "tensor/parallel.h"
+#include "tensor/profiler.h"
 
 namespace loom {
 namespace {
@@ -313,6 +314,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   if (route.path == detail::SdpaPath::kComposed || optrace::active())
     return sdpa_composed(q, k, v, is_causal, dropout_p, training, gen, sh);
   if (route.path == detail::SdpaPath::kCudaFused) return sdpa_cuda_fused(q, k, v, sh, route.compute);
+  profiler::Scope scope("attention");  // the fused CPU path (the composed one shows as its ops)
   if (sh.p > 0) {
     sh.seed = gen.seed();
     sh.offset = gen.advance(static_cast<uint64_t>((sh.B * sh.H * sh.T * sh.S + 3) / 4));
@@ -347,6 +349,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   if (autograd::any_requires_grad({q, k, v})) {
     SavedTensor Q(qc), K(kc), V(vc), O(oc), L(lse);
     autograd::record("ScaledDotProductAttentionBackward", {q, k, v}, {out}, [=](const std::vector<Tensor>& g) {
+      profiler::Scope scope("attention_backward");
       Tensor qq = Q.unpack(op), kk = K.unpack(op), vv = V.unpack(op), oo = O.unpack(op), ll = L.unpack(op);
       Tensor dout = ops::contiguous(ops::to(g[0], ct));
       Tensor dq = empty(qq.sizes(), ct), dk = empty(kk.sizes(), ct), dv = empty(vv.sizes(), ct);

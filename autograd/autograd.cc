@@ -12,6 +12,7 @@
 
 #include "autograd/functions.h"
 #include "tensor/ops.h"
+#include "tensor/profiler.h"
 
 namespace loom::autograd {
 namespace {
@@ -282,6 +283,7 @@ struct EdgeKeyHash {
 /// captured edge run, accumulators do not run, and captured gradients come back.
 std::vector<Tensor> run_engine(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots,
                                bool retain_graph, const std::vector<Tensor>* inputs, const char* api) {
+  profiler::Phase phase("backward");
   LOOM_CHECK(!roots.empty(), api, ": no tensors to differentiate");
   LOOM_CHECK(grad_roots.empty() || grad_roots.size() == roots.size(), api, ": got ", grad_roots.size(),
              " gradients for ", roots.size(), " tensors");
@@ -405,7 +407,13 @@ std::vector<Tensor> run_engine(const std::vector<Tensor>& roots, const std::vect
                  "finishes; specify retain_graph=true on the first backward if you need to backward through the "
                  "graph a second time");
     }
-    std::vector<Tensor> out = n->apply(std::move(in));
+    std::vector<Tensor> out;
+    if (profiler::active()) [[unlikely]] {
+      profiler::Scope scope(n->name());
+      out = n->apply(std::move(in));
+    } else {
+      out = n->apply(std::move(in));
+    }
     if (!retain_graph) n->release_saved();
     for (size_t k = 0; k < n->next_edges.size(); ++k) {
       const Edge& ne = n->next_edges[k];
@@ -435,6 +443,7 @@ std::vector<Tensor> run_engine(const std::vector<Tensor>& roots, const std::vect
 /// graph is done. A nested pass (a hook calling backward) has its own queue.
 std::vector<Tensor> run_with_callbacks(const std::vector<Tensor>& roots, const std::vector<Tensor>& grad_roots,
                                        bool retain_graph, const std::vector<Tensor>* inputs, const char* api) {
+  profiler::Phase phase("backward");  // the end-of-pass callbacks too (DDP's last waits)
   std::vector<std::function<void()>> callbacks;
   auto* outer = t_callbacks;
   t_callbacks = &callbacks;

@@ -6,6 +6,7 @@
 #include "autograd/autograd.h"
 #include "tensor/cuda_dispatch.h"
 #include "tensor/ops.h"
+#include "tensor/profiler.h"
 
 namespace loom::nn {
 
@@ -134,6 +135,8 @@ void Optimizer::step_params(const std::vector<Tensor>& params) {
 }
 
 void Optimizer::zero_grad(bool set_to_none) {
+  profiler::Phase phase("optimizer");
+  profiler::Scope scope("zero_grad");
   for (auto& p : flat_) {
     auto* m = autograd::meta(p);
     if (!m || !m->grad.defined()) continue;
@@ -242,6 +245,8 @@ void AdamW::set_hyper_parameters(const std::map<std::string, double>& h) {
 }
 
 void AdamW::step() {
+  profiler::Phase phase("optimizer");
+  profiler::Scope scope("adamw");
   std::vector<detail::AdamWParam> cuda_params;  // updated together after the loop, in few launches
   for_each_param_with_grad([&](const ParamGroup& group, const Tensor& p, const Tensor& g, ParamState& st) {
     if (st.tensors.empty()) {
@@ -300,6 +305,8 @@ void SGD::set_hyper_parameters(const std::map<std::string, double>& h) {
 }
 
 void SGD::step() {
+  profiler::Phase phase("optimizer");
+  profiler::Scope scope("sgd");
   for_each_param_with_grad([&](const ParamGroup& group, const Tensor& p, const Tensor& g, ParamState& st) {
     st.step += 1;
     const bool use_momentum = opts_.momentum != 0.0;

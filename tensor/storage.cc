@@ -6,6 +6,7 @@
 
 #include "tensor/cpu/host_allocator.h"
 #include "tensor/error.h"
+#include "tensor/profiler.h"
 
 namespace loom {
 namespace {
@@ -46,6 +47,7 @@ void reset_peak_memory_stats(Device device) {
 Storage::Storage(size_t nbytes, Device device) : device_(device) { allocate(nbytes); }
 
 void Storage::allocate(size_t nbytes) {
+  profiler::Scope scope("alloc");
   // data_ and nbytes_ change only once the memory is there: a resize() that
   // throws (out of memory) leaves an empty storage that frees and counts nothing.
   void* data = nullptr;
@@ -64,6 +66,7 @@ void Storage::allocate(size_t nbytes) {
 }
 
 void Storage::release() {
+  profiler::Scope scope("free");
   counters(device_).allocated.fetch_sub(static_cast<int64_t>(nbytes_));
   if (device_.is_cpu()) {
     detail::host_free(data_);

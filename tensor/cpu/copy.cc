@@ -9,6 +9,7 @@
 #include "tensor/iter.h"
 #include "tensor/op_trace.h"
 #include "tensor/ops.h"
+#include "tensor/profiler.h"
 
 namespace loom {
 namespace {
@@ -54,6 +55,7 @@ void convert_runs(const TensorIter<2>& it) {
 namespace ops {
 
 void copy_(const Tensor& dst, const Tensor& src) {
+  profiler::Scope scope("copy_");
   if (optrace::active()) [[unlikely]]  // in place: dst gets a new value id (no ONNX mapping when it is used)
     optrace::record("copy_", {dst, src}, {dst});
   check_same_device("copy_", dst, src);
@@ -93,6 +95,7 @@ void copy_(const Tensor& dst, const Tensor& src) {
 }
 
 void fill_(const Tensor& t, double value) {
+  profiler::Scope scope("fill_");
   if (optrace::active()) [[unlikely]]
     optrace::record("fill_", {t}, {t}, {{"value", value}});
   const detail::CudaKernels* ck = detail::cuda_kernels_for("fill_", t);
@@ -117,6 +120,7 @@ void fill_(const Tensor& t, double value) {
 }
 
 void zero_(const Tensor& t) {
+  profiler::Scope scope("zero_");
   if (detail::cuda_kernels_for("zero_", t)) return fill_(t, 0.0);  // the CUDA fill memsets zero bits
   if (t.is_contiguous()) {
     t.bump_version();
@@ -130,6 +134,7 @@ void zero_(const Tensor& t) {
 }
 
 Tensor clone(const Tensor& t) {
+  profiler::Scope scope("clone");
   Tensor out = empty(t.sizes(), t.dtype(), t.device());
   copy_(out, t);
   {
@@ -149,6 +154,7 @@ Tensor contiguous(const Tensor& t) {
     }
   }
   {
+    profiler::Scope scope("contiguous");  // only the copying path: a no-op contiguous() is not an op worth a row
     Tensor out = clone(t);
     if (optrace::active()) [[unlikely]]
       optrace::record("contiguous", {t}, {out});

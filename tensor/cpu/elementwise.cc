@@ -22,6 +22,7 @@
 #include "tensor/iter.h"
 #include "tensor/op_trace.h"
 #include "tensor/ops.h"
+#include "tensor/profiler.h"
 
 namespace loom::ops {
 namespace {
@@ -77,6 +78,7 @@ Tensor expand_to(const Tensor& t, const Shape& shape) { return t.sizes() == shap
 
 template <typename F>
 Tensor binary_op_impl(const char* op, BinaryOp bop, const Tensor& a, const Tensor& b, F fn, bool int_to_float = false) {
+  profiler::Scope scope(op);
   const CudaKernels* ck = check_binary(op, a, b);
   const Shape shape = broadcast_shapes(a.sizes(), b.sizes(), op);
   DType ct = promote_types(a.dtype(), b.dtype());
@@ -124,6 +126,7 @@ A scalar_as(double s) {
 /// a non-integer scalar computes in f32 (as PyTorch does).
 template <typename F>
 Tensor scalar_op_impl(const char* op, UnaryOp uop, const Tensor& a, double s, F fn, bool int_to_float = false) {
+  profiler::Scope scope(op);
   const CudaKernels* ck = cuda_kernels_for(op, a);
   DType ct = a.dtype();
   if (!is_floating(ct) && (int_to_float || !is_integral_value(s))) ct = DType::f32;
@@ -166,6 +169,7 @@ Tensor scalar_compare_impl(const char* op, UnaryOp uop, const Tensor& a, double 
 /// Unary op; float_only ops compute integer inputs in f32.
 template <bool kFloatOnly, typename F>
 Tensor unary_op_impl(const char* op, UnaryOp uop, const Tensor& t, F fn) {
+  profiler::Scope scope(op);
   constexpr bool float_only = kFloatOnly;
   const CudaKernels* ck = cuda_kernels_for(op, t);
   DType ct = t.dtype();

@@ -13,6 +13,7 @@
 #include "tensor/op_trace.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
+#include "tensor/profiler.h"
 
 namespace loom::ops {
 namespace {
@@ -228,6 +229,7 @@ Tensor linear_cuda(const Tensor& x, const Tensor& w, const Tensor& b, const char
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
+  profiler::Scope scope("matmul");
   const char* op = "matmul";
   check_same_device(op, a, b);
   check_same_dtype(op, a, b);
@@ -281,6 +283,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 void gemm_(const Tensor& out, const Tensor& a, const Tensor& b, double alpha, double beta) {
+  profiler::Scope scope("gemm_");
   const char* op = "gemm_";
   check_same_device(op, a, b);
   check_same_device(op, out, a);
@@ -351,6 +354,7 @@ void check_linear_args(const char* op, const Tensor& x, const Tensor& w, const T
 }  // namespace
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  profiler::Scope scope("linear");
   const char* op = "linear";
   check_linear_args(op, x, w, b);
   const int64_t in = x.size(-1), out_f = w.size(0);
@@ -424,6 +428,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
 }
 
 LinearGeluResult linear_gelu(const Tensor& x, const Tensor& w, const Tensor& b) {
+  profiler::Scope scope("linear_gelu");
   check_linear_args("linear_gelu", x, w, b);
   LinearGeluResult res;
   if (x.device().is_cuda()) {

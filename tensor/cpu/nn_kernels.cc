@@ -18,6 +18,7 @@
 #include "tensor/op_trace.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
+#include "tensor/profiler.h"
 
 namespace loom::ops {
 namespace {
@@ -326,6 +327,7 @@ Tensor cuda_checked_indices(const Tensor& indices, int64_t V, const char* op) {
 }  // namespace
 
 Tensor softmax(const Tensor& t, int64_t dim) {
+  profiler::Scope scope("softmax");
   {
     Tensor out = softmax_impl(t, dim, SoftmaxKind::kSoftmax, "softmax");
     if (optrace::active()) [[unlikely]]
@@ -334,6 +336,7 @@ Tensor softmax(const Tensor& t, int64_t dim) {
   }
 }
 Tensor log_softmax(const Tensor& t, int64_t dim) {
+  profiler::Scope scope("log_softmax");
   {
     Tensor out = softmax_impl(t, dim, SoftmaxKind::kLogSoftmax, "log_softmax");
     if (optrace::active()) [[unlikely]]
@@ -342,9 +345,11 @@ Tensor log_softmax(const Tensor& t, int64_t dim) {
   }
 }
 Tensor softmax_backward(const Tensor& grad, const Tensor& y, int64_t dim) {
+  profiler::Scope scope("softmax_backward");
   return softmax_backward_impl(grad, y, dim, SoftmaxKind::kSoftmax, "softmax_backward");
 }
 Tensor log_softmax_backward(const Tensor& grad, const Tensor& y, int64_t dim) {
+  profiler::Scope scope("log_softmax_backward");
   return softmax_backward_impl(grad, y, dim, SoftmaxKind::kLogSoftmax, "log_softmax_backward");
 }
 
@@ -536,6 +541,7 @@ AddNormResult add_norm_forward(const Tensor& x, const Tensor& residual, const Te
 }  // namespace
 
 AddNormResult add_layer_norm(const Tensor& x, const Tensor& residual, const Tensor& w, const Tensor& b, double eps) {
+  profiler::Scope scope("add_layer_norm");
   AddNormResult res = add_norm_forward(x, residual, w, b, eps, /*rms=*/false, "add_layer_norm");
   if (optrace::active()) [[unlikely]]
     optrace::record("add_layer_norm", {x, residual, w, b}, {res.sum, res.y}, {{"eps", eps}});
@@ -543,6 +549,7 @@ AddNormResult add_layer_norm(const Tensor& x, const Tensor& residual, const Tens
 }
 
 AddNormResult add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor& w, double eps) {
+  profiler::Scope scope("add_rms_norm");
   AddNormResult res = add_norm_forward(x, residual, w, Tensor(), eps, /*rms=*/true, "add_rms_norm");
   if (optrace::active()) [[unlikely]]
     optrace::record("add_rms_norm", {x, residual, w}, {res.sum, res.y}, {{"eps", eps}});
@@ -550,6 +557,7 @@ AddNormResult add_rms_norm(const Tensor& x, const Tensor& residual, const Tensor
 }
 
 NormResult layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double eps) {
+  profiler::Scope scope("layer_norm");
   NormResult res = norm_forward(x, w, b, eps, /*rms=*/false, "layer_norm");
   if (optrace::active()) [[unlikely]]
     optrace::record("layer_norm", {x, w, b}, {res.y}, {{"eps", eps}});
@@ -558,11 +566,13 @@ NormResult layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, double 
 
 NormGrads layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
                               const Tensor& rstd, bool has_bias) {
+  profiler::Scope scope("layer_norm_backward");
   LOOM_CHECK(mean.defined(), "layer_norm_backward: the saved mean is undefined");
   return norm_backward(dy, x, w, mean, rstd, has_bias, "layer_norm_backward");
 }
 
 NormResult rms_norm(const Tensor& x, const Tensor& w, double eps) {
+  profiler::Scope scope("rms_norm");
   NormResult res = norm_forward(x, w, Tensor(), eps, /*rms=*/true, "rms_norm");
   if (optrace::active()) [[unlikely]]
     optrace::record("rms_norm", {x, w}, {res.y}, {{"eps", eps}});
@@ -570,12 +580,14 @@ NormResult rms_norm(const Tensor& x, const Tensor& w, double eps) {
 }
 
 NormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd) {
+  profiler::Scope scope("rms_norm_backward");
   return norm_backward(dy, x, w, Tensor(), rstd, /*has_bias=*/false, "rms_norm_backward");
 }
 
 // ---------------------------------------------------------------- embedding
 
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
+  profiler::Scope scope("embedding");
   const char* op = "embedding";
   check_same_device(op, weight, indices);
   LOOM_CHECK(weight.dim() == 2, "embedding: weight must be (V, C), got ", shape_str(weight.sizes()));
@@ -615,6 +627,7 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 }
 
 Tensor embedding_backward(const Tensor& grad, const Tensor& indices, int64_t num_weights) {
+  profiler::Scope scope("embedding_backward");
   const char* op = "embedding_backward";
   check_same_device(op, grad, indices);
   LOOM_CHECK(grad.dim() >= 1 && is_floating(grad.dtype()), op, ": grad must be floating (..., C), got ",
@@ -700,6 +713,7 @@ std::vector<int64_t> checked_targets(const char* op, const Tensor& target, int64
 }  // namespace
 
 CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& target, int64_t ignore_index) {
+  profiler::Scope scope("cross_entropy");
   const char* op = "cross_entropy";
   check_ce_inputs(op, logits, target, ignore_index);
   const int64_t N = logits.size(0), V = logits.size(1);
@@ -767,6 +781,7 @@ CrossEntropyResult cross_entropy(const Tensor& logits, const Tensor& target, int
 
 Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& target, const Tensor& lse,
                               int64_t count, int64_t ignore_index) {
+  profiler::Scope scope("cross_entropy_backward");
   const char* op = "cross_entropy_backward";
   check_ce_inputs(op, logits, target, ignore_index);
   check_same_device(op, grad_loss, logits);
@@ -810,6 +825,7 @@ Tensor cross_entropy_backward(const Tensor& grad_loss, const Tensor& logits, con
 std::pair<Tensor, Tensor> detail_dropout(const Tensor& x, double p, Generator& gen);
 
 std::pair<Tensor, Tensor> dropout(const Tensor& x, double p, Generator& gen) {
+  profiler::Scope scope("dropout");
   auto res = detail_dropout(x, p, gen);
   if (optrace::active()) [[unlikely]]
     optrace::record("dropout", {x}, {res.first, res.second}, {{"p", p}});
@@ -866,6 +882,7 @@ std::pair<Tensor, Tensor> detail_dropout(const Tensor& x, double p, Generator& g
 // ---------------------------------------------------------------- rotary embedding
 
 Tensor rope(const Tensor& x, const Tensor& cos, const Tensor& sin, bool inverse) {
+  profiler::Scope scope("rope");
   const char* op = "rope";
   check_same_device(op, x, cos);
   check_same_device(op, x, sin);

@@ -13,6 +13,7 @@
 #include "tensor/op_trace.h"
 #include "tensor/ops.h"
 #include "tensor/parallel.h"
+#include "tensor/profiler.h"
 
 namespace loom::ops {
 namespace {
@@ -277,6 +278,7 @@ OriInput ori_input(const Tensor& t, const std::vector<bool>& reduced) {
 }
 
 Tensor sum_impl(const Tensor& t, const std::vector<int64_t>& dims, bool keepdim, bool mean, const char* op) {
+  profiler::Scope scope(op);
   const detail::CudaKernels* ck = detail::cuda_kernels_for(op, t);
   ReducePlan p = plan_reduce(t, dims, op);
   const DType out_dtype = is_floating(t.dtype()) ? t.dtype() : DType::i64;
@@ -368,6 +370,7 @@ Tensor var(const Tensor& t, const std::vector<int64_t>& dims, int64_t correction
 }
 
 Tensor max(const Tensor& t) {
+  profiler::Scope scope("max");
   const detail::CudaKernels* ck = detail::cuda_kernels_for("max", t);
   LOOM_CHECK(t.numel() > 0, "max: input of shape ", shape_str(t.sizes()),
              " is empty; the max of no elements is undefined (use max(t, dim) on a non-empty dim)");
@@ -416,6 +419,7 @@ Tensor max(const Tensor& t) {
 std::pair<Tensor, Tensor> detail_max_dim(const Tensor& t, int64_t dim, bool keepdim);
 
 std::pair<Tensor, Tensor> max(const Tensor& t, int64_t dim, bool keepdim) {
+  profiler::Scope scope("max_dim");
   auto res = detail_max_dim(t, dim, keepdim);
   if (optrace::active()) [[unlikely]]
     optrace::record("max_dim", {t}, {res.first, res.second},
@@ -472,6 +476,7 @@ std::pair<Tensor, Tensor> detail_max_dim(const Tensor& t, int64_t dim, bool keep
 Tensor argmax(const Tensor& t, int64_t dim, bool keepdim) { return max(t, dim, keepdim).second; }
 
 Tensor sum_to(const Tensor& t, const Shape& sizes) {
+  profiler::Scope scope("sum_to");
   detail::cuda_kernels_for("sum_to", t);  // a CUDA tensor without a device throws here, naming sum_to
   const int64_t nd = t.dim(), ns = static_cast<int64_t>(sizes.size());
   LOOM_CHECK(ns <= nd, "sum_to: cannot sum a tensor of shape ", shape_str(t.sizes()), " to the larger rank shape ",
