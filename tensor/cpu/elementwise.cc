@@ -528,6 +528,7 @@ Tensor silu(const Tensor& t) {
 }
 
 Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
+  profiler::Scope prof("gelu_backward");
   const CudaKernels* ck = check_binary("gelu_backward", grad, x);
   LOOM_CHECK(grad.sizes() == x.sizes(), "gelu_backward: grad shape ", shape_str(grad.sizes()),
              " differs from input shape ", shape_str(x.sizes()));
@@ -569,6 +570,7 @@ Tensor gelu_backward(const Tensor& grad, const Tensor& x, GeluApprox approx) {
 }
 
 Tensor silu_backward(const Tensor& grad, const Tensor& x) {
+  profiler::Scope prof("silu_backward");
   const CudaKernels* ck = check_binary("silu_backward", grad, x);
   LOOM_CHECK(grad.sizes() == x.sizes(), "silu_backward: grad shape ", shape_str(grad.sizes()),
              " differs from input shape ", shape_str(x.sizes()));

@@ -31,6 +31,7 @@
 #include "nn/llama.h"
 #include "nn/optim.h"
 #include "tensor/cpu/blas_core.h"
+#include "tensor/profiler.h"
 
 using namespace loom;
 
@@ -82,8 +83,26 @@ std::string describe(const BenchShape& s) {
   return buf;
 }
 
+/// The per-op table's category of one of loom's profiler rows (torch_gpt2_step.py's category() for PyTorch's ops).
+std::string profile_category(const profiler::OpStat& st) {
+  const std::string& n = st.name;
+  auto has = [&](const char* part) { return n.find(part) != std::string::npos; };
+  if (st.phase == "optimizer") return "AdamW (whole optimizer step)";
+  if (has("Backward") || n == "AccumulateGrad") return "autograd engine (node glue)";
+  if (n == "linear" || n == "linear_gelu" || n == "matmul" || n == "gemm_") return "matmuls (linear layers, LM head)";
+  if (n == "attention") return "attention forward";
+  if (n == "attention_backward") return "attention backward";
+  if (has("norm")) return "layer norm / RMSNorm";
+  if (has("gelu") || has("silu")) return "GELU / SiLU";
+  if (has("cross_entropy") || has("softmax")) return "softmax + cross-entropy over the vocabulary";
+  if (has("embedding")) return "embedding (forward and backward)";
+  if (n == "copy_" || n == "contiguous" || n == "clone") return "copies";
+  if (n == "alloc" || n == "free") return "allocation";
+  return "other elementwise and reductions";
+}
+
 /// One loom run in this process: prints the model line and `loom threads=N tokens_per_s=X step_ms=Y openblas=...`.
-int run_loom(const BenchShape& s) {
+int run_loom(const BenchShape& s, bool profile) {
   Generator gen(0);
   std::shared_ptr<nn::CausalLM> model = build(s, gen);
   nn::AdamWOptions opts;
@@ -105,6 +124,31 @@ int run_loom(const BenchShape& s) {
   }
   std::sort(times.begin(), times.end());
   const double med = times[times.size() / 2];
+  if (profile) {  // one more step under loom's profiler: `profile cat=...|ms=...` lines and the raw table
+    auto t0 = std::chrono::steady_clock::now();
+    profiler::start();
+    opt.zero_grad();
+    Tensor loss = model->loss(idx, tgt);
+    loss.backward();
+    opt.step();
+    const std::vector<profiler::OpStat> stats = profiler::stop();
+    const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("profile wall_ms=%.3f\n", wall);
+    std::vector<std::pair<std::string, double>> cats;
+    for (const auto& st : stats) {
+      const std::string c = profile_category(st);
+      auto it = std::find_if(cats.begin(), cats.end(), [&](const auto& kv) { return kv.first == c; });
+      if (it == cats.end()) cats.push_back({c, st.self_ms});
+      else it->second += st.self_ms;
+    }
+    for (const auto& [c, ms] : cats) std::printf("profile cat=%s|ms=%.3f\n", c.c_str(), ms);
+    std::string table = profiler::format_table(stats, wall);
+    for (size_t at = 0; at < table.size();) {
+      const size_t nl = table.find('\n', at);
+      std::printf("loomprof %s\n", table.substr(at, nl - at).c_str());
+      at = nl == std::string::npos ? table.size() : nl + 1;
+    }
+  }
   std::printf("model: %s, seq %lld, batch %lld, vocab %lld, %.1fM params; median of %lld steps after 2 warm-up steps\n",
               describe(s).c_str(), (long long)s.T, (long long)s.B, (long long)s.V,
               static_cast<double>(model->num_parameters()) / 1e6, (long long)s.steps);
@@ -180,6 +224,37 @@ std::string threads_word(int n) { return std::to_string(n) + (n == 1 ? " thread"
 
 }  // namespace
 
+/// Runs `cmd` on one thread and returns its output (stdout and stderr).
+std::string run_output(const std::string& cmd) {
+  const std::string full = "env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 " + cmd + " 2>&1";
+  std::fflush(stdout);
+  std::string out;
+  FILE* p = popen(full.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  size_t got = 0;
+  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
+  pclose(p);
+  return out;
+}
+
+/// The `profile cat=NAME|ms=X` lines of a run (and its `profile wall_ms=`, as "(step wall time)").
+std::vector<std::pair<std::string, double>> profile_lines(const std::string& out) {
+  std::vector<std::pair<std::string, double>> rows;
+  size_t at = 0;
+  while (at < out.size()) {
+    size_t nl = out.find('\n', at);
+    if (nl == std::string::npos) nl = out.size();
+    const std::string l = out.substr(at, nl - at);
+    at = nl + 1;
+    if (l.rfind("profile wall_ms=", 0) == 0) rows.push_back({"(step wall time)", std::atof(l.c_str() + 16)});
+    const size_t bar = l.find("|ms=");
+    if (l.rfind("profile cat=", 0) == 0 && bar != std::string::npos)
+      rows.push_back({l.substr(12, bar - 12), std::atof(l.c_str() + bar + 4)});
+  }
+  return rows;
+}
+
 struct Peer {
   std::string name;    // column name
   std::string prefix;  // the figure line's first word
@@ -187,8 +262,70 @@ struct Peer {
   std::string opts;    // after the sizes and the thread count
 };
 
+/// One profiled step on 1 thread of loom and of each eager peer: a table per category, ms and share of the step.
+void print_profiles(const std::string& self, const BenchShape& s, const std::vector<Peer>& peers) {
+  std::vector<std::string> names = {"loom"};
+  std::vector<std::vector<std::pair<std::string, double>>> cols;
+  const std::string lo = run_output(quoted(self) + " --loom-only 1 " + s.model + " " + s.args() + " --profile");
+  cols.push_back(profile_lines(lo));
+  for (const Peer& p : peers) {
+    if (p.opts.find("compile") != std::string::npos) continue;  // a compiled graph has no per-op rows
+    names.push_back(p.name);
+    cols.push_back(profile_lines(run_output(p.cmd + " " + s.args() + " 1" + p.opts + " --profile")));
+  }
+  auto get = [](const std::vector<std::pair<std::string, double>>& c, const std::string& k) -> std::optional<double> {
+    for (const auto& [n, v] : c)
+      if (n == k) return v;
+    return std::nullopt;
+  };
+  std::vector<std::string> cats;
+  for (const auto& [n, v] : cols[0])
+    if (n != "(step wall time)") cats.push_back(n);
+  for (const auto& c : cols)
+    for (const auto& [n, v] : c)
+      if (n != "(step wall time)" && std::find(cats.begin(), cats.end(), n) == cats.end()) cats.push_back(n);
+  cats.push_back("(outside any op)");
+  std::printf("per-op profile, 1 thread, one step (self time in ms and share of the step):\n| op |");
+  for (const auto& n : names) std::printf(" %s ms | share |", n.c_str());
+  std::printf("\n");
+  for (const std::string& c : cats) {
+    std::printf("| %s |", c.c_str());
+    for (const auto& col : cols) {
+      const std::optional<double> wall = get(col, "(step wall time)");
+      std::optional<double> v = get(col, c);
+      if (c == "(outside any op)" && wall) {
+        double sum = 0;
+        for (const auto& [n, x] : col)
+          if (n != "(step wall time)") sum += x;
+        v = *wall - sum;
+      }
+      if (v && wall && *wall > 0)
+        std::printf(" %.1f | %.1f%% |", *v, 100.0 * *v / *wall);
+      else
+        std::printf(" %s | |", v ? std::to_string(*v).c_str() : "-");
+    }
+    std::printf("\n");
+  }
+  std::printf("| step (wall) |");
+  for (const auto& col : cols) {
+    const std::optional<double> wall = get(col, "(step wall time)");
+    std::printf(" %s | 100%% |", wall ? std::to_string(static_cast<int>(*wall + 0.5)).c_str() : "n/a");
+  }
+  std::printf("\nloom's own table (tensor/profiler.h):\n");
+  size_t at = 0;
+  while (at < lo.size()) {
+    size_t nl = lo.find('\n', at);
+    if (nl == std::string::npos) nl = lo.size();
+    if (lo.compare(at, 9, "loomprof ") == 0) std::printf("%s\n", lo.substr(at + 9, nl - at - 9).c_str());
+    at = nl + 1;
+  }
+}
+
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  const auto pf = std::find(args.begin(), args.end(), "--profile");
+  const bool profile = pf != args.end();
+  if (profile) args.erase(pf);
   const bool child = args.size() >= 2 && args[0] == "--loom-only";
   std::string model = "gpt2";
   if (child) {
@@ -203,7 +340,7 @@ int main(int argc, char** argv) {
       args.erase(args.begin());
     }
   }
-  const char* usage = "usage: bench_gpt2_step [--model gpt2|llama] [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]\n";
+  const char* usage = "usage: bench_gpt2_step [--model gpt2|llama] [--profile] [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]\n";
   if (model != "gpt2" && model != "llama") {
     std::fprintf(stderr, "bench_gpt2_step: --model is '%s', expected gpt2 or llama\n%s", model.c_str(), usage);
     return 2;
@@ -225,7 +362,7 @@ int main(int argc, char** argv) {
                  (long long)s.H, usage);
     return 2;
   }
-  if (child) return run_loom(s);
+  if (child) return run_loom(s, profile);
 
   char self[4096];
   const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
@@ -312,6 +449,8 @@ int main(int argc, char** argv) {
     std::printf("loom scaling %s/1 thread=%s\n", threads_word(rows.back().threads).c_str(),
                 ratio(rows.back().loom, rows[0].loom).c_str());
   if (!peer_best[0].first) std::printf("PyTorch 1.13 did not run: is Debian's python3-torch installed?\n");
+
+  if (profile) print_profiles(self, s, peers);
 
   // README's table: | threads | loom | each peer ... |
   std::printf("README rows:\n| threads | loom tokens/s |");

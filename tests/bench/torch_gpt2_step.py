@@ -191,15 +191,61 @@ def main():
     print(f"torch threads={torch.get_num_threads()} tokens_per_s={B * T / med:.1f} step_ms={med * 1e3:.2f} "
           f"version={torch.__version__.split('+')[0]} mode={a.mode}", flush=True)
     if a.profile:
-        from torch.profiler import profile, ProfilerActivity
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            t0 = time.perf_counter()
-            step()
-            wall = time.perf_counter() - t0
-        print(f"profile wall_ms={wall * 1e3:.2f}")
-        for e in prof.key_averages():
-            if e.self_cpu_time_total > 0:
-                print(f"profile op={e.key} self_ms={e.self_cpu_time_total / 1e3:.3f} calls={e.count}")
+        profile_step(step)
+
+
+# The categories of the per-op table; bench_gpt2_step puts loom's scopes into the same ones (profile_category there).
+def category(name, phase):
+    if phase == "optimizer":
+        return "AdamW (whole optimizer step)"
+    if name.startswith("autograd::engine") or "Backward" in name or name.startswith("torch::autograd"):
+        return "autograd engine (node glue)"
+    a = name.replace("aten::", "")
+    if a in ("addmm", "mm", "linear", "matmul", "_addmm_activation"):
+        return "matmuls (linear layers, LM head)"
+    if "scaled_dot_product" in a or "flash_attention" in a or a in (
+            "bmm", "baddbmm", "masked_fill", "masked_fill_", "triu", "_softmax", "softmax",
+            "_softmax_backward_data", "repeat_interleave"):
+        return "attention backward" if phase == "backward" else "attention forward"
+    if "layer_norm" in a or "rms_norm" in a:
+        return "layer norm / RMSNorm"
+    if "gelu" in a or "silu" in a:
+        return "GELU / SiLU"
+    if "log_softmax" in a or "nll_loss" in a or "cross_entropy" in a:
+        return "softmax + cross-entropy over the vocabulary"
+    if "embedding" in a:
+        return "embedding (forward and backward)"
+    if a in ("copy_", "clone", "contiguous", "_to_copy", "to"):
+        return "copies"
+    if a.startswith("empty") or a in ("resize_",):
+        return "allocation"
+    return "other elementwise and reductions"
+
+
+def profile_step(step):
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        step()
+        wall = time.perf_counter() - t0
+    print(f"profile wall_ms={wall * 1e3:.3f}")
+    totals = {}
+    for e in prof.events():
+        phase = "forward"
+        p = e.cpu_parent
+        while p is not None:
+            if p.name.startswith("Optimizer."):
+                phase = "optimizer"
+                break
+            if p.name.startswith("autograd::engine::evaluate_function"):
+                phase = "backward"
+            p = p.cpu_parent
+        if e.name.startswith("Optimizer."):
+            phase = "optimizer"
+        c = category(e.name, phase)
+        totals[c] = totals.get(c, 0.0) + e.self_cpu_time_total / 1e3
+    for c, ms in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"profile cat={c}|ms={ms:.3f}")
 
 
 if __name__ == "__main__":
