@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "tensor/conv.h"
-#include "tensor/cpu/blas_threads.h"
 #include "tensor/conv_cuda.h"
+#include "tensor/cpu/blas_threads.h"
 #include "tensor/cuda_dispatch.h"
 #include "tensor/op_trace.h"
 #include "tensor/parallel.h"

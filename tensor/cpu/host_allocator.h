@@ -1,7 +1,7 @@
 // The CPU caching allocator: every CPU tensor's memory comes from one process-wide CachingAllocator
-// (tensor/caching_allocator.h, the policy of PyTorch's CUDA caching allocator) over aligned_alloc. A training step after
-// the first reuses the blocks the step before freed, so it neither calls malloc for its activations and gradients nor
-// page-faults fresh memory in: glibc hands blocks above its mmap threshold back to the kernel on free, and each new
+// (tensor/caching_allocator.h, the policy of PyTorch's CUDA caching allocator) over aligned_alloc. A training step
+// after the first reuses the blocks the step before freed, so it neither calls malloc for its activations and gradients
+// nor page-faults fresh memory in: glibc hands blocks above its mmap threshold back to the kernel on free, and each new
 // mmap costs a fault and a page clear per 4 KiB touched (perf: ~4% of a 1-thread GPT-2 step).
 // LOOM_CPU_CACHING_ALLOCATOR=0 at start turns caching off (every tensor straight from aligned_alloc, as before).
 #pragma once

@@ -138,8 +138,10 @@ int run_loom(const BenchShape& s, bool profile) {
     for (const auto& st : stats) {
       const std::string c = profile_category(st);
       auto it = std::find_if(cats.begin(), cats.end(), [&](const auto& kv) { return kv.first == c; });
-      if (it == cats.end()) cats.push_back({c, st.self_ms});
-      else it->second += st.self_ms;
+      if (it == cats.end())
+        cats.push_back({c, st.self_ms});
+      else
+        it->second += st.self_ms;
     }
     for (const auto& [c, ms] : cats) std::printf("profile cat=%s|ms=%.3f\n", c.c_str(), ms);
     std::string table = profiler::format_table(stats, wall);
@@ -340,7 +342,8 @@ int main(int argc, char** argv) {
       args.erase(args.begin());
     }
   }
-  const char* usage = "usage: bench_gpt2_step [--model gpt2|llama] [--profile] [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]\n";
+  const char* usage =
+      "usage: bench_gpt2_step [--model gpt2|llama] [--profile] [LAYERS WIDTH HEADS SEQ BATCH VOCAB STEPS]\n";
   if (model != "gpt2" && model != "llama") {
     std::fprintf(stderr, "bench_gpt2_step: --model is '%s', expected gpt2 or llama\n%s", model.c_str(), usage);
     return 2;
