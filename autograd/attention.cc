@@ -117,72 +117,94 @@ void sdpa_backward(const SdpaShape& sh, const T* q, const T* k, const T* v, cons
                    T* dq, T* dk, T* dv) {
   const int64_t G = sh.group(), Tq = sh.T, S = sh.S, D = sh.D;
   const T drop_scale = sh.p > 0 ? static_cast<T>(1.0 / (1.0 - sh.p)) : T(1);
-  // With G > 1 heads write their dk/dv into per-head slots first, so (b, h)
-  // runs in parallel without races; the slots are summed per kv head below.
+  // Query heads sharing a kv head (G > 1) all add into its dk/dv. With enough (batch, kv head) pairs to keep every
+  // thread busy, one thread runs a kv head's G query heads in turn and accumulates in place; otherwise each (b, h)
+  // writes a per-head slot and the slots are summed per kv head below.
+  const bool by_kv = G > 1 && sh.B * sh.Hkv >= 2 * static_cast<int64_t>(num_threads());
+  const bool slots = G > 1 && !by_kv;
   std::vector<T> dk_heads, dv_heads;
-  if (G > 1) {
+  if (slots) {
     dk_heads.resize(static_cast<size_t>(sh.B * sh.H * S * D));
     dv_heads.resize(static_cast<size_t>(sh.B * sh.H * S * D));
   }
-  BlasSingleThreaded blas_guard;
-  parallel_for(0, sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
-    const size_t block = static_cast<size_t>(std::min(Tq, kRowBlock) * S);
-    std::vector<T> p(block), dp(block), pd(sh.p > 0 ? block : 0), di(static_cast<size_t>(kRowBlock));
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / sh.H, h = bh % sh.H, kvh = b * sh.Hkv + h / G;
-      const T* kh = k + kvh * S * D;
-      const T* vh = v + kvh * S * D;
-      T* dkh = G > 1 ? dk_heads.data() + bh * S * D : dk + kvh * S * D;
-      T* dvh = G > 1 ? dv_heads.data() + bh * S * D : dv + kvh * S * D;
-      std::fill(dkh, dkh + S * D, T(0));
-      std::fill(dvh, dvh + S * D, T(0));
-      for (int64_t t0 = 0; t0 < Tq; t0 += kRowBlock) {
-        const int64_t rows = std::min(kRowBlock, Tq - t0);
-        const int64_t sk = sh.visible(t0 + rows - 1);
-        const int64_t off = (bh * Tq + t0) * D;
-        const T* qb = q + off;
-        const T* ob = out + off;
-        const T* dob = dout + off;
-        // P = exp(q k^T * scale - lse), zero where masked.
-        gemm(false, true, rows, sk, D, static_cast<T>(sh.scale), qb, D, kh, D, T(0), p.data(), sk);
-        for (int64_t r = 0; r < rows; ++r) {
-          T* row = p.data() + r * sk;
-          const int64_t len = sh.visible(t0 + r);
-          const T l = lse[bh * Tq + t0 + r];
+  struct Scratch {
+    std::vector<T> p, dp, pd, di;
+  };
+  // One query head bh: adds its dk/dv into dkh/dvh (S, D) and writes its dq.
+  auto head = [&](int64_t bh, T* dkh, T* dvh, Scratch& sc) {
+    std::vector<T>&p = sc.p, &dp = sc.dp, &pd = sc.pd, &di = sc.di;
+    const int64_t b = bh / sh.H, h = bh % sh.H, kvh = b * sh.Hkv + h / G;
+    const T* kh = k + kvh * S * D;
+    const T* vh = v + kvh * S * D;
+    for (int64_t t0 = 0; t0 < Tq; t0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, Tq - t0);
+      const int64_t sk = sh.visible(t0 + rows - 1);
+      const int64_t off = (bh * Tq + t0) * D;
+      const T* qb = q + off;
+      const T* ob = out + off;
+      const T* dob = dout + off;
+      // P = exp(q k^T * scale - lse), zero where masked.
+      gemm(false, true, rows, sk, D, static_cast<T>(sh.scale), qb, D, kh, D, T(0), p.data(), sk);
+      for (int64_t r = 0; r < rows; ++r) {
+        T* row = p.data() + r * sk;
+        const int64_t len = sh.visible(t0 + r);
+        const T l = lse[bh * Tq + t0 + r];
 #pragma omp simd
-          for (int64_t j = 0; j < len; ++j) row[j] = detail::exp_acc(row[j] - l);
-          for (int64_t j = len; j < sk; ++j) row[j] = 0;
-          T acc = 0;
+        for (int64_t j = 0; j < len; ++j) row[j] = detail::exp_acc(row[j] - l);
+        for (int64_t j = len; j < sk; ++j) row[j] = 0;
+        T acc = 0;
 #pragma omp simd reduction(+ : acc)
-          for (int64_t d = 0; d < D; ++d) acc += dob[r * D + d] * ob[r * D + d];
-          di[r] = acc;  // rowsum(dO * O) = sum_j P_j dP_j
-        }
-        // dP = dO v^T
-        gemm(false, true, rows, sk, D, T(1), dob, D, vh, D, T(0), dp.data(), sk);
-        if (sh.p > 0) {
-          for (int64_t r = 0; r < rows; ++r) {
-            for (int64_t j = 0; j < sk; ++j) {
-              const size_t i = static_cast<size_t>(r * sk + j);
-              const bool kept = j < sh.visible(t0 + r) && keep(sh, bh, t0 + r, j);
-              pd[i] = kept ? p[i] * drop_scale : T(0);
-              dp[i] = kept ? dp[i] * drop_scale : T(0);
-            }
+        for (int64_t d = 0; d < D; ++d) acc += dob[r * D + d] * ob[r * D + d];
+        di[r] = acc;  // rowsum(dO * O) = sum_j P_j dP_j
+      }
+      // dP = dO v^T
+      gemm(false, true, rows, sk, D, T(1), dob, D, vh, D, T(0), dp.data(), sk);
+      if (sh.p > 0) {
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t j = 0; j < sk; ++j) {
+            const size_t i = static_cast<size_t>(r * sk + j);
+            const bool kept = j < sh.visible(t0 + r) && keep(sh, bh, t0 + r, j);
+            pd[i] = kept ? p[i] * drop_scale : T(0);
+            dp[i] = kept ? dp[i] * drop_scale : T(0);
           }
         }
-        // dV += P_dropped^T dO
-        gemm(true, false, sk, D, rows, T(1), sh.p > 0 ? pd.data() : p.data(), sk, dob, D, T(1), dvh, D);
-        // dS = P * (dP - D_i) * scale, in place in p
-        for (int64_t r = 0; r < rows; ++r) {
-          T* row = p.data() + r * sk;
-          const T* drow = dp.data() + r * sk;
-          for (int64_t j = 0; j < sk; ++j) row[j] = row[j] * (drow[j] - di[r]) * static_cast<T>(sh.scale);
-        }
-        gemm(false, false, rows, D, sk, T(1), p.data(), sk, kh, D, T(0), dq + off, D);  // dQ = dS k
-        gemm(true, false, sk, D, rows, T(1), p.data(), sk, qb, D, T(1), dkh, D);        // dK += dS^T q
+      }
+      // dV += P_dropped^T dO
+      gemm(true, false, sk, D, rows, T(1), sh.p > 0 ? pd.data() : p.data(), sk, dob, D, T(1), dvh, D);
+      // dS = P * (dP - D_i) * scale, in place in p
+      for (int64_t r = 0; r < rows; ++r) {
+        T* row = p.data() + r * sk;
+        const T* drow = dp.data() + r * sk;
+        for (int64_t j = 0; j < sk; ++j) row[j] = row[j] * (drow[j] - di[r]) * static_cast<T>(sh.scale);
+      }
+      gemm(false, false, rows, D, sk, T(1), p.data(), sk, kh, D, T(0), dq + off, D);  // dQ = dS k
+      gemm(true, false, sk, D, rows, T(1), p.data(), sk, qb, D, T(1), dkh, D);        // dK += dS^T q
+    }
+  };
+  BlasSingleThreaded blas_guard;
+  parallel_for(0, by_kv ? sh.B * sh.Hkv : sh.B * sh.H, 1, [&](int64_t begin, int64_t end) {
+    const size_t block = static_cast<size_t>(std::min(Tq, kRowBlock) * S);
+    Scratch sc{std::vector<T>(block), std::vector<T>(block), std::vector<T>(sh.p > 0 ? block : 0),
+               std::vector<T>(static_cast<size_t>(kRowBlock))};
+    for (int64_t i = begin; i < end; ++i) {
+      if (by_kv) {  // i = b * Hkv + kv: its G query heads in turn
+        T* dkh = dk + i * S * D;
+        T* dvh = dv + i * S * D;
+        std::fill(dkh, dkh + S * D, T(0));
+        std::fill(dvh, dvh + S * D, T(0));
+        const int64_t b = i / sh.Hkv, kv = i % sh.Hkv;
+        for (int64_t g = 0; g < G; ++g) head(b * sh.H + kv * G + g, dkh, dvh, sc);
+      } else {  // i = b * H + h
+        const int64_t kvh = (i / sh.H) * sh.Hkv + (i % sh.H) / G;
+        T* dkh = slots ? dk_heads.data() + i * S * D : dk + kvh * S * D;
+        T* dvh = slots ? dv_heads.data() + i * S * D : dv + kvh * S * D;
+        std::fill(dkh, dkh + S * D, T(0));
+        std::fill(dvh, dvh + S * D, T(0));
+        head(i, dkh, dvh, sc);
       }
     }
   });
-  if (G > 1) {
+  if (slots) {
     const int64_t slot = S * D;
     parallel_for(0, sh.B * sh.Hkv, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bkv = begin; bkv < end; ++bkv) {

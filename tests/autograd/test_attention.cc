@@ -53,6 +53,20 @@ TEST(Attention, FusedBackwardMatchesCompositionInF32) {
   for (int i = 0; i < 3; ++i) expect_close(fused[i], ref[i], 1e-5);
 }
 
+TEST(Attention, GroupedQueryBackwardMatchesCompositionWithFewAndManyKvHeads) {
+  // The backward accumulates a kv head's query heads in place when there are enough (batch, kv head) pairs for the
+  // threads (B * Hkv >= 2 threads), and through per-head slots otherwise: both against the composition.
+  for (const Shape& kv_shape : {Shape{1, 1, 70, 8}, Shape{8, 2, 70, 8}}) {
+    const int64_t B = kv_shape[0], Hkv = kv_shape[1];
+    Tensor q = randn_leaf({B, 3 * Hkv, 70, 8}, 21), k = randn_leaf(kv_shape, 22), v = randn_leaf(kv_shape, 23);
+    Generator g(24);
+    Tensor w = ops::randn({B, 3 * Hkv, 70, 8}, g);
+    auto fused = autograd::grad({sum(mul(scaled_dot_product_attention(q, k, v), w))}, {q, k, v});
+    auto ref = autograd::grad({sum(mul(reference_attention(q, k, v, true), w))}, {q, k, v});
+    for (int i = 0; i < 3; ++i) expect_close(fused[i], ref[i], 2e-5);
+  }
+}
+
 TEST(Attention, LongSequenceSpanningSeveralRowBlocksMatchesComposition) {
   // T = 150 crosses the fused kernel's 64-row blocks, where causal blocks skip masked keys.
   Tensor q = randn_leaf({1, 2, 150, 8}, 14), k = randn_leaf({1, 1, 150, 8}, 15), v = randn_leaf({1, 1, 150, 8}, 16);
