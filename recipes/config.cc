@@ -551,12 +551,6 @@ void apply_override(RecipeConfig& cfg, const std::string& spec) {
 
 // ---- validation -------------------------------------------------------------------------------------------------
 
-int64_t llama_intermediate(int64_t n_embd) {
-  // Hugging Face / Meta: hidden = 2 * (4 n_embd) / 3, rounded up to a multiple of 256.
-  const int64_t h = 2 * 4 * n_embd / 3;
-  return (h + 255) / 256 * 256;
-}
-
 int64_t mlp_hidden(const ModelConfig& m) {
   if (m.intermediate_size > 0) return m.intermediate_size;
   return m.family == "llama" ? llama_intermediate(m.n_embd) : 4 * m.n_embd;
@@ -749,6 +743,12 @@ std::string yaml_quote(const std::string& s) {
 }
 
 }  // namespace
+
+int64_t llama_intermediate(int64_t n_embd) {
+  // Hugging Face / Meta: hidden = 2 * (4 n_embd) / 3, rounded up to a multiple of 256.
+  const int64_t h = 2 * 4 * n_embd / 3;
+  return (h + 255) / 256 * 256;
+}
 
 int64_t TrainingConfig::grad_accum_steps(int64_t seq_len, int64_t dp_world) const {
   const int64_t unit = seq_len * micro_batch * dp_world;

@@ -144,6 +144,9 @@ RecipeConfig parse_config(const std::string& yaml_text, const std::string& name,
 /// micro-batches. Returns the config with dp filled in. Throws ConfigError naming the keys.
 RecipeConfig resolve_layout(RecipeConfig cfg, int world_size);
 
+/// Llama's MLP hidden size for a width: 8/3 n_embd rounded up to a multiple of 256 (Hugging Face / Meta's rule).
+int64_t llama_intermediate(int64_t n_embd);
+
 /// The model's number of parameters, exactly as nn::GPT2 / nn::Llama count them (num_parameters();
 /// tied embeddings once). Zero n_kv_head / intermediate_size take their resolved defaults.
 int64_t parameter_count(const ModelConfig& model);

@@ -37,7 +37,7 @@ std::shared_ptr<nn::CausalLM> build_model(const ModelConfig& m, Generator& gen) 
   c.n_layer = m.n_layer;
   c.n_head = m.n_head;
   c.n_kv_head = m.n_kv_head > 0 ? m.n_kv_head : m.n_head;
-  if (m.intermediate_size > 0) c.intermediate_size = m.intermediate_size;
+  c.intermediate_size = m.intermediate_size > 0 ? m.intermediate_size : llama_intermediate(m.n_embd);
   c.dropout = m.dropout;
   c.rope_theta = m.rope_theta;
   c.tie_word_embeddings = m.tie_embeddings;

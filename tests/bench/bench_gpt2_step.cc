@@ -27,9 +27,8 @@
 #include <vector>
 
 #include "autograd/functions.h"
-#include "nn/gpt2.h"
-#include "nn/llama.h"
 #include "nn/optim.h"
+#include "recipes/model.h"
 #include "tensor/cpu/blas_core.h"
 #include "tensor/profiler.h"
 
@@ -48,28 +47,21 @@ struct BenchShape {
   }
   /// The bench's Llama sizes (torch_gpt2_step.py's llama_sizes is the same rule).
   int64_t kv_heads() const { return H % 3 == 0 ? H / 3 : H; }
-  int64_t intermediate() const { return (8 * C / 3 + 255) / 256 * 256; }
+  int64_t intermediate() const { return recipes::llama_intermediate(C); }
 };
 
+/// The model as the recipes build it (GPT-2 with a tied head, Llama untied, no dropout).
 std::shared_ptr<nn::CausalLM> build(const BenchShape& s, Generator& gen) {
-  if (s.model == "llama") {
-    nn::LlamaConfig cfg;
-    cfg.n_layer = s.L;
-    cfg.n_embd = s.C;
-    cfg.n_head = s.H;
-    cfg.n_kv_head = s.kv_heads();
-    cfg.intermediate_size = s.intermediate();
-    cfg.max_seq_len = s.T;
-    cfg.vocab_size = s.V;
-    return std::make_shared<nn::Llama>(cfg, gen);
-  }
-  nn::GPT2Config cfg;
-  cfg.n_layer = s.L;
-  cfg.n_embd = s.C;
-  cfg.n_head = s.H;
-  cfg.n_positions = s.T;
-  cfg.vocab_size = s.V;
-  return std::make_shared<nn::GPT2>(cfg, gen);
+  recipes::ModelConfig m;
+  m.family = s.model;
+  m.n_layer = s.L;
+  m.n_embd = s.C;
+  m.n_head = s.H;
+  m.n_kv_head = s.model == "llama" ? s.kv_heads() : s.H;
+  m.vocab_size = s.V;
+  m.seq_len = s.T;
+  m.tie_embeddings = s.model == "gpt2";
+  return recipes::build_model(m, gen);
 }
 
 std::string describe(const BenchShape& s) {
