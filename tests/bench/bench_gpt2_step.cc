@@ -75,6 +75,19 @@ std::string describe(const BenchShape& s) {
   return buf;
 }
 
+/// The lines of a text, without their newlines.
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    out.push_back(text.substr(at, nl - at));
+    at = nl + 1;
+  }
+  return out;
+}
+
 /// The per-op table's category of one of loom's profiler rows (torch_gpt2_step.py's category() for PyTorch's ops).
 std::string profile_category(const profiler::OpStat& st) {
   const std::string& n = st.name;
@@ -136,12 +149,7 @@ int run_loom(const BenchShape& s, bool profile) {
         it->second += st.self_ms;
     }
     for (const auto& [c, ms] : cats) std::printf("profile cat=%s|ms=%.3f\n", c.c_str(), ms);
-    std::string table = profiler::format_table(stats, wall);
-    for (size_t at = 0; at < table.size();) {
-      const size_t nl = table.find('\n', at);
-      std::printf("loomprof %s\n", table.substr(at, nl - at).c_str());
-      at = nl == std::string::npos ? table.size() : nl + 1;
-    }
+    for (const std::string& l : lines_of(profiler::format_table(stats, wall))) std::printf("loomprof %s\n", l.c_str());
   }
   std::printf("model: %s, seq %lld, batch %lld, vocab %lld, %.1fM params; median of %lld steps after 2 warm-up steps\n",
               describe(s).c_str(), (long long)s.T, (long long)s.B, (long long)s.V,
@@ -160,41 +168,49 @@ std::string quoted(const std::string& s) {
   return out + "'";
 }
 
-/// Runs `cmd` with threads set, echoes the lines that start with one of `echo`, and returns the tokens/s of the line
-/// that starts with `prefix` (`loom ` or `torch `), or nothing when the run printed none.
-std::optional<double> run_child(const std::string& cmd, int threads, const std::string& prefix,
-                                const std::vector<std::string>& echo) {
+/// A finished child process: its output (stdout and stderr) and pclose's status.
+struct ChildRun {
+  std::string out;
+  int status = -1;
+};
+
+/// Runs `cmd` in a fresh process with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and MKL_NUM_THREADS set to threads.
+ChildRun run_process(const std::string& cmd, int threads) {
   const std::string t = std::to_string(threads);
   const std::string full =
       "env OMP_NUM_THREADS=" + t + " OPENBLAS_NUM_THREADS=" + t + " MKL_NUM_THREADS=" + t + " " + cmd + " 2>&1";
   std::fflush(stdout);
+  ChildRun r;
   FILE* p = popen(full.c_str(), "r");
-  if (!p) return std::nullopt;
+  if (!p) return r;
+  char buf[4096];
+  size_t got = 0;
+  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, got);
+  r.status = pclose(p);
+  return r;
+}
+
+/// Runs `cmd` with threads set, echoes the lines that start with one of `echo`, and returns the tokens/s of the line
+/// that starts with `prefix` (`loom ` or `torch `), or nothing when the run printed none.
+std::optional<double> run_child(const std::string& cmd, int threads, const std::string& prefix,
+                                const std::vector<std::string>& echo) {
+  const ChildRun run = run_process(cmd, threads);
   std::optional<double> rate;
   std::string tail;  // the child's other output, shown when it printed no figure
-  char line[1024];
-  while (std::fgets(line, sizeof line, p)) {
-    const std::string l = line;
+  for (const std::string& l : lines_of(run.out)) {
     double v = 0;
-    if (l.rfind(prefix, 0) == 0) {
-      const char* at = std::strstr(line, "tokens_per_s=");
-      if (at && std::sscanf(at, "tokens_per_s=%lf", &v) == 1) rate = v;
-    }
-    bool shown = false;
-    for (const auto& e : echo)
-      if (l.rfind(e, 0) == 0) {
-        std::fputs(line, stdout);
-        shown = true;
-        break;
-      }
-    if (!shown) tail += l;
+    const size_t at = l.find("tokens_per_s=");
+    if (l.rfind(prefix, 0) == 0 && at != std::string::npos && std::sscanf(l.c_str() + at, "tokens_per_s=%lf", &v) == 1)
+      rate = v;
+    if (std::any_of(echo.begin(), echo.end(), [&](const std::string& e) { return l.rfind(e, 0) == 0; }))
+      std::printf("%s\n", l.c_str());
+    else
+      tail += l + "\n";
     if (tail.size() > 2000) tail.erase(0, tail.size() - 2000);
   }
-  const int status = pclose(p);
-  if (!rate || status != 0) {
+  if (!rate || run.status != 0) {
     std::printf("%s threads=%d failed (exit status %d)%s%s", prefix.substr(0, prefix.size() - 1).c_str(), threads,
-                status, tail.empty() ? "" : "; its output ended:\n", tail.c_str());
-    if (!tail.empty() && tail.back() != '\n') std::printf("\n");
+                run.status, tail.empty() ? "" : "; its output ended:\n", tail.c_str());
     return std::nullopt;
   }
   return rate;
@@ -218,29 +234,10 @@ std::string threads_word(int n) { return std::to_string(n) + (n == 1 ? " thread"
 
 }  // namespace
 
-/// Runs `cmd` on one thread and returns its output (stdout and stderr).
-std::string run_output(const std::string& cmd) {
-  const std::string full = "env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 " + cmd + " 2>&1";
-  std::fflush(stdout);
-  std::string out;
-  FILE* p = popen(full.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  size_t got = 0;
-  while ((got = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, got);
-  pclose(p);
-  return out;
-}
-
 /// The `profile cat=NAME|ms=X` lines of a run (and its `profile wall_ms=`, as "(step wall time)").
 std::vector<std::pair<std::string, double>> profile_lines(const std::string& out) {
   std::vector<std::pair<std::string, double>> rows;
-  size_t at = 0;
-  while (at < out.size()) {
-    size_t nl = out.find('\n', at);
-    if (nl == std::string::npos) nl = out.size();
-    const std::string l = out.substr(at, nl - at);
-    at = nl + 1;
+  for (const std::string& l : lines_of(out)) {
     if (l.rfind("profile wall_ms=", 0) == 0) rows.push_back({"(step wall time)", std::atof(l.c_str() + 16)});
     const size_t bar = l.find("|ms=");
     if (l.rfind("profile cat=", 0) == 0 && bar != std::string::npos)
@@ -260,12 +257,12 @@ struct Peer {
 void print_profiles(const std::string& self, const BenchShape& s, const std::vector<Peer>& peers) {
   std::vector<std::string> names = {"loom"};
   std::vector<std::vector<std::pair<std::string, double>>> cols;
-  const std::string lo = run_output(quoted(self) + " --loom-only 1 " + s.model + " " + s.args() + " --profile");
+  const std::string lo = run_process(quoted(self) + " --loom-only 1 " + s.model + " " + s.args() + " --profile", 1).out;
   cols.push_back(profile_lines(lo));
   for (const Peer& p : peers) {
     if (p.opts.find("compile") != std::string::npos) continue;  // a compiled graph has no per-op rows
     names.push_back(p.name);
-    cols.push_back(profile_lines(run_output(p.cmd + " " + s.args() + " 1" + p.opts + " --profile")));
+    cols.push_back(profile_lines(run_process(p.cmd + " " + s.args() + " 1" + p.opts + " --profile", 1).out));
   }
   auto get = [](const std::vector<std::pair<std::string, double>>& c, const std::string& k) -> std::optional<double> {
     for (const auto& [n, v] : c)
@@ -306,13 +303,8 @@ void print_profiles(const std::string& self, const BenchShape& s, const std::vec
     std::printf(" %s | 100%% |", wall ? std::to_string(static_cast<int>(*wall + 0.5)).c_str() : "n/a");
   }
   std::printf("\nloom's own table (tensor/profiler.h):\n");
-  size_t at = 0;
-  while (at < lo.size()) {
-    size_t nl = lo.find('\n', at);
-    if (nl == std::string::npos) nl = lo.size();
-    if (lo.compare(at, 9, "loomprof ") == 0) std::printf("%s\n", lo.substr(at + 9, nl - at - 9).c_str());
-    at = nl + 1;
-  }
+  for (const std::string& l : lines_of(lo))
+    if (l.rfind("loomprof ", 0) == 0) std::printf("%s\n", l.c_str() + 9);
 }
 
 int main(int argc, char** argv) {
