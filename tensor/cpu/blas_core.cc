@@ -47,7 +47,7 @@ std::string reselect() {
   if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return "";  // the user's choice
   const std::string chosen = openblas_get_corename();
   // Only a fallback is overridden: a core OpenBLAS recognised keeps its own tuned table.
-  if (chosen != "Prescott" && chosen != "prescott") return "";
+  if (chosen != "Prescott") return "";
   const std::string want = blas_core_for_cpu();
   if (want.empty()) return "";
   setenv("OPENBLAS_CORETYPE", want.c_str(), 1);

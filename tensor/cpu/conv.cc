@@ -373,7 +373,7 @@ Tensor conv2d_backward_input(const Tensor& dy, const Tensor& w, const Shape& x_s
   Tensor dx = empty(x_sizes, dy.dtype());
   dispatch_real(dy.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
-    { conv_backward_input<scalar_t>(g, dyc.data<scalar_t>(), wc.data<scalar_t>(), dx.data<scalar_t>()); }
+    conv_backward_input<scalar_t>(g, dyc.data<scalar_t>(), wc.data<scalar_t>(), dx.data<scalar_t>());
   });
   return dx;
 }
@@ -395,7 +395,7 @@ Tensor conv2d_backward_weight(const Tensor& dy, const Tensor& x, const Shape& w_
   Tensor dw = empty(w_sizes, dy.dtype());
   dispatch_real(dy.dtype(), op, [&](auto tag) {
     using scalar_t = decltype(tag);
-    { conv_backward_weight<scalar_t>(g, dyc.data<scalar_t>(), xc.data<scalar_t>(), dw.data<scalar_t>()); }
+    conv_backward_weight<scalar_t>(g, dyc.data<scalar_t>(), xc.data<scalar_t>(), dw.data<scalar_t>());
   });
   return dw;
 }
